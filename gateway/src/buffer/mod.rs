@@ -1,0 +1,228 @@
+//! The durable local buffer: every acknowledged reading lives here until the store confirms it.
+//!
+//! Inputs call [`BufferWriter::append`] and acknowledge their source only when it resolves: the
+//! bytes are then written and fsync'd. The output pulls [`Batch`]es with
+//! [`BufferReader::next_batch`] (urgent class first) and calls [`BufferReader::ack`] once the
+//! store has confirmed a batch; only then can the data be deleted. A crash at any moment loses
+//! nothing that was acknowledged, and re-sends (byte for byte the same) what was sent but not
+//! acknowledged, so replays are idempotent at the store.
+//!
+//! # On disk
+//!
+//! ```text
+//! <dir>/normal/00000000000000000042.seg   append-only segments, one log per priority class
+//! <dir>/normal/ack.cursor                 how far the store has confirmed this class
+//! <dir>/urgent/...                        the same for the urgent class
+//! ```
+//!
+//! Segment ids are global and increasing (a new segment always gets an id above every id on disk
+//! and every id a cursor names). A segment is a plain concatenation of records, no file header.
+//!
+//! ## Record layout (little-endian, 32-byte header + payload)
+//!
+//! | offset | size | field                                                          |
+//! |-------:|-----:|----------------------------------------------------------------|
+//! | 0      | 4    | magic / sync marker `"IOCR"`                                   |
+//! | 4      | 4    | CRC32 (crc32fast, IEEE) of bytes `8 .. 32 + payload_len`       |
+//! | 8      | 4    | `payload_len`: bytes of payload (≤ 8 MiB, else corrupt)        |
+//! | 12     | 4    | `lines`: line-protocol lines in the payload                    |
+//! | 16     | 8    | `append_ms`: group-commit wall-clock time, ms since Unix epoch |
+//! | 24     | 4    | `raw_len`: uncompressed payload size                           |
+//! | 28     | 1    | format version, `1`                                            |
+//! | 29     | 1    | flags: bit 0 urgent class, bit 1 gzip (always set)             |
+//! | 30     | 2    | reserved, zero                                                 |
+//! | 32     | n    | payload: one gzip member (flate2, fast level) of the lines     |
+//! |        |      | of one group commit, newline-terminated                        |
+//!
+//! Because every payload is a complete gzip member, a batch body is just the payloads of
+//! consecutive records concatenated: a valid multi-member gzip stream that the HTTP stores decode
+//! with `Content-Encoding: gzip`, with no recompression on the send path.
+//!
+//! The cursor file is 28 bytes: `"IOCA"`, version `1`, 3 zero bytes, segment id `u64`, offset
+//! `u64`, CRC32 of the first 24 bytes. It is replaced by write-temp + fsync + rename + fsync-dir.
+//!
+//! # Policies
+//!
+//! - **Group commit**: one dedicated std thread owns the segment files. It takes every append
+//!   waiting in a bounded channel (up to 4 MiB of line protocol), writes one record per class
+//!   (split at 512 KiB of line protocol) and calls `sync_data` once per class file touched;
+//!   then every waiting `append` resolves. A full channel makes `append` wait (backpressure).
+//! - **Recovery** ([`open`]): see [`recovery`]; torn tails are truncated, damaged middles are
+//!   skipped by resynchronising on the marker + CRC, and the [`RecoveryReport`] says what was
+//!   dropped.
+//! - **Deletion** only after ack, except when the disk bound `max_disk_bytes` would be exceeded:
+//!   then the oldest segments are dropped even if unsent: normal class first, oldest first, and
+//!   urgent segments only when no normal segment is left; never the data being appended. Dropped
+//!   lines are counted (`buffer_dropped_oldest_lines_total`) and logged with their time span.
+//! - **Disk errors** on append (ENOSPC, EIO): the callers of that group get an error (their
+//!   sources will redeliver), the half-written tail is cut back, the segment is sealed, one oldest
+//!   segment is dropped to make room if the disk is full, and the next append starts afresh.
+//!
+//! # Metrics
+//!
+//! `buffer_bytes`, `buffer_readings{class}` (unsent lines), `buffer_appended_lines_total{class}`,
+//! `buffer_acked_lines_total{class}`, `buffer_fsyncs_total`, `buffer_append_errors_total`,
+//! `buffer_dropped_oldest_lines_total`, `buffer_dropped_oldest_segments_total`,
+//! `buffer_recovery_dropped_bytes_total`.
+
+mod cursor;
+mod reader;
+mod record;
+pub mod recovery;
+mod segment;
+mod state;
+mod writer;
+
+#[cfg(test)]
+mod tests;
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+pub use reader::{Batch, BufferReader};
+pub use writer::BufferWriter;
+
+/// Where the buffer lives and how big it may grow.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BufferConfig {
+    pub dir: PathBuf,
+    /// Upper bound of the segment files' total size.
+    pub max_disk_bytes: u64,
+    /// Size at which a new segment is started; `0` means [`default_segment_bytes`].
+    pub segment_bytes: u64,
+}
+
+impl BufferConfig {
+    /// A config with the default segment size for `max_disk_bytes`.
+    pub fn new(dir: impl Into<PathBuf>, max_disk_bytes: u64) -> Self {
+        BufferConfig {
+            dir: dir.into(),
+            max_disk_bytes,
+            segment_bytes: default_segment_bytes(max_disk_bytes),
+        }
+    }
+}
+
+/// `clamp(max / 16, 1 MiB, 32 MiB)`, but never more than a quarter of `max` (at least 4 KiB), so
+/// that dropping the oldest segment under a small bound never throws away most of the data.
+pub fn default_segment_bytes(max_disk_bytes: u64) -> u64 {
+    const MIB: u64 = 1 << 20;
+    (max_disk_bytes / 16)
+        .clamp(MIB, 32 * MIB)
+        .min(max_disk_bytes / 4)
+        .max(4096)
+}
+
+/// What recovery found on open.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RecoveryReport {
+    /// Segments kept.
+    pub segments: usize,
+    /// Valid records kept (acked or not).
+    pub records: u64,
+    /// Lines in the kept records.
+    pub lines: u64,
+    /// Lines after the ack cursor (to be sent).
+    pub unsent_lines: u64,
+    /// Bytes that held no valid record (torn tails and damaged ranges).
+    pub dropped_bytes: u64,
+    /// Number of damaged ranges found; each lost at least one record.
+    pub dropped_records_hint: u64,
+    /// Classes whose ack cursor was corrupt, so everything on disk is re-sent.
+    pub cursor_fallbacks: u32,
+}
+
+/// A snapshot of the buffer for `/metrics`, health and status.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BufferStats {
+    /// Total size of the segment files.
+    pub disk_bytes: u64,
+    pub segments: usize,
+    /// Lines not yet acknowledged by the store (both classes).
+    pub unsent_lines: u64,
+    /// Of which urgent.
+    pub urgent_unsent_lines: u64,
+    /// Bytes on disk not yet acknowledged.
+    pub unsent_bytes: u64,
+    /// Age of the oldest unacknowledged record (an upper bound, exact to 64 KiB of appends).
+    pub oldest_unsent_age_ms: Option<u64>,
+    /// Lines dropped unsent because the disk bound was reached, since open.
+    pub dropped_oldest_lines: u64,
+    pub dropped_oldest_segments: u64,
+    /// Bytes recovery dropped on open.
+    pub recovery_dropped_bytes: u64,
+    /// Appends that failed with a disk error since open.
+    pub append_errors: u64,
+    /// fsyncs of segment data (group commits and segment creations) since open.
+    pub data_fsyncs: u64,
+    /// fsyncs for ack cursors and deletions since open.
+    pub meta_fsyncs: u64,
+}
+
+/// Why a buffer operation failed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum BufferError {
+    #[error("buffer I/O error on {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: Arc<io::Error>,
+    },
+    #[error("the buffer has been shut down")]
+    Closed,
+    #[error("an append of {bytes} bytes exceeds the buffer's limit of {limit} bytes")]
+    TooLarge { bytes: usize, limit: usize },
+    #[error("invalid buffer configuration: {0}")]
+    Config(String),
+}
+
+impl BufferError {
+    pub(crate) fn io(path: &Path, source: io::Error) -> Self {
+        BufferError::Io {
+            path: path.to_path_buf(),
+            source: Arc::new(source),
+        }
+    }
+
+    /// Whether this is a "disk full" error (ENOSPC or quota).
+    pub fn is_disk_full(&self) -> bool {
+        matches!(self, BufferError::Io { source, .. }
+            if matches!(source.kind(), io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded))
+    }
+}
+
+/// Opens (creating) the buffer in `cfg.dir`, recovers it, and starts the writer thread.
+///
+/// Blocking (it scans every segment): call it before the runtime gets busy, or from
+/// `spawn_blocking`. The reader's methods need a tokio runtime.
+pub fn open(
+    cfg: BufferConfig,
+) -> Result<(BufferWriter, BufferReader, RecoveryReport), BufferError> {
+    if cfg.max_disk_bytes == 0 {
+        return Err(BufferError::Config("max_disk_bytes must be above 0".into()));
+    }
+    let segment_bytes = if cfg.segment_bytes == 0 {
+        default_segment_bytes(cfg.max_disk_bytes)
+    } else {
+        cfg.segment_bytes
+    };
+    let recovered = recovery::recover(&cfg.dir)?;
+    let report = recovered.report.clone();
+    let start = [
+        recovery::start_position(&recovered.state.classes[0]),
+        recovery::start_position(&recovered.state.classes[1]),
+    ];
+    let shared = Arc::new(state::Shared::new(recovered.state));
+    shared.publish_gauges();
+    let writer = writer::start(
+        Arc::clone(&shared),
+        writer::WriterLimits {
+            max_disk_bytes: cfg.max_disk_bytes,
+            segment_bytes,
+        },
+        recovered.next_segment_id,
+    )?;
+    let reader = BufferReader::new(shared, start);
+    Ok((writer, reader, report))
+}

@@ -1,0 +1,380 @@
+//! In-memory picture of the buffer shared by the writer thread and the reader.
+//!
+//! It holds, per priority class, what each segment on disk contains (size, lines, times), where
+//! the persisted ack cursor stands, and the counters behind [`BufferStats`]. The writer adds to
+//! it after each fsync, the reader moves the cursor after each ack, and whichever of them
+//! removes a segment from this map is the one that deletes its file, so a segment is never
+//! deleted twice or read after being forgotten.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use tokio::sync::watch;
+
+use super::cursor::Pos;
+use super::segment::segment_file_name;
+use super::BufferStats;
+use crate::model::Priority;
+
+/// Granularity of the per-segment time index used for "age of the oldest unsent record".
+const TIME_INDEX_STEP: u64 = 64 * 1024;
+
+/// Both classes, in the order the reader serves them.
+pub(crate) const CLASSES_URGENT_FIRST: [Priority; 2] = [Priority::Urgent, Priority::Normal];
+
+/// Index of a class in per-class arrays.
+pub(crate) fn class_index(priority: Priority) -> usize {
+    match priority {
+        Priority::Normal => 0,
+        Priority::Urgent => 1,
+    }
+}
+
+/// Directory name of a class under the buffer's root.
+pub(crate) fn class_dir_name(priority: Priority) -> &'static str {
+    match priority {
+        Priority::Normal => "normal",
+        Priority::Urgent => "urgent",
+    }
+}
+
+/// Milliseconds since the Unix epoch (0 if the clock is before it).
+pub(crate) fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+/// What one segment holds (only its valid records count).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct SegMeta {
+    /// Bytes of the segment that are committed (fsync'd) and may be read.
+    pub size: u64,
+    pub records: u64,
+    pub lines: u64,
+    pub first_ms: u64,
+    pub last_ms: u64,
+    /// `(offset, append_ms)` of the first record at or after every 64 KiB step.
+    pub time_index: Vec<(u64, u64)>,
+    /// No more appends will go to this segment.
+    pub sealed: bool,
+}
+
+impl SegMeta {
+    /// Accounts for a valid record at `offset`.
+    pub fn add_record(&mut self, offset: u64, record_len: u64, lines: u32, append_ms: u64) {
+        if self.records == 0 {
+            self.first_ms = append_ms;
+        }
+        self.last_ms = self.last_ms.max(append_ms);
+        let next_step = self
+            .time_index
+            .last()
+            .map_or(0, |(o, _)| (o / TIME_INDEX_STEP + 1) * TIME_INDEX_STEP);
+        if self.time_index.is_empty() || offset >= next_step {
+            self.time_index.push((offset, append_ms));
+        }
+        self.records += 1;
+        self.lines += u64::from(lines);
+        self.size = self.size.max(offset + record_len);
+    }
+
+    /// Append time of the record at `offset`, or of the nearest indexed record before it (an
+    /// upper bound of the age, off by at most 64 KiB of appends).
+    fn ms_at(&self, offset: u64) -> Option<u64> {
+        let i = self.time_index.partition_point(|(o, _)| *o <= offset);
+        match i.checked_sub(1).and_then(|j| self.time_index.get(j)) {
+            Some((_, ms)) => Some(*ms),
+            None => self.time_index.first().map(|(_, ms)| *ms),
+        }
+    }
+}
+
+/// One class's log.
+#[derive(Debug)]
+pub(crate) struct ClassState {
+    pub dir: PathBuf,
+    pub segments: BTreeMap<u64, SegMeta>,
+    /// The persisted ack cursor.
+    pub ack: Pos,
+    /// Lines of the records of `ack.segment` that lie before `ack.offset`.
+    pub ack_lines_in_segment: u64,
+}
+
+impl ClassState {
+    pub fn new(dir: PathBuf) -> Self {
+        ClassState {
+            dir,
+            segments: BTreeMap::new(),
+            ack: Pos::default(),
+            ack_lines_in_segment: 0,
+        }
+    }
+
+    pub fn segment_path(&self, id: u64) -> PathBuf {
+        self.dir.join(segment_file_name(id))
+    }
+
+    /// Lines of segment `id` not yet acknowledged.
+    pub fn unsent_lines_in(&self, id: u64, meta: &SegMeta) -> u64 {
+        if id > self.ack.segment {
+            meta.lines
+        } else if id == self.ack.segment {
+            meta.lines.saturating_sub(self.ack_lines_in_segment)
+        } else {
+            0
+        }
+    }
+
+    pub fn unsent_lines(&self) -> u64 {
+        self.segments
+            .iter()
+            .map(|(id, meta)| self.unsent_lines_in(*id, meta))
+            .sum()
+    }
+
+    pub fn unsent_bytes(&self) -> u64 {
+        self.segments
+            .iter()
+            .map(|(id, meta)| {
+                if *id > self.ack.segment {
+                    meta.size
+                } else if *id == self.ack.segment {
+                    meta.size.saturating_sub(self.ack.offset)
+                } else {
+                    0
+                }
+            })
+            .sum()
+    }
+
+    pub fn disk_bytes(&self) -> u64 {
+        self.segments.values().map(|m| m.size).sum()
+    }
+
+    /// Append time of the oldest record not yet acknowledged.
+    pub fn oldest_unsent_ms(&self) -> Option<u64> {
+        for (id, meta) in self.segments.range(self.ack.segment..) {
+            if meta.records == 0 {
+                continue;
+            }
+            if *id == self.ack.segment {
+                if self.ack.offset < meta.size {
+                    return meta.ms_at(self.ack.offset);
+                }
+                continue;
+            }
+            return Some(meta.first_ms);
+        }
+        None
+    }
+
+    /// Removes from the map every sealed segment wholly before the ack cursor; returns the
+    /// paths of the files to delete.
+    pub fn take_acked_segments(&mut self) -> Vec<PathBuf> {
+        let ack = self.ack;
+        let done: Vec<u64> = self
+            .segments
+            .iter()
+            .filter(|(id, meta)| {
+                **id < ack.segment
+                    || (**id == ack.segment && meta.sealed && ack.offset >= meta.size)
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        done.into_iter()
+            .map(|id| {
+                self.segments.remove(&id);
+                self.segment_path(id)
+            })
+            .collect()
+    }
+}
+
+/// Everything the writer and reader share.
+#[derive(Debug)]
+pub(crate) struct State {
+    /// Indexed by [`class_index`].
+    pub classes: [ClassState; 2],
+    pub dropped_oldest_lines: u64,
+    pub dropped_oldest_segments: u64,
+    pub recovery_dropped_bytes: u64,
+    pub append_errors: u64,
+}
+
+impl State {
+    pub fn class(&self, priority: Priority) -> &ClassState {
+        &self.classes[class_index(priority)]
+    }
+
+    pub fn class_mut(&mut self, priority: Priority) -> &mut ClassState {
+        &mut self.classes[class_index(priority)]
+    }
+
+    pub fn disk_bytes(&self) -> u64 {
+        self.classes.iter().map(ClassState::disk_bytes).sum()
+    }
+}
+
+/// The shared handle: state behind a mutex, counters, and the commit signal for the reader.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    state: Mutex<State>,
+    /// Data fsyncs of segment files (group commits plus the rare segment creation).
+    pub data_fsyncs: AtomicU64,
+    /// Fsyncs done to persist ack cursors and deletions.
+    pub meta_fsyncs: AtomicU64,
+    /// Bumped after every commit; the reader waits on it when it has nothing to send.
+    pub committed: watch::Sender<u64>,
+    /// Test hook: the next this-many segment writes fail as if the disk were full.
+    #[cfg(test)]
+    pub injected_write_faults: AtomicU64,
+}
+
+impl Shared {
+    pub fn new(state: State) -> Self {
+        let (committed, _) = watch::channel(0);
+        Shared {
+            state: Mutex::new(state),
+            data_fsyncs: AtomicU64::new(0),
+            meta_fsyncs: AtomicU64::new(0),
+            committed,
+            #[cfg(test)]
+            injected_write_faults: AtomicU64::new(0),
+        }
+    }
+
+    /// A simulated write error, if a test asked for one (never outside tests).
+    pub fn take_injected_fault(&self) -> Option<std::io::Error> {
+        #[cfg(test)]
+        {
+            let left = self.injected_write_faults.load(Ordering::Relaxed);
+            if left > 0 {
+                self.injected_write_faults
+                    .store(left - 1, Ordering::Relaxed);
+                return Some(std::io::Error::from(std::io::ErrorKind::StorageFull));
+            }
+        }
+        None
+    }
+
+    /// Locks the state. A panic while holding the lock cannot leave it half-updated in a way
+    /// that matters for safety (disk is the truth), so a poisoned lock is simply taken over.
+    pub fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn notify_commit(&self) {
+        self.committed.send_modify(|generation| *generation += 1);
+    }
+
+    /// Snapshot of the counters, also pushed to the `metrics` gauges.
+    pub fn stats(&self) -> BufferStats {
+        let state = self.lock();
+        let now = unix_ms();
+        let urgent = state.class(Priority::Urgent);
+        let normal = state.class(Priority::Normal);
+        let oldest = [urgent.oldest_unsent_ms(), normal.oldest_unsent_ms()]
+            .into_iter()
+            .flatten()
+            .min();
+        let stats = BufferStats {
+            disk_bytes: state.disk_bytes(),
+            segments: urgent.segments.len() + normal.segments.len(),
+            unsent_lines: urgent.unsent_lines() + normal.unsent_lines(),
+            urgent_unsent_lines: urgent.unsent_lines(),
+            unsent_bytes: urgent.unsent_bytes() + normal.unsent_bytes(),
+            oldest_unsent_age_ms: oldest.map(|ms| now.saturating_sub(ms)),
+            dropped_oldest_lines: state.dropped_oldest_lines,
+            dropped_oldest_segments: state.dropped_oldest_segments,
+            recovery_dropped_bytes: state.recovery_dropped_bytes,
+            append_errors: state.append_errors,
+            data_fsyncs: self.data_fsyncs.load(Ordering::Relaxed),
+            meta_fsyncs: self.meta_fsyncs.load(Ordering::Relaxed),
+        };
+        drop(state);
+        stats
+    }
+
+    /// Updates the gauges from the current state (called after commits, acks and drops).
+    pub fn publish_gauges(&self) {
+        let state = self.lock();
+        let disk = state.disk_bytes();
+        let urgent = state.class(Priority::Urgent).unsent_lines();
+        let normal = state.class(Priority::Normal).unsent_lines();
+        drop(state);
+        metrics::gauge!("buffer_bytes").set(disk as f64);
+        metrics::gauge!("buffer_readings", "class" => "urgent").set(urgent as f64);
+        metrics::gauge!("buffer_readings", "class" => "normal").set(normal as f64);
+    }
+}
+
+/// Deletes segment files already removed from the state, then makes that durable. Missing files
+/// are fine (they are gone either way). Returns the number of fsyncs done.
+pub(crate) fn delete_files(dir: &Path, paths: &[PathBuf]) -> std::io::Result<u64> {
+    if paths.is_empty() {
+        return Ok(0);
+    }
+    for path in paths {
+        match std::fs::remove_file(path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+    }
+    super::segment::fsync_dir(dir)?;
+    Ok(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn time_index_gives_an_upper_bound_of_age() {
+        let mut meta = SegMeta::default();
+        meta.add_record(0, 40_000, 1, 100);
+        meta.add_record(40_000, 40_000, 1, 200); // below 64 KiB: not indexed
+        meta.add_record(80_000, 40_000, 1, 300); // first at/after 64 KiB
+        assert_eq!(meta.time_index, vec![(0, 100), (80_000, 300)]);
+        assert_eq!(meta.ms_at(0), Some(100));
+        assert_eq!(meta.ms_at(40_000), Some(100));
+        assert_eq!(meta.ms_at(80_000), Some(300));
+        assert_eq!((meta.lines, meta.records, meta.size), (3, 3, 120_000));
+        assert_eq!((meta.first_ms, meta.last_ms), (100, 300));
+    }
+
+    #[test]
+    fn unsent_counts_respect_the_cursor() {
+        let mut class = ClassState::new(PathBuf::from("/nonexistent"));
+        let mut a = SegMeta::default();
+        a.add_record(0, 100, 10, 1);
+        a.add_record(100, 100, 5, 2);
+        a.sealed = true;
+        let mut b = SegMeta::default();
+        b.add_record(0, 50, 7, 3);
+        class.segments.insert(1, a);
+        class.segments.insert(2, b);
+        class.ack = Pos {
+            segment: 1,
+            offset: 100,
+        };
+        class.ack_lines_in_segment = 10;
+        assert_eq!(class.unsent_lines(), 12);
+        assert_eq!(class.unsent_bytes(), 150);
+        assert!(class.take_acked_segments().is_empty());
+        class.ack = Pos {
+            segment: 1,
+            offset: 200,
+        };
+        class.ack_lines_in_segment = 15;
+        assert_eq!(class.oldest_unsent_ms(), Some(3));
+        let gone = class.take_acked_segments();
+        assert_eq!(gone.len(), 1);
+        assert_eq!(class.unsent_lines(), 7);
+    }
+}

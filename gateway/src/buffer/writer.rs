@@ -1,0 +1,445 @@
+//! The writer: a dedicated std thread that owns the segment files and group-commits appends.
+//!
+//! Appends from every input go through one bounded channel. The thread takes whatever is waiting
+//! (up to [`GROUP_MAX_RAW`] bytes), compresses it into one record per class, writes, calls
+//! `sync_data` once per file, and only then resolves every append in the group. Blocking file IO
+//! therefore never runs on a tokio worker, many appends share one fsync, and a slow disk pushes
+//! back on the inputs through the full channel instead of growing memory.
+
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, oneshot};
+
+use super::record;
+use super::segment::fsync_dir;
+use super::state::{
+    class_dir_name, class_index, delete_files, unix_ms, SegMeta, Shared, CLASSES_URGENT_FIRST,
+};
+use super::{BufferError, BufferStats};
+use crate::model::Priority;
+
+/// Appends waiting for the writer thread; a full channel makes `append` wait.
+const CHANNEL_CAPACITY: usize = 1024;
+/// Most line protocol one group commit takes.
+const GROUP_MAX_RAW: usize = 4 << 20;
+/// A record is closed once it holds this much line protocol (more records, same fsync).
+const RECORD_MAX_RAW: usize = 512 << 10;
+/// Largest single append accepted (its record must stay under the header's payload bound).
+pub(crate) const APPEND_MAX_RAW: usize = 4 << 20;
+
+/// Size limits the writer enforces.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct WriterLimits {
+    pub max_disk_bytes: u64,
+    pub segment_bytes: u64,
+}
+
+struct AppendRequest {
+    priority: Priority,
+    lines: u32,
+    lp: Vec<u8>,
+    done: oneshot::Sender<Result<(), BufferError>>,
+}
+
+enum Command {
+    Append(AppendRequest),
+    Shutdown(oneshot::Sender<()>),
+}
+
+/// The input side of the buffer. Cheap to clone: one per input task.
+#[derive(Clone)]
+pub struct BufferWriter {
+    tx: mpsc::Sender<Command>,
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for BufferWriter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BufferWriter").finish_non_exhaustive()
+    }
+}
+
+impl BufferWriter {
+    /// Appends newline-terminated line-protocol bytes holding `lines` lines (a missing final
+    /// newline is added). Resolves once the data is written and fsync'd; concurrent appends
+    /// share one fsync. Waits while the writer is busy and its queue is full.
+    pub async fn append(
+        &self,
+        priority: Priority,
+        lines: u32,
+        mut lp: Vec<u8>,
+    ) -> Result<(), BufferError> {
+        if lp.is_empty() {
+            return Ok(());
+        }
+        if lp.len() > APPEND_MAX_RAW {
+            return Err(BufferError::TooLarge {
+                bytes: lp.len(),
+                limit: APPEND_MAX_RAW,
+            });
+        }
+        if lp.last() != Some(&b'\n') {
+            lp.push(b'\n');
+        }
+        let (done, wait) = oneshot::channel();
+        self.tx
+            .send(Command::Append(AppendRequest {
+                priority,
+                lines,
+                lp,
+                done,
+            }))
+            .await
+            .map_err(|_| BufferError::Closed)?;
+        wait.await.map_err(|_| BufferError::Closed)?
+    }
+
+    /// Commits everything queued before this call, then stops the writer thread; appends through
+    /// any other clone fail with [`BufferError::Closed`] afterwards.
+    pub async fn shutdown(self) {
+        let (done, wait) = oneshot::channel();
+        if self.tx.send(Command::Shutdown(done)).await.is_ok() {
+            let _ = wait.await;
+        }
+    }
+
+    /// Same as [`BufferReader::stats`](super::BufferReader::stats).
+    pub fn stats(&self) -> BufferStats {
+        self.shared.stats()
+    }
+}
+
+/// Starts the writer thread.
+pub(crate) fn start(
+    shared: Arc<Shared>,
+    limits: WriterLimits,
+    next_segment_id: u64,
+) -> Result<BufferWriter, BufferError> {
+    let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
+    let thread = WriterThread {
+        shared: Arc::clone(&shared),
+        rx,
+        limits,
+        next_segment_id,
+        active: [None, None],
+    };
+    std::thread::Builder::new()
+        .name("buffer-writer".into())
+        .spawn(move || thread.run())
+        .map_err(|e| BufferError::io(std::path::Path::new("buffer-writer thread"), e))?;
+    Ok(BufferWriter { tx, shared })
+}
+
+/// The segment a class is appending to.
+struct ActiveSegment {
+    id: u64,
+    file: File,
+    /// Bytes written and fsync'd.
+    committed: u64,
+}
+
+struct WriterThread {
+    shared: Arc<Shared>,
+    rx: mpsc::Receiver<Command>,
+    limits: WriterLimits,
+    next_segment_id: u64,
+    /// Indexed by `class_index`.
+    active: [Option<ActiveSegment>; 2],
+}
+
+/// Records built from one class's share of a group.
+struct EncodedRecords {
+    bytes: Vec<u8>,
+    /// `(offset within bytes, record length, lines)`.
+    records: Vec<(u64, u64, u32)>,
+    lines: u64,
+    /// Commit time shared by every record of the group.
+    append_ms: u64,
+}
+
+fn encode_records(
+    priority: Priority,
+    requests: &[AppendRequest],
+    append_ms: u64,
+) -> io::Result<EncodedRecords> {
+    let mut out = EncodedRecords {
+        bytes: Vec::new(),
+        records: Vec::new(),
+        lines: 0,
+        append_ms,
+    };
+    let mut raw = Vec::new();
+    let mut raw_lines = 0u32;
+    let flush = |raw: &mut Vec<u8>, raw_lines: &mut u32, out: &mut EncodedRecords| {
+        if raw.is_empty() {
+            return Ok::<(), io::Error>(());
+        }
+        let gz = record::gzip(raw)?;
+        let start = out.bytes.len();
+        let raw_len = u32::try_from(raw.len()).unwrap_or(u32::MAX);
+        record::encode(
+            &mut out.bytes,
+            priority,
+            *raw_lines,
+            append_ms,
+            raw_len,
+            &gz,
+        );
+        out.records
+            .push((start as u64, (out.bytes.len() - start) as u64, *raw_lines));
+        out.lines += u64::from(*raw_lines);
+        raw.clear();
+        *raw_lines = 0;
+        Ok(())
+    };
+    for request in requests {
+        if !raw.is_empty() && raw.len() + request.lp.len() > RECORD_MAX_RAW {
+            flush(&mut raw, &mut raw_lines, &mut out)?;
+        }
+        raw.extend_from_slice(&request.lp);
+        raw_lines = raw_lines.saturating_add(request.lines);
+    }
+    flush(&mut raw, &mut raw_lines, &mut out)?;
+    Ok(out)
+}
+
+impl WriterThread {
+    fn run(mut self) {
+        while let Some(first) = self.rx.blocking_recv() {
+            let mut group = Vec::new();
+            let mut raw = 0usize;
+            let mut shutdown = None;
+            match first {
+                Command::Append(request) => {
+                    raw += request.lp.len();
+                    group.push(request);
+                }
+                Command::Shutdown(done) => shutdown = Some(done),
+            }
+            while shutdown.is_none() && raw < GROUP_MAX_RAW {
+                match self.rx.try_recv() {
+                    Ok(Command::Append(request)) => {
+                        raw += request.lp.len();
+                        group.push(request);
+                    }
+                    Ok(Command::Shutdown(done)) => shutdown = Some(done),
+                    Err(_) => break,
+                }
+            }
+            if !group.is_empty() {
+                self.commit(group);
+            }
+            if let Some(done) = shutdown {
+                let _ = done.send(());
+                break;
+            }
+        }
+        tracing::debug!("buffer writer stopped");
+    }
+
+    fn commit(&mut self, group: Vec<AppendRequest>) {
+        let append_ms = unix_ms();
+        let (urgent, normal): (Vec<_>, Vec<_>) = group
+            .into_iter()
+            .partition(|r| r.priority == Priority::Urgent);
+        let mut by_class = [normal, urgent];
+        for priority in CLASSES_URGENT_FIRST {
+            let requests = std::mem::take(&mut by_class[class_index(priority)]);
+            if requests.is_empty() {
+                continue;
+            }
+            let result = match encode_records(priority, &requests, append_ms) {
+                Ok(encoded) => self.write_class(priority, &encoded),
+                Err(e) => Err(BufferError::io(std::path::Path::new("gzip"), e)),
+            };
+            for request in requests {
+                let _ = request.done.send(result.clone());
+            }
+        }
+        self.shared.publish_gauges();
+    }
+
+    fn write_class(
+        &mut self,
+        priority: Priority,
+        encoded: &EncodedRecords,
+    ) -> Result<(), BufferError> {
+        let total = encoded.bytes.len() as u64;
+        self.make_room(total)?;
+        self.ensure_active(priority, total)?;
+        let idx = class_index(priority);
+        let Some(active) = self.active[idx].as_mut() else {
+            return Err(BufferError::Closed);
+        };
+        let path = self.shared.lock().class(priority).segment_path(active.id);
+        let offset = active.committed;
+        let written = self.shared.take_injected_fault().map_or_else(
+            || {
+                active.file.write_all_at(&encoded.bytes, offset)?;
+                active.file.sync_data()
+            },
+            Err,
+        );
+        self.shared.data_fsyncs.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!("buffer_fsyncs_total").increment(1);
+        match written {
+            Ok(()) => {
+                active.committed += total;
+                let id = active.id;
+                {
+                    let mut state = self.shared.lock();
+                    let meta = state.class_mut(priority).segments.entry(id).or_default();
+                    for (at, len, lines) in &encoded.records {
+                        meta.add_record(offset + at, *len, *lines, encoded.append_ms);
+                    }
+                }
+                metrics::counter!("buffer_appended_lines_total", "class" => class_dir_name(priority))
+                    .increment(encoded.lines);
+                self.shared.notify_commit();
+                Ok(())
+            }
+            Err(e) => {
+                // Cut back whatever part reached the file and start a new segment next time.
+                let _ = active.file.set_len(offset);
+                self.seal(priority);
+                let disk_full = matches!(
+                    e.kind(),
+                    io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded
+                );
+                self.shared.lock().append_errors += 1;
+                metrics::counter!("buffer_append_errors_total").increment(1);
+                tracing::error!(error = %e, path = %path.display(), "buffer append failed");
+                if disk_full {
+                    self.drop_oldest_segment();
+                }
+                Err(BufferError::io(&path, e))
+            }
+        }
+    }
+
+    /// Stops appending to the class's current segment.
+    fn seal(&mut self, priority: Priority) {
+        if let Some(active) = self.active[class_index(priority)].take() {
+            let mut state = self.shared.lock();
+            if let Some(meta) = state.class_mut(priority).segments.get_mut(&active.id) {
+                meta.sealed = true;
+                meta.size = active.committed;
+            }
+            drop(state);
+            self.shared.notify_commit();
+        }
+    }
+
+    /// Makes sure the class has a segment with room for `incoming` bytes (a segment that is
+    /// still empty takes any size).
+    fn ensure_active(&mut self, priority: Priority, incoming: u64) -> Result<(), BufferError> {
+        let idx = class_index(priority);
+        if let Some(active) = &self.active[idx] {
+            if active.committed == 0 || active.committed + incoming <= self.limits.segment_bytes {
+                return Ok(());
+            }
+            self.seal(priority);
+        }
+        let id = self.next_segment_id;
+        let (dir, path) = {
+            let state = self.shared.lock();
+            let class = state.class(priority);
+            (class.dir.clone(), class.segment_path(id))
+        };
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .map_err(|e| BufferError::io(&path, e))?;
+        self.next_segment_id += 1;
+        fsync_dir(&dir).map_err(|e| BufferError::io(&dir, e))?;
+        self.shared.meta_fsyncs.fetch_add(1, Ordering::Relaxed);
+        self.shared
+            .lock()
+            .class_mut(priority)
+            .segments
+            .insert(id, SegMeta::default());
+        self.active[idx] = Some(ActiveSegment {
+            id,
+            file,
+            committed: 0,
+        });
+        Ok(())
+    }
+
+    /// Drops oldest segments until `incoming` more bytes fit under the disk bound.
+    fn make_room(&mut self, incoming: u64) -> Result<(), BufferError> {
+        loop {
+            let disk = self.shared.lock().disk_bytes();
+            if disk + incoming <= self.limits.max_disk_bytes {
+                return Ok(());
+            }
+            if !self.drop_oldest_segment() {
+                return Err(BufferError::TooLarge {
+                    bytes: usize::try_from(incoming).unwrap_or(usize::MAX),
+                    limit: usize::try_from(self.limits.max_disk_bytes).unwrap_or(usize::MAX),
+                });
+            }
+        }
+    }
+
+    /// Drops the oldest segment (normal class first), even if unsent. Returns false if there is
+    /// no segment to drop.
+    fn drop_oldest_segment(&mut self) -> bool {
+        let victim = [Priority::Normal, Priority::Urgent]
+            .into_iter()
+            .find_map(|priority| {
+                let state = self.shared.lock();
+                let first = state.class(priority).segments.keys().next().copied();
+                first.map(|id| (priority, id))
+            });
+        let Some((priority, id)) = victim else {
+            return false;
+        };
+        if self.active[class_index(priority)]
+            .as_ref()
+            .is_some_and(|a| a.id == id)
+        {
+            self.seal(priority);
+        }
+        let (dir, path, meta, unsent) = {
+            let mut state = self.shared.lock();
+            let class = state.class_mut(priority);
+            let Some(meta) = class.segments.remove(&id) else {
+                return false;
+            };
+            let unsent = class.unsent_lines_in(id, &meta);
+            let dir = class.dir.clone();
+            let path = class.segment_path(id);
+            state.dropped_oldest_lines += unsent;
+            state.dropped_oldest_segments += 1;
+            (dir, path, meta, unsent)
+        };
+        match delete_files(&dir, std::slice::from_ref(&path)) {
+            Ok(fsyncs) => {
+                self.shared.meta_fsyncs.fetch_add(fsyncs, Ordering::Relaxed);
+            }
+            Err(e) => {
+                tracing::error!(error = %e, path = %path.display(), "could not delete dropped buffer segment");
+            }
+        }
+        metrics::counter!("buffer_dropped_oldest_lines_total").increment(unsent);
+        metrics::counter!("buffer_dropped_oldest_segments_total").increment(1);
+        tracing::warn!(
+            class = class_dir_name(priority),
+            segment = id,
+            readings = unsent,
+            oldest_ms = meta.first_ms,
+            newest_ms = meta.last_ms,
+            span_s = meta.last_ms.saturating_sub(meta.first_ms) / 1000,
+            "buffer full: dropped the oldest segment, including unsent readings"
+        );
+        self.shared.publish_gauges();
+        true
+    }
+}

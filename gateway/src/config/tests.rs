@@ -1,0 +1,113 @@
+//! Config parsing and located errors.
+
+use super::*;
+
+const GOOD: &str = r#"
+[gateway]
+id = "bp-gw-001"
+data_dir = "/var/lib/ioc-gateway"
+
+[[inputs.mqtt]]
+url = "mqtt://127.0.0.1:1883"
+client_id = "bp-gw-001"
+topics = ["city/+/env/+"]
+qos = 1
+measurement = "environment"
+topic_tags = "_/district/_/sensor_id"
+timestamp_field = "ts"
+timestamp_unit = "ms"
+tag_keys = []
+
+[output.influxdb]
+url = "http://127.0.0.1:8086"
+api = "v2"
+org = "ioc"
+bucket = "telemetry"
+token_env = "INFLUX_TOKEN"
+database = "telemetry"
+batch_max_lines = 5000
+flush_interval_ms = 1000
+
+[buffer]
+max_disk_mb = 1024
+"#;
+
+fn err(text: &str) -> String {
+    Config::parse(Path::new("gw.toml"), text)
+        .expect_err("should fail")
+        .to_string()
+}
+
+#[test]
+fn the_contract_example_parses() {
+    let c = Config::parse(Path::new("gw.toml"), GOOD).unwrap();
+    assert_eq!(c.gateway.id, "bp-gw-001");
+    let m = &c.inputs.mqtt[0];
+    assert_eq!(m.qos, 1);
+    assert_eq!(m.timestamp_unit, TimestampUnit::Ms);
+    assert_eq!(m.topic_tags.as_deref(), Some("_/district/_/sensor_id"));
+    assert_eq!(c.output.influxdb.api, InfluxApi::V2);
+    assert_eq!(c.buffer.max_disk_mb, 1024);
+}
+
+#[test]
+fn unknown_key_is_located() {
+    let text = GOOD.replace("qos = 1\n", "qos = 1\nqso = 2\n");
+    let e = err(&text);
+    assert!(e.starts_with("gw.toml:12:"), "{e}");
+    assert!(e.contains("qso"), "{e}");
+}
+
+#[test]
+fn wrong_type_is_located_with_key() {
+    let text = GOOD.replace("qos = 1", "qos = \"one\"");
+    let e = err(&text);
+    assert!(e.starts_with("gw.toml:11:"), "{e}");
+    assert!(e.contains("inputs.mqtt[0].qos"), "{e}");
+}
+
+#[test]
+fn missing_url_names_the_table() {
+    let text = GOOD.replace("url = \"mqtt://127.0.0.1:1883\"\n", "");
+    let e = err(&text);
+    assert!(e.contains("url"), "{e}");
+    assert!(e.starts_with("gw.toml:6:"), "{e}");
+}
+
+#[test]
+fn semantic_errors_name_line_and_key() {
+    let e = err(&GOOD.replace("qos = 1", "qos = 2"));
+    assert!(e.starts_with("gw.toml:11: key `inputs.mqtt[0].qos`"), "{e}");
+    let e = err(&GOOD.replace("mqtt://127.0.0.1:1883", "http://x"));
+    assert!(e.starts_with("gw.toml:7: key `inputs.mqtt[0].url`"), "{e}");
+    let e = err(&GOOD.replace("bucket = \"telemetry\"\n", ""));
+    assert!(e.contains("key `output.influxdb.bucket`"), "{e}");
+    assert!(e.starts_with("gw.toml:19:"), "{e}");
+}
+
+#[test]
+fn syntax_error_is_located() {
+    let e = err(&GOOD.replace("qos = 1", "qos = = 1"));
+    assert!(e.starts_with("gw.toml:11:"), "{e}");
+}
+
+#[test]
+fn mqtt_urls() {
+    assert_eq!(
+        parse_mqtt_url("mqtts://broker.city:8884").unwrap(),
+        MqttAddress {
+            tls: true,
+            host: "broker.city".into(),
+            port: 8884
+        }
+    );
+    assert_eq!(parse_mqtt_url("mqtt://10.0.0.1").unwrap().port, 1883);
+    assert!(parse_mqtt_url("mqtt://h:99999").is_err());
+    assert!(parse_mqtt_url("ws://h").is_err());
+}
+
+#[test]
+fn secrets_never_print() {
+    let s = Secret::new("hunter2");
+    assert_eq!(format!("{s} {s:?}"), "*** Secret(***)");
+}

@@ -1,0 +1,391 @@
+//! MQTT input: one broker connection per `[[inputs.mqtt]]`, with acknowledgements tied to
+//! durability.
+//!
+//! Two tasks per input:
+//! - the **poll loop** drives `rumqttc`'s event loop (connect, reconnect with backoff and jitter,
+//!   subscribe when the broker has no session for us) and hands each PUBLISH to
+//! - the **committer**, which takes every message waiting (group commit), decodes them, appends
+//!   the readings to the durable buffer in one append, and only then sends the PUBACKs.
+//!
+//! The session is persistent (`clean_session = false`) and acks are manual, so a message whose
+//! readings are not yet durable is redelivered by the broker after a crash. Rejected messages
+//! (not JSON, no usable field, too large) are counted and acked: they would never get better.
+//! The channel between the tasks is bounded, so a slow disk stops the poll loop, which stops
+//! reading the socket, which makes the broker hold back (backpressure, not memory).
+
+use std::time::Duration;
+
+use rand::Rng;
+use rumqttc::{
+    AsyncClient, ConnectionError, Event, MqttOptions, Packet, Publish, QoS, SubscribeFilter,
+    SubscribeReasonCode, TlsConfiguration, Transport,
+};
+use tokio::sync::{mpsc, watch};
+use tracing::Instrument;
+
+use crate::config::{parse_mqtt_url, resolve_secret, MqttInputConfig};
+use crate::decode::json::{self, JsonMapping};
+use crate::model::Priority;
+use crate::pipeline::{count_received, count_rejected, Ingest};
+
+/// Messages handed from the poll loop to the committer, at most.
+const QUEUE: usize = 4096;
+/// Messages committed together at most (one buffer append, one fsync).
+const GROUP_MAX: usize = 4096;
+/// Largest MQTT packet the client reads at all. Larger packets cannot be received (and so cannot
+/// be acked); set the broker's `message_size_limit` below this.
+const MAX_PACKET: usize = 16 * 1024 * 1024;
+
+/// Errors that stop an input from starting (bad TLS files, secrets).
+#[derive(Debug, thiserror::Error)]
+pub enum MqttInputError {
+    #[error("input {input}: {message}")]
+    Setup { input: String, message: String },
+}
+
+/// Runs one MQTT input until `shutdown` turns true; then stops taking messages, commits and acks
+/// what it holds, and disconnects.
+pub async fn run_mqtt_input(
+    cfg: MqttInputConfig,
+    index: usize,
+    ingest: Ingest,
+    shutdown: watch::Receiver<bool>,
+) -> Result<(), MqttInputError> {
+    let name = cfg.name.clone().unwrap_or_else(|| format!("mqtt{index}"));
+    let span = tracing::info_span!("mqtt", input = %name, url = %cfg.url);
+    run(cfg, name, ingest, shutdown).instrument(span).await
+}
+
+async fn run(
+    cfg: MqttInputConfig,
+    name: String,
+    ingest: Ingest,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<(), MqttInputError> {
+    let options = mqtt_options(&cfg, &name)?;
+    // The request channel carries our PUBACKs; it must hold more than the broker can have in
+    // flight to us (at most 65535 packet ids), so acking never waits on the poll loop.
+    let (client, mut eventloop) = AsyncClient::new(options, 70_000);
+    let filters: Vec<SubscribeFilter> = cfg
+        .topics
+        .iter()
+        .map(|t| SubscribeFilter::new(t.clone(), qos(cfg.qos)))
+        .collect();
+
+    let (tx, rx) = mpsc::channel::<Publish>(QUEUE);
+    let committer = tokio::spawn(
+        commit_loop(
+            rx,
+            client.clone(),
+            ingest.clone(),
+            Committer {
+                name: name.clone(),
+                mapping: JsonMapping::from_config(&cfg),
+                max_payload: cfg.max_payload_bytes,
+                priority: cfg.priority.into(),
+            },
+        )
+        .in_current_span(),
+    );
+
+    let connected = metrics::gauge!("mqtt_connected", "input" => name.clone());
+    let status = ingest.status().clone();
+    status.register(&name, crate::status::InputKind::Mqtt, &cfg.url);
+    let mut backoff = Backoff::new();
+    let mut tx = Some(tx);
+    loop {
+        let event = tokio::select! {
+            ev = eventloop.poll() => ev,
+            _ = shutdown.changed() => break,
+        };
+        match event {
+            Ok(Event::Incoming(Packet::ConnAck(ack))) => {
+                connected.set(1.0);
+                status.set(&name, true, None);
+                backoff.reset();
+                tracing::info!(session_present = ack.session_present, "connected to broker");
+                if !ack.session_present {
+                    if let Err(e) = client.try_subscribe_many(filters.clone()) {
+                        tracing::error!("cannot queue SUBSCRIBE: {e}");
+                    }
+                }
+            }
+            Ok(Event::Incoming(Packet::SubAck(ack))) => {
+                for (code, topic) in ack.return_codes.iter().zip(&cfg.topics) {
+                    if matches!(code, SubscribeReasonCode::Failure) {
+                        tracing::error!(topic, "broker refused the subscription: check the broker's ACL for this client");
+                    }
+                }
+            }
+            Ok(Event::Incoming(Packet::Publish(publish))) => {
+                count_received(&name);
+                if let Some(tx) = &tx {
+                    // Waits while the committer is busy: backpressure towards the broker.
+                    if tx.send(publish).await.is_err() {
+                        break;
+                    }
+                }
+            }
+            Ok(_) => {}
+            Err(e) => {
+                connected.set(0.0);
+                status.set(&name, false, Some(explain(&e)));
+                metrics::counter!("mqtt_connection_errors_total", "input" => name.clone())
+                    .increment(1);
+                let wait = backoff.next();
+                tracing::warn!(retry_in_ms = wait.as_millis() as u64, "{}", explain(&e));
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = shutdown.changed() => break,
+                }
+            }
+        }
+    }
+
+    // Shutdown: stop handing over messages, let the committer finish its group, keep polling so
+    // its PUBACKs reach the broker, then disconnect. Messages never committed are not acked and
+    // come back with the next session.
+    tx.take();
+    let drain = async {
+        let mut committer = committer;
+        loop {
+            tokio::select! {
+                res = &mut committer => { let _ = res; break; }
+                ev = eventloop.poll() => if ev.is_err() { tokio::time::sleep(Duration::from_millis(50)).await },
+            }
+        }
+        let _ = client.try_disconnect();
+        for _ in 0..100 {
+            match eventloop.poll().await {
+                Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
+    };
+    if tokio::time::timeout(Duration::from_secs(10), drain)
+        .await
+        .is_err()
+    {
+        tracing::warn!("shutdown: gave up waiting for the broker after 10 s; unacked messages will be redelivered");
+    }
+    connected.set(0.0);
+    tracing::info!("stopped");
+    Ok(())
+}
+
+struct Committer {
+    name: String,
+    mapping: JsonMapping,
+    max_payload: usize,
+    priority: Priority,
+}
+
+async fn commit_loop(
+    mut rx: mpsc::Receiver<Publish>,
+    client: AsyncClient,
+    ingest: Ingest,
+    c: Committer,
+) {
+    let mut group = Vec::with_capacity(64);
+    let mut limiter = LogLimiter::default();
+    while let Some(first) = rx.recv().await {
+        group.push(first);
+        while group.len() < GROUP_MAX {
+            match rx.try_recv() {
+                Ok(p) => group.push(p),
+                Err(_) => break,
+            }
+        }
+        let mut lp = Vec::with_capacity(group.len() * 160);
+        let mut lines = 0;
+        let now = crate::clock::now_ns();
+        for p in &group {
+            if p.payload.len() > c.max_payload {
+                count_rejected(&c.name, "payload_too_large");
+                if limiter.allow() {
+                    tracing::warn!(topic = %p.topic, bytes = p.payload.len(), limit = c.max_payload,
+                        "message rejected: payload larger than max_payload_bytes");
+                }
+                continue;
+            }
+            match json::decode(&c.mapping, &p.topic, &p.payload, now) {
+                Ok(readings) => lines += ingest.encode(&c.name, readings, &mut lp),
+                Err(e) => {
+                    count_rejected(&c.name, e.label());
+                    if limiter.allow() {
+                        tracing::warn!(topic = %p.topic, reason = e.label(), "message rejected: {e}");
+                    }
+                }
+            }
+        }
+        // Durable first; keep retrying (the buffer makes room by dropping its oldest data) rather
+        // than ack something that is not on disk.
+        let mut backoff = Backoff::with(Duration::from_millis(100), Duration::from_secs(5));
+        loop {
+            match ingest.commit(c.priority, lines, lp.clone()).await {
+                Ok(()) => break,
+                Err(crate::buffer::BufferError::Closed) => {
+                    tracing::error!(
+                        "buffer closed; {} messages left unacked for redelivery",
+                        group.len()
+                    );
+                    return;
+                }
+                Err(e) => {
+                    let wait = backoff.next();
+                    tracing::error!(
+                        retry_in_ms = wait.as_millis() as u64,
+                        "cannot make readings durable, not acking: {e}"
+                    );
+                    tokio::time::sleep(wait).await;
+                }
+            }
+        }
+        for p in group.drain(..) {
+            if let Err(e) = client.ack(&p).await {
+                tracing::warn!("cannot queue PUBACK (broker will redeliver): {e}");
+            }
+        }
+        limiter.tick();
+    }
+}
+
+fn qos(q: u8) -> QoS {
+    if q == 0 {
+        QoS::AtMostOnce
+    } else {
+        QoS::AtLeastOnce
+    }
+}
+
+fn mqtt_options(cfg: &MqttInputConfig, name: &str) -> Result<MqttOptions, MqttInputError> {
+    let setup = |message: String| MqttInputError::Setup {
+        input: name.to_owned(),
+        message,
+    };
+    let addr = parse_mqtt_url(&cfg.url).map_err(setup)?;
+    let mut o = MqttOptions::new(cfg.client_id.clone(), addr.host.clone(), addr.port);
+    o.set_clean_session(false)
+        .set_manual_acks(true)
+        .set_keep_alive(Duration::from_secs(cfg.keep_alive_s.max(5)))
+        .set_max_packet_size(MAX_PACKET.max(cfg.max_payload_bytes + 65_536), 1024 * 1024);
+    let password = resolve_secret(
+        &format!("{name}.password"),
+        cfg.password_env.as_deref(),
+        cfg.password_file.as_deref(),
+    )
+    .map_err(|e| setup(e.to_string()))?;
+    if let Some(user) = &cfg.username {
+        o.set_credentials(
+            user.clone(),
+            password
+                .as_ref()
+                .map(|p| p.expose().to_owned())
+                .unwrap_or_default(),
+        );
+    } else if password.is_some() {
+        return Err(setup("a password is configured but no username".into()));
+    }
+    if addr.tls {
+        let read = |p: &std::path::Path| {
+            std::fs::read(p).map_err(|e| setup(format!("cannot read {}: {e}", p.display())))
+        };
+        let client_auth = match (&cfg.client_cert_file, &cfg.client_key_file) {
+            (Some(c), Some(k)) => Some((read(c)?, read(k)?)),
+            _ => None,
+        };
+        let tls = match &cfg.ca_file {
+            Some(ca) => TlsConfiguration::Simple {
+                ca: read(ca)?,
+                alpn: None,
+                client_auth,
+            },
+            None if client_auth.is_none() => TlsConfiguration::default(),
+            None => return Err(setup("mutual TLS needs ca_file too".into())),
+        };
+        o.set_transport(Transport::tls_with_config(tls));
+    }
+    Ok(o)
+}
+
+/// A sentence a technician can act on, for each kind of connection failure.
+fn explain(e: &ConnectionError) -> String {
+    use rumqttc::ConnectReturnCode as C;
+    match e {
+        ConnectionError::ConnectionRefused(C::BadUserNamePassword | C::NotAuthorized) => {
+            "broker refused the login: check username and password".into()
+        }
+        ConnectionError::ConnectionRefused(code) => {
+            format!("broker refused the connection: {code:?}")
+        }
+        ConnectionError::Io(io) if io.kind() == std::io::ErrorKind::ConnectionRefused => {
+            "cannot connect: nothing listens at that address (is the broker running? right port?)"
+                .into()
+        }
+        ConnectionError::Tls(t) => {
+            format!("TLS handshake failed (check ca_file, certificate dates and host name): {t}")
+        }
+        ConnectionError::NetworkTimeout => "network timeout reaching the broker".into(),
+        other => format!("broker connection lost: {other}"),
+    }
+}
+
+/// Exponential backoff with full jitter.
+struct Backoff {
+    base: Duration,
+    cap: Duration,
+    current: Duration,
+}
+
+impl Backoff {
+    fn new() -> Self {
+        Self::with(Duration::from_millis(500), Duration::from_secs(30))
+    }
+    fn with(base: Duration, cap: Duration) -> Self {
+        Backoff {
+            base,
+            cap,
+            current: base,
+        }
+    }
+    fn reset(&mut self) {
+        self.current = self.base;
+    }
+    fn next(&mut self) -> Duration {
+        let ceiling = self.current;
+        self.current = (self.current * 2).min(self.cap);
+        let ms = ceiling.as_millis().max(1) as u64;
+        Duration::from_millis(ms / 2 + rand::thread_rng().gen_range(0..=ms / 2))
+    }
+}
+
+/// At most a few warnings per committed group burst, so a flood of bad messages cannot flood
+/// the log; the metrics still count every one.
+#[derive(Default)]
+struct LogLimiter {
+    logged: u32,
+    since: Option<std::time::Instant>,
+}
+
+impl LogLimiter {
+    fn allow(&mut self) -> bool {
+        self.logged += 1;
+        self.logged <= 10
+    }
+    fn tick(&mut self) {
+        let now = std::time::Instant::now();
+        match self.since {
+            Some(t) if now.duration_since(t) < Duration::from_secs(10) => {}
+            _ => {
+                if self.logged > 10 {
+                    tracing::warn!(
+                        suppressed = self.logged - 10,
+                        "more rejected messages (see readings_rejected_total)"
+                    );
+                }
+                self.logged = 0;
+                self.since = Some(now);
+            }
+        }
+    }
+}

@@ -1,0 +1,732 @@
+//! Serial input: one task per `[[inputs.serial]]` port (UART or RS-485 adapter), transport only.
+//!
+//! The task opens the port with `tokio-serial` (8N1, raw, no flow control), and then either
+//! - **streams** (`pms5003`, `sds011`, `node`): reads whatever arrives, feeds it to the
+//!   protocol's pure decoder ([`StreamDecoder`]), stamps each reading with [`now_ns`] when the read
+//!   that completed its frame returns, and commits the readings to the durable buffer
+//!   (node acks are written back to the port); or
+//! - **polls** (`modbus_rtu`): every `poll_interval_ms`, sends the read requests planned from the
+//!   register map ([`modbus::plan_requests`]) with `tokio-modbus`, one slave after the other, each
+//!   with its own timeout, so a dead or garbling slave costs one timeout per poll and never
+//!   blocks the others. A failed request is counted (`modbus_errors_total{port,slave,reason}`)
+//!   and simply tried again at the next poll; a bad answer never becomes a reading.
+//!
+//! A port missing at start, or vanishing (read/write error, end of file: a USB adapter
+//! unplugged), is reopened with exponential backoff (0.2 s doubling to 30 s); the logs say which
+//! port is down and since when, and so do [`serial_port_statuses`] and the metrics. Nothing of
+//! this touches the other inputs.
+//!
+//! # Metrics (label `port` = the input's `name`, else its device path)
+//!
+//! `serial_frames_total{port,result=ok|skipped|bad}`, `serial_frames_bad_total{port,reason}`
+//! (reasons: [`crate::decode::serial_frame::BadFrame::label`], or the node decoder's labels), `serial_port_up{port}` (0/1),
+//! `serial_port_down_since_seconds{port}` (Unix time the port went down, 0 while up),
+//! `serial_reads_total{port}`, `modbus_requests_total{port,slave}`,
+//! `modbus_errors_total{port,slave,reason}` ([`ModbusFailure::label`]).
+
+use std::collections::BTreeMap;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context as TaskContext, Poll};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::sync::watch;
+use tracing::Instrument;
+use tokio_modbus::client::{Context as ModbusContext, Reader};
+use tokio_modbus::slave::SlaveContext;
+use tokio_modbus::Slave;
+use tokio_serial::{DataBits, FlowControl, Parity, SerialPortBuilderExt, SerialStream, StopBits};
+
+use crate::clock::now_ns;
+use crate::config::{SerialInputConfig, SerialProtocol};
+use crate::decode::node::NodeDecoder;
+use crate::decode::modbus::{self, classify_unanswered, ModbusFailure, ModbusRequest};
+use crate::decode::pms5003::{Pms5003Decoder, Pms5003Variant};
+use crate::decode::sds011::{Sds011Decoder, Sds011Frame};
+use crate::decode::serial_frame::DecodeEvent;
+use crate::model::{Priority, Reading};
+use crate::pipeline::Ingest;
+
+/// First reopen delay after a port is lost or missing.
+pub const BACKOFF_START: Duration = Duration::from_millis(200);
+/// Longest reopen delay.
+pub const BACKOFF_CAP: Duration = Duration::from_secs(30);
+/// A partial frame with no byte for this long is reported as truncated and dropped.
+pub const IDLE_FLUSH: Duration = Duration::from_millis(500);
+/// Longest wait for one Modbus answer (shorter when the poll interval is short: half of it,
+/// but at least 100 ms).
+pub const MODBUS_REQUEST_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Why a serial input cannot run at all (it never retries these).
+#[derive(Debug, thiserror::Error)]
+pub enum SerialInputError {
+    #[error("serial input {port}: protocol \"modbus_rtu\" needs at least one [[inputs.serial.registers]] entry")]
+    NoRegisters { port: String },
+}
+
+// ---------------------------------------------------------------------------------------------
+// Status registry for health endpoints.
+
+/// What is known about one serial port, for health pages and `status`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SerialPortStatus {
+    /// The `port` label: the input's name, else its device path.
+    pub port: String,
+    pub path: PathBuf,
+    pub up: bool,
+    /// When the port went down (or, if it never opened, when the input started).
+    pub down_since: Option<SystemTime>,
+    /// The last open/read error, while down.
+    pub last_error: Option<String>,
+    /// Frames (or Modbus answers) decoded since start.
+    pub good_frames: u64,
+    /// Bad frames / failed Modbus requests since start.
+    pub bad_frames: u64,
+    /// The same by reason: a frame reason label (`checksum`, `noise`, ...), or for Modbus
+    /// `slave=<id>,reason=<label>`.
+    pub bad_by_reason: BTreeMap<String, u64>,
+}
+
+static STATUS: Mutex<BTreeMap<String, SerialPortStatus>> = Mutex::new(BTreeMap::new());
+
+/// A snapshot of every serial port's status, ordered by port label.
+pub fn serial_port_statuses() -> Vec<SerialPortStatus> {
+    let map = STATUS.lock().unwrap_or_else(|e| e.into_inner());
+    map.values().cloned().collect()
+}
+
+fn update_status(port: &str, f: impl FnOnce(&mut SerialPortStatus)) {
+    let mut map = STATUS.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(s) = map.get_mut(port) {
+        f(s);
+    }
+}
+
+fn unix_seconds(t: SystemTime) -> f64 {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
+/// Port state changes: logs, gauges and the status registry together.
+struct PortHealth {
+    port: String,
+    down_since: Option<SystemTime>,
+}
+
+impl PortHealth {
+    fn new(port: &str, path: &Path) -> Self {
+        let now = SystemTime::now();
+        STATUS
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(
+                port.to_owned(),
+                SerialPortStatus {
+                    port: port.to_owned(),
+                    path: path.to_path_buf(),
+                    up: false,
+                    down_since: Some(now),
+                    last_error: None,
+                    good_frames: 0,
+                    bad_frames: 0,
+                    bad_by_reason: BTreeMap::new(),
+                },
+            );
+        metrics::gauge!("serial_port_up", "port" => port.to_owned()).set(0.0);
+        metrics::gauge!("serial_port_down_since_seconds", "port" => port.to_owned())
+            .set(unix_seconds(now));
+        PortHealth {
+            port: port.to_owned(),
+            down_since: Some(now),
+        }
+    }
+
+    fn up(&mut self) {
+        if let Some(since) = self.down_since.take() {
+            let secs = since.elapsed().map(|d| d.as_secs_f64()).unwrap_or(0.0);
+            tracing::info!(port = %self.port, down_for_s = format!("{secs:.1}"), "serial port open");
+        }
+        metrics::gauge!("serial_port_up", "port" => self.port.clone()).set(1.0);
+        metrics::gauge!("serial_port_down_since_seconds", "port" => self.port.clone()).set(0.0);
+        update_status(&self.port, |s| {
+            s.up = true;
+            s.down_since = None;
+            s.last_error = None;
+        });
+    }
+
+    /// The port is (still) down because of `error`. Logs a warning when it goes down, and at
+    /// most one reminder per backoff step after that.
+    fn down(&mut self, error: &str) {
+        let since = *self.down_since.get_or_insert_with(SystemTime::now);
+        let since_unix = unix_seconds(since);
+        let down_for = since.elapsed().map(|d| d.as_secs()).unwrap_or(0);
+        tracing::warn!(
+            port = %self.port,
+            down_since_unix = since_unix as u64,
+            down_for_s = down_for,
+            "serial port down: {error}"
+        );
+        metrics::gauge!("serial_port_up", "port" => self.port.clone()).set(0.0);
+        metrics::gauge!("serial_port_down_since_seconds", "port" => self.port.clone())
+            .set(since_unix);
+        let error = error.to_owned();
+        update_status(&self.port, |s| {
+            s.up = false;
+            s.down_since = Some(since);
+            s.last_error = Some(error);
+        });
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Stream protocols (shared with the probe tool).
+
+/// What one chunk of bytes gave.
+#[derive(Debug, Default)]
+pub struct StreamOutput {
+    pub readings: Vec<Reading>,
+    /// Bytes to write back to the port (node acks).
+    pub replies: Vec<u8>,
+    /// Frames decoded.
+    pub good: u64,
+    /// Valid frames that carry no reading (SDS011 command replies).
+    pub skipped: u64,
+    /// Bad frames and noise runs, by reason label.
+    pub bad: Vec<&'static str>,
+}
+
+impl StreamOutput {
+    pub fn clear(&mut self) {
+        self.readings.clear();
+        self.replies.clear();
+        self.good = 0;
+        self.skipped = 0;
+        self.bad.clear();
+    }
+}
+
+/// A streaming protocol's decoder plus what turns its frames into readings.
+#[derive(Debug)]
+pub enum StreamDecoder {
+    Pms5003 {
+        decoder: Pms5003Decoder,
+        variant: Pms5003Variant,
+        sensor_id: Option<String>,
+        tags: BTreeMap<String, String>,
+    },
+    Sds011 {
+        decoder: Sds011Decoder,
+        sensor_id: Option<String>,
+        tags: BTreeMap<String, String>,
+    },
+    /// Our own sensor nodes (`decode::node`); its acks go back to the port.
+    Node(Box<NodeDecoder>),
+}
+
+impl StreamDecoder {
+    /// The decoder for a streaming protocol (`None` for `modbus_rtu`, which is polled).
+    ///
+    /// PMS5003T: the frame cannot say which variant sent it (see `decode::pms5003`), and the
+    /// config has no variant key yet, so a port whose tags set `model = "pms5003t"` is read as a
+    /// PMS5003T (the tag is then taken as the `model` tag, which it already equals).
+    pub fn for_port(cfg: &SerialInputConfig) -> Option<Self> {
+        let mut tags = cfg.tags.clone();
+        Some(match cfg.protocol {
+            SerialProtocol::Pms5003 => {
+                let variant = if tags.get("model").map(String::as_str) == Some("pms5003t") {
+                    Pms5003Variant::T
+                } else {
+                    Pms5003Variant::Standard
+                };
+                tags.remove("model");
+                StreamDecoder::Pms5003 {
+                    decoder: Pms5003Decoder::new(),
+                    variant,
+                    sensor_id: cfg.sensor_id.clone(),
+                    tags,
+                }
+            }
+            SerialProtocol::Sds011 => StreamDecoder::Sds011 {
+                decoder: Sds011Decoder::new(),
+                sensor_id: cfg.sensor_id.clone(),
+                tags,
+            },
+            SerialProtocol::Node => {
+                StreamDecoder::Node(Box::new(NodeDecoder::new(tags, gateway_boot_id())))
+            }
+            SerialProtocol::ModbusRtu => return None,
+        })
+    }
+
+    /// Protocol name for logs and the probe tool.
+    pub fn protocol_name(&self) -> &'static str {
+        match self {
+            StreamDecoder::Pms5003 { .. } => "pms5003",
+            StreamDecoder::Sds011 { .. } => "sds011",
+            StreamDecoder::Node(_) => "node",
+        }
+    }
+
+    /// Bytes waiting for the rest of a frame.
+    pub fn buffered(&self) -> usize {
+        match self {
+            StreamDecoder::Pms5003 { decoder, .. } => decoder.buffered(),
+            StreamDecoder::Sds011 { decoder, .. } => decoder.buffered(),
+            // Node frames are delimited by a zero byte: a partial one is dropped by the next
+            // delimiter, so it never needs an idle flush.
+            StreamDecoder::Node(_) => 0,
+        }
+    }
+
+    /// Feeds bytes received at `now_ns`; appends what they gave to `out`.
+    pub fn push(&mut self, bytes: &[u8], now_ns: i64, out: &mut StreamOutput) {
+        self.run(Some(bytes), now_ns, out);
+    }
+
+    /// The line went idle: reports a partial frame as truncated.
+    pub fn flush(&mut self, out: &mut StreamOutput) {
+        self.run(None, 0, out);
+    }
+
+    /// Forgets a partial frame (after the port was reopened), without counting it.
+    pub fn reset(&mut self) {
+        if let StreamDecoder::Node(decoder) = self {
+            decoder.reset_stream();
+            return;
+        }
+        let mut scratch = StreamOutput::default();
+        self.flush(&mut scratch);
+    }
+
+    fn run(&mut self, bytes: Option<&[u8]>, now_ns: i64, out: &mut StreamOutput) {
+        match self {
+            StreamDecoder::Pms5003 {
+                decoder,
+                variant,
+                sensor_id,
+                tags,
+            } => {
+                let mut events = Vec::new();
+                match bytes {
+                    Some(b) => decoder.push(b, &mut events),
+                    None => decoder.flush(&mut events),
+                }
+                for e in events {
+                    match e {
+                        DecodeEvent::Frame(f) => {
+                            out.good += 1;
+                            out.readings
+                                .push(f.to_reading(*variant, sensor_id.as_deref(), tags, now_ns));
+                        }
+                        DecodeEvent::Skipped { .. } => out.skipped += 1,
+                        DecodeEvent::Bad { reason, .. } => out.bad.push(reason.label()),
+                    }
+                }
+            }
+            StreamDecoder::Sds011 {
+                decoder,
+                sensor_id,
+                tags,
+            } => {
+                let mut events = Vec::new();
+                match bytes {
+                    Some(b) => decoder.push(b, &mut events),
+                    None => decoder.flush(&mut events),
+                }
+                for e in events {
+                    match e {
+                        DecodeEvent::Frame(Sds011Frame::Data(d)) => {
+                            out.good += 1;
+                            out.readings
+                                .push(d.to_reading(sensor_id.as_deref(), tags, now_ns));
+                        }
+                        DecodeEvent::Frame(Sds011Frame::Reply(_)) | DecodeEvent::Skipped { .. } => {
+                            out.skipped += 1
+                        }
+                        DecodeEvent::Bad { reason, .. } => out.bad.push(reason.label()),
+                    }
+                }
+            }
+            StreamDecoder::Node(decoder) => {
+                let Some(bytes) = bytes else {
+                    return;
+                };
+                let before = decoder.counters().frames;
+                let mut batch = decoder.push(bytes, now_ns);
+                out.good += decoder.counters().frames.saturating_sub(before);
+                out.readings.append(&mut batch.readings);
+                out.replies.append(&mut batch.replies);
+                out.bad.extend(batch.errors.iter().map(|e| e.label()));
+            }
+        }
+    }
+}
+
+/// A random id for this gateway process, sent in the header of the frames it sends to nodes.
+fn gateway_boot_id() -> u32 {
+    rand::random()
+}
+
+fn count_frames(port: &str, out: &StreamOutput) {
+    if out.good > 0 {
+        metrics::counter!("serial_frames_total", "port" => port.to_owned(), "result" => "ok")
+            .increment(out.good);
+    }
+    if out.skipped > 0 {
+        metrics::counter!("serial_frames_total", "port" => port.to_owned(), "result" => "skipped")
+            .increment(out.skipped);
+    }
+    for reason in &out.bad {
+        metrics::counter!("serial_frames_total", "port" => port.to_owned(), "result" => "bad")
+            .increment(1);
+        metrics::counter!("serial_frames_bad_total", "port" => port.to_owned(), "reason" => *reason)
+            .increment(1);
+        tracing::debug!(port, reason, "bad serial frame");
+    }
+    let (good, bad) = (out.good, out.bad.len() as u64);
+    if good > 0 || bad > 0 {
+        update_status(port, |s| {
+            s.good_frames += good;
+            s.bad_frames += bad;
+            for reason in &out.bad {
+                *s.bad_by_reason.entry((*reason).to_owned()).or_default() += 1;
+            }
+        });
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The task.
+
+/// Opens a serial device 8N1, raw, without flow control.
+pub fn open_port(path: &Path, baud: u32) -> Result<SerialStream, tokio_serial::Error> {
+    tokio_serial::new(path.to_string_lossy(), baud)
+        .data_bits(DataBits::Eight)
+        .parity(Parity::None)
+        .stop_bits(StopBits::One)
+        .flow_control(FlowControl::None)
+        .open_native_async()
+}
+
+/// How a session on an open port ended.
+enum SessionEnd {
+    Shutdown,
+    Lost(String),
+}
+
+/// The `port` label of an input: its name, else its device path.
+pub fn port_label(cfg: &SerialInputConfig) -> String {
+    cfg.name
+        .clone()
+        .unwrap_or_else(|| cfg.port.display().to_string())
+}
+
+/// Runs one serial input until `shutdown` turns true (or its sender is dropped). Returns an error
+/// only for a configuration this build cannot run (a `modbus_rtu` port without registers);
+/// a missing or vanishing port is retried forever.
+pub async fn run_serial_input(
+    cfg: SerialInputConfig,
+    index: usize,
+    ingest: Ingest,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<(), SerialInputError> {
+    let port = port_label(&cfg);
+    let span = tracing::info_span!("serial", input = index, port = %port);
+    run_port(cfg, port, ingest, &mut shutdown)
+        .instrument(span)
+        .await
+}
+
+async fn run_port(
+    cfg: SerialInputConfig,
+    port: String,
+    ingest: Ingest,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Result<(), SerialInputError> {
+    let mut stream_decoder = StreamDecoder::for_port(&cfg);
+    let plan = modbus::plan_requests(&cfg.registers);
+    if stream_decoder.is_none() && plan.is_empty() {
+        return Err(SerialInputError::NoRegisters { port });
+    }
+    let mut health = PortHealth::new(&port, &cfg.port);
+    let mut backoff = BACKOFF_START;
+    loop {
+        if *shutdown.borrow() {
+            return Ok(());
+        }
+        match open_port(&cfg.port, cfg.baud) {
+            Ok(stream) => {
+                health.up();
+                backoff = BACKOFF_START;
+                let end = match stream_decoder.as_mut() {
+                    Some(decoder) => {
+                        decoder.reset();
+                        stream_session(stream, decoder, &port, &ingest, shutdown).await
+                    }
+                    None => modbus_session(stream, &cfg, &plan, &port, &ingest, shutdown).await,
+                };
+                match end {
+                    SessionEnd::Shutdown => return Ok(()),
+                    SessionEnd::Lost(e) => health.down(&format!("{} lost: {e}", cfg.port.display())),
+                }
+            }
+            Err(e) => health.down(&format!("cannot open {}: {e}", cfg.port.display())),
+        }
+        tokio::select! {
+            _ = wait_shutdown(shutdown) => return Ok(()),
+            _ = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(BACKOFF_CAP);
+    }
+}
+
+/// Resolves once shutdown is requested (or can no longer be, the sender being gone).
+async fn wait_shutdown(rx: &mut watch::Receiver<bool>) {
+    loop {
+        if *rx.borrow_and_update() {
+            return;
+        }
+        if rx.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+async fn commit(port: &str, ingest: &Ingest, readings: Vec<Reading>) {
+    if readings.is_empty() {
+        return;
+    }
+    let mut lp = Vec::new();
+    let lines = ingest.encode(port, readings, &mut lp);
+    if let Err(e) = ingest.commit(Priority::Normal, lines, lp).await {
+        // A serial sensor cannot resend: these readings are lost. Counted and logged.
+        metrics::counter!("serial_commit_errors_total", "port" => port.to_owned()).increment(1);
+        tracing::error!(port, lines, "readings lost, the buffer refused them: {e}");
+    }
+}
+
+async fn stream_session(
+    mut stream: SerialStream,
+    decoder: &mut StreamDecoder,
+    port: &str,
+    ingest: &Ingest,
+    shutdown: &mut watch::Receiver<bool>,
+) -> SessionEnd {
+    let mut buf = vec![0u8; 4096];
+    let mut out = StreamOutput::default();
+    loop {
+        out.clear();
+        let read = tokio::select! {
+            _ = wait_shutdown(shutdown) => return SessionEnd::Shutdown,
+            r = tokio::time::timeout(IDLE_FLUSH, stream.read(&mut buf)) => r,
+        };
+        match read {
+            Err(_idle) => {
+                if decoder.buffered() == 0 {
+                    continue;
+                }
+                decoder.flush(&mut out);
+            }
+            Ok(Ok(0)) => return SessionEnd::Lost("end of file".into()),
+            Ok(Ok(n)) => {
+                metrics::counter!("serial_reads_total", "port" => port.to_owned()).increment(1);
+                let Some(bytes) = buf.get(..n) else {
+                    continue;
+                };
+                decoder.push(bytes, now_ns(), &mut out);
+            }
+            Ok(Err(e)) => return SessionEnd::Lost(e.to_string()),
+        }
+        count_frames(port, &out);
+        if !out.replies.is_empty() {
+            if let Err(e) = stream.write_all(&out.replies).await {
+                return SessionEnd::Lost(format!("write: {e}"));
+            }
+        }
+        commit(port, ingest, std::mem::take(&mut out.readings)).await;
+    }
+}
+
+/// A transport that keeps a copy of the bytes it reads, so that a Modbus request that got no
+/// decodable answer can be classified (timeout vs bad CRC vs garbled): `tokio-modbus` silently
+/// drops a frame whose CRC is wrong and keeps waiting.
+#[derive(Debug)]
+struct TapStream<S> {
+    inner: S,
+    received: Arc<Mutex<Vec<u8>>>,
+}
+
+/// Bytes kept by [`TapStream`] per request, at most (an RTU frame is at most 256 bytes).
+const TAP_LIMIT: usize = 256;
+
+impl<S: AsyncRead + Unpin> AsyncRead for TapStream<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let result = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if let Poll::Ready(Ok(())) = &result {
+            if let Some(new) = buf.filled().get(before..) {
+                let mut log = self.received.lock().unwrap_or_else(|e| e.into_inner());
+                let room = TAP_LIMIT.saturating_sub(log.len());
+                log.extend_from_slice(&new[..new.len().min(room)]);
+            }
+        }
+        result
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for TapStream<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// The per-request timeout for a poll interval (see [`MODBUS_REQUEST_TIMEOUT`]).
+pub fn modbus_request_timeout(poll_interval: Duration) -> Duration {
+    (poll_interval / 2).clamp(Duration::from_millis(100), MODBUS_REQUEST_TIMEOUT)
+}
+
+async fn modbus_session(
+    stream: SerialStream,
+    cfg: &SerialInputConfig,
+    plan: &[ModbusRequest],
+    port: &str,
+    ingest: &Ingest,
+    shutdown: &mut watch::Receiver<bool>,
+) -> SessionEnd {
+    let received = Arc::new(Mutex::new(Vec::new()));
+    let tap = TapStream {
+        inner: stream,
+        received: Arc::clone(&received),
+    };
+    let mut ctx = tokio_modbus::client::rtu::attach_slave(tap, Slave(1));
+    let poll_interval = Duration::from_millis(cfg.poll_interval_ms.max(1));
+    let request_timeout = modbus_request_timeout(poll_interval);
+    let mut ticker = tokio::time::interval(poll_interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = wait_shutdown(shutdown) => return SessionEnd::Shutdown,
+            _ = ticker.tick() => {}
+        }
+        let mut readings = Vec::new();
+        for request in plan {
+            if *shutdown.borrow() {
+                return SessionEnd::Shutdown;
+            }
+            received.lock().unwrap_or_else(|e| e.into_inner()).clear();
+            let outcome = poll_one(&mut ctx, request, request_timeout, &received).await;
+            let slave = request.slave.to_string();
+            metrics::counter!("modbus_requests_total", "port" => port.to_owned(), "slave" => slave.clone())
+                .increment(1);
+            match outcome {
+                PollOutcome::Answer(words) => {
+                    let (mut r, errors) = modbus::readings_from_answer(request, &words, cfg, now_ns());
+                    for (field, e) in &errors {
+                        count_modbus_error(port, &slave, ModbusFailure::Value);
+                        tracing::warn!(port, slave = request.slave, field, "register value rejected: {e}");
+                    }
+                    if !r.is_empty() {
+                        update_status(port, |s| s.good_frames += 1);
+                    }
+                    readings.append(&mut r);
+                }
+                PollOutcome::Failed(failure, detail) => {
+                    count_modbus_error(port, &slave, failure);
+                    tracing::warn!(
+                        port,
+                        slave = request.slave,
+                        function = request.function,
+                        address = request.address,
+                        reason = failure.label(),
+                        "modbus request failed, retried next poll: {detail}"
+                    );
+                }
+                PollOutcome::PortLost(e) => return SessionEnd::Lost(e),
+            }
+        }
+        commit(port, ingest, readings).await;
+    }
+}
+
+fn count_modbus_error(port: &str, slave: &str, failure: ModbusFailure) {
+    metrics::counter!(
+        "modbus_errors_total",
+        "port" => port.to_owned(),
+        "slave" => slave.to_owned(),
+        "reason" => failure.label()
+    )
+    .increment(1);
+    update_status(port, |s| {
+        s.bad_frames += 1;
+        *s.bad_by_reason
+            .entry(format!("slave={slave},reason={}", failure.label()))
+            .or_default() += 1;
+    });
+}
+
+enum PollOutcome {
+    Answer(Vec<u16>),
+    Failed(ModbusFailure, String),
+    PortLost(String),
+}
+
+async fn poll_one(
+    ctx: &mut ModbusContext,
+    request: &ModbusRequest,
+    timeout: Duration,
+    received: &Mutex<Vec<u8>>,
+) -> PollOutcome {
+    ctx.set_slave(Slave(request.slave));
+    let call = async {
+        if request.function == 3 {
+            ctx.read_holding_registers(request.address, request.count)
+                .await
+        } else {
+            ctx.read_input_registers(request.address, request.count)
+                .await
+        }
+    };
+    let result = tokio::time::timeout(timeout, call).await;
+    let classify = || {
+        let bytes = received.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        classify_unanswered(request.slave, request.function, &bytes)
+    };
+    match result {
+        Err(_elapsed) => {
+            let failure = classify();
+            PollOutcome::Failed(failure, format!("no valid answer within {} ms", timeout.as_millis()))
+        }
+        Ok(Ok(Ok(words))) if words.len() == usize::from(request.count) => PollOutcome::Answer(words),
+        Ok(Ok(Ok(words))) => PollOutcome::Failed(
+            ModbusFailure::Protocol,
+            format!("asked for {} registers, got {}", request.count, words.len()),
+        ),
+        Ok(Ok(Err(exception))) => PollOutcome::Failed(ModbusFailure::Exception, format!("{exception:?}")),
+        Ok(Err(tokio_modbus::Error::Protocol(e))) => PollOutcome::Failed(ModbusFailure::Protocol, e.to_string()),
+        Ok(Err(tokio_modbus::Error::Transport(e))) if e.kind() == io::ErrorKind::InvalidData => {
+            PollOutcome::Failed(classify(), e.to_string())
+        }
+        Ok(Err(tokio_modbus::Error::Transport(e))) => PollOutcome::PortLost(e.to_string()),
+    }
+}

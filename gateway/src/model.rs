@@ -1,0 +1,267 @@
+//! The reading: the one shape every input produces and every output consumes.
+//!
+//! A [`Reading`] is what InfluxDB line protocol can carry: a measurement, a sorted tag set, a
+//! non-empty field set and a timestamp in nanoseconds since the Unix epoch. [`Reading::validate`]
+//! rejects, with a reason a technician can act on, anything the stores could not take or would
+//! take ambiguously (empty names, NaN/±inf, control characters, keys the stores reserve), so that
+//! what reaches the buffer always encodes to valid line protocol.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+/// The value of one field. Line protocol distinguishes these five kinds.
+#[derive(Debug, Clone, PartialEq)]
+pub enum FieldValue {
+    Float(f64),
+    Int(i64),
+    UInt(u64),
+    Bool(bool),
+    Str(String),
+}
+
+impl fmt::Display for FieldValue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            FieldValue::Float(v) => write!(f, "{v}"),
+            FieldValue::Int(v) => write!(f, "{v}i"),
+            FieldValue::UInt(v) => write!(f, "{v}u"),
+            FieldValue::Bool(v) => write!(f, "{v}"),
+            FieldValue::Str(v) => write!(f, "{v:?}"),
+        }
+    }
+}
+
+/// Forwarding class of a reading: urgent readings (camera incidents) overtake normal ones.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub enum Priority {
+    #[default]
+    Normal,
+    Urgent,
+}
+
+/// One typed measurement from one sensor at one instant.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Reading {
+    pub measurement: String,
+    /// Sorted by key (a `BTreeMap`), as line protocol recommends for series identity.
+    pub tags: BTreeMap<String, String>,
+    pub fields: BTreeMap<String, FieldValue>,
+    /// Nanoseconds since the Unix epoch.
+    pub timestamp_ns: i64,
+}
+
+/// Keys the stores reserve or treat specially; a tag or field by that name would be dropped or
+/// break queries, so it is refused at the edge.
+pub const RESERVED_KEYS: [&str; 3] = ["time", "_measurement", "_field"];
+
+/// Why a reading cannot be forwarded. Each variant has a short, stable [`label`](Self::label)
+/// used as the `reason` label of the rejection metrics.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum InvalidReading {
+    #[error("measurement name is empty")]
+    EmptyMeasurement,
+    #[error("reading has no fields")]
+    NoFields,
+    #[error("a tag key is empty")]
+    EmptyTagKey,
+    #[error("tag {key:?} has an empty value")]
+    EmptyTagValue { key: String },
+    #[error("a field key is empty")]
+    EmptyFieldKey,
+    #[error("field {field:?} is not a finite number ({value})")]
+    NonFinite { field: String, value: f64 },
+    #[error("{what} {text:?} contains a control character (newline, tab, ...)")]
+    ControlCharacter { what: &'static str, text: String },
+    #[error("{what} {text:?} has a backslash at its end or before ',', '=' or ' ', which line protocol cannot carry unambiguously")]
+    AmbiguousBackslash { what: &'static str, text: String },
+    #[error("{what} {key:?} is a name the stores reserve")]
+    ReservedKey { what: &'static str, key: String },
+}
+
+impl InvalidReading {
+    /// A short, stable name for metrics labels and log fields.
+    pub fn label(&self) -> &'static str {
+        match self {
+            InvalidReading::EmptyMeasurement => "empty_measurement",
+            InvalidReading::NoFields => "no_fields",
+            InvalidReading::EmptyTagKey => "empty_tag_key",
+            InvalidReading::EmptyTagValue { .. } => "empty_tag_value",
+            InvalidReading::EmptyFieldKey => "empty_field_key",
+            InvalidReading::NonFinite { .. } => "non_finite",
+            InvalidReading::ControlCharacter { .. } => "control_character",
+            InvalidReading::AmbiguousBackslash { .. } => "ambiguous_backslash",
+            InvalidReading::ReservedKey { .. } => "reserved_key",
+        }
+    }
+}
+
+fn check_text(what: &'static str, text: &str) -> Result<(), InvalidReading> {
+    if text.chars().any(char::is_control) {
+        return Err(InvalidReading::ControlCharacter {
+            what,
+            text: text.to_owned(),
+        });
+    }
+    Ok(())
+}
+
+/// Names (measurement, tag keys and values, field keys) are escaped with backslashes in line
+/// protocol. A literal backslash right before a character that gets escaped, or at the very end,
+/// is read back differently by InfluxDB 1.x and 2.x/3.x parsers, so it is refused.
+fn check_name(what: &'static str, text: &str) -> Result<(), InvalidReading> {
+    check_text(what, text)?;
+    let bytes = text.as_bytes();
+    for (i, b) in bytes.iter().enumerate() {
+        if *b == b'\\' && matches!(bytes.get(i + 1), None | Some(b',' | b'=' | b' ')) {
+            return Err(InvalidReading::AmbiguousBackslash {
+                what,
+                text: text.to_owned(),
+            });
+        }
+    }
+    Ok(())
+}
+
+impl Reading {
+    /// A reading with no tags or fields yet.
+    pub fn new(measurement: impl Into<String>, timestamp_ns: i64) -> Self {
+        Reading {
+            measurement: measurement.into(),
+            tags: BTreeMap::new(),
+            fields: BTreeMap::new(),
+            timestamp_ns,
+        }
+    }
+
+    /// Builder-style tag insert.
+    pub fn tag(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.tags.insert(key.into(), value.into());
+        self
+    }
+
+    /// Builder-style field insert.
+    pub fn field(mut self, key: impl Into<String>, value: FieldValue) -> Self {
+        self.fields.insert(key.into(), value);
+        self
+    }
+
+    /// Checks that line protocol can carry this reading exactly.
+    pub fn validate(&self) -> Result<(), InvalidReading> {
+        if self.measurement.is_empty() {
+            return Err(InvalidReading::EmptyMeasurement);
+        }
+        check_name("measurement", &self.measurement)?;
+        for (key, value) in &self.tags {
+            if key.is_empty() {
+                return Err(InvalidReading::EmptyTagKey);
+            }
+            if RESERVED_KEYS.contains(&key.as_str()) {
+                return Err(InvalidReading::ReservedKey {
+                    what: "tag key",
+                    key: key.clone(),
+                });
+            }
+            check_name("tag key", key)?;
+            if value.is_empty() {
+                return Err(InvalidReading::EmptyTagValue { key: key.clone() });
+            }
+            check_name("tag value", value)?;
+        }
+        if self.fields.is_empty() {
+            return Err(InvalidReading::NoFields);
+        }
+        for (key, value) in &self.fields {
+            if key.is_empty() {
+                return Err(InvalidReading::EmptyFieldKey);
+            }
+            if RESERVED_KEYS.contains(&key.as_str()) {
+                return Err(InvalidReading::ReservedKey {
+                    what: "field key",
+                    key: key.clone(),
+                });
+            }
+            check_name("field key", key)?;
+            match value {
+                FieldValue::Float(v) if !v.is_finite() => {
+                    return Err(InvalidReading::NonFinite {
+                        field: key.clone(),
+                        value: *v,
+                    })
+                }
+                FieldValue::Str(s) => check_text("string field", s)?,
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ok() -> Reading {
+        Reading::new("environment", 1)
+            .tag("sensor_id", "s1")
+            .field("pm2_5", FieldValue::Float(12.5))
+    }
+
+    #[test]
+    fn a_plain_reading_is_valid() {
+        assert_eq!(ok().validate(), Ok(()));
+    }
+
+    #[test]
+    fn rejects_what_line_protocol_cannot_carry() {
+        let cases: Vec<(Reading, &str)> = vec![
+            (
+                Reading {
+                    measurement: String::new(),
+                    ..ok()
+                },
+                "empty_measurement",
+            ),
+            (
+                Reading {
+                    fields: BTreeMap::new(),
+                    ..ok()
+                },
+                "no_fields",
+            ),
+            (ok().tag("", "x"), "empty_tag_key"),
+            (ok().tag("district", ""), "empty_tag_value"),
+            (ok().field("", FieldValue::Int(1)), "empty_field_key"),
+            (ok().field("x", FieldValue::Float(f64::NAN)), "non_finite"),
+            (
+                ok().field("x", FieldValue::Float(f64::INFINITY)),
+                "non_finite",
+            ),
+            (
+                ok().field("x", FieldValue::Float(f64::NEG_INFINITY)),
+                "non_finite",
+            ),
+            (ok().tag("district", "a\nb"), "control_character"),
+            (
+                ok().field("note", FieldValue::Str("line1\nline2".into())),
+                "control_character",
+            ),
+            (ok().tag("path", "c:\\"), "ambiguous_backslash"),
+            (ok().tag("path", "a\\,b"), "ambiguous_backslash"),
+            (ok().tag("time", "x"), "reserved_key"),
+            (ok().field("time", FieldValue::Int(3)), "reserved_key"),
+        ];
+        for (reading, label) in cases {
+            let err = reading.validate().expect_err(label);
+            assert_eq!(err.label(), label, "{reading:?}");
+        }
+    }
+
+    #[test]
+    fn special_characters_that_escape_cleanly_are_accepted() {
+        let r = ok()
+            .tag("site", "Nguyen Hue, \"gate\"=1")
+            .tag("note", "a\\b")
+            .field("plate", FieldValue::Str("51F \"12\\3\"".into()));
+        assert_eq!(r.validate(), Ok(()));
+    }
+}

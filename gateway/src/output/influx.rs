@@ -1,0 +1,942 @@
+//! The HTTP writer: sends gzip'd line protocol batches to InfluxDB (v1 or v2 API) or
+//! VictoriaMetrics, and owns the delivery policy for every fault a store can show.
+//!
+//! [`InfluxSink::write`] is one attempt; [`InfluxSink::deliver`] is the policy the pipeline uses:
+//!
+//! * connection errors, timeouts, 5xx, 408 and 429 are retried with exponential backoff and full
+//!   jitter (a 429's or 503's `Retry-After: <seconds>` is honoured instead);
+//! * 401/403 (bad token) and 404/405 (wrong URL, database or bucket) are configuration faults:
+//!   the batch is kept and retried with backoff while an actionable error is logged, because
+//!   dead-lettering would throw away every batch until someone fixes the config;
+//! * any other 4xx (400, 413, 422, ...) means the batch holds lines the store refuses: the batch
+//!   is decompressed, split in halves recursively and re-sent, so the good lines are stored and
+//!   each refused line is appended, with the store's error and a UTC timestamp, to
+//!   `dead_letter_dir/dead-letter.lp` (a valid line protocol file: the annotations are `#`
+//!   comments, so it can be replayed as it is once the cause is fixed).
+//!
+//! Re-sending good lines is safe: a reading always encodes to the same series and timestamp, and
+//! the stores overwrite a point with the same series and timestamp (InfluxDB) or are queried with
+//! deduplication (VictoriaMetrics), so at-least-once delivery creates no extra points.
+//!
+//! The body handed in may be several gzip members concatenated (the buffer stores compressed
+//! records and concatenates them); InfluxDB 1.x and VictoriaMetrics both decode such a stream
+//! (tested against the real servers), and the split path reads it with `MultiGzDecoder`.
+//!
+//! Secrets: the token and password are held in [`Secret`], whose `Debug`/`Display` print `***`;
+//! the authorization header is marked sensitive, and URLs with credentials in them are refused.
+
+use crate::output::line_protocol::Flavor;
+use flate2::read::MultiGzDecoder;
+use flate2::write::GzEncoder;
+use flate2::Compression;
+use rand::Rng;
+use reqwest::header::{HeaderValue, AUTHORIZATION, CONTENT_ENCODING, CONTENT_TYPE, RETRY_AFTER};
+use reqwest::{StatusCode, Url};
+use std::fmt;
+use std::io::{Read, Write};
+use std::path::PathBuf;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tokio::io::AsyncWriteExt;
+use tokio::sync::watch;
+
+/// Name of the dead-letter file inside [`InfluxSinkConfig::dead_letter_dir`].
+pub const DEAD_LETTER_FILE: &str = "dead-letter.lp";
+
+/// The longest `Retry-After` honoured; a larger value is cut to this.
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(300);
+
+/// How much of an error response body is kept for logs and the dead-letter file.
+const MAX_ERROR_BODY: usize = 2048;
+
+/// Tokens and passwords: the config module's type, whose `Debug`/`Display` never print the value.
+pub use crate::config::Secret;
+
+/// Which write API the store speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Api {
+    /// `/write?db=..` (InfluxDB 1.x; VictoriaMetrics also accepts it).
+    V1,
+    /// `/api/v2/write?org=..&bucket=..` (InfluxDB 2.x/3.x, VictoriaMetrics).
+    #[default]
+    V2,
+}
+
+impl Api {
+    /// The line protocol dialect this API accepts.
+    pub fn flavor(self) -> Flavor {
+        match self {
+            Api::V1 => Flavor::V1,
+            Api::V2 => Flavor::V2,
+        }
+    }
+}
+
+/// Everything [`InfluxSink`] needs; the config module builds it from `[output.influxdb]`.
+#[derive(Debug, Clone)]
+pub struct InfluxSinkConfig {
+    /// Base URL of the store, e.g. `http://127.0.0.1:8086` or `https://ioc.example/influx`.
+    pub url: String,
+    pub api: Api,
+    /// v2 only; left out of the request when empty (VictoriaMetrics ignores it).
+    pub org: String,
+    /// v2 only; required.
+    pub bucket: String,
+    /// v1 only; required.
+    pub database: String,
+    /// Sent as `Authorization: Token <token>` (v2; also accepted by InfluxDB 1.8+ on `/write`).
+    pub token: Option<Secret>,
+    /// v1 only: HTTP basic auth, used when `token` is absent.
+    pub username: Option<String>,
+    pub password: Option<Secret>,
+    /// PEM file of the CA(s) that sign the store's certificate. When set, only these CAs are
+    /// trusted (the built-in web roots are not).
+    pub ca_file: Option<PathBuf>,
+    /// Accept any certificate. Logged as an error-level warning at start.
+    pub insecure_skip_verify: bool,
+    pub connect_timeout: Duration,
+    /// Whole request, from connect to the end of the response.
+    pub request_timeout: Duration,
+    /// First backoff ceiling; doubles each retry up to `backoff_max` (full jitter below it).
+    pub backoff_initial: Duration,
+    pub backoff_max: Duration,
+    /// Where `dead-letter.lp` is written (created if missing). Put it under `gateway.data_dir`.
+    pub dead_letter_dir: PathBuf,
+}
+
+impl InfluxSinkConfig {
+    /// A config with the given essentials and the defaults: no auth, system timeouts of 5 s
+    /// (connect) and 30 s (request), backoff from 500 ms up to 30 s.
+    pub fn new(url: impl Into<String>, api: Api, dead_letter_dir: impl Into<PathBuf>) -> Self {
+        InfluxSinkConfig {
+            url: url.into(),
+            api,
+            org: String::new(),
+            bucket: String::new(),
+            database: String::new(),
+            token: None,
+            username: None,
+            password: None,
+            ca_file: None,
+            insecure_skip_verify: false,
+            connect_timeout: Duration::from_secs(5),
+            request_timeout: Duration::from_secs(30),
+            backoff_initial: Duration::from_millis(500),
+            backoff_max: Duration::from_secs(30),
+            dead_letter_dir: dead_letter_dir.into(),
+        }
+    }
+}
+
+/// Why the sink could not be built, or a batch could not be handled.
+#[derive(Debug, thiserror::Error)]
+pub enum SinkError {
+    #[error("output url {url:?} is invalid: {reason}")]
+    InvalidUrl { url: String, reason: String },
+    #[error("output config: {0}")]
+    InvalidConfig(String),
+    #[error("cannot read the output CA file {path}: {source}")]
+    CaFileRead {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("the output CA file {path} holds no usable PEM certificate: {reason}")]
+    CaFileInvalid { path: PathBuf, reason: String },
+    #[error("cannot build the HTTP client: {0}")]
+    Client(String),
+    /// No HTTP response: connection refused/reset, DNS, TLS handshake, or timeout.
+    #[error("write to the store failed{}: {reason}", if *.timeout { " (timeout)" } else { "" })]
+    Transport { reason: String, timeout: bool },
+    #[error("cannot append to the dead-letter file {path}: {source}")]
+    DeadLetter {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("shutdown requested before the batch was fully delivered")]
+    Shutdown,
+}
+
+/// What the store answered to one write attempt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WriteOutcome {
+    /// 2xx: the store took the batch (VictoriaMetrics answers 204 even to lines it drops).
+    Accepted { status: u16 },
+    /// 5xx, 408, 429, or any other unexpected status: try again later.
+    Retry {
+        status: u16,
+        retry_after: Option<Duration>,
+        message: String,
+    },
+    /// 401/403: the token or password is wrong or lacks write permission.
+    Unauthorized { status: u16, message: String },
+    /// 404/405: the URL, API, database or bucket is wrong.
+    Misconfigured { status: u16, message: String },
+    /// Other 4xx: the batch holds lines the store refuses.
+    BadBatch { status: u16, message: String },
+}
+
+/// The result of [`InfluxSink::deliver`]: the batch is fully handled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Delivered {
+    /// Lines the store accepted (the whole batch's `lines` when it went through at once).
+    pub lines_sent: u32,
+    /// Lines the store refused, now in the dead-letter file.
+    pub lines_dead_lettered: u32,
+    /// HTTP requests made, retries and split halves included.
+    pub requests: u32,
+}
+
+/// The HTTP writer. Cheap to share behind an `Arc`; one connection pool inside.
+pub struct InfluxSink {
+    client: reqwest::Client,
+    write_url: Url,
+    api: Api,
+    token: Option<Secret>,
+    username: Option<String>,
+    password: Option<Secret>,
+    backoff_initial: Duration,
+    backoff_max: Duration,
+    dead_letter_path: PathBuf,
+}
+
+impl fmt::Debug for InfluxSink {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("InfluxSink")
+            .field("write_url", &self.write_url.as_str())
+            .field("api", &self.api)
+            .field("token", &self.token)
+            .field("username", &self.username)
+            .field("password", &self.password)
+            .field("dead_letter_path", &self.dead_letter_path)
+            .finish()
+    }
+}
+
+/// How one attempt-with-retries ended.
+enum Settled {
+    Accepted,
+    Rejected { status: u16, message: String },
+}
+
+impl InfluxSink {
+    /// Checks the config and builds the HTTP client (reads the CA file).
+    pub fn new(config: InfluxSinkConfig) -> Result<Self, SinkError> {
+        let write_url = build_write_url(&config)?;
+        let mut builder = reqwest::Client::builder()
+            .connect_timeout(config.connect_timeout)
+            .timeout(config.request_timeout)
+            .redirect(reqwest::redirect::Policy::none())
+            .pool_idle_timeout(Duration::from_secs(30))
+            .tcp_keepalive(Duration::from_secs(30))
+            .user_agent(concat!("ioc-gateway/", env!("CARGO_PKG_VERSION")));
+        if let Some(path) = &config.ca_file {
+            let pem = std::fs::read(path).map_err(|source| SinkError::CaFileRead {
+                path: path.clone(),
+                source,
+            })?;
+            let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
+                SinkError::CaFileInvalid {
+                    path: path.clone(),
+                    reason: error_chain(&e),
+                }
+            })?;
+            if certs.is_empty() {
+                return Err(SinkError::CaFileInvalid {
+                    path: path.clone(),
+                    reason: "no certificate found".into(),
+                });
+            }
+            builder = builder.tls_built_in_root_certs(false);
+            for cert in certs {
+                builder = builder.add_root_certificate(cert);
+            }
+        }
+        if config.insecure_skip_verify {
+            tracing::error!(
+                url = %write_url,
+                "insecure_skip_verify = true: the store's TLS certificate is NOT verified; anyone \
+                 on the path can read the data and the token. Use ca_file instead."
+            );
+            builder = builder.danger_accept_invalid_certs(true);
+        }
+        let client = builder
+            .build()
+            .map_err(|e| SinkError::Client(error_chain(&e)))?;
+        if config.backoff_initial.is_zero() || config.backoff_max < config.backoff_initial {
+            return Err(SinkError::InvalidConfig(
+                "backoff_initial must be > 0 and <= backoff_max".into(),
+            ));
+        }
+        Ok(InfluxSink {
+            client,
+            write_url,
+            api: config.api,
+            token: config.token,
+            username: config.username,
+            password: config.password,
+            backoff_initial: config.backoff_initial,
+            backoff_max: config.backoff_max,
+            dead_letter_path: config.dead_letter_dir.join(DEAD_LETTER_FILE),
+        })
+    }
+
+    /// The line protocol dialect to encode for this sink.
+    pub fn flavor(&self) -> Flavor {
+        self.api.flavor()
+    }
+
+    /// The full write URL (no secrets in it).
+    pub fn write_url(&self) -> &Url {
+        &self.write_url
+    }
+
+    /// Where refused lines go.
+    pub fn dead_letter_path(&self) -> &std::path::Path {
+        &self.dead_letter_path
+    }
+
+    /// One attempt: POSTs the gzip'd line protocol `body_gz` (holding `lines` lines; may be
+    /// several gzip members concatenated). `Err` only for a failure with no HTTP response
+    /// ([`SinkError::Transport`]); every response is an `Ok` outcome.
+    pub async fn write(&self, body_gz: &[u8], lines: u32) -> Result<WriteOutcome, SinkError> {
+        let mut request = self
+            .client
+            .post(self.write_url.clone())
+            .header(CONTENT_TYPE, "text/plain; charset=utf-8")
+            .header(CONTENT_ENCODING, "gzip")
+            .body(body_gz.to_vec());
+        if let Some(token) = &self.token {
+            let mut value =
+                HeaderValue::from_str(&format!("Token {}", token.expose())).map_err(|_| {
+                    SinkError::InvalidConfig(
+                        "the token holds characters not allowed in an HTTP header".into(),
+                    )
+                })?;
+            value.set_sensitive(true);
+            request = request.header(AUTHORIZATION, value);
+        } else if let Some(user) = &self.username {
+            request = request.basic_auth(user, self.password.as_ref().map(Secret::expose));
+        }
+        let started = Instant::now();
+        let result = request.send().await;
+        let response = match result {
+            Ok(response) => response,
+            Err(e) => {
+                metrics::histogram!("output_write_seconds").record(started.elapsed().as_secs_f64());
+                return Err(SinkError::Transport {
+                    timeout: e.is_timeout(),
+                    reason: error_chain(&e),
+                });
+            }
+        };
+        let status = response.status();
+        let retry_after = response
+            .headers()
+            .get(RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map(|secs| Duration::from_secs(secs).min(MAX_RETRY_AFTER));
+        let body = if status.is_success() {
+            Vec::new()
+        } else {
+            response
+                .bytes()
+                .await
+                .map(|b| b.to_vec())
+                .unwrap_or_default()
+        };
+        metrics::histogram!("output_write_seconds").record(started.elapsed().as_secs_f64());
+        let outcome = classify(status, retry_after, &body);
+        if let WriteOutcome::Accepted { .. } = outcome {
+            metrics::counter!("output_lines_sent_total").increment(u64::from(lines));
+        }
+        Ok(outcome)
+    }
+
+    /// Delivers one batch under the full policy (see the module doc) and returns only when the
+    /// batch is fully handled — every line either accepted by the store or appended to the
+    /// dead-letter file — or when shutdown is requested.
+    ///
+    /// `shutdown`: a `tokio::sync::watch` channel whose value turns `true` to request shutdown (a
+    /// dropped sender counts as a request too). On shutdown the in-flight request is abandoned
+    /// and [`SinkError::Shutdown`] is returned: the caller must keep the batch and send it again
+    /// later (the store may already hold some of its lines; re-sending them is idempotent). If
+    /// shutdown is already requested when called, no request is made.
+    ///
+    /// Other errors: [`SinkError::DeadLetter`] when the dead-letter file cannot be written (the
+    /// batch is not handled; keep it), and config errors from [`write`](Self::write).
+    pub async fn deliver(
+        &self,
+        body_gz: &[u8],
+        lines: u32,
+        shutdown: &watch::Receiver<bool>,
+    ) -> Result<Delivered, SinkError> {
+        let mut shutdown = shutdown.clone();
+        let mut delivered = Delivered::default();
+        let result = match self
+            .send_until_settled(body_gz, lines, &mut shutdown, &mut delivered)
+            .await?
+        {
+            Settled::Accepted => {
+                delivered.lines_sent = lines;
+                Ok(delivered)
+            }
+            Settled::Rejected { status, message } => {
+                tracing::warn!(
+                    status,
+                    error = %message,
+                    lines,
+                    "the store refused the batch; splitting it to find the bad lines"
+                );
+                self.split_and_deliver(body_gz, status, message, &mut shutdown, &mut delivered)
+                    .await
+                    .map(|()| delivered)
+            }
+        };
+        if result.is_ok() {
+            metrics::counter!("output_batches_sent_total").increment(1);
+        }
+        result
+    }
+
+    /// Sends one body until the store accepts it or refuses it as a bad batch, retrying
+    /// everything else with backoff.
+    async fn send_until_settled(
+        &self,
+        body_gz: &[u8],
+        lines: u32,
+        shutdown: &mut watch::Receiver<bool>,
+        delivered: &mut Delivered,
+    ) -> Result<Settled, SinkError> {
+        let mut attempt: u32 = 0;
+        loop {
+            let result = tokio::select! {
+                biased;
+                _ = shutdown.wait_for(|stop| *stop) => return Err(SinkError::Shutdown),
+                result = self.write(body_gz, lines) => result,
+            };
+            delivered.requests += 1;
+            let delay = match result {
+                Ok(WriteOutcome::Accepted { .. }) => return Ok(Settled::Accepted),
+                Ok(WriteOutcome::BadBatch { status, message }) => {
+                    metrics::counter!("output_batches_failed_total", "reason" => "bad_batch")
+                        .increment(1);
+                    return Ok(Settled::Rejected { status, message });
+                }
+                Ok(WriteOutcome::Retry {
+                    status,
+                    retry_after,
+                    message,
+                }) => {
+                    let reason = if status == 429 {
+                        "throttled"
+                    } else {
+                        "server_error"
+                    };
+                    metrics::counter!("output_batches_failed_total", "reason" => reason)
+                        .increment(1);
+                    let delay = retry_after.unwrap_or_else(|| self.backoff(attempt));
+                    tracing::warn!(status, error = %message, retry_in = ?delay, "store did not take the batch; will retry");
+                    delay
+                }
+                Ok(WriteOutcome::Unauthorized { status, message }) => {
+                    metrics::counter!("output_batches_failed_total", "reason" => "unauthorized")
+                        .increment(1);
+                    let delay = self.backoff(attempt);
+                    tracing::error!(status, error = %message, url = %self.write_url, retry_in = ?delay,
+                        "the store refused our credentials: check the token (token_env/token_file) \
+                         and its write permission on the bucket/database; the batch is kept and retried");
+                    delay
+                }
+                Ok(WriteOutcome::Misconfigured { status, message }) => {
+                    metrics::counter!("output_batches_failed_total", "reason" => "misconfigured")
+                        .increment(1);
+                    let delay = self.backoff(attempt);
+                    tracing::error!(status, error = %message, url = %self.write_url, retry_in = ?delay,
+                        "the store has no such write endpoint, database or bucket: check url, api, \
+                         database/bucket/org in [output.influxdb]; the batch is kept and retried");
+                    delay
+                }
+                Err(SinkError::Transport { reason, timeout }) => {
+                    let label = if timeout { "timeout" } else { "connection" };
+                    metrics::counter!("output_batches_failed_total", "reason" => label)
+                        .increment(1);
+                    let delay = self.backoff(attempt);
+                    tracing::warn!(error = %reason, timeout, retry_in = ?delay, "cannot reach the store; will retry");
+                    delay
+                }
+                Err(other) => return Err(other),
+            };
+            metrics::counter!("output_retries_total").increment(1);
+            tokio::select! {
+                biased;
+                _ = shutdown.wait_for(|stop| *stop) => return Err(SinkError::Shutdown),
+                () = tokio::time::sleep(delay) => {}
+            }
+            attempt = attempt.saturating_add(1);
+        }
+    }
+
+    /// Full jitter: a uniform delay between 0 and `min(backoff_max, backoff_initial * 2^attempt)`.
+    fn backoff(&self, attempt: u32) -> Duration {
+        let ceiling = self
+            .backoff_initial
+            .checked_mul(1u32 << attempt.min(20))
+            .unwrap_or(self.backoff_max)
+            .min(self.backoff_max);
+        let nanos = u64::try_from(ceiling.as_nanos()).unwrap_or(u64::MAX);
+        Duration::from_nanos(rand::thread_rng().gen_range(0..=nanos))
+    }
+
+    /// Bisects a refused batch: halves are re-sent until each refused line stands alone, then
+    /// that line is dead-lettered with the store's error for it.
+    async fn split_and_deliver(
+        &self,
+        body_gz: &[u8],
+        status: u16,
+        message: String,
+        shutdown: &mut watch::Receiver<bool>,
+        delivered: &mut Delivered,
+    ) -> Result<(), SinkError> {
+        let text = match decompress(body_gz) {
+            Ok(text) => text,
+            Err(e) => {
+                // Cannot happen for batches this gateway made; keep the bytes rather than block.
+                let path = self.dead_letter_path.with_file_name(format!(
+                    "undecodable-{}.gz",
+                    SystemTime::now()
+                        .duration_since(UNIX_EPOCH)
+                        .map(|d| d.as_nanos())
+                        .unwrap_or(0)
+                ));
+                tracing::error!(error = %e, path = %path.display(), "a refused batch is not valid gzip; saving it aside");
+                self.save_undecodable(&path, body_gz).await?;
+                return Ok(());
+            }
+        };
+        let all_lines: Vec<&[u8]> = text
+            .split(|b| *b == b'\n')
+            .filter(|line| !line.is_empty())
+            .collect();
+        // Work list of (start, end, known refusal); handled left to right.
+        let mut stack: Vec<(usize, usize, Option<(u16, String)>)> =
+            vec![(0, all_lines.len(), Some((status, message)))];
+        while let Some((start, end, refusal)) = stack.pop() {
+            let Some(part) = all_lines.get(start..end) else {
+                continue;
+            };
+            if part.is_empty() {
+                continue;
+            }
+            match refusal {
+                Some((status, message)) if part.len() == 1 => {
+                    self.dead_letter(part, status, &message).await?;
+                    delivered.lines_dead_lettered += 1;
+                }
+                Some(_) => {
+                    let middle = start + part.len() / 2;
+                    stack.push((middle, end, None));
+                    stack.push((start, middle, None));
+                }
+                None => {
+                    let body = gzip_lines(part);
+                    let count = u32::try_from(part.len()).unwrap_or(u32::MAX);
+                    match self
+                        .send_until_settled(&body, count, shutdown, delivered)
+                        .await?
+                    {
+                        Settled::Accepted => delivered.lines_sent += count,
+                        Settled::Rejected { status, message } => {
+                            stack.push((start, end, Some((status, message))));
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Appends refused lines to the dead-letter file and syncs it before returning, because the
+    /// caller deletes the batch from the buffer afterwards.
+    async fn dead_letter(
+        &self,
+        lines: &[&[u8]],
+        status: u16,
+        message: &str,
+    ) -> Result<(), SinkError> {
+        let mut entry = Vec::new();
+        let one_line_message: String = message
+            .chars()
+            .map(|c| if c.is_control() { ' ' } else { c })
+            .collect();
+        let _ = writeln!(
+            entry,
+            "# dead-lettered {} status={} error: {}",
+            utc_timestamp(SystemTime::now()),
+            status,
+            one_line_message
+        );
+        for line in lines {
+            entry.extend_from_slice(line);
+            entry.push(b'\n');
+        }
+        let path = &self.dead_letter_path;
+        let io_error = |source| SinkError::DeadLetter {
+            path: path.clone(),
+            source,
+        };
+        if let Some(dir) = path.parent() {
+            tokio::fs::create_dir_all(dir).await.map_err(io_error)?;
+        }
+        let mut file = tokio::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .await
+            .map_err(io_error)?;
+        file.write_all(&entry).await.map_err(io_error)?;
+        file.sync_data().await.map_err(io_error)?;
+        metrics::counter!("output_dead_lettered_lines_total")
+            .increment(u64::try_from(lines.len()).unwrap_or(u64::MAX));
+        tracing::warn!(
+            status,
+            error = %one_line_message,
+            path = %path.display(),
+            lines = lines.len(),
+            "the store refused lines; they are in the dead-letter file"
+        );
+        Ok(())
+    }
+
+    async fn save_undecodable(&self, path: &std::path::Path, body: &[u8]) -> Result<(), SinkError> {
+        let io_error = |source| SinkError::DeadLetter {
+            path: path.to_path_buf(),
+            source,
+        };
+        if let Some(dir) = path.parent() {
+            tokio::fs::create_dir_all(dir).await.map_err(io_error)?;
+        }
+        let mut file = tokio::fs::File::create(path).await.map_err(io_error)?;
+        file.write_all(body).await.map_err(io_error)?;
+        file.sync_data().await.map_err(io_error)
+    }
+}
+
+/// Gzips line protocol text as one gzip member (fast level: this runs on small ARM boxes).
+pub fn gzip_lines(lines: &[&[u8]]) -> Vec<u8> {
+    let mut encoder = GzEncoder::new(Vec::new(), Compression::fast());
+    for line in lines {
+        // Writing into a Vec cannot fail.
+        let _ = encoder.write_all(line);
+        let _ = encoder.write_all(b"\n");
+    }
+    encoder.finish().unwrap_or_default()
+}
+
+/// Decompresses a body of one or more concatenated gzip members.
+pub fn decompress(body_gz: &[u8]) -> std::io::Result<Vec<u8>> {
+    let mut text = Vec::new();
+    MultiGzDecoder::new(body_gz).read_to_end(&mut text)?;
+    Ok(text)
+}
+
+fn build_write_url(config: &InfluxSinkConfig) -> Result<Url, SinkError> {
+    let invalid = |reason: &str| SinkError::InvalidUrl {
+        url: redact_userinfo(&config.url),
+        reason: reason.to_owned(),
+    };
+    let mut url = Url::parse(&config.url).map_err(|e| invalid(&e.to_string()))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(invalid("the scheme must be http or https"));
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(invalid(
+            "credentials in the url are not allowed (they would end up in logs): use token or username/password",
+        ));
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        return Err(invalid("the url must not have a query or fragment"));
+    }
+    let base_path = url.path().trim_end_matches('/').to_owned();
+    match config.api {
+        Api::V2 => {
+            if config.bucket.is_empty() {
+                return Err(SinkError::InvalidConfig(
+                    "api = \"v2\" needs a bucket".into(),
+                ));
+            }
+            url.set_path(&format!("{base_path}/api/v2/write"));
+            let mut query = url.query_pairs_mut();
+            if !config.org.is_empty() {
+                query.append_pair("org", &config.org);
+            }
+            query.append_pair("bucket", &config.bucket);
+            query.append_pair("precision", "ns");
+        }
+        Api::V1 => {
+            if config.database.is_empty() {
+                return Err(SinkError::InvalidConfig(
+                    "api = \"v1\" needs a database".into(),
+                ));
+            }
+            url.set_path(&format!("{base_path}/write"));
+            url.query_pairs_mut()
+                .append_pair("db", &config.database)
+                .append_pair("precision", "ns");
+        }
+    }
+    Ok(url)
+}
+
+/// `scheme://***@host/...` for a URL with credentials in it, so an error never shows them.
+fn redact_userinfo(url: &str) -> String {
+    let authority_start = url.find("://").map_or(0, |i| i + 3);
+    let authority_end = url[authority_start..]
+        .find(['/', '?', '#'])
+        .map_or(url.len(), |i| authority_start + i);
+    match url[authority_start..authority_end].rfind('@') {
+        Some(at) => format!(
+            "{}***{}",
+            &url[..authority_start],
+            &url[authority_start + at..]
+        ),
+        None => url.to_owned(),
+    }
+}
+
+/// Sorts a response into the policy's classes.
+fn classify(status: StatusCode, retry_after: Option<Duration>, body: &[u8]) -> WriteOutcome {
+    let code = status.as_u16();
+    if status.is_success() {
+        return WriteOutcome::Accepted { status: code };
+    }
+    let message = error_message(status, body);
+    match code {
+        401 | 403 => WriteOutcome::Unauthorized {
+            status: code,
+            message,
+        },
+        404 | 405 => WriteOutcome::Misconfigured {
+            status: code,
+            message,
+        },
+        408 | 429 => WriteOutcome::Retry {
+            status: code,
+            retry_after,
+            message,
+        },
+        400..=499 => WriteOutcome::BadBatch {
+            status: code,
+            message,
+        },
+        _ => WriteOutcome::Retry {
+            status: code,
+            retry_after,
+            message,
+        },
+    }
+}
+
+/// The store's error text: the `error` (InfluxDB 1.x) or `message` (InfluxDB 2.x) member of a
+/// JSON body, else the body as text (VictoriaMetrics), cut to a sane length.
+fn error_message(status: StatusCode, body: &[u8]) -> String {
+    let from_json = serde_json::from_slice::<serde_json::Value>(body)
+        .ok()
+        .and_then(|v| {
+            v.get("error")
+                .or_else(|| v.get("message"))
+                .and_then(|m| m.as_str())
+                .map(str::to_owned)
+        });
+    let mut text = from_json.unwrap_or_else(|| String::from_utf8_lossy(body).trim().to_owned());
+    if text.is_empty() {
+        text = status.to_string();
+    }
+    if text.len() > MAX_ERROR_BODY {
+        let mut cut = MAX_ERROR_BODY;
+        while !text.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        text.truncate(cut);
+        text.push_str("...");
+    }
+    text
+}
+
+/// An error and its sources on one line ("error sending request: ...: connection refused").
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}
+
+/// `2026-11-25T08:31:34Z` (UTC, seconds) without a date crate.
+fn utc_timestamp(time: SystemTime) -> String {
+    let secs = time
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let days = i64::try_from(secs / 86_400).unwrap_or(0);
+    let rem = secs % 86_400;
+    // Howard Hinnant's civil_from_days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_do_not_print() {
+        let secret = Secret::new("s3cr3t");
+        assert!(!format!("{secret} {secret:?}").contains("s3cr3t"));
+        let mut config = InfluxSinkConfig::new("http://127.0.0.1:8086", Api::V2, "/tmp");
+        config.bucket = "b".into();
+        config.token = Some(secret.clone());
+        config.password = Some(secret);
+        assert!(!format!("{config:?}").contains("s3cr3t"));
+        let sink = InfluxSink::new(config).unwrap();
+        assert!(!format!("{sink:?}").contains("s3cr3t"));
+    }
+
+    #[test]
+    fn write_urls_per_api() {
+        let mut v2 = InfluxSinkConfig::new("https://ioc.example/influx/", Api::V2, "/tmp");
+        v2.org = "ioc city".into();
+        v2.bucket = "telemetry".into();
+        assert_eq!(
+            build_write_url(&v2).unwrap().as_str(),
+            "https://ioc.example/influx/api/v2/write?org=ioc+city&bucket=telemetry&precision=ns"
+        );
+        let mut v1 = InfluxSinkConfig::new("http://127.0.0.1:8086", Api::V1, "/tmp");
+        v1.database = "telemetry".into();
+        assert_eq!(
+            build_write_url(&v1).unwrap().as_str(),
+            "http://127.0.0.1:8086/write?db=telemetry&precision=ns"
+        );
+        v1.database.clear();
+        assert!(matches!(
+            build_write_url(&v1),
+            Err(SinkError::InvalidConfig(_))
+        ));
+        let creds = InfluxSinkConfig::new("http://u:p@127.0.0.1:8086", Api::V1, "/tmp");
+        let err = build_write_url(&creds).unwrap_err();
+        assert!(matches!(err, SinkError::InvalidUrl { .. }));
+        assert_eq!(
+            err.to_string(),
+            "output url \"http://***@127.0.0.1:8086\" is invalid: credentials in the url are not \
+             allowed (they would end up in logs): use token or username/password"
+        );
+        assert_eq!(redact_userinfo("https://a:b@c@h/p@q"), "https://***@h/p@q");
+        assert_eq!(redact_userinfo("not a url"), "not a url");
+        assert!(matches!(
+            build_write_url(&InfluxSinkConfig::new("ftp://x", Api::V1, "/tmp")),
+            Err(SinkError::InvalidUrl { .. })
+        ));
+    }
+
+    #[test]
+    fn responses_are_classified() {
+        let ok = classify(StatusCode::NO_CONTENT, None, b"");
+        assert_eq!(ok, WriteOutcome::Accepted { status: 204 });
+        let bad = classify(
+            StatusCode::BAD_REQUEST,
+            None,
+            br#"{"error":"partial write: unable to parse 'x': invalid field format dropped=1"}"#,
+        );
+        assert_eq!(
+            bad,
+            WriteOutcome::BadBatch {
+                status: 400,
+                message: "partial write: unable to parse 'x': invalid field format dropped=1"
+                    .into()
+            }
+        );
+        let throttled = classify(
+            StatusCode::TOO_MANY_REQUESTS,
+            Some(Duration::from_secs(3)),
+            b"slow down",
+        );
+        assert_eq!(
+            throttled,
+            WriteOutcome::Retry {
+                status: 429,
+                retry_after: Some(Duration::from_secs(3)),
+                message: "slow down".into()
+            }
+        );
+        assert!(matches!(
+            classify(StatusCode::UNAUTHORIZED, None, b""),
+            WriteOutcome::Unauthorized { status: 401, .. }
+        ));
+        assert!(matches!(
+            classify(StatusCode::NOT_FOUND, None, br#"{"code":"not found","message":"bucket \"x\" not found"}"#),
+            WriteOutcome::Misconfigured { status: 404, ref message } if message == "bucket \"x\" not found"
+        ));
+        assert!(matches!(
+            classify(StatusCode::PAYLOAD_TOO_LARGE, None, b""),
+            WriteOutcome::BadBatch { status: 413, .. }
+        ));
+        assert!(matches!(
+            classify(StatusCode::BAD_GATEWAY, None, b""),
+            WriteOutcome::Retry {
+                status: 502,
+                retry_after: None,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn utc_timestamps() {
+        assert_eq!(utc_timestamp(UNIX_EPOCH), "1970-01-01T00:00:00Z");
+        let t = UNIX_EPOCH + Duration::from_secs(1_795_595_494);
+        assert_eq!(utc_timestamp(t), "2026-11-25T08:31:34Z");
+        let leap = UNIX_EPOCH + Duration::from_secs(951_825_600); // 2000-02-29T12:00:00Z
+        assert_eq!(utc_timestamp(leap), "2000-02-29T12:00:00Z");
+    }
+
+    #[test]
+    fn backoff_stays_under_its_ceiling() {
+        let mut config = InfluxSinkConfig::new("http://127.0.0.1:1", Api::V1, "/tmp");
+        config.database = "d".into();
+        config.backoff_initial = Duration::from_millis(100);
+        config.backoff_max = Duration::from_secs(1);
+        let sink = InfluxSink::new(config).unwrap();
+        for attempt in [0, 1, 3, 10, 40, u32::MAX] {
+            let ceiling =
+                Duration::from_millis(100 * (1u64 << attempt.min(20))).min(Duration::from_secs(1));
+            for _ in 0..50 {
+                assert!(sink.backoff(attempt) <= ceiling);
+            }
+        }
+    }
+
+    #[test]
+    fn multi_member_gzip_decompresses_whole() {
+        let mut body = gzip_lines(&[b"a x=1 1"]);
+        body.extend(gzip_lines(&[b"b x=2 2", b"c x=3 3"]));
+        assert_eq!(decompress(&body).unwrap(), b"a x=1 1\nb x=2 2\nc x=3 3\n");
+    }
+}

@@ -1,0 +1,11 @@
+//! Outputs: line protocol encoding and the HTTP writer to InfluxDB / VictoriaMetrics.
+//!
+//! [`line_protocol`] turns validated readings into lines; [`influx`] sends gzip'd batches of
+//! those lines with one policy for every fault a store can show (retry, split a bad batch,
+//! dead-letter the lines the store refuses).
+
+pub mod influx;
+pub mod line_protocol;
+
+pub use influx::{Api, Delivered, InfluxSink, InfluxSinkConfig, SinkError, WriteOutcome};
+pub use line_protocol::{encode, Flavor};

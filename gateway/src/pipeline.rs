@@ -1,0 +1,215 @@
+//! Wires inputs, the buffer and the output together.
+//!
+//! [`Ingest`] is what every input holds: it validates readings, adds the `gateway` tag, encodes
+//! them to line protocol and appends them to the durable buffer. An input acknowledges its source
+//! (MQTT PUBACK) only after [`Ingest::commit`] has returned `Ok`.
+
+use std::sync::Arc;
+
+use crate::buffer::{BufferError, BufferWriter};
+use crate::model::{Priority, Reading};
+use crate::output::{encode, Flavor};
+use crate::status::{LiveFeed, StatusRegistry};
+
+/// Shared by all inputs; cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Ingest {
+    inner: Arc<IngestInner>,
+}
+
+#[derive(Debug)]
+struct IngestInner {
+    writer: BufferWriter,
+    gateway_id: String,
+    flavor: Flavor,
+    live: Option<LiveFeed>,
+    status: StatusRegistry,
+}
+
+impl Ingest {
+    pub fn new(writer: BufferWriter, gateway_id: impl Into<String>, flavor: Flavor) -> Self {
+        Ingest {
+            inner: Arc::new(IngestInner {
+                writer,
+                gateway_id: gateway_id.into(),
+                flavor,
+                live: None,
+                status: StatusRegistry::default(),
+            }),
+        }
+    }
+
+    /// The same, publishing accepted readings to `live` and input states to `status`.
+    pub fn with_observers(
+        writer: BufferWriter,
+        gateway_id: impl Into<String>,
+        flavor: Flavor,
+        live: LiveFeed,
+        status: StatusRegistry,
+    ) -> Self {
+        Ingest {
+            inner: Arc::new(IngestInner {
+                writer,
+                gateway_id: gateway_id.into(),
+                flavor,
+                live: Some(live),
+                status,
+            }),
+        }
+    }
+
+    /// Where inputs report whether they are connected.
+    pub fn status(&self) -> &StatusRegistry {
+        &self.inner.status
+    }
+
+    pub fn gateway_id(&self) -> &str {
+        &self.inner.gateway_id
+    }
+
+    /// Validates `readings`, adds `gateway=<id>`, and appends their line protocol to `out`.
+    /// Invalid readings are counted under `readings_rejected_total{input,reason}` and skipped;
+    /// returns how many lines were added.
+    pub fn encode(&self, input: &str, readings: Vec<Reading>, out: &mut Vec<u8>) -> u32 {
+        let mut lines = 0;
+        let live_input: Option<Arc<str>> = self.inner.live.as_ref().map(|_| Arc::from(input));
+        for mut reading in readings {
+            reading
+                .tags
+                .insert("gateway".to_owned(), self.inner.gateway_id.clone());
+            if let Err(e) = reading.validate() {
+                let sensor = reading
+                    .tags
+                    .get("sensor_id")
+                    .map(String::as_str)
+                    .unwrap_or("-");
+                tracing::warn!(input, sensor, reason = e.label(), "reading rejected: {e}");
+                count_rejected(input, e.label());
+                continue;
+            }
+            encode(&reading, self.inner.flavor, out);
+            lines += 1;
+            if let (Some(live), Some(name)) = (&self.inner.live, &live_input) {
+                live.publish(name, &reading);
+            }
+        }
+        metrics::counter!("readings_accepted_total", "input" => input.to_owned())
+            .increment(u64::from(lines));
+        lines
+    }
+
+    /// Appends encoded lines to the buffer; resolves when they are durable (fsync'd).
+    pub async fn commit(
+        &self,
+        priority: Priority,
+        lines: u32,
+        lp: Vec<u8>,
+    ) -> Result<(), BufferError> {
+        if lines == 0 {
+            return Ok(());
+        }
+        self.inner.writer.append(priority, lines, lp).await
+    }
+
+    /// The buffer writer, for shutdown.
+    pub fn writer(&self) -> &BufferWriter {
+        &self.inner.writer
+    }
+}
+
+/// Counts a message or reading an input refused (`readings_rejected_total{input,reason}`).
+pub fn count_rejected(input: &str, reason: &'static str) {
+    metrics::counter!("readings_rejected_total", "input" => input.to_owned(), "reason" => reason)
+        .increment(1);
+}
+
+/// Counts a message an input received (`messages_received_total{input}`).
+pub fn count_received(input: &str) {
+    metrics::counter!("messages_received_total", "input" => input.to_owned()).increment(1);
+}
+
+/// Forwarding policy from `[output.influxdb]`.
+#[derive(Debug, Clone)]
+pub struct ForwarderConfig {
+    pub batch_max_lines: u32,
+    /// A batch smaller than `batch_max_lines` waits at most this long for more lines (urgent
+    /// readings never wait).
+    pub flush_interval: std::time::Duration,
+}
+
+/// Moves batches from the buffer to the store: read, deliver (the sink retries, splits and
+/// dead-letters), then ack so the buffer may delete them. Runs until `shutdown` turns true; a
+/// batch in flight then is abandoned unacked and re-sent on the next start (idempotent).
+pub async fn run_forwarder(
+    mut reader: crate::buffer::BufferReader,
+    sink: Arc<crate::output::InfluxSink>,
+    cfg: ForwarderConfig,
+    store: crate::status::StoreState,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    use crate::output::SinkError;
+    use std::time::{Duration, Instant};
+    let mut last_send = Instant::now() - cfg.flush_interval;
+    loop {
+        // Let a small batch fill up for a while, unless urgent data waits or a backlog exists.
+        let since = last_send.elapsed();
+        if since < cfg.flush_interval {
+            let stats = reader.stats();
+            if stats.urgent_unsent_lines == 0 && stats.unsent_lines < u64::from(cfg.batch_max_lines)
+            {
+                tokio::select! {
+                    _ = tokio::time::sleep(cfg.flush_interval - since) => {}
+                    _ = shutdown.wait_for(|s| *s) => return,
+                }
+            }
+        }
+        let batch = tokio::select! {
+            b = reader.next_batch(cfg.batch_max_lines) => b,
+            _ = shutdown.wait_for(|s| *s) => return,
+        };
+        let batch = match batch {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::error!("cannot read the buffer: {e}; retrying in 1 s");
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                    _ = shutdown.wait_for(|s| *s) => return,
+                }
+            }
+        };
+        last_send = Instant::now();
+        store.sending();
+        loop {
+            match sink.deliver(&batch.body_gz, batch.lines, &shutdown).await {
+                Ok(d) => {
+                    if d.lines_dead_lettered > 0 {
+                        tracing::warn!(
+                            lines = d.lines_dead_lettered,
+                            path = %sink.dead_letter_path().display(),
+                            "the store refused some lines; they are in the dead-letter file"
+                        );
+                    }
+                    metrics::counter!("output_lines_sent_total").increment(u64::from(d.lines_sent));
+                    store.delivered(d.lines_sent);
+                    break;
+                }
+                Err(SinkError::Shutdown) => return,
+                Err(e) => {
+                    store.failed(e.to_string());
+                    tracing::error!("batch not delivered: {e}; retrying in 5 s");
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+                        _ = shutdown.wait_for(|s| *s) => return,
+                    }
+                }
+            }
+        }
+        while let Err(e) = reader.ack(&batch).await {
+            tracing::error!("cannot record the store's confirmation: {e}; retrying in 1 s");
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                _ = shutdown.wait_for(|s| *s) => return,
+            }
+        }
+    }
+}

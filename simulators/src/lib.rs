@@ -1,0 +1,18 @@
+//! `sensor-sim`: deterministic city sensor simulators for ioc-gateway.
+//!
+//! Nobody should need a roadside cabinet to test the gateway: this crate plays whole city
+//! scenarios (environment stations, traffic counters, AI cameras) over MQTT, records what the
+//! broker acknowledged in a manifest, and checks a time-series store against that manifest.
+//! Everything that produces bytes is a pure function of the scenario and the seed, so the same
+//! seed always gives the same byte stream.
+
+pub mod civil_time;
+pub mod generator;
+pub mod manifest;
+pub mod models;
+pub mod mqtt;
+pub mod profile;
+pub mod rng;
+pub mod scenario;
+pub mod serial;
+pub mod verify;

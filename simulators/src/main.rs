@@ -1,0 +1,233 @@
+//! `sensor-sim` command line: play a scenario over MQTT, dump its payloads, verify a store,
+//! or stream a serial sensor into a pseudo-terminal.
+
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::{Parser, Subcommand, ValueEnum};
+use rumqttc::QoS;
+
+use sensor_sim::generator::Generator;
+use sensor_sim::manifest::{self, Header};
+use sensor_sim::mqtt::{self, PublishOptions};
+use sensor_sim::scenario::Scenario;
+use sensor_sim::verify::{self, Shape, StoreApi, StoreQuery};
+
+#[derive(Parser)]
+#[command(
+    name = "sensor-sim",
+    version,
+    about = "City sensor simulator and end-to-end verdict for ioc-gateway"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum ApiArg {
+    /// VictoriaMetrics (gateway writes through the v2 API)
+    V2,
+    /// InfluxDB 1.x
+    V1,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Publish a scenario to an MQTT broker; prints a one-line JSON summary.
+    Run {
+        /// Scenario TOML file.
+        #[arg(long)]
+        scenario: PathBuf,
+        /// Broker URL, mqtt://HOST:PORT.
+        #[arg(long)]
+        broker: String,
+        /// Seed: the same seed gives the same payloads.
+        #[arg(long)]
+        seed: u64,
+        /// Manifest output file (JSON lines of what the broker acknowledged).
+        #[arg(long)]
+        manifest: PathBuf,
+        /// Number of messages (default: the scenario's `messages`).
+        #[arg(long)]
+        messages: Option<u64>,
+        /// Stop after this many wall-clock seconds (default: the scenario's `duration_s`).
+        #[arg(long)]
+        duration: Option<f64>,
+        /// Messages per second over all clients, 0 = as fast as the broker takes them.
+        #[arg(long)]
+        rate: Option<f64>,
+        /// MQTT QoS, 0 or 1.
+        #[arg(long, value_parser = clap::value_parser!(u8).range(0..=1))]
+        qos: Option<u8>,
+        /// Number of MQTT client connections.
+        #[arg(long)]
+        clients: Option<usize>,
+        /// Client id prefix (ids are PREFIX-0, PREFIX-1 …; default sensor-sim-<pid>).
+        #[arg(long)]
+        client_id: Option<String>,
+        /// Unacknowledged QoS 1 messages per connection.
+        #[arg(long, default_value_t = 500)]
+        inflight: u16,
+    },
+    /// Write the scenario's messages to stdout (`topic<TAB>payload` per line) without a broker.
+    Generate {
+        /// Scenario TOML file.
+        #[arg(long)]
+        scenario: PathBuf,
+        /// Seed.
+        #[arg(long)]
+        seed: u64,
+        /// Number of messages.
+        #[arg(long)]
+        messages: u64,
+    },
+    /// Compare a manifest with what the store holds; exit 0 only if nothing is missing or different.
+    Verify {
+        /// Manifest written by `run`.
+        #[arg(long)]
+        manifest: PathBuf,
+        /// Store base URL, e.g. http://127.0.0.1:8428.
+        #[arg(long)]
+        store: String,
+        /// v2: VictoriaMetrics; v1: InfluxDB 1.x.
+        #[arg(long, value_enum)]
+        api: ApiArg,
+        /// InfluxDB 1.x database.
+        #[arg(long, default_value = "telemetry")]
+        database: String,
+        /// Only count points tagged gateway=ID.
+        #[arg(long)]
+        gateway_id: Option<String>,
+        /// Show every device when there are at most this many (else only devices with problems).
+        #[arg(long, default_value_t = 50)]
+        max_rows: usize,
+    },
+}
+
+fn main() -> ExitCode {
+    match real_main() {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("sensor-sim: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn real_main() -> anyhow::Result<ExitCode> {
+    match Cli::parse().command {
+        Command::Run {
+            scenario,
+            broker,
+            seed,
+            manifest,
+            messages,
+            duration,
+            rate,
+            qos,
+            clients,
+            client_id,
+            inflight,
+        } => {
+            let sc = Scenario::load(&scenario)?;
+            let mut opts = PublishOptions::for_broker(&broker)?;
+            let qos = qos.or(sc.qos).unwrap_or(1);
+            opts.qos = if qos == 0 {
+                QoS::AtMostOnce
+            } else {
+                QoS::AtLeastOnce
+            };
+            opts.clients = clients.or(sc.clients).unwrap_or(1).max(1);
+            opts.rate = rate.or(sc.rate).unwrap_or(0.0).max(0.0);
+            opts.messages = messages.or(sc.messages);
+            opts.duration = duration
+                .or(sc.duration_s)
+                .filter(|d| *d > 0.0)
+                .map(Duration::from_secs_f64);
+            if opts.messages.is_none() && opts.duration.is_none() {
+                bail!(
+                    "give --messages or --duration (or set messages / duration_s in the scenario)"
+                );
+            }
+            if let Some(prefix) = client_id {
+                opts.client_id_prefix = prefix;
+            }
+            opts.inflight = inflight;
+            opts.disconnect_every = sc.faults.disconnect_every;
+            opts.disconnect_for = Duration::from_millis(sc.faults.disconnect_ms);
+            let generator = Generator::new(&sc, seed)?;
+            let file = File::create(&manifest)
+                .with_context(|| format!("creating {}", manifest.display()))?;
+            let mut out = BufWriter::with_capacity(1 << 16, file);
+            manifest::write_header(
+                &mut out,
+                &Header {
+                    version: 1,
+                    scenario: sc.name.clone(),
+                    seed,
+                    qos,
+                },
+            )?;
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()?;
+            let summary = runtime.block_on(mqtt::publish(generator, opts, Box::new(out)))?;
+            println!("{}", serde_json::to_string(&summary)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Generate {
+            scenario,
+            seed,
+            messages,
+        } => {
+            let sc = Scenario::load(&scenario)?;
+            let stdout = std::io::stdout();
+            let mut out = BufWriter::new(stdout.lock());
+            for m in Generator::new(&sc, seed)?.take(messages as usize) {
+                out.write_all(m.topic.as_bytes())?;
+                out.write_all(b"\t")?;
+                out.write_all(&m.payload)?;
+                out.write_all(b"\n")?;
+            }
+            out.flush()?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Verify {
+            manifest,
+            store,
+            api,
+            database,
+            gateway_id,
+            max_rows,
+        } => {
+            let file =
+                File::open(&manifest).with_context(|| format!("opening {}", manifest.display()))?;
+            let (_, entries) = manifest::read(std::io::BufReader::new(file))?;
+            let shape = Shape::of(&entries);
+            let query = StoreQuery {
+                url: store,
+                api: match api {
+                    ApiArg::V2 => StoreApi::V2,
+                    ApiArg::V1 => StoreApi::V1,
+                },
+                database,
+                gateway_id,
+            };
+            let index = verify::fetch(&query, &shape)?;
+            let report = verify::compare(&entries, &index);
+            print!("{}", report.table(max_rows));
+            println!("{}", report.summary_line());
+            Ok(if report.total().ok() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
+        }
+    }
+}

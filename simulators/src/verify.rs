@@ -1,0 +1,851 @@
+//! The verdict: does the store hold exactly what the manifest says the broker acknowledged?
+//!
+//! Store points are read back (VictoriaMetrics: `/api/v1/export` after `/internal/force_flush`,
+//! series named `<measurement>_<field>`, millisecond timestamps, no strings; InfluxDB 1.x:
+//! `/query` with `epoch=ns`) into one index keyed by measurement, the manifest's identifying
+//! tags and the timestamp. Comparison is a pure function over that index, so it is tested on
+//! fixed store responses. Tags the gateway adds (such as `gateway`) are ignored unless
+//! `--gateway-id` asks to keep only that gateway's points.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fmt::Write as _;
+use std::io::Read;
+use std::time::Duration;
+
+use serde_json::Value;
+use thiserror::Error;
+
+use crate::manifest::{Entry, Expect, FaultKind};
+
+/// Which store API to read back through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreApi {
+    /// VictoriaMetrics (the gateway writes with the v2 API).
+    V2,
+    /// InfluxDB 1.x.
+    V1,
+}
+
+/// Why the store could not be read.
+#[derive(Debug, Error)]
+pub enum VerifyError {
+    /// HTTP failure.
+    #[error("store request {url}: {reason}")]
+    Http {
+        /// The request URL.
+        url: String,
+        /// What went wrong.
+        reason: String,
+    },
+    /// The store's answer was not what the API documents.
+    #[error("store answer from {url}: {reason}")]
+    Answer {
+        /// The request URL.
+        url: String,
+        /// What was wrong.
+        reason: String,
+    },
+}
+
+/// Identifies one expected point: measurement, identifying tags (`k=v,k=v` sorted), ms timestamp.
+pub type PointKey = (String, String, i64);
+
+/// Store contents: for each point key, each field's values (more than one = duplicates).
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct StoreIndex {
+    points: HashMap<PointKey, BTreeMap<String, Vec<f64>>>,
+}
+
+impl StoreIndex {
+    /// Records one stored value.
+    pub fn add(&mut self, key: PointKey, field: &str, value: f64) {
+        self.points
+            .entry(key)
+            .or_default()
+            .entry(field.to_owned())
+            .or_default()
+            .push(value);
+    }
+
+    /// Number of distinct point keys.
+    pub fn len(&self) -> usize {
+        self.points.len()
+    }
+
+    /// Whether nothing was read.
+    pub fn is_empty(&self) -> bool {
+        self.points.is_empty()
+    }
+}
+
+/// What the manifest says about each measurement: its identifying tag keys.
+#[derive(Debug, Default, Clone)]
+pub struct Shape {
+    tag_keys: BTreeMap<String, BTreeSet<String>>,
+    min_ts: i64,
+    max_ts: i64,
+}
+
+impl Shape {
+    /// Collects tag keys and the time range of the checkable entries.
+    pub fn of(entries: &[Entry]) -> Self {
+        let mut shape = Shape {
+            tag_keys: BTreeMap::new(),
+            min_ts: i64::MAX,
+            max_ts: i64::MIN,
+        };
+        for e in entries.iter().filter(|e| e.x != Expect::Unchecked) {
+            shape
+                .tag_keys
+                .entry(e.m.clone())
+                .or_default()
+                .extend(e.t.keys().cloned());
+            shape.min_ts = shape.min_ts.min(e.ts);
+            shape.max_ts = shape.max_ts.max(e.ts);
+        }
+        shape
+    }
+
+    /// Measurements to read back.
+    pub fn measurements(&self) -> impl Iterator<Item = &String> {
+        self.tag_keys.keys()
+    }
+
+    /// The identifying tag string of a label set, or `None` if a tag is absent.
+    fn tag_string<'a>(
+        &self,
+        measurement: &str,
+        mut get: impl FnMut(&str) -> Option<&'a str>,
+    ) -> Option<String> {
+        let keys = self.tag_keys.get(measurement)?;
+        let mut out = String::new();
+        for k in keys {
+            let v = get(k)?;
+            if !out.is_empty() {
+                out.push(',');
+            }
+            let _ = write!(out, "{k}={v}");
+        }
+        Some(out)
+    }
+
+    /// Splits a VictoriaMetrics series name into measurement and field (longest measurement wins).
+    fn split_name<'n>(&self, name: &'n str) -> Option<(&str, &'n str)> {
+        self.tag_keys
+            .keys()
+            .filter_map(|m| {
+                name.strip_prefix(m.as_str())
+                    .and_then(|r| r.strip_prefix('_'))
+                    .map(|f| (m.as_str(), f))
+            })
+            .max_by_key(|(m, _)| m.len())
+    }
+}
+
+fn entry_key(e: &Entry) -> PointKey {
+    let tags =
+        e.t.iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join(",");
+    (e.m.clone(), tags, e.ts)
+}
+
+/// Parses a VictoriaMetrics `/api/v1/export` answer (JSON lines) into `index`.
+pub fn parse_vm_export(
+    body: &str,
+    shape: &Shape,
+    gateway_id: Option<&str>,
+    index: &mut StoreIndex,
+) -> Result<(), String> {
+    for (n, line) in body.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let v: Value = serde_json::from_str(line).map_err(|e| format!("line {}: {e}", n + 1))?;
+        let metric = v
+            .get("metric")
+            .and_then(Value::as_object)
+            .ok_or_else(|| format!("line {}: no metric", n + 1))?;
+        let name = metric
+            .get("__name__")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        let Some((measurement, field)) = shape.split_name(name) else {
+            continue;
+        };
+        if let Some(gw) = gateway_id {
+            if metric.get("gateway").and_then(Value::as_str) != Some(gw) {
+                continue;
+            }
+        }
+        let Some(tags) = shape.tag_string(measurement, |k| metric.get(k).and_then(Value::as_str))
+        else {
+            continue;
+        };
+        let values = v
+            .get("values")
+            .and_then(Value::as_array)
+            .ok_or_else(|| format!("line {}: no values", n + 1))?;
+        let stamps = v
+            .get("timestamps")
+            .and_then(Value::as_array)
+            .ok_or_else(|| format!("line {}: no timestamps", n + 1))?;
+        if values.len() != stamps.len() {
+            return Err(format!(
+                "line {}: {} values but {} timestamps",
+                n + 1,
+                values.len(),
+                stamps.len()
+            ));
+        }
+        for (value, ts) in values.iter().zip(stamps) {
+            let ts = ts
+                .as_i64()
+                .ok_or_else(|| format!("line {}: timestamp {ts} is not an integer", n + 1))?;
+            let value = value.as_f64().unwrap_or(f64::NAN);
+            index.add((measurement.to_owned(), tags.clone(), ts), field, value);
+        }
+    }
+    Ok(())
+}
+
+/// Parses InfluxDB 1.x `/query?epoch=ns` answers (one JSON document, or several when chunked).
+pub fn parse_influx_query(
+    body: &str,
+    shape: &Shape,
+    gateway_id: Option<&str>,
+    index: &mut StoreIndex,
+) -> Result<(), String> {
+    for doc in serde_json::Deserializer::from_str(body).into_iter::<Value>() {
+        let doc = doc.map_err(|e| e.to_string())?;
+        for result in doc
+            .get("results")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            if let Some(err) = result.get("error").and_then(Value::as_str) {
+                return Err(format!("InfluxDB error: {err}"));
+            }
+            for series in result
+                .get("series")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+            {
+                let measurement = series
+                    .get("name")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default();
+                let empty = serde_json::Map::new();
+                let tags = series
+                    .get("tags")
+                    .and_then(Value::as_object)
+                    .unwrap_or(&empty);
+                if let Some(gw) = gateway_id {
+                    if tags.get("gateway").and_then(Value::as_str) != Some(gw) {
+                        continue;
+                    }
+                }
+                let Some(tag_string) =
+                    shape.tag_string(measurement, |k| tags.get(k).and_then(Value::as_str))
+                else {
+                    continue;
+                };
+                let columns: Vec<&str> = series
+                    .get("columns")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                    .filter_map(Value::as_str)
+                    .collect();
+                if columns.first() != Some(&"time") {
+                    return Err(format!("series {measurement}: first column is not time"));
+                }
+                for row in series
+                    .get("values")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                {
+                    let Some(row) = row.as_array() else { continue };
+                    let Some(ns) = row.first().and_then(Value::as_i64) else {
+                        return Err(format!(
+                            "series {measurement}: time is not an integer (use epoch=ns)"
+                        ));
+                    };
+                    // A timestamp off the millisecond grid can match no manifest entry: keep it
+                    // at a key no entry has (negative) so it shows up as missing, not as found.
+                    let ts = if ns % 1_000_000 == 0 {
+                        ns / 1_000_000
+                    } else {
+                        -ns.abs()
+                    };
+                    for (col, value) in columns.iter().zip(row).skip(1) {
+                        if let Some(v) = value.as_f64() {
+                            index.add((measurement.to_owned(), tag_string.clone(), ts), col, v);
+                        }
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Counts for one device (or one measurement, or everything).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Counts {
+    /// Distinct points the store should hold.
+    pub expected: u64,
+    /// Of those, points present.
+    pub found: u64,
+    /// Of those, points absent.
+    pub missing: u64,
+    /// Present, but a field is absent or has another value.
+    pub mismatched: u64,
+    /// Present more than once with no explanation.
+    pub duplicates: u64,
+    /// Present more than once because the simulator sent it more than once.
+    pub explained_duplicates: u64,
+    /// Payloads the gateway must reject.
+    pub rejected_sent: u64,
+    /// Of those, found in the store anyway.
+    pub leaked: u64,
+    /// Entries `verify` does not check (e.g. camera events).
+    pub unchecked: u64,
+}
+
+impl Counts {
+    fn add(&mut self, o: &Counts) {
+        self.expected += o.expected;
+        self.found += o.found;
+        self.missing += o.missing;
+        self.mismatched += o.mismatched;
+        self.duplicates += o.duplicates;
+        self.explained_duplicates += o.explained_duplicates;
+        self.rejected_sent += o.rejected_sent;
+        self.leaked += o.leaked;
+        self.unchecked += o.unchecked;
+    }
+
+    /// Whether this is a pass: nothing missing, different, duplicated or leaked.
+    pub fn ok(&self) -> bool {
+        self.missing == 0 && self.mismatched == 0 && self.duplicates == 0 && self.leaked == 0
+    }
+}
+
+/// The verdict, per measurement and device.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Report {
+    /// `(measurement, device tags) → counts`.
+    pub devices: BTreeMap<(String, String), Counts>,
+    /// Up to 20 example problems, for the human reading the table.
+    pub examples: Vec<String>,
+}
+
+impl Report {
+    /// Totals per measurement.
+    pub fn per_measurement(&self) -> BTreeMap<String, Counts> {
+        let mut out: BTreeMap<String, Counts> = BTreeMap::new();
+        for ((m, _), c) in &self.devices {
+            out.entry(m.clone()).or_default().add(c);
+        }
+        out
+    }
+
+    /// Totals over everything.
+    pub fn total(&self) -> Counts {
+        let mut t = Counts::default();
+        for c in self.devices.values() {
+            t.add(c);
+        }
+        t
+    }
+
+    /// The final one-line verdict.
+    pub fn summary_line(&self) -> String {
+        let t = self.total();
+        format!(
+            "verify: {} expected, {} found, {} missing, {} mismatched, {} duplicates",
+            t.expected, t.found, t.missing, t.mismatched, t.duplicates
+        )
+    }
+
+    /// A human-readable table: per measurement, then per device (all devices when there are
+    /// at most `max_rows`, otherwise only devices with problems), then example problems.
+    pub fn table(&self, max_rows: usize) -> String {
+        let mut out = String::new();
+        let header = format!(
+            "{:<14} {:<40} {:>9} {:>9} {:>8} {:>10} {:>6} {:>9} {:>8} {:>6} {:>9}\n",
+            "measurement",
+            "device",
+            "expected",
+            "found",
+            "missing",
+            "mismatched",
+            "dups",
+            "dups-sent",
+            "rejected",
+            "leaked",
+            "unchecked"
+        );
+        let row = |out: &mut String, m: &str, d: &str, c: &Counts| {
+            let _ = writeln!(
+                out,
+                "{:<14} {:<40} {:>9} {:>9} {:>8} {:>10} {:>6} {:>9} {:>8} {:>6} {:>9}",
+                m,
+                d,
+                c.expected,
+                c.found,
+                c.missing,
+                c.mismatched,
+                c.duplicates,
+                c.explained_duplicates,
+                c.rejected_sent,
+                c.leaked,
+                c.unchecked
+            );
+        };
+        out.push_str(&header);
+        for (m, c) in self.per_measurement() {
+            row(&mut out, &m, "(all)", &c);
+        }
+        let all = self.devices.len() <= max_rows;
+        let shown: Vec<_> = self
+            .devices
+            .iter()
+            .filter(|(_, c)| all || !c.ok())
+            .collect();
+        if !shown.is_empty() {
+            let _ = writeln!(
+                out,
+                "\nper device{}:",
+                if all {
+                    ""
+                } else {
+                    " (only those with problems)"
+                }
+            );
+            out.push_str(&header);
+            for ((m, d), c) in shown {
+                row(&mut out, m, d, c);
+            }
+        }
+        if !self.examples.is_empty() {
+            out.push_str("\nexamples:\n");
+            for e in &self.examples {
+                let _ = writeln!(out, "  {e}");
+            }
+        }
+        let t = self.total();
+        let _ = writeln!(
+            out,
+            "\n{} duplicates explained by duplicate sends, {} rejected payloads sent, {} of them stored (leaked), {} entries unchecked",
+            t.explained_duplicates, t.rejected_sent, t.leaked, t.unchecked
+        );
+        out
+    }
+}
+
+fn same_value(a: f64, b: f64) -> bool {
+    a == b || (a - b).abs() <= 1e-9 * a.abs().max(b.abs()).max(1.0)
+}
+
+/// Compares manifest entries with store contents.
+pub fn compare(entries: &[Entry], store: &StoreIndex) -> Report {
+    struct Expected<'a> {
+        entry: &'a Entry,
+        sends: u64,
+        resent: bool,
+    }
+    let mut expected: BTreeMap<PointKey, Expected> = BTreeMap::new();
+    let mut report = Report::default();
+    let device_of = |e: &Entry| e.t.values().cloned().collect::<Vec<_>>().join("/");
+    for e in entries {
+        let counts = report
+            .devices
+            .entry((e.m.clone(), device_of(e)))
+            .or_default();
+        match e.x {
+            Expect::Unchecked => counts.unchecked += 1,
+            Expect::Rejected => {
+                counts.rejected_sent += 1;
+                if store.points.contains_key(&entry_key(e)) {
+                    counts.leaked += 1;
+                    if report.examples.len() < 20 {
+                        report.examples.push(format!(
+                            "leaked: {} {} ts={} ({:?}) is in the store",
+                            e.m,
+                            device_of(e),
+                            e.ts,
+                            e.fault
+                        ));
+                    }
+                }
+            }
+            Expect::Stored => {
+                let slot = expected.entry(entry_key(e)).or_insert(Expected {
+                    entry: e,
+                    sends: 0,
+                    resent: false,
+                });
+                slot.sends += 1;
+                slot.resent |= e.resent || e.fault == Some(FaultKind::Duplicate);
+            }
+        }
+    }
+    for (key, exp) in &expected {
+        let e = exp.entry;
+        let device = device_of(e);
+        let counts = report
+            .devices
+            .entry((e.m.clone(), device.clone()))
+            .or_default();
+        counts.expected += 1;
+        let Some(stored) = store.points.get(key) else {
+            counts.missing += 1;
+            if report.examples.len() < 20 {
+                report
+                    .examples
+                    .push(format!("missing: {} {} ts={}", e.m, device, e.ts));
+            }
+            continue;
+        };
+        counts.found += 1;
+        let mut problem = None;
+        for (field, want) in &e.f {
+            match stored.get(field) {
+                None => problem = Some(format!("field {field} absent")),
+                Some(values) => {
+                    if let Some(got) = values.iter().find(|v| !same_value(**v, *want)) {
+                        problem = Some(format!("{field}: expected {want}, stored {got}"));
+                    }
+                }
+            }
+        }
+        if let Some(p) = problem {
+            counts.mismatched += 1;
+            if report.examples.len() < 20 {
+                report
+                    .examples
+                    .push(format!("mismatched: {} {} ts={}: {p}", e.m, device, e.ts));
+            }
+        }
+        if stored.values().any(|v| v.len() > 1) {
+            if exp.sends > 1 || exp.resent {
+                counts.explained_duplicates += 1;
+            } else {
+                counts.duplicates += 1;
+                if report.examples.len() < 20 {
+                    report.examples.push(format!(
+                        "duplicate: {} {} ts={} stored more than once",
+                        e.m, device, e.ts
+                    ));
+                }
+            }
+        }
+    }
+    report
+}
+
+/// How to reach the store.
+#[derive(Debug, Clone)]
+pub struct StoreQuery {
+    /// Base URL, e.g. `http://127.0.0.1:8428`.
+    pub url: String,
+    /// Which API.
+    pub api: StoreApi,
+    /// InfluxDB 1.x database.
+    pub database: String,
+    /// Keep only points tagged `gateway=<id>`.
+    pub gateway_id: Option<String>,
+}
+
+fn get(agent: &ureq::Agent, url: &str, query: &[(&str, &str)]) -> Result<String, VerifyError> {
+    let mut req = agent.get(url);
+    for (k, v) in query {
+        req = req.query(k, v);
+    }
+    let http = |reason: String| VerifyError::Http {
+        url: url.to_owned(),
+        reason,
+    };
+    let resp = match req.call() {
+        Ok(r) => r,
+        Err(ureq::Error::Status(code, r)) => {
+            let body = r.into_string().unwrap_or_default();
+            return Err(http(format!(
+                "HTTP {code}: {}",
+                body.chars().take(300).collect::<String>()
+            )));
+        }
+        Err(e) => return Err(http(e.to_string())),
+    };
+    let mut body = String::new();
+    resp.into_reader()
+        .read_to_string(&mut body)
+        .map_err(|e| http(e.to_string()))?;
+    Ok(body)
+}
+
+/// Reads back every measurement of `shape` from the store.
+pub fn fetch(q: &StoreQuery, shape: &Shape) -> Result<StoreIndex, VerifyError> {
+    let agent = ureq::AgentBuilder::new()
+        .timeout(Duration::from_secs(120))
+        .build();
+    let base = q.url.trim_end_matches('/');
+    let mut index = StoreIndex::default();
+    if shape.tag_keys.is_empty() {
+        return Ok(index);
+    }
+    // One second of margin either side; VictoriaMetrics takes seconds, InfluxDB nanoseconds.
+    let start_s = (shape.min_ts.div_euclid(1000) - 1).to_string();
+    let end_s = (shape.max_ts.div_euclid(1000) + 2).to_string();
+    match q.api {
+        StoreApi::V2 => {
+            get(&agent, &format!("{base}/internal/force_flush"), &[])?;
+            for m in shape.measurements() {
+                let url = format!("{base}/api/v1/export");
+                let selector = format!("{{__name__=~\"{}_.+\"}}", regex_escape(m));
+                let body = get(
+                    &agent,
+                    &url,
+                    &[("match[]", &selector), ("start", &start_s), ("end", &end_s)],
+                )?;
+                parse_vm_export(&body, shape, q.gateway_id.as_deref(), &mut index).map_err(
+                    |reason| VerifyError::Answer {
+                        url: url.clone(),
+                        reason,
+                    },
+                )?;
+            }
+        }
+        StoreApi::V1 => {
+            for m in shape.measurements() {
+                let url = format!("{base}/query");
+                let sql = format!(
+                    "SELECT * FROM \"{}\" WHERE time >= {}s AND time < {}s GROUP BY *",
+                    m.replace('"', "\\\""),
+                    start_s,
+                    end_s
+                );
+                let body = get(
+                    &agent,
+                    &url,
+                    &[
+                        ("db", &q.database),
+                        ("epoch", "ns"),
+                        ("chunked", "true"),
+                        ("chunk_size", "10000"),
+                        ("q", &sql),
+                    ],
+                )?;
+                parse_influx_query(&body, shape, q.gateway_id.as_deref(), &mut index).map_err(
+                    |reason| VerifyError::Answer {
+                        url: url.clone(),
+                        reason,
+                    },
+                )?;
+            }
+        }
+    }
+    Ok(index)
+}
+
+fn regex_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if "\\.+*?()|[]{}^$".contains(c) {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env_entry(sensor: &str, ts: i64, pm: f64) -> Entry {
+        Entry {
+            m: "environment".into(),
+            t: [
+                ("district".to_string(), "d1".to_string()),
+                ("sensor_id".to_string(), sensor.to_string()),
+            ]
+            .into(),
+            ts,
+            f: [
+                ("pm2_5".to_string(), pm),
+                ("temperature".to_string(), 27.25),
+            ]
+            .into(),
+            x: Expect::Stored,
+            fault: None,
+            resent: false,
+        }
+    }
+
+    /// A VictoriaMetrics export as it answers (captured shape): one series per field.
+    const VM_EXPORT: &str = r#"{"metric":{"__name__":"environment_pm2_5","district":"d1","gateway":"gw-1","sensor_id":"env-0001"},"values":[12.3,14.1,15],"timestamps":[1000,2000,3000]}
+{"metric":{"__name__":"environment_temperature","district":"d1","gateway":"gw-1","sensor_id":"env-0001"},"values":[27.25,27.25,27.25],"timestamps":[1000,2000,3000]}
+{"metric":{"__name__":"environment_pm2_5","district":"d1","gateway":"gw-1","sensor_id":"env-0002"},"values":[9.9,9.9],"timestamps":[1000,1000]}
+{"metric":{"__name__":"environment_temperature","district":"d1","gateway":"gw-1","sensor_id":"env-0002"},"values":[27.25,27.25],"timestamps":[1000,1000]}
+{"metric":{"__name__":"environment_pm2_5","district":"d1","gateway":"gw-2","sensor_id":"env-0003"},"values":[1],"timestamps":[1000]}
+"#;
+
+    #[test]
+    fn vm_export_compare_counts_every_kind_of_problem() {
+        let entries = vec![
+            env_entry("env-0001", 1000, 12.3),
+            env_entry("env-0001", 2000, 14.0),
+            env_entry("env-0001", 3000, 15.0),
+            env_entry("env-0001", 4000, 16.0),
+            env_entry("env-0002", 1000, 9.9),
+            Entry {
+                x: Expect::Rejected,
+                fault: Some(FaultKind::NanToken),
+                ..env_entry("env-0001", 3000, 15.0)
+            },
+            Entry {
+                x: Expect::Rejected,
+                fault: Some(FaultKind::MalformedJson),
+                ..env_entry("env-0001", 5000, 15.0)
+            },
+            env_entry("env-0003", 1000, 1.0),
+        ];
+        let shape = Shape::of(&entries);
+        let mut index = StoreIndex::default();
+        parse_vm_export(VM_EXPORT, &shape, Some("gw-1"), &mut index).unwrap();
+        assert_eq!(index.len(), 4);
+        let report = compare(&entries, &index);
+        let t = report.total();
+        assert_eq!(
+            t,
+            Counts {
+                expected: 6,
+                found: 4,
+                missing: 2,
+                mismatched: 1,
+                duplicates: 1,
+                explained_duplicates: 0,
+                rejected_sent: 2,
+                leaked: 1,
+                unchecked: 0
+            }
+        );
+        assert!(!t.ok());
+        assert_eq!(
+            report.summary_line(),
+            "verify: 6 expected, 4 found, 2 missing, 1 mismatched, 1 duplicates"
+        );
+        let d1 = report.devices[&("environment".to_string(), "d1/env-0001".to_string())];
+        assert_eq!(
+            (d1.expected, d1.found, d1.missing, d1.mismatched, d1.leaked),
+            (4, 3, 1, 1, 1)
+        );
+        let table = report.table(50);
+        assert!(
+            table.contains(
+                "mismatched: environment d1/env-0001 ts=2000: pm2_5: expected 14, stored 14.1"
+            ),
+            "{table}"
+        );
+
+        // Without the gateway filter, env-0003 (written by gw-2) is found.
+        let mut all = StoreIndex::default();
+        parse_vm_export(VM_EXPORT, &shape, None, &mut all).unwrap();
+        assert_eq!(compare(&entries, &all).total().missing, 1);
+    }
+
+    #[test]
+    fn duplicates_sent_on_purpose_are_explained() {
+        let mut dup = env_entry("env-0002", 1000, 9.9);
+        dup.fault = Some(FaultKind::Duplicate);
+        let entries = vec![env_entry("env-0002", 1000, 9.9), dup];
+        let mut index = StoreIndex::default();
+        parse_vm_export(VM_EXPORT, &Shape::of(&entries), None, &mut index).unwrap();
+        let t = compare(&entries, &index).total();
+        assert_eq!(
+            (t.expected, t.found, t.duplicates, t.explained_duplicates),
+            (1, 1, 0, 1)
+        );
+        assert!(t.ok());
+    }
+
+    /// An InfluxDB 1.6 `/query?epoch=ns&chunked=true` answer: two chunks, tags per series.
+    const INFLUX: &str = r#"{"results":[{"statement_id":0,"series":[{"name":"traffic","tags":{"direction":"nb","district":"d1","gateway":"gw-1","lane":"1","site":"site-01"},"columns":["time","count","heavy_count","occupancy","speed_avg"],"values":[[1795480200000000000,23,2,17.4,41.2],[1795480260000000000,25,null,18,40]]}],"partial":true}]}
+{"results":[{"statement_id":0,"series":[{"name":"traffic","tags":{"direction":"sb","district":"d1","gateway":"gw-1","lane":"1","site":"site-01"},"columns":["time","count","heavy_count","occupancy","speed_avg"],"values":[[1795480200000000001,7,0,3.1,55]]}]}]}
+"#;
+
+    fn traffic_entry(direction: &str, ts: i64, count: f64, heavy: f64) -> Entry {
+        Entry {
+            m: "traffic".into(),
+            t: [
+                ("direction".to_string(), direction.to_string()),
+                ("district".to_string(), "d1".to_string()),
+                ("lane".to_string(), "1".to_string()),
+                ("site".to_string(), "site-01".to_string()),
+            ]
+            .into(),
+            ts,
+            f: [
+                ("count".to_string(), count),
+                ("heavy_count".to_string(), heavy),
+            ]
+            .into(),
+            x: Expect::Stored,
+            fault: None,
+            resent: false,
+        }
+    }
+
+    #[test]
+    fn influx_chunks_parse_and_compare() {
+        let entries = vec![
+            traffic_entry("nb", 1_795_480_200_000, 23.0, 2.0),
+            traffic_entry("nb", 1_795_480_260_000, 25.0, 1.0),
+            traffic_entry("sb", 1_795_480_200_000, 7.0, 0.0),
+        ];
+        let shape = Shape::of(&entries);
+        let mut index = StoreIndex::default();
+        parse_influx_query(INFLUX, &shape, Some("gw-1"), &mut index).unwrap();
+        let t = compare(&entries, &index).total();
+        // second nb point lacks heavy_count (mismatch); the sb point is 1 ns off the ms grid (missing)
+        assert_eq!(
+            (t.expected, t.found, t.missing, t.mismatched, t.duplicates),
+            (3, 2, 1, 1, 0)
+        );
+    }
+
+    #[test]
+    fn influx_error_is_reported() {
+        let shape = Shape::of(&[traffic_entry("nb", 1, 1.0, 1.0)]);
+        let err = parse_influx_query(
+            r#"{"results":[{"statement_id":0,"error":"database not found: x"}]}"#,
+            &shape,
+            None,
+            &mut StoreIndex::default(),
+        )
+        .unwrap_err();
+        assert!(err.contains("database not found"), "{err}");
+    }
+
+    #[test]
+    fn longest_measurement_prefix_wins() {
+        let mut a = env_entry("e", 1, 1.0);
+        a.m = "env".into();
+        let mut b = env_entry("e", 1, 1.0);
+        b.m = "env_extra".into();
+        let shape = Shape::of(&[a, b]);
+        assert_eq!(
+            shape.split_name("env_extra_pm2_5"),
+            Some(("env_extra", "pm2_5"))
+        );
+        assert_eq!(shape.split_name("env_pm2_5"), Some(("env", "pm2_5")));
+        assert_eq!(shape.split_name("other_x"), None);
+    }
+}

@@ -1,0 +1,233 @@
+//! `ioc-e2e`: the harness every end-to-end test of ioc-gateway is built on.
+//!
+//! Why it exists: the gateway's promises (nothing acked before it is durable, nothing lost across a
+//! crash or a store outage, exact values and timestamps in the store) can only be shown against the real
+//! servers it talks to in the field. This crate starts those servers as child processes, one set per test,
+//! on free loopback ports with their data in a [`tempfile::TempDir`], so tests can run in parallel, never
+//! touch a system service, and leave nothing behind (every process is killed by PID on `Drop`).
+//!
+//! # What is here
+//! | item | what it does |
+//! | --- | --- |
+//! | [`Mosquitto`] | MQTT broker, `mqtt://127.0.0.1:PORT`, persistence in its temp dir, extra config lines for TLS/password tests |
+//! | [`VictoriaMetrics`] | `/api/v2/write` target; [`VictoriaMetrics::export`] reads every raw sample back |
+//! | [`Influx1`] | InfluxDB 1.x (`/write`, `/query`); [`Influx1::query`] answers with nanosecond epochs |
+//! | [`GatewayProcess`] | runs `ioc-gateway run --config FILE`, captures its output, `kill9`/`sigterm`/`wait_exit` |
+//! | [`MqttPublisher`] | QoS 1 publisher that records which messages the broker PUBACKed |
+//! | [`MqttSubscriber`] | plain subscriber, for checking what went through a broker |
+//! | [`bin_path`], [`free_port`], [`wait_until`], [`HeavyTestLock`], [`gzip`] | small helpers |
+//!
+//! Every server has `stop()` (graceful: SIGTERM, then SIGKILL after 15 s), `start_again()` (same port,
+//! same data dir: for outage and broker-restart tests) and `restart()`.
+//!
+//! # Example
+//! ```no_run
+//! use ioc_e2e::{Mosquitto, VictoriaMetrics};
+//! let broker = Mosquitto::start().unwrap();
+//! let vm = VictoriaMetrics::start().unwrap();
+//! println!("{} {}", broker.url(), vm.url());
+//! vm.write_line_protocol("m,t=a f=1.5 1700000000000000000\n").unwrap();
+//! vm.force_flush().unwrap();
+//! let series = vm.export("{__name__=\"m_f\"}").unwrap();
+//! assert_eq!(series[0].values, vec![1.5]);
+//! ```
+//!
+//! # Requirements
+//! `mosquitto`, `victoria-metrics` and `influxd` on `PATH` (or in `/usr/sbin`): `tests/scripts/install-deps.sh`
+//! installs them. The gateway binaries must be built (`cargo build --workspace --bins`); `tests/scripts/test.sh`
+//! does both.
+
+mod gateway;
+mod influx;
+mod mosquitto;
+mod mqtt;
+mod server;
+mod victoria;
+
+pub use gateway::{check_config, GatewayProcess};
+pub use influx::Influx1;
+pub use mosquitto::Mosquitto;
+pub use mqtt::{MqttPublisher, MqttSubscriber, ReceivedMessage};
+pub use victoria::{ExportedSeries, VictoriaMetrics};
+
+use std::collections::HashSet;
+use std::io::Write;
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// How long a server may take to answer its readiness probe after being started.
+pub const READY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Everything that can go wrong in the harness. `Debug` prints the same text as `Display`, so a test's
+/// `.unwrap()` shows the whole message (including a server's log tail) readably.
+#[derive(thiserror::Error)]
+pub enum HarnessError {
+    /// A program could not be started at all (not installed, not executable).
+    #[error("cannot start {program}: {source}. Run tests/scripts/install-deps.sh (servers) or `cargo build --workspace --bins` (gateway binaries).")]
+    Spawn {
+        program: String,
+        source: std::io::Error,
+    },
+    /// A server started but never became ready, or died while starting.
+    #[error("{name} did not become ready within {timeout:?}: {reason}\n--- last lines of {name}'s output ---\n{log_tail}")]
+    NotReady {
+        name: String,
+        timeout: Duration,
+        reason: String,
+        log_tail: String,
+    },
+    /// An HTTP request to a server failed or was answered with an error status.
+    #[error("HTTP {method} {url}: {detail}")]
+    Http {
+        method: &'static str,
+        url: String,
+        detail: String,
+    },
+    /// An answer could not be parsed.
+    #[error("cannot parse answer of {what}: {detail}")]
+    Parse { what: String, detail: String },
+    /// MQTT client error.
+    #[error("MQTT: {0}")]
+    Mqtt(String),
+    /// A process did not do what was asked in time.
+    #[error("timeout: {0}")]
+    Timeout(String),
+    /// File system or process I/O.
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        source: std::io::Error,
+    },
+}
+
+impl std::fmt::Debug for HarnessError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(self, f)
+    }
+}
+
+impl HarnessError {
+    pub(crate) fn io(context: impl Into<String>, source: std::io::Error) -> Self {
+        HarnessError::Io {
+            context: context.into(),
+            source,
+        }
+    }
+}
+
+/// Result type of the harness.
+pub type Result<T, E = HarnessError> = std::result::Result<T, E>;
+
+static HANDED_OUT_PORTS: Mutex<Option<HashSet<u16>>> = Mutex::new(None);
+
+/// A free TCP port on 127.0.0.1: the OS picks one (bind to port 0), the listener is closed, and the
+/// port is handed to a server. Never returns the same port twice within one test process. (Between
+/// processes a collision is possible but unlikely; the servers' `start()` retries on a fresh port
+/// when the first attempt cannot bind.)
+pub fn free_port() -> u16 {
+    loop {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+        let port = listener.local_addr().expect("local_addr").port();
+        drop(listener);
+        let mut guard = HANDED_OUT_PORTS.lock().unwrap_or_else(|e| e.into_inner());
+        if guard.get_or_insert_with(HashSet::new).insert(port) {
+            return port;
+        }
+    }
+}
+
+/// Polls `condition` every 50 ms until it returns true (→ `true`) or `timeout` has passed (→ `false`,
+/// after one last check). Use it as `assert!(wait_until(t, || ...), "what did not happen: {details}")`.
+pub fn wait_until(timeout: Duration, mut condition: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if condition() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return condition();
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Path of a binary of this workspace (`ioc-gateway`, `sensor-sim`, ...) in the target dir the running
+/// test was built into: `current_exe()` is `target/<profile>/deps/<test>-<hash>`, so the binary is
+/// `target/<profile>/<name>`. This follows `CARGO_TARGET_DIR` automatically. `IOC_E2E_BIN_DIR`
+/// overrides the directory.
+///
+/// Panics with instructions when the binary has not been built: the end-to-end tests need
+/// `cargo build --workspace --bins` first (`tests/scripts/test.sh` does it).
+pub fn bin_path(name: &str) -> PathBuf {
+    let dir = match std::env::var_os("IOC_E2E_BIN_DIR") {
+        Some(dir) => PathBuf::from(dir),
+        None => {
+            let exe = std::env::current_exe().expect("current_exe");
+            let mut dir = exe
+                .parent()
+                .expect("test executable has a parent dir")
+                .to_path_buf();
+            if dir.file_name().is_some_and(|n| n == "deps") {
+                dir.pop();
+            }
+            dir
+        }
+    };
+    let path = dir.join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
+    if !path.is_file() {
+        panic!(
+            "binary `{name}` not found at {}: run `cargo build --workspace --bins` first \
+             (tests/scripts/test.sh does it), or set IOC_E2E_BIN_DIR",
+            path.display()
+        );
+    }
+    path
+}
+
+/// Gzip-compresses `data` (what the gateway does to its request bodies; used to write line protocol
+/// with `Content-Encoding: gzip`).
+pub fn gzip(data: &[u8]) -> Vec<u8> {
+    let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    encoder.write_all(data).expect("gzip into a Vec");
+    encoder.finish().expect("gzip into a Vec")
+}
+
+/// An exclusive lock held while a heavy end-to-end test runs (100k messages, outages...), so that on a
+/// 2-core machine at most one of them runs at a time, whatever the runner (`cargo test` threads or
+/// nextest processes). It is an `flock` on a file in the temp dir, released on `Drop` (or when the
+/// process dies). Light tests run beside it.
+pub struct HeavyTestLock {
+    _lock: nix::fcntl::Flock<std::fs::File>,
+}
+
+impl HeavyTestLock {
+    /// Blocks until no other heavy test holds the lock.
+    pub fn acquire() -> Self {
+        let path = std::env::temp_dir().join("ioc-e2e-heavy-test.lock");
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
+        match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive) {
+            Ok(lock) => HeavyTestLock { _lock: lock },
+            Err((_, errno)) => panic!("flock {}: {errno}", path.display()),
+        }
+    }
+}
+
+/// Milliseconds since the Unix epoch, now.
+pub fn now_ms() -> i64 {
+    let since = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock after 1970");
+    i64::try_from(since.as_millis()).expect("time fits i64")
+}
+
+/// At most `max_chars` characters of `text` (for error messages).
+pub(crate) fn truncate(text: &str, max_chars: usize) -> String {
+    text.chars().take(max_chars).collect()
+}
