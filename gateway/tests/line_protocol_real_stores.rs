@@ -71,7 +71,8 @@ async fn wait_until_ready(client: &reqwest::Client, url: &str, server: &mut Serv
     }
 }
 
-async fn start_victoria_metrics() -> Server {
+/// `extra`: more flags, e.g. `-dedup.minScrapeInterval=1ms`.
+async fn start_victoria_metrics(extra: &[&str]) -> Server {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     let args = vec![
@@ -81,6 +82,10 @@ async fn start_victoria_metrics() -> Server {
         "-search.latencyOffset=0s".into(),
         "-search.disableCache".into(),
     ];
+    let args: Vec<String> = args
+        .into_iter()
+        .chain(extra.iter().map(|a| a.to_string()))
+        .collect();
     let child = spawn(
         "victoria-metrics",
         "victoria-metrics",
@@ -225,7 +230,10 @@ async fn influx_points(
         .send()
         .await
         .unwrap()
-        .text().await.map(|t| serde_json::from_str(&t).unwrap()).unwrap();
+        .text()
+        .await
+        .map(|t| serde_json::from_str(&t).unwrap())
+        .unwrap();
     let mut points = BTreeMap::new();
     let series = body["results"][0]["series"]
         .as_array()
@@ -368,8 +376,9 @@ async fn influxdb_1x_bad_line_is_dead_lettered_and_good_lines_stored() {
         dead_lines[0]
     );
     assert!(
-        dead_lines[0].contains(&format!(
-            "status=400 error: partial write: unable to parse '{bad_line}': invalid boolean"
+        // Sent alone, the line gets InfluxDB's plain parse error (no "partial write" prefix).
+        dead_lines[0].ends_with(&format!(
+            "status=400 error: unable to parse '{bad_line}': invalid boolean"
         )),
         "{}",
         dead_lines[0]
@@ -450,7 +459,7 @@ async fn victoria_samples(url: &str, selector: &str) -> Vec<Sample> {
 
 #[tokio::test]
 async fn victoria_metrics_stores_a_multi_member_batch_exactly() {
-    let store = start_victoria_metrics().await;
+    let store = start_victoria_metrics(&[]).await;
     let dead = tempfile::tempdir().unwrap();
     let sink = sink(&store.url, Api::V2, dead.path());
     assert_eq!(sink.write_url().path(), "/api/v2/write");
@@ -477,7 +486,9 @@ async fn victoria_metrics_stores_a_multi_member_batch_exactly() {
                 FieldValue::Int(i) => *i as f64,
                 FieldValue::UInt(u) => *u as f64,
                 FieldValue::Bool(b) => f64::from(u8::from(*b)),
-                FieldValue::Str(_) => continue, // VictoriaMetrics does not store strings
+                // VictoriaMetrics turns a string field into a number: the text parsed as a
+                // float, or 0 (our notes are not numbers) - a series of zeros, not nothing.
+                FieldValue::Str(s) => s.parse::<f64>().unwrap_or(0.0),
             };
             expected.push((
                 format!("{MEASUREMENT}_{field}"),
@@ -645,9 +656,70 @@ async fn https_with_a_ca_file_and_only_with_it() {
         .send()
         .await
         .unwrap()
-        .text().await.map(|t| serde_json::from_str(&t).unwrap()).unwrap();
+        .text()
+        .await
+        .map(|t| serde_json::from_str(&t).unwrap())
+        .unwrap();
     assert_eq!(
         count["results"][0]["series"][0]["values"][0][1], 3,
         "{count}"
     );
+}
+
+#[tokio::test]
+async fn victoria_metrics_oversized_line_is_dead_lettered_and_the_rest_stored() {
+    // VictoriaMetrics answers 204 to malformed lines (nothing to split on), but a line over its
+    // 256 KB limit gets a 400 and the rest of the request is dropped: splitting must recover it.
+    // The lines before the big one were stored by the first attempt and are stored again by the
+    // split: VictoriaMetrics keeps both copies unless it deduplicates, so run it as deployed.
+    let store = start_victoria_metrics(&["-dedup.minScrapeInterval=1ms"]).await;
+    let dead = tempfile::tempdir().unwrap();
+    let sink = sink(&store.url, Api::V2, dead.path());
+    let readings: Vec<Reading> = (0..12)
+        .map(|i| {
+            Reading::new("big", 1_700_000_000_000_000_000 + i * 1_000_000)
+                .tag("sensor_id", format!("s{i}"))
+                .field("v", FieldValue::Float(i as f64 + 0.5))
+        })
+        .collect();
+    let mut lines = encode_lines(&readings, Flavor::V2);
+    let huge = Reading::new("big", 1_700_000_000_100_000_000)
+        .tag("sensor_id", "huge")
+        .field("text", FieldValue::Str("x".repeat(300 * 1024)));
+    lines.splice(4..4, encode_lines(&[huge], Flavor::V2));
+    let body = multi_member(&lines, 5);
+    let (_tx, shutdown) = watch::channel(false);
+    let delivered = sink.deliver(&body, 13, &shutdown).await.unwrap();
+    assert_eq!(delivered.lines_sent, 12);
+    assert_eq!(delivered.lines_dead_lettered, 1);
+
+    let got = victoria_samples(&store.url, "{__name__=\"big_v\"}").await;
+    let expected: Vec<Sample> = readings
+        .iter()
+        .map(|r| {
+            let FieldValue::Float(v) = r.fields["v"] else {
+                unreachable!()
+            };
+            (
+                "big_v".to_owned(),
+                r.tags.clone(),
+                r.timestamp_ns / 1_000_000,
+                v,
+            )
+        })
+        .collect();
+    let mut expected = expected;
+    expected.sort_by(|a, b| (&a.0, &a.1, a.2).cmp(&(&b.0, &b.1, b.2)));
+    assert_eq!(got, expected);
+
+    let dead_letter = std::fs::read_to_string(dead.path().join(DEAD_LETTER_FILE)).unwrap();
+    let dead_lines: Vec<&str> = dead_letter.lines().collect();
+    assert_eq!(dead_lines.len(), 2);
+    assert!(
+        dead_lines[0].contains("status=400 error: "),
+        "{}",
+        dead_lines[0]
+    );
+    assert!(dead_lines[1].starts_with("big,sensor_id=huge text=\"xxx"));
+    assert_eq!(dead_lines[1].len(), lines[4].len() - 1);
 }

@@ -145,11 +145,16 @@ fn stream_cfg(name: &str, port: &Path, protocol: SerialProtocol) -> SerialInputC
     }
 }
 
+fn status_opt(port: &str) -> Option<SerialPortStatus> {
+    serial_port_statuses().into_iter().find(|s| s.port == port)
+}
+
 fn status(port: &str) -> SerialPortStatus {
-    serial_port_statuses()
-        .into_iter()
-        .find(|s| s.port == port)
-        .unwrap_or_else(|| panic!("no status for {port}"))
+    status_opt(port).unwrap_or_else(|| panic!("no status for {port}"))
+}
+
+fn is_up(port: &str) -> bool {
+    status_opt(port).is_some_and(|s| s.up)
 }
 
 async fn wait_for(what: &str, within: Duration, mut f: impl FnMut() -> bool) {
@@ -165,7 +170,7 @@ async fn pms5003_frames_with_noise_torn_and_corrupt_frames() {
     let mut h = harness();
     let mut p = pty();
     let task = h.start(stream_cfg("pms-a", &p.path, SerialProtocol::Pms5003), 0);
-    wait_for("port up", Duration::from_secs(5), || status("pms-a").up).await;
+    wait_for("port up", Duration::from_secs(5), || is_up("pms-a")).await;
 
     let mut corrupt = hex(PMS_2);
     corrupt[20] ^= 0x40;
@@ -182,7 +187,8 @@ async fn pms5003_frames_with_noise_torn_and_corrupt_frames() {
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
     let lines = h.lines(3, Duration::from_secs(5)).await;
-    let tags = "air_quality,district=dong-xoai,gateway=gw-test,model=pms5003,sensor_id=pms-a-sensor";
+    let tags =
+        "air_quality,district=dong-xoai,gateway=gw-test,model=pms5003,sensor_id=pms-a-sensor";
     assert_eq!(
         lines,
         vec![
@@ -212,7 +218,10 @@ async fn pms5003_frames_with_noise_torn_and_corrupt_frames() {
     h.no_more_lines(Duration::from_millis(300)).await;
 
     h.shutdown.send(true).unwrap();
-    tokio::time::timeout(Duration::from_secs(2), task).await.unwrap().unwrap();
+    tokio::time::timeout(Duration::from_secs(2), task)
+        .await
+        .unwrap()
+        .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -222,7 +231,7 @@ async fn sds011_frames_skip_command_replies() {
     let mut cfg = stream_cfg("sds-a", &p.path, SerialProtocol::Sds011);
     cfg.tags.clear();
     let task = h.start(cfg, 1);
-    wait_for("port up", Duration::from_secs(5), || status("sds-a").up).await;
+    wait_for("port up", Duration::from_secs(5), || is_up("sds-a")).await;
 
     let mut bad = hex(SDS_CAPTURE);
     bad[4] = 0x77;
@@ -259,7 +268,10 @@ async fn sds011_frames_skip_command_replies() {
         ])
     );
     h.shutdown.send(true).unwrap();
-    tokio::time::timeout(Duration::from_secs(2), task).await.unwrap().unwrap();
+    tokio::time::timeout(Duration::from_secs(2), task)
+        .await
+        .unwrap()
+        .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -271,20 +283,24 @@ async fn a_port_missing_at_start_that_vanishes_and_comes_back() {
 
     // Missing at start: down, with a reason and a time.
     wait_for("down status", Duration::from_secs(2), || {
-        status("pms-hotplug").last_error.is_some()
+        status_opt("pms-hotplug").is_some_and(|s| s.last_error.is_some())
     })
     .await;
     let s = status("pms-hotplug");
     assert!(!s.up);
     assert!(s.down_since.is_some());
-    assert!(s.last_error.unwrap().contains("cannot open"), "error says why");
+    assert!(
+        s.last_error.unwrap().contains("cannot open"),
+        "error says why"
+    );
 
     // Plugged in.
     let mut first = pty();
     relink(&link, &first.path);
-    wait_for("port up", Duration::from_secs(5), || status("pms-hotplug").up).await;
+    wait_for("port up", Duration::from_secs(5), || is_up("pms-hotplug")).await;
     first.master.write_all(&hex(PMS_1)).unwrap();
-    let tags = "air_quality,district=dong-xoai,gateway=gw-test,model=pms5003,sensor_id=pms-hotplug-sensor";
+    let tags =
+        "air_quality,district=dong-xoai,gateway=gw-test,model=pms5003,sensor_id=pms-hotplug-sensor";
     assert_eq!(
         h.lines(1, Duration::from_secs(5)).await,
         vec![format!("{tags} {PMS_1_FIELDS}")]
@@ -296,15 +312,24 @@ async fn a_port_missing_at_start_that_vanishes_and_comes_back() {
     let unplugged = Instant::now();
     drop(first);
     std::fs::remove_file(&link).unwrap();
-    wait_for("port down", Duration::from_secs(5), || !status("pms-hotplug").up).await;
+    wait_for("port down", Duration::from_secs(5), || {
+        !is_up("pms-hotplug")
+    })
+    .await;
     let s = status("pms-hotplug");
     assert!(s.down_since.is_some());
-    assert!(s.last_error.as_deref().unwrap_or("").contains("lost"), "{s:?}");
+    assert!(
+        s.last_error.as_deref().unwrap_or("").contains("lost"),
+        "{s:?}"
+    );
 
     // Back, as another pty behind the same path; the torn half frame is not glued to new data.
     let mut second = pty();
     relink(&link, &second.path);
-    wait_for("port up again", Duration::from_secs(10), || status("pms-hotplug").up).await;
+    wait_for("port up again", Duration::from_secs(10), || {
+        is_up("pms-hotplug")
+    })
+    .await;
     let reopened_after = unplugged.elapsed();
     second.master.write_all(&hex(PMS_3)).unwrap();
     assert_eq!(
@@ -313,7 +338,10 @@ async fn a_port_missing_at_start_that_vanishes_and_comes_back() {
     );
     assert!(reopened_after < Duration::from_secs(10));
     h.shutdown.send(true).unwrap();
-    tokio::time::timeout(Duration::from_secs(2), task).await.unwrap().unwrap();
+    tokio::time::timeout(Duration::from_secs(2), task)
+        .await
+        .unwrap()
+        .unwrap();
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -322,14 +350,20 @@ async fn a_port_missing_at_start_that_vanishes_and_comes_back() {
 #[derive(Clone, Copy)]
 enum SlaveBehaviour {
     /// XY-MD02: input register 1 temperature (i16 x0.1), 2 humidity (u16 x0.1).
-    XyMd02 { temperature_x10: i16, humidity_x10: u16 },
+    XyMd02 {
+        temperature_x10: i16,
+        humidity_x10: u16,
+    },
     Silent,
     BadCrc,
     Exception(u8),
 }
 
 /// A tiny RTU responder on the master side of a pty, in a thread. Returns the requests it saw.
-fn spawn_bus(master: File, slaves: BTreeMap<u8, SlaveBehaviour>) -> std::sync::Arc<std::sync::Mutex<Vec<Vec<u8>>>> {
+fn spawn_bus(
+    master: File,
+    slaves: BTreeMap<u8, SlaveBehaviour>,
+) -> std::sync::Arc<std::sync::Mutex<Vec<Vec<u8>>>> {
     let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
     let seen2 = seen.clone();
     std::thread::spawn(move || {
@@ -355,7 +389,10 @@ fn spawn_bus(master: File, slaves: BTreeMap<u8, SlaveBehaviour>) -> std::sync::A
                 let addr = u16::from_be_bytes([req[2], req[3]]);
                 let count = u16::from_be_bytes([req[4], req[5]]);
                 let answer = match slaves.get(&slave) {
-                    Some(SlaveBehaviour::XyMd02 { temperature_x10, humidity_x10 }) => {
+                    Some(SlaveBehaviour::XyMd02 {
+                        temperature_x10,
+                        humidity_x10,
+                    }) => {
                         if function != 4 || addr < 1 || addr + count > 3 {
                             Some(with_crc(vec![slave, function | 0x80, 0x02]))
                         } else {
@@ -418,15 +455,33 @@ async fn modbus_bus_with_good_dead_garbling_and_refusing_slaves() {
     let seen = spawn_bus(
         bus_master,
         BTreeMap::from([
-            (1, SlaveBehaviour::XyMd02 { temperature_x10: -53, humidity_x10: 612 }),
+            (
+                1,
+                SlaveBehaviour::XyMd02 {
+                    temperature_x10: -53,
+                    humidity_x10: 612,
+                },
+            ),
             (2, SlaveBehaviour::Silent),
             (3, SlaveBehaviour::BadCrc),
             (4, SlaveBehaviour::Exception(0x02)),
-            (5, SlaveBehaviour::XyMd02 { temperature_x10: 287, humidity_x10: 455 }),
+            (
+                5,
+                SlaveBehaviour::XyMd02 {
+                    temperature_x10: 287,
+                    humidity_x10: 455,
+                },
+            ),
         ]),
     );
     let mut registers = Vec::new();
-    for (slave, id) in [(1, "th-1"), (2, "th-2"), (3, "th-3"), (4, "th-4"), (5, "th-5")] {
+    for (slave, id) in [
+        (1, "th-1"),
+        (2, "th-2"),
+        (3, "th-3"),
+        (4, "th-4"),
+        (5, "th-5"),
+    ] {
         registers.extend(xy_md02_entries(slave, id));
     }
     let cfg = SerialInputConfig {
@@ -442,13 +497,22 @@ async fn modbus_bus_with_good_dead_garbling_and_refusing_slaves() {
     let task = h.start(cfg, 3);
     // Two polls: slaves 1 and 5 answer each time, the others never make a reading.
     let lines = h.lines(4, Duration::from_secs(10)).await;
-    let one = "environment,cabinet=c7,gateway=gw-test,sensor_id=th-1 humidity=61.2,temperature=-5.3";
-    let five = "environment,cabinet=c7,gateway=gw-test,sensor_id=th-5 humidity=45.5,temperature=28.7";
+    let one =
+        "environment,cabinet=c7,gateway=gw-test,sensor_id=th-1 humidity=61.2,temperature=-5.3";
+    let five =
+        "environment,cabinet=c7,gateway=gw-test,sensor_id=th-5 humidity=45.5,temperature=28.7";
     assert_eq!(lines, vec![one, five, one, five]);
 
     let s = status("rs485-a");
-    for reason in ["slave=2,reason=timeout", "slave=3,reason=bad_crc", "slave=4,reason=exception"] {
-        assert!(s.bad_by_reason.get(reason).copied().unwrap_or(0) >= 2, "{reason}: {s:?}");
+    for reason in [
+        "slave=2,reason=timeout",
+        "slave=3,reason=bad_crc",
+        "slave=4,reason=exception",
+    ] {
+        assert!(
+            s.bad_by_reason.get(reason).copied().unwrap_or(0) >= 2,
+            "{reason}: {s:?}"
+        );
     }
     assert_eq!(s.bad_by_reason.len(), 3, "{s:?}");
     // One request per slave per poll: both XY-MD02 registers are read together.
@@ -456,13 +520,21 @@ async fn modbus_bus_with_good_dead_garbling_and_refusing_slaves() {
     assert_eq!(requests[0], hex("01 04 00 01 00 02 20 0b"));
     assert!(requests.iter().all(|r| r[4..6] == [0, 2]));
     h.shutdown.send(true).unwrap();
-    tokio::time::timeout(Duration::from_secs(3), task).await.unwrap().unwrap();
+    tokio::time::timeout(Duration::from_secs(3), task)
+        .await
+        .unwrap()
+        .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shipped_xy_md02_map_parses_and_polls() {
-    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../config/xy-md02.toml")).unwrap();
-    let config = ioc_gateway::config::Config::parse(Path::new("config/xy-md02.toml"), &text).unwrap();
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../config/xy-md02.toml"
+    ))
+    .unwrap();
+    let config =
+        ioc_gateway::config::Config::parse(Path::new("config/xy-md02.toml"), &text).unwrap();
     let mut cfg = config.inputs.serial[0].clone();
     assert_eq!(cfg.protocol, SerialProtocol::ModbusRtu);
     assert_eq!(cfg.registers.len(), 2);
@@ -471,7 +543,13 @@ async fn shipped_xy_md02_map_parses_and_polls() {
     let p = pty();
     spawn_bus(
         p.master.try_clone().unwrap(),
-        BTreeMap::from([(1, SlaveBehaviour::XyMd02 { temperature_x10: 231, humidity_x10: 580 })]),
+        BTreeMap::from([(
+            1,
+            SlaveBehaviour::XyMd02 {
+                temperature_x10: 231,
+                humidity_x10: 580,
+            },
+        )]),
     );
     cfg.port = p.path.clone();
     cfg.poll_interval_ms = 300;
@@ -487,5 +565,8 @@ async fn shipped_xy_md02_map_parses_and_polls() {
         )]
     );
     h.shutdown.send(true).unwrap();
-    tokio::time::timeout(Duration::from_secs(3), task).await.unwrap().unwrap();
+    tokio::time::timeout(Duration::from_secs(3), task)
+        .await
+        .unwrap()
+        .unwrap();
 }

@@ -36,6 +36,14 @@ enum ApiArg {
     V1,
 }
 
+#[derive(Clone, Copy, ValueEnum)]
+enum SerialDeviceArg {
+    /// Plantower PMS5003, 32-byte frames 42 4d … (1 frame/s by default)
+    Pms5003,
+    /// Nova SDS011, 10-byte frames aa c0 … ab (1 frame/s by default)
+    Sds011,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Publish a scenario to an MQTT broker; prints a one-line JSON summary.
@@ -85,6 +93,30 @@ enum Command {
         /// Number of messages.
         #[arg(long)]
         messages: u64,
+    },
+    /// Stream a serial sensor into a new pseudo-terminal (prints its path first) or a file.
+    Serial {
+        /// Which sensor.
+        #[arg(long, value_enum)]
+        device: SerialDeviceArg,
+        /// Seed.
+        #[arg(long)]
+        seed: u64,
+        /// Frames per second.
+        #[arg(long, default_value_t = 1.0)]
+        rate_hz: f64,
+        /// Line faults, e.g. noise=0.05,checksum=0.02,truncate=0.01 (probability per frame).
+        #[arg(long, default_value = "")]
+        faults: sensor_sim::serial::SerialFaults,
+        /// Stop after this many frames (default: run until killed).
+        #[arg(long)]
+        frames: Option<u64>,
+        /// Also create a symlink at this path pointing to the pty.
+        #[arg(long)]
+        link: Option<PathBuf>,
+        /// Write the bytes to this file instead of a pty (no pacing).
+        #[arg(long)]
+        output: Option<PathBuf>,
     },
     /// Compare a manifest with what the store holds; exit 0 only if nothing is missing or different.
     Verify {
@@ -198,6 +230,15 @@ fn real_main() -> anyhow::Result<ExitCode> {
             out.flush()?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Serial {
+            device,
+            seed,
+            rate_hz,
+            faults,
+            frames,
+            link,
+            output,
+        } => serial_main(device, seed, rate_hz, faults, frames, link, output),
         Command::Verify {
             manifest,
             store,
@@ -230,4 +271,83 @@ fn real_main() -> anyhow::Result<ExitCode> {
             })
         }
     }
+}
+
+fn serial_main(
+    device: SerialDeviceArg,
+    seed: u64,
+    rate_hz: f64,
+    faults: sensor_sim::serial::SerialFaults,
+    frames: Option<u64>,
+    link: Option<PathBuf>,
+    output: Option<PathBuf>,
+) -> anyhow::Result<ExitCode> {
+    use sensor_sim::serial::{
+        open_pty, write_nonblocking, SerialDevice, SerialStream, SerialSummary,
+    };
+    if !(rate_hz.is_finite() && rate_hz > 0.0) {
+        bail!("--rate-hz must be > 0");
+    }
+    let device = match device {
+        SerialDeviceArg::Pms5003 => SerialDevice::Pms5003,
+        SerialDeviceArg::Sds011 => SerialDevice::Sds011,
+    };
+    let period = Duration::from_secs_f64(1.0 / rate_hz);
+    let start_ms = sensor_sim::civil_time::parse_rfc3339_ms("2026-11-24T00:30:00Z")?;
+    let mut stream = SerialStream::new(
+        device,
+        seed,
+        faults,
+        start_ms,
+        period.as_millis().max(1) as i64,
+    );
+    let mut summary = SerialSummary::default();
+    let limit = frames.unwrap_or(u64::MAX);
+    let count = |summary: &mut SerialSummary, c: &sensor_sim::serial::Chunk| {
+        summary.frames += 1;
+        for f in &c.faults {
+            *summary
+                .faults
+                .entry(format!("{f:?}").to_lowercase())
+                .or_default() += 1;
+        }
+    };
+    if let Some(path) = output {
+        let mut out = BufWriter::new(
+            File::create(&path).with_context(|| format!("creating {}", path.display()))?,
+        );
+        for _ in 0..limit.min(10_000_000) {
+            let c = stream.next_chunk();
+            out.write_all(&c.bytes)?;
+            summary.bytes += c.bytes.len() as u64;
+            count(&mut summary, &c);
+        }
+        out.flush()?;
+    } else {
+        let pty = open_pty()?;
+        if let Some(l) = &link {
+            let _ = std::fs::remove_file(l);
+            std::os::unix::fs::symlink(&pty.path, l)
+                .with_context(|| format!("symlink {}", l.display()))?;
+        }
+        println!("{}", serde_json::json!({ "pty": pty.path, "link": link }));
+        std::io::stdout().flush()?;
+        let started = std::time::Instant::now();
+        for n in 0..limit {
+            let c = stream.next_chunk();
+            let written = write_nonblocking(&pty.master, &c.bytes)?;
+            summary.bytes += written as u64;
+            summary.dropped_bytes += (c.bytes.len() - written) as u64;
+            count(&mut summary, &c);
+            let due = period.mul_f64((n + 1) as f64);
+            if let Some(wait) = due.checked_sub(started.elapsed()) {
+                std::thread::sleep(wait);
+            }
+        }
+        if let Some(l) = &link {
+            let _ = std::fs::remove_file(l);
+        }
+    }
+    println!("{}", serde_json::to_string(&summary)?);
+    Ok(ExitCode::SUCCESS)
 }

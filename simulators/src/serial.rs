@@ -15,7 +15,7 @@
 //!   checksum = low byte of the sum of the six data bytes, `ab`.
 
 use std::collections::BTreeMap;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::PathBuf;
 use std::str::FromStr;
 
@@ -82,7 +82,10 @@ pub fn pms5003_frame(r: &Pms5003Reading) -> [u8; 32] {
     for (i, w) in words.iter().enumerate() {
         frame[2 + 2 * i..4 + 2 * i].copy_from_slice(&w.to_be_bytes());
     }
-    let sum: u16 = frame[..30].iter().map(|b| u16::from(*b)).fold(0u16, u16::wrapping_add);
+    let sum: u16 = frame[..30]
+        .iter()
+        .map(|b| u16::from(*b))
+        .fold(0u16, u16::wrapping_add);
     frame[30..].copy_from_slice(&sum.to_be_bytes());
     frame
 }
@@ -110,7 +113,9 @@ pub struct SerialFaults {
 
 /// Why a `--faults` value could not be read.
 #[derive(Debug, Error, PartialEq)]
-#[error("faults {0:?}: expected e.g. noise=0.05,checksum=0.02,truncate=0.01 (probabilities in [0, 1])")]
+#[error(
+    "faults {0:?}: expected e.g. noise=0.05,checksum=0.02,truncate=0.01 (probabilities in [0, 1])"
+)]
 pub struct FaultSpecError(String);
 
 impl FromStr for SerialFaults {
@@ -174,14 +179,23 @@ pub struct SerialStream {
 
 impl SerialStream {
     /// A sensor starting at simulated `start_ms`, one frame every `period_ms`.
-    pub fn new(device: SerialDevice, seed: u64, faults: SerialFaults, start_ms: i64, period_ms: i64) -> Self {
+    pub fn new(
+        device: SerialDevice,
+        seed: u64,
+        faults: SerialFaults,
+        start_ms: i64,
+        period_ms: i64,
+    ) -> Self {
         let mut rng = SimRng::new(seed);
         let station = EnvStation::new(0, "serial".into(), "serial-0".into(), &mut rng);
         let device_id = rng.below(0x10000) as u16;
         Self {
             device,
             station,
-            world: World { utc_offset_hours: 7.0, ..World::default() },
+            world: World {
+                utc_offset_hours: 7.0,
+                ..World::default()
+            },
             rng,
             fault_rng: SimRng::new(seed ^ 0x5e71_a1f0),
             faults,
@@ -201,9 +215,25 @@ impl SerialStream {
             }
             SerialDevice::Pms5003 => {
                 let ug = |v: f64| v.round().clamp(0.0, 999.0) as u16;
-                let atmospheric = PmTriple { pm1_0: ug(r.pm2_5 * 0.68), pm2_5: ug(r.pm2_5), pm10: ug(r.pm10) };
-                let cf = |v: u16| if v <= 30 { v } else { (f64::from(v) * (1.0 + f64::from(v - 30) / 100.0)).round().min(1500.0) as u16 };
-                let cf1 = PmTriple { pm1_0: cf(atmospheric.pm1_0), pm2_5: cf(atmospheric.pm2_5), pm10: cf(atmospheric.pm10) };
+                let atmospheric = PmTriple {
+                    pm1_0: ug(r.pm2_5 * 0.68),
+                    pm2_5: ug(r.pm2_5),
+                    pm10: ug(r.pm10),
+                };
+                let cf = |v: u16| {
+                    if v <= 30 {
+                        v
+                    } else {
+                        (f64::from(v) * (1.0 + f64::from(v - 30) / 100.0))
+                            .round()
+                            .min(1500.0) as u16
+                    }
+                };
+                let cf1 = PmTriple {
+                    pm1_0: cf(atmospheric.pm1_0),
+                    pm2_5: cf(atmospheric.pm2_5),
+                    pm10: cf(atmospheric.pm10),
+                };
                 let n03 = (r.pm2_5 * 62.0 * self.rng.uniform(0.9, 1.1)).min(65_000.0);
                 let counts = [
                     n03 as u16,
@@ -213,7 +243,13 @@ impl SerialStream {
                     (n03 * 0.002) as u16,
                     (n03 * 0.0006) as u16,
                 ];
-                pms5003_frame(&Pms5003Reading { cf1, atmospheric, counts, reserved: 0x9700 }).to_vec()
+                pms5003_frame(&Pms5003Reading {
+                    cf1,
+                    atmospheric,
+                    counts,
+                    reserved: 0x9700,
+                })
+                .to_vec()
             }
         }
     }
@@ -223,7 +259,11 @@ impl SerialStream {
         let frame = self.frame();
         let f = self.faults;
         let rng = &mut self.fault_rng;
-        let (noise, corrupt, truncate) = (rng.chance(f.noise), rng.chance(f.checksum), rng.chance(f.truncate));
+        let (noise, corrupt, truncate) = (
+            rng.chance(f.noise),
+            rng.chance(f.checksum),
+            rng.chance(f.truncate),
+        );
         let mut faults = Vec::new();
         let mut bytes = Vec::with_capacity(frame.len() + 8);
         if noise {
@@ -249,7 +289,11 @@ impl SerialStream {
             faults.push(LineFault::Truncate);
         }
         bytes.extend_from_slice(&body);
-        Chunk { bytes, frame, faults }
+        Chunk {
+            bytes,
+            frame,
+            faults,
+        }
     }
 }
 
@@ -286,10 +330,18 @@ pub fn open_pty() -> Result<Pty, PtyError> {
     let mut tio = tcgetattr(pair.slave.as_fd()).map_err(sys("tcgetattr"))?;
     cfmakeraw(&mut tio);
     tcsetattr(pair.slave.as_fd(), SetArg::TCSANOW, &tio).map_err(sys("tcsetattr"))?;
-    let flags = fcntl(&pair.master, FcntlArg::F_GETFL).map_err(sys("fcntl(F_GETFL)"))?;
-    fcntl(&pair.master, FcntlArg::F_SETFL(OFlag::from_bits_truncate(flags) | OFlag::O_NONBLOCK)).map_err(sys("fcntl(F_SETFL)"))?;
+    let flags = fcntl(pair.master.as_raw_fd(), FcntlArg::F_GETFL).map_err(sys("fcntl(F_GETFL)"))?;
+    fcntl(
+        pair.master.as_raw_fd(),
+        FcntlArg::F_SETFL(OFlag::from_bits_truncate(flags) | OFlag::O_NONBLOCK),
+    )
+    .map_err(sys("fcntl(F_SETFL)"))?;
     let path = nix::unistd::ttyname(pair.slave.as_fd()).map_err(sys("ttyname"))?;
-    Ok(Pty { master: pair.master, slave: pair.slave, path })
+    Ok(Pty {
+        master: pair.master,
+        slave: pair.slave,
+        path,
+    })
 }
 
 /// Totals of a serial run.
@@ -313,7 +365,12 @@ pub fn write_nonblocking(fd: &OwnedFd, bytes: &[u8]) -> Result<usize, PtyError> 
             Ok(n) => written += n,
             Err(nix::errno::Errno::EAGAIN) => break,
             Err(nix::errno::Errno::EINTR) => continue,
-            Err(source) => return Err(PtyError::Sys { what: "write", source }),
+            Err(source) => {
+                return Err(PtyError::Sys {
+                    what: "write",
+                    source,
+                })
+            }
         }
     }
     Ok(written)
@@ -327,14 +384,25 @@ mod tests {
     const PMS_CAPTURE: &str = "424d001c0005000d00160005000d001602fd00fc001d000f00060006970003c5";
 
     fn hex(s: &str) -> Vec<u8> {
-        (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap()).collect()
+        (0..s.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+            .collect()
     }
 
     #[test]
     fn pms5003_encoder_reproduces_a_real_capture() {
         let r = Pms5003Reading {
-            cf1: PmTriple { pm1_0: 5, pm2_5: 13, pm10: 22 },
-            atmospheric: PmTriple { pm1_0: 5, pm2_5: 13, pm10: 22 },
+            cf1: PmTriple {
+                pm1_0: 5,
+                pm2_5: 13,
+                pm10: 22,
+            },
+            atmospheric: PmTriple {
+                pm1_0: 5,
+                pm2_5: 13,
+                pm10: 22,
+            },
             counts: [765, 252, 29, 15, 6, 6],
             reserved: 0x9700,
         };
@@ -344,7 +412,10 @@ mod tests {
     #[test]
     fn sds011_encoder_reproduces_the_datasheet_example() {
         // Nova SDS011 protocol V1.3: AA C0 D4 04 3A 0A A1 60 1D AB = PM2.5 123.6, PM10 261.8.
-        assert_eq!(sds011_frame(1236, 2618, 0xa160).to_vec(), hex("aac0d4043a0aa1601dab"));
+        assert_eq!(
+            sds011_frame(1236, 2618, 0xa160).to_vec(),
+            hex("aac0d4043a0aa1601dab")
+        );
     }
 
     fn pms_ok(f: &[u8]) -> bool {
@@ -355,13 +426,21 @@ mod tests {
     }
 
     fn sds_ok(f: &[u8]) -> bool {
-        f.len() == 10 && f[0] == 0xaa && f[1] == 0xc0 && f[9] == 0xab && f[2..8].iter().fold(0u8, |a, b| a.wrapping_add(*b)) == f[8]
+        f.len() == 10
+            && f[0] == 0xaa
+            && f[1] == 0xc0
+            && f[9] == 0xab
+            && f[2..8].iter().fold(0u8, |a, b| a.wrapping_add(*b)) == f[8]
     }
 
     #[test]
     fn clean_streams_are_valid_frames_back_to_back() {
-        for (device, ok, len) in [(SerialDevice::Pms5003, pms_ok as fn(&[u8]) -> bool, 32), (SerialDevice::Sds011, sds_ok, 10)] {
-            let mut s = SerialStream::new(device, 1, SerialFaults::default(), 1_795_480_200_000, 1000);
+        for (device, ok, len) in [
+            (SerialDevice::Pms5003, pms_ok as fn(&[u8]) -> bool, 32),
+            (SerialDevice::Sds011, sds_ok, 10),
+        ] {
+            let mut s =
+                SerialStream::new(device, 1, SerialFaults::default(), 1_795_480_200_000, 1000);
             for _ in 0..500 {
                 let c = s.next_chunk();
                 assert_eq!(c.bytes, c.frame);
@@ -375,7 +454,10 @@ mod tests {
     #[test]
     fn each_fault_does_what_it_says() {
         let faults: SerialFaults = "noise=0.2,checksum=0.2,truncate=0.2".parse().unwrap();
-        for (device, ok) in [(SerialDevice::Pms5003, pms_ok as fn(&[u8]) -> bool), (SerialDevice::Sds011, sds_ok)] {
+        for (device, ok) in [
+            (SerialDevice::Pms5003, pms_ok as fn(&[u8]) -> bool),
+            (SerialDevice::Sds011, sds_ok),
+        ] {
             let mut s = SerialStream::new(device, 2, faults, 0, 1000);
             let mut seen = BTreeMap::new();
             for _ in 0..2000 {
@@ -392,7 +474,11 @@ mod tests {
                 }
                 if !noise && !truncated {
                     assert_eq!(c.bytes.len(), c.frame.len());
-                    assert_eq!(ok(&c.bytes), !corrupt, "corrupt frames must fail their checksum");
+                    assert_eq!(
+                        ok(&c.bytes),
+                        !corrupt,
+                        "corrupt frames must fail their checksum"
+                    );
                     assert_eq!(&c.bytes[..2], &c.frame[..2], "header kept");
                 }
                 if truncated && !noise {
@@ -415,7 +501,9 @@ mod tests {
         let faults: SerialFaults = "noise=0.1,checksum=0.1,truncate=0.1".parse().unwrap();
         let run = |seed| {
             let mut s = SerialStream::new(SerialDevice::Pms5003, seed, faults, 0, 1000);
-            (0..300).flat_map(|_| s.next_chunk().bytes).collect::<Vec<u8>>()
+            (0..300)
+                .flat_map(|_| s.next_chunk().bytes)
+                .collect::<Vec<u8>>()
         };
         assert_eq!(run(4), run(4));
         assert_ne!(run(4), run(5));
@@ -424,7 +512,10 @@ mod tests {
     #[test]
     fn fault_spec_parsing() {
         assert_eq!("".parse::<SerialFaults>(), Ok(SerialFaults::default()));
-        assert_eq!("checksum=0.5".parse::<SerialFaults>().unwrap().checksum, 0.5);
+        assert_eq!(
+            "checksum=0.5".parse::<SerialFaults>().unwrap().checksum,
+            0.5
+        );
         assert!("noise=2".parse::<SerialFaults>().is_err());
         assert!("colour=0.1".parse::<SerialFaults>().is_err());
         assert!("noise".parse::<SerialFaults>().is_err());
@@ -439,11 +530,17 @@ mod tests {
         let mut sent = Vec::new();
         for _ in 0..20 {
             let c = s.next_chunk();
-            assert_eq!(write_nonblocking(&pty.master, &c.bytes).unwrap(), c.bytes.len());
+            assert_eq!(
+                write_nonblocking(&pty.master, &c.bytes).unwrap(),
+                c.bytes.len()
+            );
             sent.extend_from_slice(&c.bytes);
         }
         let mut got = vec![0u8; sent.len()];
         reader.read_exact(&mut got).unwrap();
-        assert_eq!(got, sent, "raw mode must pass every byte unchanged (0x0d, 0x0a, 0x11 included)");
+        assert_eq!(
+            got, sent,
+            "raw mode must pass every byte unchanged (0x0d, 0x0a, 0x11 included)"
+        );
     }
 }

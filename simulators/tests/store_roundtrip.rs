@@ -213,3 +213,85 @@ fn clean_store_passes_and_cli_exits_zero() {
         )
     );
 }
+
+/// VictoriaMetrics started here without `-dedup.minScrapeInterval` (the harness turns it on),
+/// killed by PID on drop.
+struct PlainVm {
+    child: std::process::Child,
+    url: String,
+    _dir: tempfile::TempDir,
+}
+
+impl PlainVm {
+    fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let port = ioc_e2e::free_port();
+        let bin = ["/usr/bin/victoria-metrics", "/usr/sbin/victoria-metrics"].into_iter().find(|p| std::path::Path::new(p).exists()).unwrap_or("victoria-metrics");
+        let child = std::process::Command::new(bin)
+            .arg(format!("-storageDataPath={}", dir.path().join("data").display()))
+            .arg(format!("-httpListenAddr=127.0.0.1:{port}"))
+            .args(["-retentionPeriod=100y", "-search.latencyOffset=0s", "-search.disableCache", "-loggerLevel=WARN"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let url = format!("http://127.0.0.1:{port}");
+        let health = format!("{url}/health");
+        assert!(ioc_e2e::wait_until(std::time::Duration::from_secs(30), || ureq::get(&health).call().is_ok()));
+        PlainVm { child, url, _dir: dir }
+    }
+
+    fn write(&self, body: &str) {
+        ureq::post(&format!("{}/write", self.url)).send_string(body).unwrap();
+    }
+}
+
+impl Drop for PlainVm {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn verify_counts_duplicates_in_victoria_metrics_without_dedup() {
+    let _lock = HeavyTestLock::acquire();
+    let vm = PlainVm::start();
+    let entries = entries(2000);
+    let stored: Vec<&Entry> = entries.iter().filter(|e| e.x == Expect::Stored).collect();
+    let mut body = String::new();
+    let mut seen = std::collections::HashSet::new();
+    for e in &stored {
+        if seen.insert((e.m.clone(), format!("{:?}", e.t), e.ts)) {
+            body.push_str(&line(e, &e.f));
+        }
+    }
+    vm.write(&body);
+    // A replay of a batch, as an at-least-once writer without idempotent storage produces it:
+    // every point the simulator sent once comes back a second time, in a separate request.
+    let sent_twice: std::collections::HashSet<(String, String, i64)> = entries
+        .iter()
+        .filter(|e| e.fault == Some(sensor_sim::manifest::FaultKind::Duplicate))
+        .map(|e| (e.m.clone(), format!("{:?}", e.t), e.ts))
+        .collect();
+    let mut replay = String::new();
+    let mut replayed_once = 0;
+    let mut replayed_twice = 0;
+    for e in stored.iter().filter(|e| e.fault.is_none()).take(40) {
+        replay.push_str(&line(e, &e.f));
+        if sent_twice.contains(&(e.m.clone(), format!("{:?}", e.t), e.ts)) {
+            replayed_twice += 1;
+        } else {
+            replayed_once += 1;
+        }
+    }
+    vm.write(&replay);
+    let query = StoreQuery { url: vm.url.clone(), api: StoreApi::V2, database: String::new(), gateway_id: None };
+    let report = compare(&entries, &fetch(&query, &Shape::of(&entries)).unwrap());
+    let t = report.total();
+    assert_eq!((t.expected, t.found, t.missing, t.mismatched), (seen.len() as u64, seen.len() as u64, 0, 0), "{}", report.table(10));
+    assert_eq!(t.duplicates, replayed_once, "{}", report.table(10));
+    assert_eq!(t.explained_duplicates, replayed_twice);
+    assert!(replayed_once > 30);
+    assert!(!t.ok());
+}

@@ -170,6 +170,33 @@ impl GatewayProcess {
             .unwrap_or_default()
     }
 
+    /// CPU time (user + system, seconds) the running gateway has used so far, from
+    /// `/proc/<pid>/stat`; `None` when not running or not on Linux. For benchmarks.
+    pub fn cpu_seconds(&self) -> Option<f64> {
+        let pid = self.pid()?;
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
+        let after_name = stat.rsplit_once(')')?.1;
+        let fields: Vec<&str> = after_name.split_whitespace().collect();
+        let utime: f64 = fields.get(11)?.parse().ok()?;
+        let stime: f64 = fields.get(12)?.parse().ok()?;
+        let ticks = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+            .ok()
+            .flatten()
+            .unwrap_or(100) as f64;
+        Some((utime + stime) / ticks)
+    }
+
+    /// Peak resident memory (`VmHWM`, KiB) of the running gateway, from `/proc/<pid>/status`.
+    pub fn peak_rss_kib(&self) -> Option<u64> {
+        let pid = self.pid()?;
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+    }
+
     /// Path of the log file.
     pub fn log_path(&self) -> &Path {
         &self.log_path

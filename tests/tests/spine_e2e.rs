@@ -434,8 +434,8 @@ fn ten_thousand_messages_arrive_exactly_in_influxdb1() {
     assert_eq!(types, floats);
 }
 
-/// HEAVY (~1-2 min). `kill -9` the gateway in the middle of a 100,000-message run (100 sensors × 1000),
-/// keep publishing while it is down, restart it: every message the broker acknowledged to the publisher
+/// HEAVY (~10-60 s). `kill -9` the gateway in the middle of a 100,000-message run (100 sensors × 1000),
+/// keep publishing while it is down, restart it (twice): every message the broker acknowledged to the publisher
 /// is in VictoriaMetrics exactly once, with its exact values, and nothing else is.
 #[test]
 fn heavy_kill9_mid_run_loses_no_acknowledged_message() {
@@ -450,23 +450,27 @@ fn heavy_kill9_mid_run_loses_no_acknowledged_message() {
     let readings: Vec<EnvReading> = (0..TOTAL).map(|i| EnvReading::nth(i, 100)).collect();
     let mut publisher = MqttPublisher::connect(&broker.url(), "e2e-pub-crash").unwrap();
     let pm25 = "environment_pm2_5";
-    let mut killed_at = None;
+    // Two kill -9 cycles: one mid-flow, one soon after the restart (while the backlog is replayed
+    // and the buffer has just been recovered).
+    let mut stored_at_kill = Vec::new();
     for (i, r) in readings.iter().enumerate() {
         publisher.publish(&r.topic(), r.payload()).unwrap();
-        if i == 40_000 {
-            // Make sure the gateway is mid-flow (it has already written something), then kill it.
+        if i == 30_000 || i == 70_000 {
+            // Kill only once the gateway is visibly writing (more than at the last kill).
+            let floor = stored_at_kill.last().copied().unwrap_or(0);
             let writing = ioc_e2e::wait_until(Duration::from_secs(60), || {
-                vm.count_points(pm25).unwrap_or(0) > 0
+                vm.count_points(pm25).unwrap_or(0) > floor
             });
             assert!(
                 writing,
-                "nothing arrived before the kill\n{}",
+                "nothing new arrived before kill #{}\n{}",
+                stored_at_kill.len() + 1,
                 gateway.log_tail(40)
             );
             gateway.kill9();
-            killed_at = Some(vm.count_points(pm25).unwrap());
+            stored_at_kill.push(vm.count_points(pm25).unwrap());
         }
-        if i == 60_000 {
+        if i == 45_000 || i == 80_000 {
             gateway.start_again().unwrap();
         }
     }
@@ -476,10 +480,7 @@ fn heavy_kill9_mid_run_loses_no_acknowledged_message() {
         publisher.acked_count(),
         TOTAL
     );
-    eprintln!(
-        "killed with {:?} of {TOTAL} readings in the store",
-        killed_at
-    );
+    eprintln!("killed twice, with {stored_at_kill:?} of {TOTAL} readings in the store");
 
     let acked = publisher.acked_flags();
     let acked_readings: Vec<EnvReading> = readings
@@ -668,6 +669,15 @@ fn bad_input_is_rejected_or_escaped_and_the_gateway_keeps_going() {
     // Nothing else is in the store: no point from a rejected message, no series made of fragments of
     // an unescaped line. The newline tag value is either rejected or stored exactly.
     let everything = vm.export("{__name__=~\".+\"}").unwrap();
+    for s in everything
+        .iter()
+        .filter(|s| matches!(s.label("district"), Some("dtag") | Some("dbad")))
+    {
+        eprintln!(
+            "stored from a hostile message: {:?} {:?}",
+            s.labels, s.values
+        );
+    }
     for s in &everything {
         let sensor = s.label("sensor_id").unwrap_or_default();
         let ok = match s.label("district") {
@@ -713,6 +723,122 @@ fn bad_input_is_rejected_or_escaped_and_the_gateway_keeps_going() {
         "graceful shutdown exit status {status}\n{}",
         gateway.log_tail(20)
     );
+}
+
+/// The broker is restarted (graceful stop, persistence kept) in the middle of a run: the gateway
+/// reconnects with its persistent session and every message arrives exactly once.
+#[test]
+fn broker_restart_mid_run_loses_nothing() {
+    let _heavy = HeavyTestLock::acquire();
+    let mut broker = Mosquitto::start().unwrap();
+    let vm = VictoriaMetrics::start().unwrap();
+    let dir = TempDir::new().unwrap();
+    let config = write_gateway_config(dir.path(), &broker.url(), Store::Victoria(&vm), &[]);
+    let mut gateway = spawn_gateway(&config, &broker);
+    let mut publisher = MqttPublisher::connect(&broker.url(), "e2e-pub-restart").unwrap();
+
+    let readings: Vec<EnvReading> = (0..10_000).map(|i| EnvReading::nth(i, 10)).collect();
+    for r in &readings[..5_000] {
+        publisher.publish(&r.topic(), r.payload()).unwrap();
+    }
+    assert!(publisher.wait_all_acked(Duration::from_secs(60)));
+    let subscriptions = broker.subscription_count(GATEWAY_ID, TOPIC_FILTER);
+    broker.restart().unwrap();
+    for r in &readings[5_000..] {
+        publisher.publish(&r.topic(), r.payload()).unwrap();
+    }
+    assert!(
+        publisher.wait_all_acked(Duration::from_secs(60)),
+        "acked {} of {}",
+        publisher.acked_count(),
+        publisher.published()
+    );
+    assert_victoria_holds_exactly(
+        &vm,
+        "{__name__=~\"environment_.*\"}",
+        &expected_series(&readings),
+        &gateway,
+        Duration::from_secs(120),
+    );
+    assert!(gateway.is_running(), "{}", gateway.log_tail(40));
+    // With a persistent session the broker still knows the subscription; re-subscribing is allowed.
+    eprintln!(
+        "gateway subscribed {} time(s) before, {} after the restart",
+        subscriptions,
+        broker.subscription_count(GATEWAY_ID, TOPIC_FILTER)
+    );
+}
+
+/// What VictoriaMetrics cannot show: string and bool fields, flattened nested objects, and tag values
+/// with `, = "`, spaces and non-ASCII, and a string field ending in a backslash, all stored exactly in
+/// InfluxDB 1.x through `api = "v1"`.
+#[test]
+fn strings_bools_nested_fields_and_hostile_tags_arrive_exactly_in_influxdb1() {
+    let broker = Mosquitto::start().unwrap();
+    let influx = Influx1::start().unwrap();
+    influx.create_database("telemetry").unwrap();
+    let dir = TempDir::new().unwrap();
+    let config = write_gateway_config(
+        dir.path(),
+        &broker.url(),
+        Store::Influx1 {
+            url: influx.url(),
+            database: "telemetry",
+        },
+        &["site"],
+    );
+    let gateway = spawn_gateway(&config, &broker);
+    let mut publisher = MqttPublisher::connect(&broker.url(), "e2e-pub-strings").unwrap();
+
+    let cases: Vec<(&str, &str, &str)> = vec![
+        // (sensor_id, site tag value, status string field)
+        ("t1", "a, b=c \"d\" e", "ok"),
+        ("t2", "Üntere Straße 5", "ends with a backslash \\"),
+        (
+            "t3",
+            "plain",
+            "quote \" comma , equals = space  and \\\" mixed",
+        ),
+    ];
+    let ts = BASE_TS_MS + 9_000_000;
+    for (i, (sensor, site, status)) in cases.iter().enumerate() {
+        let payload = serde_json::json!({
+            "ts": ts + i as i64,
+            "pm2_5": 1.5 + i as f64,
+            "site": site,
+            "status": status,
+            "ok": i % 2 == 0,
+            "nested": {"level": 2.25},
+        });
+        publisher
+            .publish(&format!("city/dx/env/{sensor}"), payload.to_string())
+            .unwrap();
+    }
+    assert!(publisher.wait_all_acked(Duration::from_secs(10)));
+    let query = "SELECT time, sensor_id, site, gateway, district, pm2_5, status, ok, nested_level FROM environment ORDER BY time";
+    let arrived = ioc_e2e::wait_until(Duration::from_secs(30), || {
+        influx
+            .query_rows("telemetry", query)
+            .map(|r| r.len())
+            .unwrap_or(0)
+            == cases.len()
+    });
+    let rows = influx.query_rows("telemetry", query).unwrap();
+    assert!(arrived, "rows: {rows:?}\n{}", gateway.log_tail(40));
+    for (i, ((sensor, site, status), row)) in cases.iter().zip(&rows).enumerate() {
+        let expected = serde_json::json!({
+            "time": (ts + i as i64) * 1_000_000,
+            "sensor_id": sensor,
+            "site": site,
+            "gateway": GATEWAY_ID,
+            "district": "dx",
+            "pm2_5": 1.5 + i as f64,
+            "status": status,
+            "ok": i % 2 == 0,
+            "nested_level": 2.25,
+        });
+        assert_eq!(serde_json::Value::Object(row.clone()), expected);
+    }
 }
 
 // ---------------------------------------------------------------------------------------------------

@@ -47,7 +47,7 @@
 //!   waiting in a bounded channel (up to 4 MiB of line protocol), writes one record per class
 //!   (split at 512 KiB of line protocol) and calls `sync_data` once per class file touched;
 //!   then every waiting `append` resolves. A full channel makes `append` wait (backpressure).
-//! - **Recovery** ([`open`]): see [`recovery`]; torn tails are truncated, damaged middles are
+//! - **Recovery** ([`open`]): every segment is scanned and CRC-checked; torn tails are truncated, damaged middles are
 //!   skipped by resynchronising on the marker + CRC, and the [`RecoveryReport`] says what was
 //!   dropped.
 //! - **Deletion** only after ack, except when the disk bound `max_disk_bytes` would be exceeded:
@@ -68,7 +68,7 @@
 mod cursor;
 mod reader;
 mod record;
-pub mod recovery;
+mod recovery;
 mod segment;
 mod state;
 mod writer;

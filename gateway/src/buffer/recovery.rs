@@ -121,9 +121,6 @@ fn recover_class(
             removed_empty.push(path);
             continue;
         }
-        report.segments += 1;
-        report.records += scanned.meta.records;
-        report.lines += scanned.meta.lines;
         class.segments.insert(id, scanned.meta);
     }
     // Data before the cursor may go now; empty segments too.
@@ -131,6 +128,9 @@ fn recover_class(
     to_delete.extend(removed_empty);
     delete_files(&dir, &to_delete).map_err(|e| io_err(&dir, e))?;
     fsync_dir(&dir).map_err(|e| io_err(&dir, e))?;
+    report.segments += class.segments.len();
+    report.records += class.segments.values().map(|m| m.records).sum::<u64>();
+    report.lines += class.segments.values().map(|m| m.lines).sum::<u64>();
     report.unsent_lines += class.unsent_lines();
     Ok(class)
 }

@@ -466,6 +466,38 @@ async fn disk_error_fails_the_append_drops_oldest_and_recovers() {
     assert_eq!((report.unsent_lines, report.dropped_bytes), (2, 0));
 }
 
+#[tokio::test]
+async fn a_big_append_is_split_into_records_and_oversized_ones_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (writer, mut reader, _) = open(config(dir.path(), 64 * MIB, 0)).unwrap();
+    // ~2.6 MB of lines: more than one 512 KiB record.
+    writer
+        .append(Priority::Normal, 20_000, lines_text(0..20_000))
+        .await
+        .unwrap();
+    let (_, files) = (0, segment_files(dir.path(), "normal"));
+    let spans = record_spans(&files[0].1);
+    assert!(spans.len() >= 5, "{} records", spans.len());
+    assert_eq!(spans.iter().map(|s| u64::from(s.2)).sum::<u64>(), 20_000);
+    let (got, _) = read_lines(&mut reader, 20_000, 100_000).await;
+    assert_eq!(got, (0..20_000).collect::<Vec<_>>());
+    let huge_line = vec![b'x'; 5 << 20];
+    let err = writer
+        .append(Priority::Normal, 1, huge_line)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, BufferError::TooLarge { .. }), "{err}");
+    let (writer2, _reader2, _) =
+        open(config(tempfile::tempdir().unwrap().path(), 4096, 0)).unwrap();
+    let err = writer2
+        .append(Priority::Normal, 100, lines_text(0..100))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, BufferError::TooLarge { .. }), "{err}");
+    writer.shutdown().await;
+    writer2.shutdown().await;
+}
+
 #[test]
 fn default_segment_size_follows_the_bound() {
     assert_eq!(default_segment_bytes(1024 * MIB), 32 * MIB);

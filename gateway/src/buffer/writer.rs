@@ -28,8 +28,10 @@ const CHANNEL_CAPACITY: usize = 1024;
 const GROUP_MAX_RAW: usize = 4 << 20;
 /// A record is closed once it holds this much line protocol (more records, same fsync).
 const RECORD_MAX_RAW: usize = 512 << 10;
-/// Largest single append accepted (its record must stay under the header's payload bound).
-pub(crate) const APPEND_MAX_RAW: usize = 4 << 20;
+/// Largest single append accepted; larger appends are split over several records at line ends.
+pub(crate) const APPEND_MAX_RAW: usize = 32 << 20;
+/// Longest single line accepted (its record must stay under the header's payload bound).
+pub(crate) const LINE_MAX_RAW: usize = 4 << 20;
 
 /// Size limits the writer enforces.
 #[derive(Debug, Clone, Copy)]
@@ -67,6 +69,10 @@ impl BufferWriter {
     /// Appends newline-terminated line-protocol bytes holding `lines` lines (a missing final
     /// newline is added). Resolves once the data is written and fsync'd; concurrent appends
     /// share one fsync. Waits while the writer is busy and its queue is full.
+    ///
+    /// Appends over 512 KiB are split into several records at line ends (their line counts
+    /// then come from counting newlines). [`BufferError::TooLarge`] (over 32 MiB, or one line
+    /// over 4 MiB, or more than `max_disk_bytes`) is permanent: retrying cannot help.
     pub async fn append(
         &self,
         priority: Priority,
@@ -81,6 +87,16 @@ impl BufferWriter {
                 bytes: lp.len(),
                 limit: APPEND_MAX_RAW,
             });
+        }
+        if lp.len() > LINE_MAX_RAW {
+            if let Some(longest) = lp.split(|b| *b == b'\n').map(<[u8]>::len).max() {
+                if longest > LINE_MAX_RAW {
+                    return Err(BufferError::TooLarge {
+                        bytes: longest,
+                        limit: LINE_MAX_RAW,
+                    });
+                }
+            }
         }
         if lp.last() != Some(&b'\n') {
             lp.push(b'\n');
@@ -197,6 +213,19 @@ fn encode_records(
         Ok(())
     };
     for request in requests {
+        if request.lp.len() > RECORD_MAX_RAW {
+            // A big append: split it at line ends, counting the lines of each piece.
+            flush(&mut raw, &mut raw_lines, &mut out)?;
+            for line in request.lp.split_inclusive(|b| *b == b'\n') {
+                if !raw.is_empty() && raw.len() + line.len() > RECORD_MAX_RAW {
+                    flush(&mut raw, &mut raw_lines, &mut out)?;
+                }
+                raw.extend_from_slice(line);
+                raw_lines = raw_lines.saturating_add(1);
+            }
+            flush(&mut raw, &mut raw_lines, &mut out)?;
+            continue;
+        }
         if !raw.is_empty() && raw.len() + request.lp.len() > RECORD_MAX_RAW {
             flush(&mut raw, &mut raw_lines, &mut out)?;
         }
@@ -270,7 +299,9 @@ impl WriterThread {
     ) -> Result<(), BufferError> {
         let total = encoded.bytes.len() as u64;
         self.make_room(total)?;
-        self.ensure_active(priority, total)?;
+        if let Err((path, e)) = self.ensure_active(priority, total) {
+            return Err(self.append_failed(&path, e));
+        }
         let idx = class_index(priority);
         let Some(active) = self.active[idx].as_mut() else {
             return Err(BufferError::Closed);
@@ -306,19 +337,25 @@ impl WriterThread {
                 // Cut back whatever part reached the file and start a new segment next time.
                 let _ = active.file.set_len(offset);
                 self.seal(priority);
-                let disk_full = matches!(
-                    e.kind(),
-                    io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded
-                );
-                self.shared.lock().append_errors += 1;
-                metrics::counter!("buffer_append_errors_total").increment(1);
-                tracing::error!(error = %e, path = %path.display(), "buffer append failed");
-                if disk_full {
-                    self.drop_oldest_segment();
-                }
-                Err(BufferError::io(&path, e))
+                Err(self.append_failed(&path, e))
             }
         }
+    }
+
+    /// Counts and logs a failed append; on a full disk, drops the oldest segment to make room
+    /// for the retry the source will make.
+    fn append_failed(&mut self, path: &std::path::Path, e: io::Error) -> BufferError {
+        let disk_full = matches!(
+            e.kind(),
+            io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded
+        );
+        self.shared.lock().append_errors += 1;
+        metrics::counter!("buffer_append_errors_total").increment(1);
+        tracing::error!(error = %e, path = %path.display(), "buffer append failed");
+        if disk_full {
+            self.drop_oldest_segment();
+        }
+        BufferError::io(path, e)
     }
 
     /// Stops appending to the class's current segment.
@@ -336,7 +373,11 @@ impl WriterThread {
 
     /// Makes sure the class has a segment with room for `incoming` bytes (a segment that is
     /// still empty takes any size).
-    fn ensure_active(&mut self, priority: Priority, incoming: u64) -> Result<(), BufferError> {
+    fn ensure_active(
+        &mut self,
+        priority: Priority,
+        incoming: u64,
+    ) -> Result<(), (std::path::PathBuf, io::Error)> {
         let idx = class_index(priority);
         if let Some(active) = &self.active[idx] {
             if active.committed == 0 || active.committed + incoming <= self.limits.segment_bytes {
@@ -350,14 +391,15 @@ impl WriterThread {
             let class = state.class(priority);
             (class.dir.clone(), class.segment_path(id))
         };
+        // Never reuse an id, even if creating this one fails half-way.
+        self.next_segment_id += 1;
         let file = OpenOptions::new()
             .read(true)
             .write(true)
             .create_new(true)
             .open(&path)
-            .map_err(|e| BufferError::io(&path, e))?;
-        self.next_segment_id += 1;
-        fsync_dir(&dir).map_err(|e| BufferError::io(&dir, e))?;
+            .map_err(|e| (path.clone(), e))?;
+        fsync_dir(&dir).map_err(|e| (dir.clone(), e))?;
         self.shared.meta_fsyncs.fetch_add(1, Ordering::Relaxed);
         self.shared
             .lock()
@@ -374,16 +416,22 @@ impl WriterThread {
 
     /// Drops oldest segments until `incoming` more bytes fit under the disk bound.
     fn make_room(&mut self, incoming: u64) -> Result<(), BufferError> {
+        let max = self.limits.max_disk_bytes;
+        let too_large = || BufferError::TooLarge {
+            bytes: usize::try_from(incoming).unwrap_or(usize::MAX),
+            limit: usize::try_from(max).unwrap_or(usize::MAX),
+        };
+        if incoming > max {
+            // Dropping everything would not help: refuse without losing anything.
+            return Err(too_large());
+        }
         loop {
             let disk = self.shared.lock().disk_bytes();
-            if disk + incoming <= self.limits.max_disk_bytes {
+            if disk + incoming <= max {
                 return Ok(());
             }
             if !self.drop_oldest_segment() {
-                return Err(BufferError::TooLarge {
-                    bytes: usize::try_from(incoming).unwrap_or(usize::MAX),
-                    limit: usize::try_from(self.limits.max_disk_bytes).unwrap_or(usize::MAX),
-                });
+                return Err(too_large());
             }
         }
     }

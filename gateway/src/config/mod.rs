@@ -96,6 +96,12 @@ pub enum PayloadFormat {
     /// A flat or nested JSON object of fields (the default).
     #[default]
     Json,
+    /// Frigate NVR `frigate/events` messages (new/update/end with before/after).
+    Frigate,
+    /// Plate-recognition payloads (`plate`, `confidence`, `camera`, `time`).
+    Lpr,
+    /// InfluxDB line protocol, one reading per line.
+    Influx,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -131,12 +137,14 @@ pub struct MqttInputConfig {
     pub topics: Vec<String>,
     #[serde(default = "default_qos")]
     pub qos: u8,
-    pub measurement: String,
+    /// Required for `format = "json"`; `camera_event` by default for `frigate` and `lpr`;
+    /// unused for `influx` (each line names its own).
+    pub measurement: Option<String>,
     /// Telegraf-style topic parsing: `_/district/_/sensor_id`, `_` skips a level.
     pub topic_tags: Option<String>,
     pub timestamp_field: Option<String>,
-    #[serde(default)]
-    pub timestamp_unit: TimestampUnit,
+    /// `ms` by default (`ns` for `format = "influx"`).
+    pub timestamp_unit: Option<TimestampUnit>,
     #[serde(default)]
     pub tag_keys: Vec<String>,
     #[serde(default)]
@@ -177,6 +185,17 @@ impl From<PriorityConfig> for crate::model::Priority {
         match p {
             PriorityConfig::Normal => crate::model::Priority::Normal,
             PriorityConfig::Urgent => crate::model::Priority::Urgent,
+        }
+    }
+}
+
+impl MqttInputConfig {
+    /// The measurement readings of this input get (formats that name their own ignore it).
+    pub fn measurement_name(&self) -> &str {
+        match (&self.measurement, self.format) {
+            (Some(m), _) => m,
+            (None, PayloadFormat::Frigate | PayloadFormat::Lpr) => "camera_event",
+            (None, _) => "",
         }
     }
 }
@@ -435,8 +454,17 @@ impl Config {
             if m.qos > 1 {
                 return bad(&k("qos"), format!("must be 0 or 1 (got {})", m.qos));
             }
-            if m.measurement.trim().is_empty() {
-                return bad(&k("measurement"), "must not be empty".into());
+            match (&m.measurement, m.format) {
+                (None, PayloadFormat::Json) => {
+                    return bad(
+                        &k("measurement"),
+                        "format \"json\" needs a measurement name".into(),
+                    )
+                }
+                (Some(name), _) if name.trim().is_empty() => {
+                    return bad(&k("measurement"), "must not be empty".into())
+                }
+                _ => {}
             }
             if m.password_env.is_some() && m.password_file.is_some() {
                 return bad(
@@ -527,7 +555,13 @@ impl Config {
             return bad(&k("batch_max_lines"), "must be above 0".into());
         }
         if self.http.listen.parse::<std::net::SocketAddr>().is_err() {
-            return bad("http.listen", format!("must be an address like 127.0.0.1:8080, got {:?}", self.http.listen));
+            return bad(
+                "http.listen",
+                format!(
+                    "must be an address like 127.0.0.1:8080, got {:?}",
+                    self.http.listen
+                ),
+            );
         }
         if self.buffer.max_disk_mb == 0 {
             return bad("buffer.max_disk_mb", "must be above 0".into());

@@ -35,10 +35,10 @@ pub struct JsonMapping {
 impl JsonMapping {
     pub fn from_config(c: &MqttInputConfig) -> Self {
         JsonMapping {
-            measurement: c.measurement.clone(),
+            measurement: c.measurement_name().to_owned(),
             topic_tags: parse_topic_tags(c.topic_tags.as_deref().unwrap_or("")),
             timestamp_field: c.timestamp_field.clone(),
-            timestamp_unit: c.timestamp_unit,
+            timestamp_unit: c.timestamp_unit.unwrap_or_default(),
             tag_keys: c.tag_keys.clone(),
             static_tags: c.tags.clone(),
         }
@@ -116,7 +116,8 @@ pub fn decode(
     }
 }
 
-fn topic_and_static_tags(
+/// The tags that come from the topic levels and the input's static tags.
+pub fn topic_and_static_tags(
     mapping: &JsonMapping,
     topic: &str,
 ) -> Result<BTreeMap<String, String>, JsonError> {
@@ -210,28 +211,15 @@ fn flatten(key: String, value: Value, out: &mut Vec<(String, Value)>) {
     }
 }
 
-/// A JSON timestamp (integer, float with a fraction, or a string holding either) in `unit`, as
-/// nanoseconds; `None` if it is not a number or overflows.
+/// A JSON timestamp (integer, decimal with a fraction, or a string holding either) in `unit`, as
+/// nanoseconds, exact to the digits written; `None` if it is not a number or overflows.
 fn to_nanos(value: &Value, unit: TimestampUnit) -> Option<i64> {
-    let scale = unit.nanos();
-    let from_f64 = |f: f64| {
-        let ns = (f * scale as f64).round();
-        (ns.is_finite() && ns.abs() < i64::MAX as f64).then_some(ns as i64)
+    let text = match value {
+        Value::Number(n) => n.to_string(),
+        Value::String(s) => s.clone(),
+        _ => return None,
     };
-    match value {
-        Value::Number(n) => match n.as_i64() {
-            Some(i) => i.checked_mul(scale),
-            None => n.as_f64().and_then(from_f64),
-        },
-        Value::String(s) => {
-            let s = s.trim();
-            match s.parse::<i64>() {
-                Ok(i) => i.checked_mul(scale),
-                Err(_) => s.parse::<f64>().ok().and_then(from_f64),
-            }
-        }
-        _ => None,
-    }
+    crate::decode::camera::decimal_to_ns(&text, unit.nanos())
 }
 
 fn truncate(s: &str, max: usize) -> String {

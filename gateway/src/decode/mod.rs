@@ -1,9 +1,11 @@
 //! Decoders: pure functions from bytes (or JSON) to validated [`crate::model::Reading`]s.
 //! They know nothing of tokio, so they are easy to test, fuzz and share.
 
+pub mod camera;
 pub mod json;
+pub mod line_protocol;
 pub mod modbus;
+pub mod node;
 pub mod pms5003;
 pub mod sds011;
 pub mod serial_frame;
-pub mod node;

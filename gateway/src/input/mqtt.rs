@@ -23,9 +23,11 @@ use rumqttc::{
 use tokio::sync::{mpsc, watch};
 use tracing::Instrument;
 
+use crate::config::PayloadFormat;
 use crate::config::{parse_mqtt_url, resolve_secret, MqttInputConfig};
 use crate::decode::json::{self, JsonMapping};
-use crate::model::Priority;
+use crate::decode::{camera, line_protocol};
+use crate::model::{Priority, Reading};
 use crate::pipeline::{count_received, count_rejected, Ingest};
 
 /// Messages handed from the poll loop to the committer, at most.
@@ -81,6 +83,11 @@ async fn run(
             Committer {
                 name: name.clone(),
                 mapping: JsonMapping::from_config(&cfg),
+                format: cfg.format,
+                line_unit_ns: cfg
+                    .timestamp_unit
+                    .unwrap_or(crate::config::TimestampUnit::Ns)
+                    .nanos(),
                 max_payload: cfg.max_payload_bytes,
                 priority: cfg.priority.into(),
             },
@@ -173,7 +180,54 @@ async fn run(
     Ok(())
 }
 
+/// Decodes one message with the input's format: the readings, and what was rejected and why.
+fn decode_payload(
+    c: &Committer,
+    topic: &str,
+    payload: &[u8],
+    now: i64,
+) -> (Vec<Reading>, Vec<(&'static str, String)>) {
+    let one = |r: Result<Reading, camera::CameraError>| match r {
+        Ok(r) => (vec![r], Vec::new()),
+        Err(e) => (Vec::new(), vec![(e.label(), e.to_string())]),
+    };
+    let tags = match json::topic_and_static_tags(&c.mapping, topic) {
+        Ok(t) => t,
+        Err(e) => return (Vec::new(), vec![(e.label(), e.to_string())]),
+    };
+    match c.format {
+        PayloadFormat::Json => match json::decode(&c.mapping, topic, payload, now) {
+            Ok(r) => (r, Vec::new()),
+            Err(e) => (Vec::new(), vec![(e.label(), e.to_string())]),
+        },
+        PayloadFormat::Frigate => one(camera::decode_frigate(
+            &c.mapping.measurement,
+            &tags,
+            payload,
+        )),
+        PayloadFormat::Lpr => one(camera::decode_lpr(
+            &c.mapping.measurement,
+            &tags,
+            payload,
+            now,
+        )),
+        PayloadFormat::Influx => {
+            let (r, errors) = line_protocol::decode(&tags, payload, c.line_unit_ns, now);
+            (
+                r,
+                errors
+                    .into_iter()
+                    .map(|e| (e.label(), e.to_string()))
+                    .collect(),
+            )
+        }
+    }
+}
+
 struct Committer {
+    format: PayloadFormat,
+    /// Timestamp unit of line protocol payloads, in ns.
+    line_unit_ns: i64,
     name: String,
     mapping: JsonMapping,
     max_payload: usize,
@@ -208,13 +262,14 @@ async fn commit_loop(
                 }
                 continue;
             }
-            match json::decode(&c.mapping, &p.topic, &p.payload, now) {
-                Ok(readings) => lines += ingest.encode(&c.name, readings, &mut lp),
-                Err(e) => {
-                    count_rejected(&c.name, e.label());
-                    if limiter.allow() {
-                        tracing::warn!(topic = %p.topic, reason = e.label(), "message rejected: {e}");
-                    }
+            let (readings, errors) = decode_payload(&c, &p.topic, &p.payload, now);
+            if !readings.is_empty() {
+                lines += ingest.encode(&c.name, readings, &mut lp);
+            }
+            for (label, message) in errors {
+                count_rejected(&c.name, label);
+                if limiter.allow() {
+                    tracing::warn!(topic = %p.topic, reason = label, "message rejected: {message}");
                 }
             }
         }

@@ -22,6 +22,12 @@
 //! records and concatenates them); InfluxDB 1.x and VictoriaMetrics both decode such a stream
 //! (tested against the real servers), and the split path reads it with `MultiGzDecoder`.
 //!
+//! Metrics: `output_write_seconds` (histogram, every attempt), `output_lines_sent_total` (lines
+//! in accepted requests), `output_batches_sent_total` (batches [`InfluxSink::deliver`] finished),
+//! `output_batches_failed_total{reason}` (failed attempts: `server_error`, `throttled`,
+//! `unauthorized`, `misconfigured`, `timeout`, `connection`, `bad_batch`),
+//! `output_retries_total`, `output_dead_lettered_lines_total`.
+//!
 //! Secrets: the token and password are held in [`Secret`], whose `Debug`/`Display` print `***`;
 //! the authorization header is marked sensitive, and URLs with credentials in them are refused.
 
@@ -209,6 +215,14 @@ impl fmt::Debug for InfluxSink {
             .field("dead_letter_path", &self.dead_letter_path)
             .finish()
     }
+}
+
+/// A range of a refused batch's lines still to handle, with the store's refusal if this exact
+/// range was already sent and refused (status, message).
+struct Part {
+    start: usize,
+    end: usize,
+    refusal: Option<(u16, String)>,
 }
 
 /// How one attempt-with-retries ended.
@@ -517,10 +531,18 @@ impl InfluxSink {
             .split(|b| *b == b'\n')
             .filter(|line| !line.is_empty())
             .collect();
-        // Work list of (start, end, known refusal); handled left to right.
-        let mut stack: Vec<(usize, usize, Option<(u16, String)>)> =
-            vec![(0, all_lines.len(), Some((status, message)))];
-        while let Some((start, end, refusal)) = stack.pop() {
+        // Work list of line ranges, handled left to right (a stack: right half pushed first).
+        let mut stack = vec![Part {
+            start: 0,
+            end: all_lines.len(),
+            refusal: Some((status, message)),
+        }];
+        while let Some(Part {
+            start,
+            end,
+            refusal,
+        }) = stack.pop()
+        {
             let Some(part) = all_lines.get(start..end) else {
                 continue;
             };
@@ -534,8 +556,16 @@ impl InfluxSink {
                 }
                 Some(_) => {
                     let middle = start + part.len() / 2;
-                    stack.push((middle, end, None));
-                    stack.push((start, middle, None));
+                    stack.push(Part {
+                        start: middle,
+                        end,
+                        refusal: None,
+                    });
+                    stack.push(Part {
+                        start,
+                        end: middle,
+                        refusal: None,
+                    });
                 }
                 None => {
                     let body = gzip_lines(part);
@@ -545,9 +575,11 @@ impl InfluxSink {
                         .await?
                     {
                         Settled::Accepted => delivered.lines_sent += count,
-                        Settled::Rejected { status, message } => {
-                            stack.push((start, end, Some((status, message))));
-                        }
+                        Settled::Rejected { status, message } => stack.push(Part {
+                            start,
+                            end,
+                            refusal: Some((status, message)),
+                        }),
                     }
                 }
             }

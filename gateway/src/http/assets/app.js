@@ -1,0 +1,345 @@
+// ioc-gateway live page. Loads the board once from /api/sensors, then follows /api/live
+// (server-sent events). Incoming readings only update in-memory state; the DOM is touched once
+// per animation frame for the rows that changed, so 1,000 sensors at 1 Hz stay smooth.
+// Everything from the network is written with textContent (device names are untrusted).
+'use strict';
+
+(function () {
+  const AMBER_MS = 60 * 1000;
+  const RED_MS = 5 * 60 * 1000;
+  const HISTORY = 30;
+  const CAMERA_SHOWN = 20;
+  const SVG_NS = 'http://www.w3.org/2000/svg';
+
+  let clockOffset = 0; // server clock minus this browser's clock, ms
+  const sensors = new Map(); // key -> { data, row, cells, fieldEls, dirty }
+  const sortedKeys = [];
+  const dirty = new Set();
+  let cameraEvents = [];
+  let cameraDirty = false;
+  let pendingStatus = null;
+  let flushScheduled = false;
+  let filterText = '';
+
+  const $ = (id) => document.getElementById(id);
+  const now = () => Date.now() + clockOffset;
+
+  function fmtAge(ms) {
+    if (ms == null || !isFinite(ms)) return '–';
+    if (ms < 0) ms = 0;
+    const s = Math.floor(ms / 1000);
+    if (s < 60) return s + ' s';
+    if (s < 3600) return Math.floor(s / 60) + ' min ' + (s % 60) + ' s';
+    if (s < 86400) return Math.floor(s / 3600) + ' h ' + Math.floor((s % 3600) / 60) + ' min';
+    return Math.floor(s / 86400) + ' d ' + Math.floor((s % 86400) / 3600) + ' h';
+  }
+
+  function fmtValue(v) {
+    if (typeof v === 'number') {
+      if (Number.isInteger(v)) return String(v);
+      return String(Math.round(v * 1000) / 1000);
+    }
+    if (v === null || v === undefined) return '–';
+    return String(v);
+  }
+
+  function fmtBytes(b) {
+    if (b == null) return '–';
+    if (b < 1024) return b + ' B';
+    if (b < 1 << 20) return (b / 1024).toFixed(1) + ' KiB';
+    return (b / (1 << 20)).toFixed(1) + ' MiB';
+  }
+
+  function fmtTime(ms) {
+    const d = new Date(ms - clockOffset);
+    return d.toLocaleTimeString();
+  }
+
+  function ageClass(ms) {
+    if (ms >= RED_MS) return 'age red';
+    if (ms >= AMBER_MS) return 'age amber';
+    return 'age';
+  }
+
+  function schedule() {
+    if (flushScheduled) return;
+    flushScheduled = true;
+    // requestAnimationFrame does not run in background tabs; the timeout keeps state fresh there.
+    requestAnimationFrame(flush);
+    setTimeout(flush, 250);
+  }
+
+  // ---- sensors -------------------------------------------------------------------------
+
+  function matchesFilter(d) {
+    if (!filterText) return true;
+    const hay = (d.key + ' ' + d.measurement + ' ' + d.input).toLowerCase();
+    return hay.indexOf(filterText) !== -1;
+  }
+
+  function insertSorted(key, row) {
+    let lo = 0, hi = sortedKeys.length;
+    while (lo < hi) {
+      const mid = (lo + hi) >> 1;
+      if (sortedKeys[mid] < key) lo = mid + 1; else hi = mid;
+    }
+    const tbody = $('sensors').tBodies[0];
+    const before = lo < sortedKeys.length ? sensors.get(sortedKeys[lo]).row : null;
+    sortedKeys.splice(lo, 0, key);
+    tbody.insertBefore(row, before);
+  }
+
+  function makeRow(d) {
+    const row = document.createElement('tr');
+    row.dataset.key = d.key;
+    const cells = {};
+    for (const name of ['sensor', 'measurement', 'input', 'age', 'fields']) {
+      const td = document.createElement('td');
+      td.className = name;
+      row.appendChild(td);
+      cells[name] = td;
+    }
+    cells.sensor.textContent = d.sensor_id || d.key;
+    cells.sensor.title = Object.entries(d.tags || {}).map(([k, v]) => k + '=' + v).join(', ');
+    cells.measurement.textContent = d.measurement;
+    return { row, cells, fieldEls: new Map(), ageText: '', ageCls: '' };
+  }
+
+  function sparkPoints(hist) {
+    if (!hist || hist.length < 2) return '';
+    let min = Infinity, max = -Infinity;
+    for (const v of hist) { if (v < min) min = v; if (v > max) max = v; }
+    const span = max - min || 1;
+    const step = 60 / (HISTORY - 1);
+    const x0 = 60 - step * (hist.length - 1);
+    return hist.map((v, i) => (x0 + i * step).toFixed(1) + ',' + (15 - ((v - min) / span) * 14).toFixed(1)).join(' ');
+  }
+
+  function renderFields(s) {
+    const d = s.data;
+    for (const name of Object.keys(d.fields).sort()) {
+      const f = d.fields[name];
+      let el = s.fieldEls.get(name);
+      if (!el) {
+        const span = document.createElement('span');
+        span.className = 'field';
+        span.dataset.field = name;
+        const n = document.createElement('span');
+        n.className = 'fname';
+        n.textContent = name;
+        const v = document.createElement('span');
+        v.className = 'fval';
+        const svg = document.createElementNS(SVG_NS, 'svg');
+        svg.setAttribute('class', 'spark');
+        svg.setAttribute('viewBox', '0 0 60 16');
+        const line = document.createElementNS(SVG_NS, 'polyline');
+        svg.appendChild(line);
+        span.append(n, v, svg);
+        s.cells.fields.appendChild(span);
+        el = { v, line, text: null, points: null };
+        s.fieldEls.set(name, el);
+      }
+      const text = fmtValue(f.value);
+      if (text !== el.text) { el.v.textContent = text; el.text = text; }
+      const pts = sparkPoints(f.history);
+      if (pts !== el.points) { el.line.setAttribute('points', pts); el.points = pts; }
+    }
+  }
+
+  function renderSensor(s) {
+    if (s.cells.input.textContent !== s.data.input) s.cells.input.textContent = s.data.input;
+    renderFields(s);
+    renderAge(s, now());
+    s.row.classList.toggle('hidden', !matchesFilter(s.data));
+  }
+
+  function renderAge(s, t) {
+    const age = t - s.data.received_ms;
+    const text = fmtAge(age);
+    const cls = ageClass(age);
+    if (text !== s.ageText) { s.cells.age.textContent = text; s.ageText = text; }
+    if (cls !== s.ageCls) { s.cells.age.className = cls; s.ageCls = cls; }
+  }
+
+  function upsertSensor(d) {
+    let s = sensors.get(d.key);
+    if (!s) {
+      s = makeRow(d);
+      s.data = d;
+      sensors.set(d.key, s);
+      insertSorted(d.key, s.row);
+    } else {
+      s.data = d;
+    }
+    dirty.add(d.key);
+  }
+
+  function applyReading(ev) {
+    const s = sensors.get(ev.key);
+    const d = s ? s.data : {
+      key: ev.key, sensor_id: ev.sensor_id, measurement: ev.measurement,
+      input: ev.input, tags: ev.tags, fields: {}
+    };
+    d.input = ev.input;
+    d.ts_ms = ev.ts_ms;
+    d.received_ms = ev.received_ms;
+    for (const [name, value] of Object.entries(ev.fields)) {
+      const f = d.fields[name] || (d.fields[name] = { value: null, history: [] });
+      f.value = value;
+      let n = null;
+      if (typeof value === 'number') n = value;
+      else if (typeof value === 'boolean') n = value ? 1 : 0;
+      if (n !== null) {
+        f.history.push(n);
+        if (f.history.length > HISTORY) f.history.shift();
+      }
+    }
+    upsertSensor(d);
+    if (ev.measurement === 'camera_event') {
+      cameraEvents.unshift(ev);
+      if (cameraEvents.length > CAMERA_SHOWN) cameraEvents.length = CAMERA_SHOWN;
+      cameraDirty = true;
+    }
+    schedule();
+  }
+
+  // ---- camera events -------------------------------------------------------------------
+
+  function renderCamera() {
+    const ol = $('camera-events');
+    ol.textContent = '';
+    if (cameraEvents.length === 0) {
+      const li = document.createElement('li');
+      li.className = 'empty';
+      li.textContent = 'none yet';
+      ol.appendChild(li);
+      return;
+    }
+    for (const ev of cameraEvents) {
+      const li = document.createElement('li');
+      li.className = 'camera-event';
+      const when = document.createElement('span');
+      when.className = 'when';
+      when.textContent = fmtTime(ev.received_ms);
+      const cam = document.createElement('span');
+      cam.className = 'cam';
+      cam.textContent = (ev.tags && (ev.tags.camera || ev.tags.sensor_id)) || ev.key;
+      const what = document.createElement('span');
+      what.className = 'what';
+      const tags = Object.entries(ev.tags || {}).filter(([k]) => k !== 'camera' && k !== 'sensor_id');
+      const parts = Object.entries(ev.fields).map(([k, v]) => k + '=' + fmtValue(v))
+        .concat(tags.map(([k, v]) => k + '=' + v));
+      what.textContent = ' ' + parts.join(' ');
+      li.append(when, cam, what);
+      ol.appendChild(li);
+    }
+  }
+
+  // ---- status --------------------------------------------------------------------------
+
+  function setBadge(el, text, cls) {
+    el.textContent = text;
+    el.className = 'badge ' + cls;
+  }
+
+  function renderStatus(st) {
+    $('gateway-id').textContent = st.gateway_id || '';
+    const ready = st.ready || { ready: false, reasons: [] };
+    setBadge($('ready'), ready.ready ? 'ready' : 'NOT READY', ready.ready ? 'ok' : 'bad');
+    const reasons = $('reasons');
+    reasons.textContent = '';
+    for (const r of ready.reasons || []) {
+      const li = document.createElement('li');
+      li.textContent = r.message;
+      reasons.appendChild(li);
+    }
+    const tbody = $('inputs').tBodies[0];
+    tbody.textContent = '';
+    const t = now();
+    for (const [name, s] of Object.entries(st.inputs || {})) {
+      const tr = document.createElement('tr');
+      const state = (s.up ? 'up' : 'DOWN') + ' for ' + fmtAge(t - s.since_ms);
+      for (const [text, cls] of [[name, ''], [s.kind, ''], [s.target, ''], [state, s.up ? 'up' : 'down'], [s.last_error || '', '']]) {
+        const td = document.createElement('td');
+        td.textContent = text;
+        if (cls) td.className = cls;
+        tr.appendChild(td);
+      }
+      tbody.appendChild(tr);
+    }
+    const b = st.buffer || {};
+    $('buffer-unsent').textContent = (b.unsent_lines ?? '–') + (b.urgent_unsent_lines ? ' (' + b.urgent_unsent_lines + ' urgent)' : '');
+    $('buffer-oldest').textContent = b.oldest_unsent_age_ms == null ? 'nothing waiting' : fmtAge(b.oldest_unsent_age_ms);
+    $('buffer-oldest').className = b.oldest_unsent_age_ms == null ? '' : ageClass(b.oldest_unsent_age_ms).replace('age', '');
+    $('buffer-disk').textContent = fmtBytes(b.disk_bytes) + ' of ' + fmtBytes(b.max_bytes) + ' (' + Math.round((b.fill_ratio || 0) * 100) + ' %)';
+    $('buffer-dropped').textContent = String(b.dropped_oldest_lines ?? '–');
+    const s = st.store || {};
+    $('store-last').textContent = s.last_success_ms ? fmtAge(t - s.last_success_ms) + ' ago' : 'never';
+    $('store-batches').textContent = (s.batches_sent ?? 0) + ' (' + (s.lines_sent ?? 0) + ' lines)';
+    $('store-error').textContent = s.last_error || 'none';
+    $('store-error').className = s.last_error ? 'down' : '';
+  }
+
+  // ---- frame flush ---------------------------------------------------------------------
+
+  function flush() {
+    if (!flushScheduled) return;
+    flushScheduled = false;
+    for (const key of dirty) {
+      const s = sensors.get(key);
+      if (s) renderSensor(s);
+    }
+    dirty.clear();
+    if (cameraDirty) { renderCamera(); cameraDirty = false; }
+    if (pendingStatus) { renderStatus(pendingStatus); pendingStatus = null; }
+    $('sensor-count').textContent = String(sensors.size);
+  }
+
+  function tickAges() {
+    const t = now();
+    for (const s of sensors.values()) renderAge(s, t);
+  }
+
+  // ---- wiring --------------------------------------------------------------------------
+
+  async function load() {
+    const resp = await fetch('/api/sensors', { credentials: 'same-origin', cache: 'no-store' });
+    if (!resp.ok) throw new Error('/api/sensors: HTTP ' + resp.status);
+    const body = await resp.json();
+    clockOffset = (body.now_ms || Date.now()) - Date.now();
+    for (const d of body.sensors || []) upsertSensor(d);
+    cameraEvents = (body.camera_events || []).slice(0, CAMERA_SHOWN);
+    cameraDirty = true;
+    pendingStatus = body;
+    flushScheduled = true;
+    flush();
+  }
+
+  function follow() {
+    const es = new EventSource('/api/live?status=1');
+    es.addEventListener('open', () => setBadge($('conn'), 'live', 'ok'));
+    es.addEventListener('error', () => setBadge($('conn'), 'reconnecting…', 'warn'));
+    es.addEventListener('reading', (e) => {
+      try { applyReading(JSON.parse(e.data)); } catch (err) { console.error(err); }
+    });
+    es.addEventListener('status', (e) => {
+      try {
+        const st = JSON.parse(e.data);
+        clockOffset = (st.now_ms || Date.now()) - Date.now();
+        pendingStatus = st;
+        schedule();
+      } catch (err) { console.error(err); }
+    });
+    es.addEventListener('lagged', () => setBadge($('conn'), 'live (some updates skipped)', 'warn'));
+  }
+
+  $('filter').addEventListener('input', (e) => {
+    filterText = e.target.value.trim().toLowerCase();
+    for (const s of sensors.values()) s.row.classList.toggle('hidden', !matchesFilter(s.data));
+  });
+
+  setInterval(tickAges, 1000);
+  load().catch((err) => {
+    setBadge($('conn'), 'cannot load: ' + err.message, 'bad');
+  }).finally(follow);
+})();

@@ -1,0 +1,257 @@
+//! Readiness: is this gateway doing its job right now, and if not, why (`/readyz`, `status`).
+//!
+//! Pure functions over snapshots, so every rule is unit-tested without a server:
+//! - no input connected (or none configured);
+//! - the store unreachable: data waits and no batch was confirmed for `store_unreachable_after`;
+//! - the buffer over [`BUFFER_FULL_RATIO`] of its disk bound;
+//! - disk errors: appends failed recently (within [`DISK_ERROR_WINDOW_MS`]).
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+use crate::buffer::BufferStats;
+use crate::status::{InputState, StoreSnapshot};
+
+/// The buffer is "nearly full" above this fraction of `max_disk_bytes`.
+pub const BUFFER_FULL_RATIO: f64 = 0.8;
+/// An append error keeps the gateway not-ready for this long after it happened.
+pub const DISK_ERROR_WINDOW_MS: u64 = 60_000;
+
+/// Everything readiness looks at.
+#[derive(Debug, Clone)]
+pub struct ReadinessInput<'a> {
+    pub now_ms: u64,
+    pub started_ms: u64,
+    pub inputs: &'a BTreeMap<String, InputState>,
+    pub store: &'a StoreSnapshot,
+    pub buffer: &'a BufferStats,
+    pub buffer_max_bytes: u64,
+    pub store_unreachable_after_ms: u64,
+    /// When the buffer's append error count last went up (Unix ms), if ever since start.
+    pub last_append_error_ms: Option<u64>,
+}
+
+/// One reason for not being ready: a stable `code` for scripts and words for people.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Reason {
+    pub code: &'static str,
+    pub message: String,
+}
+
+/// The `/readyz` body.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Readiness {
+    pub ready: bool,
+    pub reasons: Vec<Reason>,
+}
+
+fn secs(ms: u64) -> u64 {
+    ms / 1000
+}
+
+/// Applies the rules.
+pub fn evaluate(i: &ReadinessInput<'_>) -> Readiness {
+    let mut reasons = Vec::new();
+
+    if i.inputs.is_empty() {
+        reasons.push(Reason {
+            code: "no_input",
+            message: "no input is configured".into(),
+        });
+    } else if !i.inputs.values().any(|s| s.up) {
+        let detail: Vec<String> = i
+            .inputs
+            .iter()
+            .map(|(name, s)| {
+                let mut d = format!(
+                    "{name} down for {} s",
+                    secs(i.now_ms.saturating_sub(s.since_ms))
+                );
+                if let Some(e) = &s.last_error {
+                    d.push_str(&format!(" ({})", super::redact(e)));
+                }
+                d
+            })
+            .collect();
+        reasons.push(Reason {
+            code: "no_input_connected",
+            message: format!("no input connected: {}", detail.join("; ")),
+        });
+    }
+
+    if i.buffer.unsent_lines > 0 {
+        let since = i.store.last_success_ms.unwrap_or(i.started_ms);
+        let quiet_ms = i.now_ms.saturating_sub(since);
+        if quiet_ms >= i.store_unreachable_after_ms {
+            let what = if i.store.last_success_ms.is_some() {
+                format!("no batch confirmed for {} s", secs(quiet_ms))
+            } else {
+                format!("no batch confirmed since start {} s ago", secs(quiet_ms))
+            };
+            let mut message = format!(
+                "store unreachable: {what} while {} lines wait",
+                i.buffer.unsent_lines
+            );
+            if let Some(e) = &i.store.last_error {
+                message.push_str(&format!(" (last error: {})", super::redact(e)));
+            }
+            reasons.push(Reason {
+                code: "store_unreachable",
+                message,
+            });
+        }
+    }
+
+    if i.buffer_max_bytes > 0 {
+        let ratio = i.buffer.disk_bytes as f64 / i.buffer_max_bytes as f64;
+        if ratio > BUFFER_FULL_RATIO {
+            reasons.push(Reason {
+                code: "buffer_nearly_full",
+                message: format!(
+                    "buffer {:.0} % full ({} of {} bytes); the oldest data is dropped at 100 %",
+                    ratio * 100.0,
+                    i.buffer.disk_bytes,
+                    i.buffer_max_bytes
+                ),
+            });
+        }
+    }
+
+    if let Some(at) = i.last_append_error_ms {
+        let ago = i.now_ms.saturating_sub(at);
+        if ago < DISK_ERROR_WINDOW_MS {
+            reasons.push(Reason {
+                code: "disk_errors",
+                message: format!(
+                    "buffer appends failed {} s ago ({} failed appends since start): check the disk",
+                    secs(ago),
+                    i.buffer.append_errors
+                ),
+            });
+        }
+    }
+
+    Readiness {
+        ready: reasons.is_empty(),
+        reasons,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::status::InputKind;
+
+    fn input(up: bool, since_ms: u64, err: Option<&str>) -> InputState {
+        InputState {
+            kind: InputKind::Mqtt,
+            target: "mqtt://127.0.0.1:1883".into(),
+            up,
+            since_ms,
+            last_error: err.map(str::to_owned),
+        }
+    }
+
+    struct Case {
+        inputs: BTreeMap<String, InputState>,
+        store: StoreSnapshot,
+        buffer: BufferStats,
+        last_append_error_ms: Option<u64>,
+    }
+
+    impl Case {
+        fn healthy() -> Self {
+            Case {
+                inputs: BTreeMap::from([("mqtt-0".to_owned(), input(true, 0, None))]),
+                store: StoreSnapshot::default(),
+                buffer: BufferStats::default(),
+                last_append_error_ms: None,
+            }
+        }
+        fn eval(&self) -> Readiness {
+            evaluate(&ReadinessInput {
+                now_ms: 100_000,
+                started_ms: 10_000,
+                inputs: &self.inputs,
+                store: &self.store,
+                buffer: &self.buffer,
+                buffer_max_bytes: 1000,
+                store_unreachable_after_ms: 30_000,
+                last_append_error_ms: self.last_append_error_ms,
+            })
+        }
+        fn codes(&self) -> Vec<&'static str> {
+            self.eval().reasons.iter().map(|r| r.code).collect()
+        }
+    }
+
+    #[test]
+    fn healthy_is_ready() {
+        let r = Case::healthy().eval();
+        assert_eq!(
+            r,
+            Readiness {
+                ready: true,
+                reasons: vec![]
+            }
+        );
+    }
+
+    #[test]
+    fn no_input_connected_names_each_input() {
+        let mut c = Case::healthy();
+        c.inputs.insert(
+            "mqtt-0".into(),
+            input(false, 40_000, Some("connection refused")),
+        );
+        let r = c.eval();
+        assert!(!r.ready);
+        assert_eq!(
+            r.reasons[0].message,
+            "no input connected: mqtt-0 down for 60 s (connection refused)"
+        );
+        c.inputs.clear();
+        assert_eq!(c.codes(), ["no_input"]);
+    }
+
+    #[test]
+    fn store_unreachable_only_when_data_waits_too_long() {
+        let mut c = Case::healthy();
+        c.store.last_success_ms = Some(80_000);
+        c.buffer.unsent_lines = 5;
+        assert!(c.eval().ready, "20 s without success is within 30 s");
+        c.store.last_success_ms = Some(60_000);
+        c.store.last_error = Some("HTTP 503 from http://user:hunter2@db:8086/write".into());
+        let r = c.eval();
+        assert_eq!(r.reasons.len(), 1);
+        assert_eq!(
+            r.reasons[0].message,
+            "store unreachable: no batch confirmed for 40 s while 5 lines wait \
+             (last error: HTTP 503 from http://***@db:8086/write)"
+        );
+        c.buffer.unsent_lines = 0;
+        assert!(c.eval().ready, "nothing waiting: an idle store is fine");
+        c.buffer.unsent_lines = 1;
+        c.store.last_success_ms = None;
+        assert_eq!(
+            c.eval().reasons[0].message.split(" (").next().unwrap(),
+            "store unreachable: no batch confirmed since start 90 s ago while 1 lines wait"
+        );
+    }
+
+    #[test]
+    fn buffer_over_80_percent_and_recent_disk_errors() {
+        let mut c = Case::healthy();
+        c.buffer.disk_bytes = 800;
+        assert!(c.eval().ready);
+        c.buffer.disk_bytes = 801;
+        assert_eq!(c.codes(), ["buffer_nearly_full"]);
+        c.buffer.disk_bytes = 0;
+        c.buffer.append_errors = 3;
+        c.last_append_error_ms = Some(50_000);
+        assert_eq!(c.codes(), ["disk_errors"]);
+        c.last_append_error_ms = Some(30_000);
+        assert!(c.eval().ready, "70 s ago is outside the window");
+    }
+}

@@ -1,0 +1,343 @@
+//! `ioc-gateway probe`: tells a technician at the cabinet what a serial port is receiving.
+//!
+//! It opens the port (8N1, raw), listens, feeds every byte to the decoder of each candidate
+//! protocol at once (the streaming sensors talk by themselves, so listening is enough), prints
+//! each decoded reading as it arrives, and ends with a summary of good and bad frames per
+//! protocol. With `--protocol auto` and no `--baud`, it tries 9600 then 115200 baud. It never
+//! writes to the port: node acknowledgements are *not* sent, so a node keeps its unacked
+//! readings for the gateway. Modbus devices only answer requests, so they are not probed here.
+//!
+//! Returns `Ok(false)` (the binary exits non-zero) with a plain explanation when nothing decoded.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use tokio::io::AsyncReadExt;
+use tokio::time::Instant;
+
+use crate::clock::now_ns;
+use crate::config::{SerialInputConfig, SerialProtocol};
+use crate::input::serial::{open_port, StreamDecoder, StreamOutput};
+use crate::output::{encode, Flavor};
+
+/// What to listen for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ProbeProtocol {
+    Pms5003,
+    Sds011,
+    Node,
+    /// All of the above at once, and (without `--baud`) 9600 then 115200 baud.
+    Auto,
+}
+
+/// Baud rates tried with `auto` when none is given.
+pub const AUTO_BAUDS: [u32; 2] = [9600, 115_200];
+/// Shortest listening time per baud rate: PMS5003 and SDS011 send once a second.
+const MIN_SLICE: Duration = Duration::from_secs(2);
+
+#[derive(Debug, Default)]
+struct Tally {
+    good: u64,
+    skipped: u64,
+    bad: BTreeMap<&'static str, u64>,
+}
+
+fn candidates(protocol: ProbeProtocol) -> Vec<SerialProtocol> {
+    match protocol {
+        ProbeProtocol::Pms5003 => vec![SerialProtocol::Pms5003],
+        ProbeProtocol::Sds011 => vec![SerialProtocol::Sds011],
+        ProbeProtocol::Node => vec![SerialProtocol::Node],
+        ProbeProtocol::Auto => vec![
+            SerialProtocol::Pms5003,
+            SerialProtocol::Sds011,
+            SerialProtocol::Node,
+        ],
+    }
+}
+
+fn default_bauds(protocol: ProbeProtocol) -> Vec<u32> {
+    match protocol {
+        ProbeProtocol::Pms5003 | ProbeProtocol::Sds011 => vec![9600],
+        ProbeProtocol::Node => vec![115_200],
+        ProbeProtocol::Auto => AUTO_BAUDS.to_vec(),
+    }
+}
+
+fn decoder_for(protocol: SerialProtocol, port: &PathBuf) -> Option<StreamDecoder> {
+    let cfg = SerialInputConfig {
+        name: None,
+        port: port.clone(),
+        baud: 9600,
+        protocol,
+        sensor_id: Some("probe".into()),
+        tags: BTreeMap::new(),
+        poll_interval_ms: 1000,
+        registers: Vec::new(),
+    };
+    StreamDecoder::for_port(&cfg)
+}
+
+/// Listens on `port` for `seconds` in total (split over the baud rates tried), printing what
+/// decodes. `Ok(true)` if at least one frame decoded; `Ok(false)` with an explanation printed if
+/// none did; `Err` if the port cannot be opened at all.
+pub async fn probe(
+    port: PathBuf,
+    baud: Option<u32>,
+    protocol: ProbeProtocol,
+    seconds: u64,
+) -> anyhow::Result<bool> {
+    probe_to(port, baud, protocol, seconds, &mut std::io::stdout()).await
+}
+
+/// [`probe`], writing its report to `w` instead of stdout.
+pub async fn probe_to(
+    port: PathBuf,
+    baud: Option<u32>,
+    protocol: ProbeProtocol,
+    seconds: u64,
+    w: &mut (dyn Write + Send),
+) -> anyhow::Result<bool> {
+    let bauds = baud
+        .map(|b| vec![b])
+        .unwrap_or_else(|| default_bauds(protocol));
+    let total = Duration::from_secs(seconds.max(1));
+    let slice = (total / bauds.len().max(1) as u32).max(MIN_SLICE);
+    let mut total_bytes = 0u64;
+    for &baud in &bauds {
+        let mut stream = open_port(&port, baud).map_err(|e| {
+            anyhow::anyhow!(
+                "cannot open {}: {e}. Is the device plugged in and the path right (ls -l /dev/serial/by-id/)? \
+                 If the gateway service is running it holds the port exclusively: stop it first.",
+                port.display()
+            )
+        })?;
+        let mut decoders: Vec<StreamDecoder> = candidates(protocol)
+            .into_iter()
+            .filter_map(|p| decoder_for(p, &port))
+            .collect();
+        let mut tallies: Vec<Tally> = decoders.iter().map(|_| Tally::default()).collect();
+        let names: Vec<&str> = decoders.iter().map(StreamDecoder::protocol_name).collect();
+        writeln!(
+            w,
+            "listening on {} at {baud} baud 8N1 for {:.0} s, for: {}",
+            port.display(),
+            slice.as_secs_f64(),
+            names.join(", ")
+        )?;
+        let start = Instant::now();
+        let deadline = start + slice;
+        let mut buf = vec![0u8; 4096];
+        let mut bytes = 0u64;
+        let mut out = StreamOutput::default();
+        loop {
+            let n = match tokio::time::timeout_at(deadline, stream.read(&mut buf)).await {
+                Err(_) => break,
+                Ok(Ok(0)) => {
+                    writeln!(w, "the port closed (end of file)")?;
+                    break;
+                }
+                Ok(Ok(n)) => n,
+                Ok(Err(e)) => {
+                    writeln!(w, "read error: {e} (device unplugged?)")?;
+                    break;
+                }
+            };
+            bytes += n as u64;
+            let now = now_ns();
+            let chunk = buf.get(..n).unwrap_or_default();
+            for (decoder, tally) in decoders.iter_mut().zip(tallies.iter_mut()) {
+                out.clear();
+                decoder.push(chunk, now, &mut out);
+                tally.good += out.good;
+                tally.skipped += out.skipped;
+                for r in &out.bad {
+                    *tally.bad.entry(r).or_default() += 1;
+                }
+                for reading in &out.readings {
+                    let mut line = Vec::new();
+                    encode(reading, Flavor::V2, &mut line);
+                    let text = String::from_utf8_lossy(&line);
+                    // Drop the timestamp: the offset since the start says more here.
+                    let body = text.trim_end().rsplit_once(' ').map_or(&*text, |(b, _)| b);
+                    writeln!(
+                        w,
+                        "[{:>6.2} s] {}: {body}",
+                        start.elapsed().as_secs_f64(),
+                        decoder.protocol_name()
+                    )?;
+                }
+            }
+        }
+        for (decoder, tally) in decoders.iter_mut().zip(tallies.iter_mut()) {
+            out.clear();
+            decoder.flush(&mut out);
+            for r in &out.bad {
+                *tally.bad.entry(r).or_default() += 1;
+            }
+        }
+        total_bytes += bytes;
+        writeln!(w, "--- {baud} baud: {bytes} bytes received")?;
+        let mut any = false;
+        for (name, t) in names.iter().zip(&tallies) {
+            let bad: u64 = t.bad.values().sum();
+            let detail: Vec<String> = t.bad.iter().map(|(k, v)| format!("{k} {v}")).collect();
+            writeln!(
+                w,
+                "    {name:<8} good frames {:>4}, skipped {:>3}, bad {:>4}{}",
+                t.good,
+                t.skipped,
+                bad,
+                if detail.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({})", detail.join(", "))
+                }
+            )?;
+            any |= t.good > 0;
+        }
+        if any {
+            let best = names
+                .iter()
+                .zip(&tallies)
+                .max_by_key(|(_, t)| t.good)
+                .map(|(n, _)| *n)
+                .unwrap_or("?");
+            writeln!(
+                w,
+                "OK: {best} frames decode at {baud} baud on {}",
+                port.display()
+            )?;
+            return Ok(true);
+        }
+    }
+    let tried: Vec<String> = bauds.iter().map(u32::to_string).collect();
+    if total_bytes == 0 {
+        writeln!(
+                w,
+            "FAILED: nothing at all arrived on {} ({} baud). Check power, wiring (sensor TX to adapter RX, \
+             common ground) and that the sensor is in active mode. Modbus transmitters stay silent until \
+             polled: they cannot be probed by listening.",
+            port.display(),
+            tried.join(", ")
+        )?;
+    } else {
+        writeln!(
+                w,
+            "FAILED: {total_bytes} bytes arrived on {} but no frame decoded ({} baud). Wrong baud rate \
+             or another protocol? Try --protocol auto without --baud, or check the sensor model.",
+            port.display(),
+            tried.join(", ")
+        )?;
+    }
+    Ok(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::fs::File;
+    use std::os::fd::OwnedFd;
+
+    fn pty() -> (File, OwnedFd, PathBuf) {
+        use nix::sys::termios::{cfmakeraw, tcgetattr, tcsetattr, SetArg};
+        let pair = nix::pty::openpty(None, None).unwrap();
+        let mut t = tcgetattr(&pair.slave).unwrap();
+        cfmakeraw(&mut t);
+        tcsetattr(&pair.slave, SetArg::TCSANOW, &t).unwrap();
+        let path = nix::unistd::ttyname(&pair.slave).unwrap();
+        (File::from(pair.master), pair.slave, path)
+    }
+
+    /// PyPMS `tests/captured_data/PMSx003.hexdump`, first frame.
+    const PMS: [u8; 32] = [
+        0x42, 0x4d, 0x00, 0x1c, 0x00, 0x00, 0x00, 0x08, 0x00, 0x08, 0x00, 0x00, 0x00, 0x08, 0x00,
+        0x08, 0x00, 0xd2, 0x00, 0x46, 0x00, 0x2d, 0x00, 0x1e, 0x00, 0x00, 0x00, 0x00, 0x97, 0x00,
+        0x02, 0xc5,
+    ];
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn auto_probe_finds_a_pms5003_and_prints_its_reading() {
+        let (mut master, _slave, path) = pty();
+        let writer = std::thread::spawn(move || {
+            use std::io::Write as _;
+            for _ in 0..10 {
+                std::thread::sleep(Duration::from_millis(60));
+                let mut bytes = vec![0x00, 0x13];
+                bytes.extend(PMS);
+                if master.write_all(&bytes).is_err() {
+                    return;
+                }
+            }
+        });
+        let mut out = Vec::new();
+        let ok = probe_to(path, Some(9600), ProbeProtocol::Auto, 2, &mut out)
+            .await
+            .unwrap();
+        writer.join().unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert!(ok, "{text}");
+        assert!(
+            text.contains("pms5003: air_quality,model=pms5003,sensor_id=probe n0_3=210i,n0_5=70i,n10=0i,n1_0=45i,n2_5=30i,n5_0=0i,pm10=8,pm10_cf1=8,pm1_0=0,pm1_0_cf1=0,pm2_5=8,pm2_5_cf1=8"),
+            "{text}"
+        );
+        assert!(
+            text.contains("OK: pms5003 frames decode at 9600 baud"),
+            "{text}"
+        );
+        assert!(
+            text.contains("pms5003  good frames   10, skipped   0, bad   10 (noise 10)"),
+            "{text}"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn silence_and_garbage_fail_with_an_explanation() {
+        let (_master, _slave, path) = pty();
+        let mut out = Vec::new();
+        let ok = probe_to(path.clone(), Some(9600), ProbeProtocol::Sds011, 1, &mut out)
+            .await
+            .unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert!(!ok);
+        assert!(text.contains("FAILED: nothing at all arrived"), "{text}");
+
+        let (mut master, _slave, path) = pty();
+        std::thread::spawn(move || {
+            use std::io::Write as _;
+            for i in 0..20u8 {
+                std::thread::sleep(Duration::from_millis(50));
+                if master.write_all(&[i, 0x55, 0xf0, 0x42]).is_err() {
+                    return;
+                }
+            }
+        });
+        let mut out = Vec::new();
+        let ok = probe_to(path, Some(9600), ProbeProtocol::Pms5003, 1, &mut out)
+            .await
+            .unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert!(!ok);
+        assert!(text.contains("bytes arrived on"), "{text}");
+        assert!(text.contains("no frame decoded"), "{text}");
+    }
+
+    #[tokio::test]
+    async fn a_missing_port_is_an_error_that_says_what_to_check() {
+        let err = probe_to(
+            PathBuf::from("/dev/ttyDOESNOTEXIST9"),
+            None,
+            ProbeProtocol::Auto,
+            1,
+            &mut Vec::new(),
+        )
+        .await
+        .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("cannot open /dev/ttyDOESNOTEXIST9"),
+            "{err}"
+        );
+    }
+}

@@ -1,0 +1,253 @@
+//! `ioc-gateway status`: asks a running gateway's HTTP API what is wrong, in one screen.
+//!
+//! A technician on the cabinet's Ethernet runs it and sees, without reading logs: ready or not
+//! and why, each input up or down and since when, buffer depth and the age of the oldest unsent
+//! reading, the store's state, how many sensors report and which are stalest. It reads
+//! `/readyz` and `/api/sensors`; rendering ([`render`]) is a pure function of those two bodies.
+
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use serde_json::Value;
+
+use crate::config::Secret;
+
+/// How many of the stalest sensors are listed.
+const STALEST_SHOWN: usize = 5;
+
+/// Fetches `/api/sensors` and `/readyz` from the gateway at `url` and returns the summary.
+pub async fn status(url: &str, token: Option<Secret>) -> anyhow::Result<String> {
+    let base = url.trim_end_matches('/');
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .context("cannot set up the HTTP client")?;
+    let get = |path: &str| {
+        let mut req = client.get(format!("{base}{path}"));
+        if let Some(t) = &token {
+            req = req.bearer_auth(t.expose());
+        }
+        req.send()
+    };
+    let sensors = get("/api/sensors")
+        .await
+        .with_context(|| format!("cannot reach the gateway at {base} (is it running? is [http] listen this address?)"))?;
+    match sensors.status().as_u16() {
+        200 => {}
+        401 => bail!(
+            "the gateway at {base} requires a token: pass --token-env VAR naming a variable that holds it"
+        ),
+        code => bail!("{base}/api/sensors answered HTTP {code}"),
+    }
+    let sensors: Value = serde_json::from_str(
+        &sensors
+            .text()
+            .await
+            .context("cannot read /api/sensors")?,
+    )
+    .context("/api/sensors did not return JSON")?;
+    let ready = get("/readyz")
+        .await
+        .with_context(|| format!("cannot reach {base}/readyz"))?;
+    let ready: Value = match ready.status().as_u16() {
+        200 | 503 => serde_json::from_str(&ready.text().await.context("cannot read /readyz")?)
+            .context("/readyz did not return JSON")?,
+        code => bail!("{base}/readyz answered HTTP {code}"),
+    };
+    Ok(render(base, &sensors, &ready))
+}
+
+fn age(ms: u64) -> String {
+    let s = ms / 1000;
+    if s < 60 {
+        format!("{s} s")
+    } else if s < 3600 {
+        format!("{} min {} s", s / 60, s % 60)
+    } else if s < 86_400 {
+        format!("{} h {} min", s / 3600, (s % 3600) / 60)
+    } else {
+        format!("{} d {} h", s / 86_400, (s % 86_400) / 3600)
+    }
+}
+
+fn utc_clock(ms: u64) -> String {
+    let s = (ms / 1000) % 86_400;
+    format!("{:02}:{:02}:{:02} UTC", s / 3600, (s % 3600) / 60, s % 60)
+}
+
+fn bytes(b: u64) -> String {
+    if b < 1024 {
+        format!("{b} B")
+    } else if b < 1 << 20 {
+        format!("{:.1} KiB", b as f64 / 1024.0)
+    } else {
+        format!("{:.1} MiB", b as f64 / f64::from(1u32 << 20))
+    }
+}
+
+fn u(v: &Value, key: &str) -> Option<u64> {
+    v.get(key).and_then(Value::as_u64)
+}
+
+fn s<'a>(v: &'a Value, key: &str) -> Option<&'a str> {
+    v.get(key).and_then(Value::as_str)
+}
+
+/// The summary for a technician, from the `/api/sensors` and `/readyz` bodies.
+pub fn render(base: &str, sensors: &Value, ready: &Value) -> String {
+    let mut out = String::new();
+    let now = u(sensors, "now_ms").unwrap_or(0);
+    let started = u(sensors, "started_ms").unwrap_or(now);
+    let is_ready = ready.get("ready").and_then(Value::as_bool).unwrap_or(false);
+    let _ = writeln!(
+        out,
+        "gateway {} at {base}: {} (up {})",
+        s(sensors, "gateway_id").unwrap_or("?"),
+        if is_ready { "READY" } else { "NOT READY" },
+        age(now.saturating_sub(started))
+    );
+    for r in ready
+        .get("reasons")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        let _ = writeln!(out, "  ! {}", s(r, "message").unwrap_or("?"));
+    }
+
+    let _ = writeln!(out, "\nInputs:");
+    let inputs = sensors.get("inputs").and_then(Value::as_object);
+    match inputs {
+        Some(map) if !map.is_empty() => {
+            let width = map.keys().map(String::len).max().unwrap_or(0);
+            for (name, st) in map {
+                let up = st.get("up").and_then(Value::as_bool).unwrap_or(false);
+                let since = u(st, "since_ms").unwrap_or(now);
+                let _ = write!(
+                    out,
+                    "  {name:<width$}  {:<6}  {:<4} since {} ({})  {}",
+                    s(st, "kind").unwrap_or("?"),
+                    if up { "UP" } else { "DOWN" },
+                    utc_clock(since),
+                    age(now.saturating_sub(since)),
+                    s(st, "target").unwrap_or("?"),
+                );
+                if let Some(e) = s(st, "last_error") {
+                    let _ = write!(out, "\n  {:width$}  last error: {e}", "");
+                }
+                out.push('\n');
+            }
+        }
+        _ => out.push_str("  none configured\n"),
+    }
+
+    let b = sensors.get("buffer").cloned().unwrap_or(Value::Null);
+    let _ = writeln!(
+        out,
+        "\nBuffer:  {} unsent readings ({} urgent), oldest unsent {}, disk {} of {} ({:.0} %), dropped when full: {}, append errors: {}",
+        u(&b, "unsent_lines").unwrap_or(0),
+        u(&b, "urgent_unsent_lines").unwrap_or(0),
+        u(&b, "oldest_unsent_age_ms").map_or_else(|| "none waiting".to_owned(), age),
+        bytes(u(&b, "disk_bytes").unwrap_or(0)),
+        bytes(u(&b, "max_bytes").unwrap_or(0)),
+        b.get("fill_ratio").and_then(Value::as_f64).unwrap_or(0.0) * 100.0,
+        u(&b, "dropped_oldest_lines").unwrap_or(0),
+        u(&b, "append_errors").unwrap_or(0),
+    );
+
+    let st = sensors.get("store").cloned().unwrap_or(Value::Null);
+    let last = u(&st, "last_success_ms")
+        .map_or_else(|| "never".to_owned(), |t| format!("{} ago", age(now.saturating_sub(t))));
+    let _ = writeln!(
+        out,
+        "Store:   last batch confirmed {last}; {} batches, {} lines sent; last error: {}",
+        u(&st, "batches_sent").unwrap_or(0),
+        u(&st, "lines_sent").unwrap_or(0),
+        s(&st, "last_error").unwrap_or("none"),
+    );
+
+    let list: Vec<&Value> = sensors
+        .get("sensors")
+        .and_then(Value::as_array)
+        .map(|a| a.iter().collect())
+        .unwrap_or_default();
+    let _ = write!(out, "Sensors: {} reporting since start", list.len());
+    if let Some(ev) = u(sensors, "sensors_evicted").filter(|n| *n > 0) {
+        let _ = write!(out, " ({ev} forgotten at the cap)");
+    }
+    out.push('\n');
+    let mut by_age: Vec<(u64, &str, &str)> = list
+        .iter()
+        .map(|x| {
+            (
+                now.saturating_sub(u(x, "received_ms").unwrap_or(0)),
+                s(x, "key").unwrap_or("?"),
+                s(x, "input").unwrap_or("?"),
+            )
+        })
+        .collect();
+    by_age.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(b.1)));
+    if !by_age.is_empty() {
+        out.push_str("  stalest:\n");
+        let width = by_age
+            .iter()
+            .take(STALEST_SHOWN)
+            .map(|x| x.1.len())
+            .max()
+            .unwrap_or(0);
+        for (a, key, input) in by_age.iter().take(STALEST_SHOWN) {
+            let _ = writeln!(out, "    {key:<width$}  last seen {} ago via {input}", age(*a));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn renders_a_technicians_summary() {
+        let now = 1_700_000_000_000u64;
+        let sensors = json!({
+            "gateway_id": "gw-7",
+            "now_ms": now,
+            "started_ms": now - 7_200_000,
+            "inputs": {
+                "mqtt-0": {"kind": "mqtt", "target": "mqtt://***@broker:1883", "up": true, "since_ms": now - 65_000, "last_error": null},
+                "pm": {"kind": "serial", "target": "/dev/ttyUSB0", "up": false, "since_ms": now - 5_000, "last_error": "no such device"}
+            },
+            "buffer": {"unsent_lines": 1234, "urgent_unsent_lines": 2, "oldest_unsent_age_ms": 185_000,
+                       "disk_bytes": 2_097_152, "max_bytes": 536_870_912, "fill_ratio": 0.0039,
+                       "dropped_oldest_lines": 0, "append_errors": 0},
+            "store": {"last_success_ms": now - 3_000, "batches_sent": 10, "lines_sent": 5000, "last_error": null},
+            "sensors": [
+                {"key": "a/air", "input": "mqtt-0", "received_ms": now - 1_000},
+                {"key": "b/air", "input": "pm", "received_ms": now - 600_000},
+                {"key": "c/air", "input": "mqtt-0", "received_ms": now - 2_000}
+            ]
+        });
+        let ready = json!({"ready": false, "reasons": [{"code": "x", "message": "store unreachable: test"}]});
+        let text = render("http://127.0.0.1:8080", &sensors, &ready);
+        let expected = "\
+gateway gw-7 at http://127.0.0.1:8080: NOT READY (up 2 h 0 min)
+  ! store unreachable: test
+
+Inputs:
+  mqtt-0  mqtt    UP   since 22:12:15 UTC (1 min 5 s)  mqtt://***@broker:1883
+  pm      serial  DOWN since 22:13:15 UTC (5 s)  /dev/ttyUSB0
+          last error: no such device
+
+Buffer:  1234 unsent readings (2 urgent), oldest unsent 3 min 5 s, disk 2.0 MiB of 512.0 MiB (0 %), dropped when full: 0, append errors: 0
+Store:   last batch confirmed 3 s ago; 10 batches, 5000 lines sent; last error: none
+Sensors: 3 reporting since start
+  stalest:
+    b/air  last seen 10 min 0 s ago via pm
+    c/air  last seen 2 s ago via mqtt-0
+    a/air  last seen 1 s ago via mqtt-0
+";
+        assert_eq!(text, expected);
+    }
+}
