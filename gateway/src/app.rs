@@ -98,7 +98,13 @@ pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> anyhow::Res
     let mut inputs = tokio::task::JoinSet::new();
     for (i, m) in config.inputs.mqtt.iter().enumerate() {
         let fut =
-            crate::input::mqtt::run_mqtt_input(m.clone(), i, ingest.clone(), shutdown.clone());
+            crate::input::mqtt::run_mqtt_input(
+            m.clone(),
+            i,
+            ingest.clone(),
+            data_dir.clone(),
+            shutdown.clone(),
+        );
         inputs.spawn(async move { fut.await.map_err(anyhow::Error::from) });
     }
     crate::input::spawn_serial_inputs(&config, &ingest, &shutdown, &mut inputs);

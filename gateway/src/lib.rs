@@ -11,6 +11,7 @@
 //! An input acknowledges a message to its source only once the buffer says the readings are
 //! durable; the buffer deletes data only once the store has confirmed it.
 
+pub mod aggregate;
 pub mod app;
 pub mod buffer;
 pub mod clock;

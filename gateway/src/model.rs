@@ -72,8 +72,10 @@ pub enum InvalidReading {
     NonFinite { field: String, value: f64 },
     #[error("{what} {text:?} contains a control character (newline, tab, ...)")]
     ControlCharacter { what: &'static str, text: String },
-    #[error("{what} {text:?} has a backslash at its end or before ',', '=' or ' ', which line protocol cannot carry unambiguously")]
+    #[error("{what} {text:?} has a backslash at its end or before ',', '=', ' ' or another backslash, which InfluxDB 1.x and 2.x read back differently")]
     AmbiguousBackslash { what: &'static str, text: String },
+    #[error("measurement {name:?} starts with '#': the store would read the line as a comment and drop it")]
+    CommentMeasurement { name: String },
     #[error("{what} {key:?} is a name the stores reserve")]
     ReservedKey { what: &'static str, key: String },
 }
@@ -91,6 +93,7 @@ impl InvalidReading {
             InvalidReading::ControlCharacter { .. } => "control_character",
             InvalidReading::AmbiguousBackslash { .. } => "ambiguous_backslash",
             InvalidReading::ReservedKey { .. } => "reserved_key",
+            InvalidReading::CommentMeasurement { .. } => "comment_measurement",
         }
     }
 }
@@ -112,7 +115,7 @@ fn check_name(what: &'static str, text: &str) -> Result<(), InvalidReading> {
     check_text(what, text)?;
     let bytes = text.as_bytes();
     for (i, b) in bytes.iter().enumerate() {
-        if *b == b'\\' && matches!(bytes.get(i + 1), None | Some(b',' | b'=' | b' ')) {
+        if *b == b'\\' && matches!(bytes.get(i + 1), None | Some(b',' | b'=' | b' ' | b'\\')) {
             return Err(InvalidReading::AmbiguousBackslash {
                 what,
                 text: text.to_owned(),
@@ -151,6 +154,12 @@ impl Reading {
             return Err(InvalidReading::EmptyMeasurement);
         }
         check_name("measurement", &self.measurement)?;
+        if self.measurement.starts_with('#') {
+            // A line starting with '#' is a comment: the store would drop it silently.
+            return Err(InvalidReading::CommentMeasurement {
+                name: self.measurement.clone(),
+            });
+        }
         for (key, value) in &self.tags {
             if key.is_empty() {
                 return Err(InvalidReading::EmptyTagKey);
@@ -247,6 +256,14 @@ mod tests {
             ),
             (ok().tag("path", "c:\\"), "ambiguous_backslash"),
             (ok().tag("path", "a\\,b"), "ambiguous_backslash"),
+            (ok().tag("path", "a\\\\b"), "ambiguous_backslash"),
+            (
+                Reading {
+                    measurement: "#env".into(),
+                    ..ok()
+                },
+                "comment_measurement",
+            ),
             (ok().tag("time", "x"), "reserved_key"),
             (ok().field("time", FieldValue::Int(3)), "reserved_key"),
         ];

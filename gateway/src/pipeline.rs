@@ -58,6 +58,11 @@ impl Ingest {
         }
     }
 
+    /// The line protocol dialect of the output.
+    pub fn flavor(&self) -> Flavor {
+        self.inner.flavor
+    }
+
     /// Where inputs report whether they are connected.
     pub fn status(&self) -> &StatusRegistry {
         &self.inner.status
@@ -189,7 +194,6 @@ pub async fn run_forwarder(
                             "the store refused some lines; they are in the dead-letter file"
                         );
                     }
-                    metrics::counter!("output_lines_sent_total").increment(u64::from(d.lines_sent));
                     store.delivered(d.lines_sent);
                     break;
                 }

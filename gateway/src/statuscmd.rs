@@ -30,9 +30,11 @@ pub async fn status(url: &str, token: Option<Secret>) -> anyhow::Result<String> 
         }
         req.send()
     };
-    let sensors = get("/api/sensors")
-        .await
-        .with_context(|| format!("cannot reach the gateway at {base} (is it running? is [http] listen this address?)"))?;
+    let sensors = get("/api/sensors").await.with_context(|| {
+        format!(
+            "cannot reach the gateway at {base} (is it running? is [http] listen this address?)"
+        )
+    })?;
     match sensors.status().as_u16() {
         200 => {}
         401 => bail!(
@@ -40,13 +42,9 @@ pub async fn status(url: &str, token: Option<Secret>) -> anyhow::Result<String> 
         ),
         code => bail!("{base}/api/sensors answered HTTP {code}"),
     }
-    let sensors: Value = serde_json::from_str(
-        &sensors
-            .text()
-            .await
-            .context("cannot read /api/sensors")?,
-    )
-    .context("/api/sensors did not return JSON")?;
+    let sensors: Value =
+        serde_json::from_str(&sensors.text().await.context("cannot read /api/sensors")?)
+            .context("/api/sensors did not return JSON")?;
     let ready = get("/readyz")
         .await
         .with_context(|| format!("cannot reach {base}/readyz"))?;
@@ -157,8 +155,10 @@ pub fn render(base: &str, sensors: &Value, ready: &Value) -> String {
     );
 
     let st = sensors.get("store").cloned().unwrap_or(Value::Null);
-    let last = u(&st, "last_success_ms")
-        .map_or_else(|| "never".to_owned(), |t| format!("{} ago", age(now.saturating_sub(t))));
+    let last = u(&st, "last_success_ms").map_or_else(
+        || "never".to_owned(),
+        |t| format!("{} ago", age(now.saturating_sub(t))),
+    );
     let _ = writeln!(
         out,
         "Store:   last batch confirmed {last}; {} batches, {} lines sent; last error: {}",
@@ -197,7 +197,11 @@ pub fn render(base: &str, sensors: &Value, ready: &Value) -> String {
             .max()
             .unwrap_or(0);
         for (a, key, input) in by_age.iter().take(STALEST_SHOWN) {
-            let _ = writeln!(out, "    {key:<width$}  last seen {} ago via {input}", age(*a));
+            let _ = writeln!(
+                out,
+                "    {key:<width$}  last seen {} ago via {input}",
+                age(*a)
+            );
         }
     }
     out

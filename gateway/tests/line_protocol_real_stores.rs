@@ -215,11 +215,11 @@ fn sink(url: &str, api: Api, dead_letter_dir: &Path) -> InfluxSink {
     InfluxSink::new(config).unwrap()
 }
 
+/// Points read back from InfluxDB 1.x: (tags, time) -> fields.
+type InfluxPoints = BTreeMap<(BTreeMap<String, String>, i64), BTreeMap<String, Value>>;
+
 /// Every point of `measurement` in InfluxDB 1.x, keyed by (tags, time).
-async fn influx_points(
-    url: &str,
-    measurement: &str,
-) -> BTreeMap<(BTreeMap<String, String>, i64), BTreeMap<String, Value>> {
+async fn influx_points(url: &str, measurement: &str) -> InfluxPoints {
     let query = format!(
         "SELECT * FROM \"{}\" GROUP BY *",
         measurement.replace('"', "\\\"")
@@ -287,10 +287,7 @@ fn influx_expected_fields(reading: &Reading) -> BTreeMap<String, Value> {
         .collect()
 }
 
-fn assert_influx_has_exactly(
-    points: &BTreeMap<(BTreeMap<String, String>, i64), BTreeMap<String, Value>>,
-    readings: &[Reading],
-) {
+fn assert_influx_has_exactly(points: &InfluxPoints, readings: &[Reading]) {
     assert_eq!(points.len(), readings.len());
     for reading in readings {
         let key = (reading.tags.clone(), reading.timestamp_ns);

@@ -570,3 +570,105 @@ async fn shipped_xy_md02_map_parses_and_polls() {
         .unwrap()
         .unwrap();
 }
+
+// ---------------------------------------------------------------------------------------------
+// Node frames (ioc-wire), with the gateway's acks written back to the port.
+
+fn node_env_frame(seq: u32, temperature_c: f32) -> Vec<u8> {
+    let frame = ioc_wire::Frame {
+        header: ioc_wire::Header {
+            node_id: 12,
+            boot_id: 0xBEEF,
+            seq,
+            uptime_ms: 1000 + u64::from(seq) * 1000,
+        },
+        payload: ioc_wire::Payload::Environment(ioc_wire::Environment {
+            temperature_c: Some(temperature_c),
+            humidity_pct: Some(70.5),
+            pm1_0: None,
+            pm2_5: Some(12.25),
+            pm10: None,
+            noise_db: None,
+        }),
+    };
+    let mut buf = [0u8; 512];
+    let n = ioc_wire::encode_frame(&frame, &mut buf).unwrap();
+    buf[..n].to_vec()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_frames_become_readings_and_are_acked_on_the_port() {
+    let mut h = harness();
+    let p = pty();
+    let mut cfg = stream_cfg("node-a", &p.path, SerialProtocol::Node);
+    cfg.baud = 115_200;
+    let task = h.start(cfg, 5);
+    wait_for("port up", Duration::from_secs(5), || is_up("node-a")).await;
+
+    // What the gateway writes back, decoded on the node side.
+    let mut reader = p.master.try_clone().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut dec = ioc_wire::FrameDecoder::new();
+        let mut b = [0u8; 256];
+        while let Ok(n) = reader.read(&mut b) {
+            if n == 0 {
+                return;
+            }
+            for &byte in &b[..n] {
+                if let Some(Ok(frame)) = dec.push(byte) {
+                    if tx.send(frame).is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    });
+
+    let mut stream = node_env_frame(0, 21.5);
+    stream.extend(hex("13 37 00")); // garbage, ended by a delimiter
+    stream.extend(node_env_frame(1, 22.0));
+    let mut corrupt = node_env_frame(2, 99.0);
+    corrupt[3] ^= 0x20;
+    stream.extend(corrupt);
+    stream.extend(node_env_frame(3, 22.5));
+    let mut master = p.master.try_clone().unwrap();
+    for chunk in stream.chunks(5) {
+        master.write_all(chunk).unwrap();
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let lines = h.lines(3, Duration::from_secs(5)).await;
+    assert_eq!(lines.len(), 3, "{lines:?}");
+    for (line, t) in lines.iter().zip(["21.5", "22", "22.5"]) {
+        assert!(line.starts_with("environment,"), "{line}");
+        assert!(line.contains("district=dong-xoai"), "{line}");
+        assert!(line.contains("node_id=12"), "{line}");
+        assert!(line.contains(&format!("temperature_c={t}")), "{line}");
+        assert!(line.contains("humidity_pct=70.5"), "{line}");
+        assert!(line.contains("pm2_5=12.25"), "{line}");
+    }
+    // The gateway acked what it stored: the last ack covers seq 3 of boot 0xBEEF.
+    let deadline = Instant::now() + Duration::from_secs(3);
+    let mut acked_up_to = None;
+    while Instant::now() < deadline {
+        match rx.recv_timeout(Duration::from_millis(100)) {
+            Ok(frame) => {
+                assert_eq!(frame.header.node_id, 12);
+                if let ioc_wire::Payload::Command(ioc_wire::Command::Ack { boot_id, up_to_seq }) = frame.payload {
+                    assert_eq!(boot_id, 0xBEEF);
+                    acked_up_to = Some(up_to_seq);
+                    if up_to_seq == 3 {
+                        break;
+                    }
+                }
+            }
+            Err(_) => continue,
+        }
+    }
+    assert_eq!(acked_up_to, Some(3));
+    let s = status("node-a");
+    assert_eq!(s.good_frames, 3);
+    assert!(s.bad_frames >= 2, "garbage and a corrupt frame: {s:?}");
+    h.shutdown.send(true).unwrap();
+    tokio::time::timeout(Duration::from_secs(2), task).await.unwrap().unwrap();
+}

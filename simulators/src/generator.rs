@@ -42,6 +42,7 @@ pub struct Generator {
     out: VecDeque<Message>,
     scratch: Vec<Message>,
     seq: u64,
+    start_ms: i64,
 }
 
 const FAULT_STREAM: u64 = 0x9e37_79b9_7f4a_7c15;
@@ -125,7 +126,13 @@ impl Generator {
             out: VecDeque::new(),
             scratch: Vec::new(),
             seq: 0,
+            start_ms: start,
         })
+    }
+
+    /// Simulated instant of the first report, Unix ms.
+    pub fn start_ms(&self) -> i64 {
+        self.start_ms
     }
 
     /// Number of devices in the scenario.
@@ -146,6 +153,7 @@ impl Generator {
             Device::Camera(c) => c.emit(ts, &self.world, &mut self.rng, &mut produced),
         }
         for mut msg in produced.drain(..) {
+            msg.due_ms = ts;
             if matches!(self.devices[idx], Device::Env(ref s) if s.clock_skew_ms != 0) {
                 msg.entry.fault = Some(FaultKind::ClockSkew);
             }

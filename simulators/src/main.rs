@@ -42,6 +42,9 @@ enum SerialDeviceArg {
     Pms5003,
     /// Nova SDS011, 10-byte frames aa c0 … ab (1 frame/s by default)
     Sds011,
+    /// A firmware sensor node (the real ioc-node application via ioc-node-sim), two-way:
+    /// what the gateway writes to the pty is fed to the node (acks, commands)
+    Node,
 }
 
 #[derive(Subcommand)]
@@ -81,6 +84,14 @@ enum Command {
         /// Unacknowledged QoS 1 messages per connection.
         #[arg(long, default_value_t = 500)]
         inflight: u16,
+        /// Simulated start instant: RFC 3339 UTC, or `now` (the current second; payloads then
+        /// differ from run to run). Default: the scenario's `start`.
+        #[arg(long)]
+        start: Option<String>,
+        /// Publish every message when its simulated time comes (a live city, for demos);
+        /// overrides --rate.
+        #[arg(long)]
+        realtime: bool,
     },
     /// Write the scenario's messages to stdout (`topic<TAB>payload` per line) without a broker.
     Generate {
@@ -108,9 +119,12 @@ enum Command {
         /// Line faults, e.g. noise=0.05,checksum=0.02,truncate=0.01 (probability per frame).
         #[arg(long, default_value = "")]
         faults: sensor_sim::serial::SerialFaults,
-        /// Stop after this many frames (default: run until killed).
+        /// Stop after this many frames (default: run until killed; `node`: seconds to run).
         #[arg(long)]
         frames: Option<u64>,
+        /// Node id (`--device node`).
+        #[arg(long, default_value_t = 1)]
+        node_id: u32,
         /// Also create a symlink at this path pointing to the pty.
         #[arg(long)]
         link: Option<PathBuf>,
@@ -165,8 +179,22 @@ fn real_main() -> anyhow::Result<ExitCode> {
             clients,
             client_id,
             inflight,
+            start,
+            realtime,
         } => {
-            let sc = Scenario::load(&scenario)?;
+            let mut sc = Scenario::load(&scenario)?;
+            match start.as_deref() {
+                None => {}
+                Some("now") => {
+                    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?;
+                    let second = (now.as_millis() / 1000 * 1000) as i64;
+                    sc.start = sensor_sim::civil_time::format_rfc3339_ms(second);
+                }
+                Some(instant) => {
+                    sensor_sim::civil_time::parse_rfc3339_ms(instant)?;
+                    sc.start = instant.to_owned();
+                }
+            }
             let mut opts = PublishOptions::for_broker(&broker)?;
             let qos = qos.or(sc.qos).unwrap_or(1);
             opts.qos = if qos == 0 {
@@ -181,7 +209,7 @@ fn real_main() -> anyhow::Result<ExitCode> {
                 .or(sc.duration_s)
                 .filter(|d| *d > 0.0)
                 .map(Duration::from_secs_f64);
-            if opts.messages.is_none() && opts.duration.is_none() {
+            if opts.messages.is_none() && opts.duration.is_none() && !realtime {
                 bail!(
                     "give --messages or --duration (or set messages / duration_s in the scenario)"
                 );
@@ -193,6 +221,9 @@ fn real_main() -> anyhow::Result<ExitCode> {
             opts.disconnect_every = sc.faults.disconnect_every;
             opts.disconnect_for = Duration::from_millis(sc.faults.disconnect_ms);
             let generator = Generator::new(&sc, seed)?;
+            if realtime {
+                opts.realtime_from_ms = Some(generator.start_ms());
+            }
             let file = File::create(&manifest)
                 .with_context(|| format!("creating {}", manifest.display()))?;
             let mut out = BufWriter::with_capacity(1 << 16, file);
@@ -236,9 +267,13 @@ fn real_main() -> anyhow::Result<ExitCode> {
             rate_hz,
             faults,
             frames,
+            node_id,
             link,
             output,
-        } => serial_main(device, seed, rate_hz, faults, frames, link, output),
+        } => match device {
+            SerialDeviceArg::Node => node_main(node_id, seed, frames, link),
+            _ => serial_main(device, seed, rate_hz, faults, frames, link, output),
+        },
         Command::Verify {
             manifest,
             store,
@@ -290,7 +325,7 @@ fn serial_main(
     }
     let device = match device {
         SerialDeviceArg::Pms5003 => SerialDevice::Pms5003,
-        SerialDeviceArg::Sds011 => SerialDevice::Sds011,
+        SerialDeviceArg::Sds011 | SerialDeviceArg::Node => SerialDevice::Sds011,
     };
     let period = Duration::from_secs_f64(1.0 / rate_hz);
     let start_ms = sensor_sim::civil_time::parse_rfc3339_ms("2026-11-24T00:30:00Z")?;
@@ -349,5 +384,68 @@ fn serial_main(
         }
     }
     println!("{}", serde_json::to_string(&summary)?);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Writes to the pty master without ever blocking: bytes nobody reads are dropped, as on a
+/// real line with no listener.
+struct LossyPty<'a> {
+    fd: &'a std::os::fd::OwnedFd,
+    dropped: u64,
+}
+
+impl Write for LossyPty<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n =
+            sensor_sim::serial::write_nonblocking(self.fd, buf).map_err(std::io::Error::other)?;
+        self.dropped += (buf.len() - n) as u64;
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+fn node_main(
+    node_id: u32,
+    seed: u64,
+    seconds: Option<u64>,
+    link: Option<PathBuf>,
+) -> anyhow::Result<ExitCode> {
+    use ioc_node_sim::{run_node, spawn_reader, Pace, SimNode};
+    let pty = sensor_sim::serial::open_pty()?;
+    if let Some(l) = &link {
+        let _ = std::fs::remove_file(l);
+        std::os::unix::fs::symlink(&pty.path, l)
+            .with_context(|| format!("symlink {}", l.display()))?;
+    }
+    println!(
+        "{}",
+        serde_json::json!({ "pty": pty.path, "link": link, "node_id": node_id })
+    );
+    std::io::stdout().flush()?;
+    let reader = File::from(pty.master.try_clone()?);
+    let from_gateway = spawn_reader(reader);
+    let mut node = SimNode::new(node_id, seed);
+    let mut out = LossyPty {
+        fd: &pty.master,
+        dropped: 0,
+    };
+    let duration_ms = seconds.map_or(u64::MAX / 2, |s| s.saturating_mul(1000));
+    let stats = run_node(
+        &mut node,
+        &mut out,
+        Some(&from_gateway),
+        duration_ms,
+        10,
+        Pace::RealTime,
+    )?;
+    if let Some(l) = &link {
+        let _ = std::fs::remove_file(l);
+    }
+    println!(
+        "{}",
+        serde_json::json!({ "bytes_out": stats.bytes_out, "bytes_in": stats.bytes_in, "dropped_bytes": out.dropped, "steps": stats.steps })
+    );
     Ok(ExitCode::SUCCESS)
 }

@@ -72,6 +72,9 @@ pub struct PublishOptions {
     pub disconnect_for: Duration,
     /// Unacknowledged QoS 1 messages per connection.
     pub inflight: u16,
+    /// Publish each message when its simulated instant comes (simulated clock = wall clock,
+    /// starting at this Unix-ms instant); `rate` is then ignored.
+    pub realtime_from_ms: Option<i64>,
     /// Give up waiting for outstanding acknowledgements after this long without progress.
     pub ack_timeout: Duration,
 }
@@ -92,6 +95,7 @@ impl PublishOptions {
             disconnect_every: 0,
             disconnect_for: Duration::from_secs(1),
             inflight: 500,
+            realtime_from_ms: None,
             ack_timeout: Duration::from_secs(30),
         })
     }
@@ -156,6 +160,7 @@ struct Connection {
 
 struct Shared {
     manifest: Mutex<Box<dyn Write + Send>>,
+    flush_each: bool,
     acked: AtomicU64,
     reconnects: AtomicU64,
     lost: AtomicU64,
@@ -168,6 +173,9 @@ impl Shared {
         if let Ok(mut out) = self.manifest.lock() {
             // A failed manifest write is reported when the writer is flushed at the end.
             let _ = out.write_all(pending.line.as_bytes());
+            if self.flush_each {
+                let _ = out.flush();
+            }
         }
         self.acked.fetch_add(1, Ordering::Relaxed);
         if let Ok(mut t) = self.last_ack.lock() {
@@ -279,6 +287,7 @@ pub async fn publish(
 ) -> Result<RunSummary, RunError> {
     let shared = Arc::new(Shared {
         manifest: Mutex::new(manifest),
+        flush_each: opts.realtime_from_ms.is_some(),
         acked: AtomicU64::new(0),
         reconnects: AtomicU64::new(0),
         lost: AtomicU64::new(0),
@@ -331,7 +340,16 @@ pub async fn publish(
     let started = Instant::now();
     let feeder_conns = conns.clone();
     let feeder_opts = opts.clone();
-    let feeder = tokio::task::spawn_blocking(move || feed(messages, &feeder_conns, &feeder_opts));
+    // Ctrl-C / SIGINT ends the run gracefully: stop drawing messages, wait for acks, flush.
+    let stop = Arc::new(AtomicBool::new(false));
+    let stop_on_signal = stop.clone();
+    let signal_task = tokio::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            stop_on_signal.store(true, Ordering::Release);
+        }
+    });
+    let feeder =
+        tokio::task::spawn_blocking(move || feed(messages, &feeder_conns, &feeder_opts, &stop));
     let fed = feeder.await.unwrap_or(Err(RunError::ConnectionGone(0)));
     if let Ok(mut t) = shared.last_ack.lock() {
         *t = Instant::now();
@@ -346,6 +364,7 @@ pub async fn publish(
     for t in tasks {
         let _ = t.await;
     }
+    signal_task.abort();
     let (bursts, faults) = fed?;
     let seconds = started.elapsed().as_secs_f64();
     if let Ok(mut out) = shared.manifest.lock() {
@@ -377,6 +396,7 @@ fn feed(
     messages: impl Iterator<Item = Message>,
     conns: &[Arc<Connection>],
     opts: &PublishOptions,
+    stop: &AtomicBool,
 ) -> Result<FeedCounts, RunError> {
     let started = Instant::now();
     let mut paced = 0u64;
@@ -385,10 +405,28 @@ fn feed(
     let mut faults: BTreeMap<String, u64> = BTreeMap::new();
     let limit = opts.messages.unwrap_or(u64::MAX);
     for msg in messages {
-        if sent >= limit || opts.duration.is_some_and(|d| started.elapsed() >= d) {
+        let out_of_time = |elapsed: Duration| opts.duration.is_some_and(|d| elapsed >= d);
+        if sent >= limit || out_of_time(started.elapsed()) || stop.load(Ordering::Acquire) {
             break;
         }
-        if msg.burst {
+        if let Some(origin) = opts.realtime_from_ms {
+            let due = Duration::from_millis(msg.due_ms.saturating_sub(origin).max(0) as u64);
+            // Sleep in short steps so Ctrl-C and --duration end a quiet real-time run promptly.
+            while !msg.burst && !stop.load(Ordering::Acquire) && !out_of_time(started.elapsed()) {
+                match due.checked_sub(started.elapsed()) {
+                    Some(wait) if !wait.is_zero() => {
+                        std::thread::sleep(wait.min(Duration::from_millis(100)))
+                    }
+                    _ => break,
+                }
+            }
+            if stop.load(Ordering::Acquire) || out_of_time(started.elapsed()) {
+                break;
+            }
+            if msg.burst {
+                bursts += 1;
+            }
+        } else if msg.burst {
             bursts += 1;
         } else if opts.rate > 0.0 {
             let due = Duration::from_secs_f64(paced as f64 / opts.rate);

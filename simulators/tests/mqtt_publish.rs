@@ -191,3 +191,75 @@ fn qos0_and_rate_limit() {
         summary.seconds
     );
 }
+
+#[test]
+fn broker_restart_mid_run_keeps_counts_consistent() {
+    let _lock = HeavyTestLock::acquire();
+    let mut broker = Mosquitto::start().unwrap();
+    let sc = scenario("load-1000.toml");
+    let mut opts = PublishOptions::for_broker(&broker.url()).unwrap();
+    opts.clients = 2;
+    opts.rate = 5000.0;
+    opts.messages = Some(15_000);
+    opts.client_id_prefix = "sim-test-restart".into();
+    let buf = SharedBuf::default();
+    let out = buf.clone();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let run = std::thread::spawn(move || {
+        rt.block_on(publish(
+            Generator::new(&sc, 4).unwrap(),
+            opts,
+            Box::new(out),
+        ))
+        .unwrap()
+    });
+    std::thread::sleep(Duration::from_millis(1200));
+    broker.stop(); // SIGTERM: mosquitto saves its sessions
+    std::thread::sleep(Duration::from_millis(800));
+    broker.start_again().unwrap();
+    let summary = run.join().unwrap();
+    let bytes = buf.0.lock().unwrap().clone();
+    let (_, entries) = manifest::read(bytes.as_slice()).unwrap();
+    assert_eq!(summary.published, 15_000, "{summary:?}");
+    assert!(summary.reconnects >= 2, "{summary:?}");
+    assert_eq!(summary.acked + summary.lost, 15_000, "{summary:?}");
+    assert_eq!(
+        summary.lost, 0,
+        "persistent sessions survive a graceful restart: {summary:?}"
+    );
+    assert_eq!(entries.len(), 15_000);
+    // Each generated message is in the manifest exactly once (resent ones marked, none doubled).
+    let mut want = expected_lines(&scenario("load-1000.toml"), 4, 15_000);
+    for e in &entries {
+        let mut clean = e.clone();
+        clean.resent = false;
+        let n = want.get_mut(&clean.to_line()).expect("generated");
+        assert_eq!(*n, 1, "entry recorded twice: {}", e.to_line());
+        *n -= 1;
+    }
+}
+
+#[test]
+fn realtime_publishes_on_the_simulated_clock() {
+    let _lock = HeavyTestLock::acquire();
+    let broker = Mosquitto::start().unwrap();
+    let sc = scenario("district-rush-hour.toml");
+    let generator = Generator::new(&sc, 6).unwrap();
+    let start = generator.start_ms();
+    let due: Vec<i64> = Generator::new(&sc, 6).unwrap().take(2000).map(|m| m.due_ms - start).collect();
+    let mut opts = PublishOptions::for_broker(&broker.url()).unwrap();
+    opts.realtime_from_ms = Some(start);
+    opts.duration = Some(Duration::from_millis(2500));
+    opts.client_id_prefix = "sim-test-rt".into();
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let summary = rt.block_on(publish(generator, opts, Box::new(SharedBuf::default()))).unwrap();
+    let surely = due.iter().filter(|d| **d < 2300).count() as u64;
+    let at_most = due.iter().filter(|d| **d <= 2500).count() as u64;
+    assert!(surely >= 3, "{surely}");
+    assert!(summary.published >= surely && summary.published <= at_most, "{summary:?} {surely}..{at_most}");
+    assert_eq!(summary.acked, summary.published);
+}

@@ -226,23 +226,43 @@ impl PlainVm {
     fn start() -> Self {
         let dir = tempfile::tempdir().unwrap();
         let port = ioc_e2e::free_port();
-        let bin = ["/usr/bin/victoria-metrics", "/usr/sbin/victoria-metrics"].into_iter().find(|p| std::path::Path::new(p).exists()).unwrap_or("victoria-metrics");
+        let bin = ["/usr/bin/victoria-metrics", "/usr/sbin/victoria-metrics"]
+            .into_iter()
+            .find(|p| std::path::Path::new(p).exists())
+            .unwrap_or("victoria-metrics");
         let child = std::process::Command::new(bin)
-            .arg(format!("-storageDataPath={}", dir.path().join("data").display()))
+            .arg(format!(
+                "-storageDataPath={}",
+                dir.path().join("data").display()
+            ))
             .arg(format!("-httpListenAddr=127.0.0.1:{port}"))
-            .args(["-retentionPeriod=100y", "-search.latencyOffset=0s", "-search.disableCache", "-loggerLevel=WARN"])
+            .args([
+                "-retentionPeriod=100y",
+                "-search.latencyOffset=0s",
+                "-search.disableCache",
+                "-loggerLevel=WARN",
+            ])
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()
             .unwrap();
         let url = format!("http://127.0.0.1:{port}");
         let health = format!("{url}/health");
-        assert!(ioc_e2e::wait_until(std::time::Duration::from_secs(30), || ureq::get(&health).call().is_ok()));
-        PlainVm { child, url, _dir: dir }
+        assert!(ioc_e2e::wait_until(
+            std::time::Duration::from_secs(30),
+            || ureq::get(&health).call().is_ok()
+        ));
+        PlainVm {
+            child,
+            url,
+            _dir: dir,
+        }
     }
 
     fn write(&self, body: &str) {
-        ureq::post(&format!("{}/write", self.url)).send_string(body).unwrap();
+        ureq::post(&format!("{}/write", self.url))
+            .send_string(body)
+            .unwrap();
     }
 }
 
@@ -286,10 +306,20 @@ fn verify_counts_duplicates_in_victoria_metrics_without_dedup() {
         }
     }
     vm.write(&replay);
-    let query = StoreQuery { url: vm.url.clone(), api: StoreApi::V2, database: String::new(), gateway_id: None };
+    let query = StoreQuery {
+        url: vm.url.clone(),
+        api: StoreApi::V2,
+        database: String::new(),
+        gateway_id: None,
+    };
     let report = compare(&entries, &fetch(&query, &Shape::of(&entries)).unwrap());
     let t = report.total();
-    assert_eq!((t.expected, t.found, t.missing, t.mismatched), (seen.len() as u64, seen.len() as u64, 0, 0), "{}", report.table(10));
+    assert_eq!(
+        (t.expected, t.found, t.missing, t.mismatched),
+        (seen.len() as u64, seen.len() as u64, 0, 0),
+        "{}",
+        report.table(10)
+    );
     assert_eq!(t.duplicates, replayed_once, "{}", report.table(10));
     assert_eq!(t.explained_duplicates, replayed_twice);
     assert!(replayed_once > 30);

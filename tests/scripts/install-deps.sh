@@ -8,7 +8,7 @@
 # never talk to one of those by accident. Idempotent: when everything is present it installs nothing.
 #
 # Extra Debian packages can be requested with IOC_E2E_EXTRA_DEPS="binary:package ..." (for instance
-# IOC_E2E_EXTRA_DEPS="chromium:chromium" for browser tests).
+# IOC_E2E_EXTRA_DEPS="socat:socat").
 set -euo pipefail
 
 # binary (looked up on PATH, plus /usr/sbin) : Debian package that ships it
@@ -19,6 +19,7 @@ REQUIRED=(
   "victoria-metrics:victoria-metrics"
   "influxd:influxdb"
   "curl:curl"
+  "chromium:chromium"   # gateway/tests/http_browser.rs: the live page in headless Chromium
 )
 # shellcheck disable=SC2206
 REQUIRED+=(${IOC_E2E_EXTRA_DEPS:-})

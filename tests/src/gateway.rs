@@ -31,10 +31,7 @@ impl GatewayProcess {
     /// Like [`GatewayProcess::spawn`], with extra environment variables (e.g. a `token_env` or
     /// `password_env` secret). `RUST_LOG` defaults to `info` unless given here or set by the caller.
     pub fn spawn_with_env(config_path: &Path, envs: &[(&str, &str)]) -> Result<Self> {
-        let log_dir = tempfile::Builder::new()
-            .prefix("ioc-e2e-gateway-log-")
-            .tempdir()
-            .map_err(|e| HarnessError::io("create temp dir", e))?;
+        let log_dir = crate::harness_temp_dir("ioc-e2e-gateway-log-")?;
         let mut gateway = GatewayProcess {
             config_path: config_path.to_path_buf(),
             envs: envs

@@ -21,10 +21,7 @@ pub struct Influx1 {
 impl Influx1 {
     /// Starts influxd with its HTTP API on a free loopback port (and its RPC bind address on another).
     pub fn start() -> Result<Self> {
-        let dir = tempfile::Builder::new()
-            .prefix("ioc-e2e-influx-")
-            .tempdir()
-            .map_err(|e| HarnessError::io("create temp dir", e))?;
+        let dir = crate::harness_temp_dir("ioc-e2e-influx-")?;
         let mut last_error = None;
         for _attempt in 0..3 {
             let http_port = free_port();

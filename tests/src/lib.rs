@@ -17,6 +17,9 @@
 //! | [`MqttSubscriber`] | plain subscriber, for checking what went through a broker |
 //! | [`bin_path`], [`free_port`], [`wait_until`], [`HeavyTestLock`], [`gzip`] | small helpers |
 //!
+//! Set `IOC_E2E_KEEP_DIRS=1` to keep every server's and gateway's temp dir (config, log, data)
+//! after the test, for post-mortems.
+//!
 //! Every server has `stop()` (graceful: SIGTERM, then SIGKILL after 15 s), `start_again()` (same port,
 //! same data dir: for outage and broker-restart tests) and `restart()`.
 //!
@@ -217,6 +220,22 @@ impl HeavyTestLock {
             Err((_, errno)) => panic!("flock {}: {errno}", path.display()),
         }
     }
+}
+
+/// A temp dir for a server or the gateway's log. With `IOC_E2E_KEEP_DIRS=1` in the environment it
+/// is not deleted at the end (its path is printed), so configs, logs and data can be inspected after a
+/// failure.
+pub(crate) fn harness_temp_dir(prefix: &str) -> Result<tempfile::TempDir> {
+    let keep = std::env::var_os("IOC_E2E_KEEP_DIRS").is_some_and(|v| !v.is_empty() && v != "0");
+    let dir = tempfile::Builder::new()
+        .prefix(prefix)
+        .disable_cleanup(keep)
+        .tempdir()
+        .map_err(|e| HarnessError::io("create temp dir", e))?;
+    if keep {
+        eprintln!("ioc-e2e: keeping {}", dir.path().display());
+    }
+    Ok(dir)
 }
 
 /// Milliseconds since the Unix epoch, now.

@@ -23,16 +23,12 @@ impl Mosquitto {
         Self::start_with_config(&[])
     }
 
-    /// Starts mosquitto with extra lines appended to its config file, e.g. `cafile`, `certfile`,
-    /// `keyfile`, `password_file`, `allow_anonymous false` (later lines win), or a second
-    /// `listener PORT 127.0.0.1` (take the port from [`crate::free_port`]). Files they name can be
-    /// placed in [`Mosquitto::dir`] beforehand only by creating the broker first; so for TLS, create
-    /// your own temp dir for the certificates.
+    /// Starts mosquitto with extra lines appended to its config file, for TLS and password tests:
+    /// `cafile`, `certfile`, `keyfile`, `password_file`, `allow_anonymous false` (a later line wins),
+    /// or a second `listener PORT 127.0.0.1` (port from [`crate::free_port`]). Files they name (certs,
+    /// password file) live in a temp dir of the test's own, created before the broker.
     pub fn start_with_config(extra_lines: &[&str]) -> Result<Self> {
-        let dir = tempfile::Builder::new()
-            .prefix("ioc-e2e-mosquitto-")
-            .tempdir()
-            .map_err(|e| HarnessError::io("create temp dir", e))?;
+        let dir = crate::harness_temp_dir("ioc-e2e-mosquitto-")?;
         let mut last_error = None;
         for _attempt in 0..3 {
             let port = free_port();

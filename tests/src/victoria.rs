@@ -50,10 +50,7 @@ pub struct VictoriaMetrics {
 impl VictoriaMetrics {
     /// Starts VictoriaMetrics on a free loopback port with its data in a temp dir.
     pub fn start() -> Result<Self> {
-        let dir = tempfile::Builder::new()
-            .prefix("ioc-e2e-vm-")
-            .tempdir()
-            .map_err(|e| HarnessError::io("create temp dir", e))?;
+        let dir = crate::harness_temp_dir("ioc-e2e-vm-")?;
         let mut last_error = None;
         for _attempt in 0..3 {
             let port = free_port();

@@ -50,6 +50,12 @@
 //! - **Recovery** ([`open`]): every segment is scanned and CRC-checked; torn tails are truncated, damaged middles are
 //!   skipped by resynchronising on the marker + CRC, and the [`RecoveryReport`] says what was
 //!   dropped.
+//! - **Reading**: urgent class first whenever it has data. Within a class, once more than
+//!   256 KiB (compressed) waits unread, a second "live" lane starts at the end of the committed
+//!   data and its batches alternate with the backlog's, so readings arriving during a drain
+//!   after an outage go out within a batch or two; when the backlog lane reaches the live
+//!   lane's start they merge. The persisted cursor only passes a contiguous prefix of acked
+//!   batches, so live batches acked ahead of the backlog are re-sent after a crash (never lost).
 //! - **Deletion** only after ack, except when the disk bound `max_disk_bytes` would be exceeded:
 //!   then the oldest segments are dropped even if unsent: normal class first, oldest first, and
 //!   urgent segments only when no normal segment is left; never the data being appended. Dropped

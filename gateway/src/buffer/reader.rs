@@ -5,7 +5,7 @@
 //! only ever advances over a contiguous prefix of acknowledged batches, so a crash re-sends
 //! whatever was not confirmed (the same records, byte for byte) and loses nothing.
 
-use std::collections::VecDeque;
+use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{self, Read};
 use std::path::PathBuf;
@@ -22,6 +22,9 @@ use crate::model::Priority;
 
 /// A batch body stops growing past this many compressed bytes (one record may exceed it).
 const MAX_BATCH_BYTES: usize = 4 << 20;
+/// Unread bytes (compressed, ~20 bytes a reading) behind which a class starts interleaving its
+/// newest data with the backlog.
+pub(super) const LIVE_LANE_MIN_BACKLOG: u64 = 256 * 1024;
 
 /// Whole records of one class, ready to send.
 #[derive(Debug, Clone)]
@@ -62,10 +65,77 @@ struct Inflight {
     acked: bool,
 }
 
+/// A reading position within a class's log.
+#[derive(Debug, Clone, Copy)]
+struct Lane {
+    /// Where the next read starts.
+    pos: Pos,
+    /// End of the last batch this lane handed out (or the lane's start): the `from` of its
+    /// next batch, so the batches of a lane chain without gaps.
+    chain: Pos,
+}
+
+impl Lane {
+    fn at(pos: Pos) -> Self {
+        Lane { pos, chain: pos }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum LaneKind {
+    /// Oldest unsent data first.
+    Backlog,
+    /// Data committed after the backlog was noticed.
+    Live,
+}
+
 #[derive(Debug)]
 struct ReaderClass {
-    read: Pos,
-    inflight: VecDeque<Inflight>,
+    backlog: Lane,
+    /// While a large backlog drains, the newest data is read by this second lane, batch about
+    /// batch with the backlog; the backlog lane stops at `live_start`, then the lanes merge.
+    live: Option<Lane>,
+    live_start: Pos,
+    live_turn: bool,
+    /// Handed-out batches by their `from` position.
+    inflight: BTreeMap<Pos, Inflight>,
+    /// End of the contiguous prefix of acknowledged batches.
+    cursor: Pos,
+}
+
+impl ReaderClass {
+    fn new(start: Pos) -> Self {
+        ReaderClass {
+            backlog: Lane::at(start),
+            live: None,
+            live_start: start,
+            live_turn: false,
+            inflight: BTreeMap::new(),
+            cursor: start,
+        }
+    }
+
+    fn lane_mut(&mut self, kind: LaneKind) -> Option<&mut Lane> {
+        match kind {
+            LaneKind::Backlog => Some(&mut self.backlog),
+            LaneKind::Live => self.live.as_mut(),
+        }
+    }
+
+    /// Moves the cursor over acknowledged batches that start exactly where it stands; returns
+    /// the `(segment, lines)` of each batch passed.
+    fn advance_cursor(&mut self) -> Vec<(u64, u64)> {
+        let mut passed = Vec::new();
+        while let Some(entry) = self.inflight.first_entry() {
+            if *entry.key() != self.cursor || !entry.get().acked {
+                break;
+            }
+            let done = entry.remove();
+            self.cursor = done.end;
+            passed.push((done.end.segment, done.lines));
+        }
+        passed
+    }
 }
 
 /// The output side of the buffer (one per gateway).
@@ -153,24 +223,32 @@ async fn blocking<T: Send + 'static>(
     }
 }
 
+/// What [`BufferReader::plan`] found for a lane.
+enum Planned {
+    Read(ReadPlan),
+    /// Nothing committed to read yet.
+    Nothing,
+    /// The backlog lane has read everything before the live lane's start.
+    ReachedStop,
+}
+
 impl BufferReader {
     pub(crate) fn new(shared: Arc<Shared>, start: [Pos; 2]) -> Self {
         let committed = shared.committed.subscribe();
         BufferReader {
             shared,
             committed,
-            classes: start.map(|read| ReaderClass {
-                read,
-                inflight: VecDeque::new(),
-            }),
+            classes: start.map(ReaderClass::new),
             next_batch_id: 0,
         }
     }
 
     /// Waits until unsent data exists and returns the next batch of whole records of one class,
     /// up to about `max_lines` lines (at least one record). Urgent data comes first whenever
-    /// both classes have some. Batches handed out but not acked are not handed out again in
-    /// this process; after a restart they are.
+    /// both classes have some. Within a class, once more than 256 KiB (compressed) is waiting,
+    /// batches of data committed since then alternate with batches of the backlog, so the
+    /// live feed stays fresh during a drain. Batches handed out but not acked are not handed out
+    /// again in this process; after a restart they are.
     pub async fn next_batch(&mut self, max_lines: u32) -> Result<Batch, BufferError> {
         let max_lines = max_lines.max(1);
         loop {
@@ -186,37 +264,128 @@ impl BufferReader {
         }
     }
 
-    /// The next committed, unread position of a class, or `None` if it has nothing unread.
-    fn plan(&mut self, priority: Priority) -> Option<ReadPlan> {
+    /// Opens a live lane at the end of committed data if the backlog lane is far behind.
+    fn maybe_start_live_lane(&mut self, priority: Priority) {
+        let reader = &mut self.classes[class_index(priority)];
+        if reader.live.is_some() {
+            return;
+        }
+        let state = self.shared.lock();
+        let class = state.class(priority);
+        let from = reader.backlog.pos;
+        let unread: u64 = class
+            .segments
+            .range(from.segment..)
+            .map(|(id, meta)| {
+                if *id == from.segment {
+                    meta.size.saturating_sub(from.offset)
+                } else {
+                    meta.size
+                }
+            })
+            .sum();
+        if unread <= LIVE_LANE_MIN_BACKLOG {
+            return;
+        }
+        let Some((&last, meta)) = class.segments.iter().next_back() else {
+            return;
+        };
+        let start = Pos {
+            segment: last,
+            offset: meta.size,
+        };
+        tracing::info!(
+            class = class_dir_name(priority),
+            backlog_bytes = unread,
+            "buffer backlog: interleaving the newest data with the drain"
+        );
+        reader.live_start = start;
+        reader.live = Some(Lane::at(start));
+        reader.live_turn = true;
+    }
+
+    /// The next committed, unread range of a lane.
+    fn plan(&mut self, priority: Priority, kind: LaneKind) -> Planned {
         let state = self.shared.lock();
         let class = state.class(priority);
         let reader = &mut self.classes[class_index(priority)];
+        let stop = match kind {
+            LaneKind::Backlog => reader.live.map(|_| reader.live_start),
+            LaneKind::Live => None,
+        };
+        let Some(lane) = reader.lane_mut(kind) else {
+            return Planned::Nothing;
+        };
+        let nothing = if stop.is_some() {
+            Planned::ReachedStop
+        } else {
+            Planned::Nothing
+        };
         loop {
-            let (&id, meta) = class.segments.range(reader.read.segment..).next()?;
-            if id != reader.read.segment {
+            let Some((&id, meta)) = class.segments.range(lane.pos.segment..).next() else {
+                return nothing;
+            };
+            if id != lane.pos.segment {
                 // The segment we were in is gone (acked, or dropped to make room): go on.
-                reader.read = Pos {
+                lane.pos = Pos {
                     segment: id,
                     offset: 0,
                 };
             }
-            if reader.read.offset < meta.size {
-                return Some(ReadPlan {
+            let mut limit = meta.size;
+            if let Some(stop) = stop {
+                if lane.pos >= stop {
+                    return Planned::ReachedStop;
+                }
+                if id == stop.segment {
+                    limit = limit.min(stop.offset);
+                }
+            }
+            if lane.pos.offset < limit {
+                return Planned::Read(ReadPlan {
                     path: class.segment_path(id),
                     segment: id,
-                    offset: reader.read.offset,
-                    limit: meta.size,
+                    offset: lane.pos.offset,
+                    limit,
                 });
             }
             if !meta.sealed {
-                return None;
+                return nothing;
             }
-            let (&next, _) = class.segments.range(id + 1..).next()?;
-            reader.read = Pos {
+            let Some((&next, _)) = class.segments.range(id + 1..).next() else {
+                return nothing;
+            };
+            lane.pos = Pos {
                 segment: next,
                 offset: 0,
             };
         }
+    }
+
+    /// The backlog lane is done: the live lane becomes the only lane.
+    fn merge_lanes(&mut self, priority: Priority) {
+        let reader = &mut self.classes[class_index(priority)];
+        let Some(live) = reader.live.take() else {
+            return;
+        };
+        // Everything in [backlog.chain, live_start) was handed out: bridge the gap so the
+        // cursor can pass once those batches are acked.
+        if reader.backlog.chain < reader.live_start {
+            reader.inflight.insert(
+                reader.backlog.chain,
+                Inflight {
+                    id: u64::MAX,
+                    end: reader.live_start,
+                    lines: 0,
+                    acked: true,
+                },
+            );
+        }
+        reader.backlog = live;
+        tracing::info!(
+            class = class_dir_name(priority),
+            "buffer backlog drained: back to one lane"
+        );
     }
 
     async fn read_class(
@@ -224,16 +393,58 @@ impl BufferReader {
         priority: Priority,
         max_lines: u32,
     ) -> Result<Option<Batch>, BufferError> {
-        while let Some(plan) = self.plan(priority) {
+        self.maybe_start_live_lane(priority);
+        let reader = &self.classes[class_index(priority)];
+        let order = if reader.live.is_some() && reader.live_turn {
+            [LaneKind::Live, LaneKind::Backlog]
+        } else {
+            [LaneKind::Backlog, LaneKind::Live]
+        };
+        for kind in order {
+            if let Some(batch) = self.read_lane(priority, kind, max_lines).await? {
+                let reader = &mut self.classes[class_index(priority)];
+                reader.live_turn = kind == LaneKind::Backlog;
+                return Ok(Some(batch));
+            }
+        }
+        // Merging may have made the live lane's data readable through the backlog lane.
+        match self
+            .read_lane(priority, LaneKind::Backlog, max_lines)
+            .await?
+        {
+            Some(batch) => Ok(Some(batch)),
+            None => Ok(None),
+        }
+    }
+
+    async fn read_lane(
+        &mut self,
+        priority: Priority,
+        kind: LaneKind,
+        max_lines: u32,
+    ) -> Result<Option<Batch>, BufferError> {
+        loop {
+            let plan = match self.plan(priority, kind) {
+                Planned::Read(plan) => plan,
+                Planned::Nothing => return Ok(None),
+                Planned::ReachedStop => {
+                    self.merge_lanes(priority);
+                    return Ok(None);
+                }
+            };
             let plan = Arc::new(plan);
             let reading = Arc::clone(&plan);
             let outcome = blocking("read", move || read_records(&reading, max_lines))
                 .await
                 .map_err(|(e, _)| BufferError::io(&plan.path, e))?;
+            let id = self.next_batch_id;
             let reader = &mut self.classes[class_index(priority)];
+            let Some(lane) = reader.lane_mut(kind) else {
+                return Ok(None);
+            };
             match outcome {
                 ReadOutcome::Vanished => {
-                    reader.read = Pos {
+                    lane.pos = Pos {
                         segment: plan.segment + 1,
                         offset: 0,
                     };
@@ -242,24 +453,28 @@ impl BufferReader {
                     end, records: 0, ..
                 } => {
                     // Only damaged bytes: step over them.
-                    reader.read.offset = end.max(plan.offset + 1);
+                    lane.pos.offset = end.max(plan.offset + 1);
                 }
                 ReadOutcome::Records {
                     end, body, lines, ..
                 } => {
-                    let id = self.next_batch_id;
                     self.next_batch_id += 1;
                     let end_pos = Pos {
                         segment: plan.segment,
                         offset: end,
                     };
-                    reader.read = end_pos;
-                    reader.inflight.push_back(Inflight {
-                        id,
-                        end: end_pos,
-                        lines: u64::from(lines),
-                        acked: false,
-                    });
+                    let from = lane.chain;
+                    lane.pos = end_pos;
+                    lane.chain = end_pos;
+                    reader.inflight.insert(
+                        from,
+                        Inflight {
+                            id,
+                            end: end_pos,
+                            lines: u64::from(lines),
+                            acked: false,
+                        },
+                    );
                     return Ok(Some(Batch {
                         priority,
                         lines,
@@ -272,35 +487,29 @@ impl BufferReader {
                 }
             }
         }
-        Ok(None)
     }
 
     /// The store confirmed `batch`: persist the ack (write temp, fsync, rename, fsync dir) and
-    /// delete segments that are wholly acked. Acking a batch twice is harmless; a batch acked
-    /// before an earlier one is persisted once the earlier one is acked too.
+    /// delete segments that are wholly acked. Acking a batch twice is harmless. The persisted
+    /// cursor only passes batches whose predecessors are all acked, so a batch acked early is
+    /// re-sent after a crash if an earlier one was not acked.
     pub async fn ack(&mut self, batch: &Batch) -> Result<(), BufferError> {
         let priority = batch.priority;
         let reader = &mut self.classes[class_index(priority)];
-        let Some(entry) = reader.inflight.iter_mut().find(|e| e.id == batch.id) else {
+        let Some(entry) = reader.inflight.values_mut().find(|e| e.id == batch.id) else {
             return Ok(());
         };
         entry.acked = true;
-        let mut new_ack = None;
-        let mut acked: Vec<(u64, u64)> = Vec::new();
-        while reader.inflight.front().is_some_and(|e| e.acked) {
-            if let Some(done) = reader.inflight.pop_front() {
-                new_ack = Some(done.end);
-                acked.push((done.end.segment, done.lines));
-            }
-        }
-        let Some(pos) = new_ack else {
+        let passed = reader.advance_cursor();
+        if passed.is_empty() {
             return Ok(());
-        };
+        }
+        let pos = reader.cursor;
         let dir = {
             let mut state = self.shared.lock();
             let class = state.class_mut(priority);
             if pos > class.ack {
-                let in_new_segment: u64 = acked
+                let in_new_segment: u64 = passed
                     .iter()
                     .filter(|(segment, _)| *segment == pos.segment)
                     .map(|(_, lines)| lines)
@@ -314,7 +523,7 @@ impl BufferReader {
             }
             class.dir.clone()
         };
-        let total: u64 = acked.iter().map(|(_, lines)| lines).sum();
+        let total: u64 = passed.iter().map(|(_, lines)| lines).sum();
         metrics::counter!("buffer_acked_lines_total", "class" => class_dir_name(priority))
             .increment(total);
 
@@ -340,6 +549,7 @@ impl BufferReader {
     }
 
     /// Bytes on disk, unsent lines and bytes, age of the oldest unsent record, drop counters.
+    /// Lines of batches acked ahead of the cursor (live lane) count as unsent until it passes.
     pub fn stats(&self) -> BufferStats {
         self.shared.stats()
     }

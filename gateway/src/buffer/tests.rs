@@ -238,6 +238,102 @@ async fn urgent_batches_overtake_a_normal_backlog() {
     assert_eq!(got, (20..100).collect::<Vec<_>>());
 }
 
+#[tokio::test]
+async fn newest_data_is_interleaved_with_a_backlog_drain() {
+    let dir = tempfile::tempdir().unwrap();
+    let (writer, mut reader, _) = open(config(dir.path(), 256 * MIB, 0)).unwrap();
+    // A backlog (the store was down): 20,000 lines, well over the 256 KiB threshold.
+    for n in 0..40 {
+        writer
+            .append(Priority::Normal, 500, lines_text(n * 500..n * 500 + 500))
+            .await
+            .unwrap();
+    }
+    assert!(reader.stats().unsent_bytes > 2 * super::reader::LIVE_LANE_MIN_BACKLOG);
+    let first = reader.next_batch(1000).await.unwrap();
+    assert_eq!(
+        indices(&first.line_protocol().unwrap()),
+        (0..1000).collect::<Vec<_>>()
+    );
+    // The store is back; new readings arrive while the backlog drains.
+    writer
+        .append(Priority::Normal, 10, lines_text(100_000..100_010))
+        .await
+        .unwrap();
+    let live = reader.next_batch(1000).await.unwrap();
+    assert_eq!(
+        indices(&live.line_protocol().unwrap()),
+        (100_000..100_010).collect::<Vec<_>>()
+    );
+    let second = reader.next_batch(1000).await.unwrap();
+    assert_eq!(
+        indices(&second.line_protocol().unwrap()),
+        (1000..2000).collect::<Vec<_>>()
+    );
+    // Acking the live batch first does not move the cursor past unacked backlog.
+    reader.ack(&live).await.unwrap();
+    reader.ack(&first).await.unwrap();
+    assert_eq!(reader.stats().unsent_lines, 20_010 - 1000);
+    writer.shutdown().await;
+    drop(reader);
+
+    // Crash here: the second backlog batch and the live batch are re-sent, nothing is lost.
+    let (writer, mut reader, report) = open(config(dir.path(), 256 * MIB, 0)).unwrap();
+    assert_eq!(report.unsent_lines, 20_010 - 1000);
+    let mut backlog = Vec::new();
+    let mut fresh = Vec::new();
+    let mut batches = Vec::new();
+    let mut live_seen_after = None;
+    while (backlog.len() + fresh.len()) < 20_010 - 1000 + 10 {
+        let batch = tokio::time::timeout(Duration::from_secs(5), reader.next_batch(1000))
+            .await
+            .unwrap()
+            .unwrap();
+        let idx = indices(&batch.line_protocol().unwrap());
+        if idx[0] >= 100_000 {
+            live_seen_after.get_or_insert(batches.len());
+            fresh.extend(idx);
+        } else {
+            backlog.extend(idx);
+        }
+        batches.push(batch);
+        if batches.len() == 2 {
+            writer
+                .append(Priority::Normal, 10, lines_text(200_000..200_010))
+                .await
+                .unwrap();
+        }
+    }
+    assert_eq!(backlog, (1000..20_000).collect::<Vec<_>>());
+    // What arrived after the restart comes first (live lane); the lines from before the
+    // restart are now part of the backlog and come at its end.
+    let mut expected: Vec<usize> = (200_000..200_010).collect();
+    expected.extend(100_000..100_010);
+    assert_eq!(fresh, expected);
+    // The readings that arrived during the drain went out long before its end.
+    assert!(live_seen_after.unwrap() <= 4, "{live_seen_after:?}");
+    assert_nothing_more(&mut reader).await;
+    // Ack in reverse order: the cursor passes everything only at the last ack.
+    for batch in batches.iter().rev() {
+        assert!(reader.stats().unsent_lines > 0);
+        reader.ack(batch).await.unwrap();
+    }
+    assert_eq!(reader.stats().unsent_lines, 0);
+    // Lanes merged: new data flows as usual.
+    writer
+        .append(Priority::Normal, 1, lines_text(300_000..300_001))
+        .await
+        .unwrap();
+    let (got, last) = read_lines(&mut reader, 1, 1000).await;
+    assert_eq!(got, vec![300_000]);
+    reader.ack(&last[0]).await.unwrap();
+    assert_eq!(reader.stats().unsent_lines, 0);
+    writer.shutdown().await;
+    drop(reader);
+    let (_w, _r, report) = open(config(dir.path(), 256 * MIB, 0)).unwrap();
+    assert_eq!(report.unsent_lines, 0);
+}
+
 /// Writes `records` records (one append each, 1 to 3 lines) to a fresh buffer; returns the
 /// segment's bytes, the record spans and the lines of each record.
 async fn build_segment(records: usize) -> (Vec<u8>, Vec<(u64, u64, u32)>, Vec<Vec<usize>>) {
@@ -288,6 +384,10 @@ async fn reopen_with(segment: &[u8]) -> (RecoveryReport, Vec<usize>, u64) {
 async fn power_cut_at_every_byte_of_the_last_records_keeps_every_intact_record() {
     let (bytes, spans, per_record) = build_segment(6).await;
     let first_cut = spans[3].0; // every offset through the last three records
+    eprintln!(
+        "power cut: {} truncation offsets over the last 3 of 6 records",
+        bytes.len() as u64 - first_cut + 1
+    );
     for cut in first_cut..=bytes.len() as u64 {
         let (report, got, len_after) = reopen_with(&bytes[..cut as usize]).await;
         let intact: Vec<usize> = spans
@@ -315,6 +415,7 @@ async fn power_cut_at_every_byte_of_the_last_records_keeps_every_intact_record()
 #[tokio::test]
 async fn flipped_bits_anywhere_lose_only_the_damaged_record() {
     let (bytes, spans, per_record) = build_segment(5).await;
+    eprintln!("bit flips: one at each of {} byte positions of 5 records", bytes.len());
     for pos in 0..bytes.len() {
         let mut damaged = bytes.clone();
         damaged[pos] ^= 1 << (pos % 8);
@@ -475,7 +576,7 @@ async fn a_big_append_is_split_into_records_and_oversized_ones_are_refused() {
         .append(Priority::Normal, 20_000, lines_text(0..20_000))
         .await
         .unwrap();
-    let (_, files) = (0, segment_files(dir.path(), "normal"));
+    let files = segment_files(dir.path(), "normal");
     let spans = record_spans(&files[0].1);
     assert!(spans.len() >= 5, "{} records", spans.len());
     assert_eq!(spans.iter().map(|s| u64::from(s.2)).sum::<u64>(), 20_000);

@@ -169,6 +169,35 @@ pub struct MqttInputConfig {
     /// For mutual TLS: client certificate and key (PEM).
     pub client_cert_file: Option<PathBuf>,
     pub client_key_file: Option<PathBuf>,
+    /// Forward per-window statistics instead of every raw reading.
+    pub aggregate: Option<AggregateConfig>,
+}
+
+/// Edge aggregation of an input (see `aggregate.rs`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AggregateConfig {
+    /// Window length in seconds (windows are aligned to the epoch).
+    pub window_s: u64,
+    /// How long after a window's end late readings still count.
+    #[serde(default = "default_grace")]
+    pub grace_s: u64,
+    /// What happens to the raw readings: `drop`, or `local` (kept as line protocol under
+    /// `<data_dir>/raw/<input>.lp`, rotated, never forwarded).
+    #[serde(default)]
+    pub raw: RawReadings,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RawReadings {
+    #[default]
+    Drop,
+    Local,
+}
+
+fn default_grace() -> u64 {
+    5
 }
 
 /// The forwarding class of an input's readings.
@@ -471,6 +500,11 @@ impl Config {
                     &k("password_env"),
                     "set password_env or password_file, not both".into(),
                 );
+            }
+            if let Some(a) = &m.aggregate {
+                if a.window_s == 0 || a.window_s > 86_400 {
+                    return bad(&k("aggregate.window_s"), format!("must be 1..=86400 seconds, got {}", a.window_s));
+                }
             }
             if m.client_cert_file.is_some() != m.client_key_file.is_some() {
                 return bad(

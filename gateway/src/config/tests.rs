@@ -113,3 +113,18 @@ fn secrets_never_print() {
     let s = Secret::new("hunter2");
     assert_eq!(format!("{s} {s:?}"), "*** Secret(***)");
 }
+
+#[test]
+fn shipped_example_config_is_valid() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/gateway.example.toml");
+    let c = Config::load(&path).unwrap();
+    assert_eq!(c.inputs.mqtt.len(), 3);
+    assert_eq!(c.inputs.mqtt[2].format, PayloadFormat::Frigate);
+    assert_eq!(c.inputs.mqtt[2].measurement_name(), "camera_event");
+}
+
+#[test]
+fn json_input_without_measurement_is_refused() {
+    let e = err(&GOOD.replace("measurement = \"environment\"\n", ""));
+    assert!(e.starts_with("gw.toml:6: key `inputs.mqtt[0].measurement`"), "{e}");
+}

@@ -26,10 +26,16 @@ pub const CAMERA_EVENT_MEASUREMENT: &str = "camera_event";
 /// Tags that are not shown per sensor (they are the same on every reading of the gateway).
 const HIDDEN_TAGS: [&str; 1] = ["gateway"];
 
-/// How a sensor is identified on the board: its `sensor_id` tag (or, without one, its whole
-/// tag set) and the measurement, so one device with two measurements shows as two rows.
+/// How a sensor is identified on the board: its `sensor_id` tag, else its `camera` tag (camera
+/// events carry label and event type as tags, which must not split a camera into many rows),
+/// else its whole tag set; then the measurement, so one device with two measurements shows as
+/// two rows.
 pub fn sensor_key(reading: &Reading) -> String {
-    match reading.tags.get("sensor_id") {
+    match reading
+        .tags
+        .get("sensor_id")
+        .or_else(|| reading.tags.get("camera"))
+    {
         Some(id) => format!("{id}/{}", reading.measurement),
         None => {
             let tags: Vec<String> = reading
@@ -257,7 +263,11 @@ impl Board {
         sensors.sort_by(|a, b| a.key.cmp(&b.key));
         let b = self.inner.lock();
         let (camera_events, evicted, lagged) = match b {
-            Ok(b) => (b.camera_events.iter().cloned().collect(), b.evicted, b.lagged),
+            Ok(b) => (
+                b.camera_events.iter().cloned().collect(),
+                b.evicted,
+                b.lagged,
+            ),
             Err(_) => (Vec::new(), 0, 0),
         };
         BoardSnapshot {
@@ -293,7 +303,11 @@ mod tests {
     fn keeps_latest_value_and_bounded_history() {
         let board = Board::new(10);
         for i in 0..40 {
-            feed(&board, &live("s1", f64::from(i)), 1000 + u64::try_from(i).unwrap());
+            feed(
+                &board,
+                &live("s1", f64::from(i)),
+                1000 + u64::try_from(i).unwrap(),
+            );
         }
         let snap = board.snapshot();
         assert_eq!(snap.sensors.len(), 1);
@@ -339,7 +353,16 @@ mod tests {
         }
         let snap = board.snapshot();
         assert_eq!(snap.camera_events.len(), CAMERA_EVENTS_KEPT);
-        assert_eq!(snap.camera_events[0].fields["label"], serde_json::json!("car-24"));
-        assert_eq!(snap.sensors[0].key, "camera=cam-1/camera_event");
+        assert_eq!(
+            snap.camera_events[0].fields["label"],
+            serde_json::json!("car-24")
+        );
+        assert_eq!(snap.sensors[0].key, "cam-1/camera_event");
+        let untagged = Reading::new("traffic", 0)
+            .tag("site", "x1")
+            .tag("lane", "2")
+            .tag("gateway", "gw")
+            .field("count", FieldValue::Int(3));
+        assert_eq!(sensor_key(&untagged), "lane=2,site=x1/traffic");
     }
 }

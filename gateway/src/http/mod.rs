@@ -54,9 +54,9 @@ const STATUS_EVENT_INTERVAL: Duration = Duration::from_secs(2);
 /// How often the Prometheus handle's upkeep runs and disk errors are sampled.
 const UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
 /// Most concurrent `/api/live` clients; more get 503 (each costs a task and a queue).
-const MAX_LIVE_CLIENTS: usize = 64;
-/// Events queued per live client before it is considered too slow and loses events.
-const LIVE_CLIENT_QUEUE: usize = 256;
+const MAX_LIVE_CLIENTS: usize = 32;
+/// Encoded events queued per live client; beyond it the client's task waits on the socket.
+const LIVE_CLIENT_QUEUE: usize = 64;
 
 /// Buckets for every histogram (seconds): store write latency and the like.
 const LATENCY_BUCKETS: [f64; 12] = [
@@ -120,7 +120,9 @@ pub fn install_metrics_recorder() -> PrometheusHandle {
             match builder.install_recorder() {
                 Ok(handle) => handle,
                 Err(e) => {
-                    tracing::warn!("cannot install the Prometheus recorder ({e}); /metrics will be empty");
+                    tracing::warn!(
+                        "cannot install the Prometheus recorder ({e}); /metrics will be empty"
+                    );
                     PrometheusBuilder::new().build_recorder().handle()
                 }
             }
@@ -193,7 +195,10 @@ impl AppState {
     }
 
     fn last_append_error_ms(&self) -> Option<u64> {
-        self.disk_errors.lock().ok().and_then(|w| w.last_increase_ms)
+        self.disk_errors
+            .lock()
+            .ok()
+            .and_then(|w| w.last_increase_ms)
     }
 
     fn inputs(&self) -> BTreeMap<String, InputState> {
@@ -291,8 +296,11 @@ impl AppState {
                 crate::status::InputKind::Mqtt => "mqtt",
                 crate::status::InputKind::Serial => "serial",
             };
-            metrics::gauge!("input_up", "input" => name.clone(), "kind" => kind)
-                .set(if s.up { 1.0 } else { 0.0 });
+            metrics::gauge!("input_up", "input" => name.clone(), "kind" => kind).set(if s.up {
+                1.0
+            } else {
+                0.0
+            });
         }
         metrics::gauge!("live_sensors").set(self.board.sensor_count() as f64);
         metrics::gauge!("live_clients").set(self.live_clients.load(Ordering::Relaxed) as f64);
@@ -427,7 +435,10 @@ fn router(state: Shared) -> Router {
         .route("/metrics", get(metrics_page))
         .route("/api/sensors", get(api_sensors))
         .route("/api/live", get(api_live))
-        .route_layer(middleware::from_fn_with_state(Arc::clone(&state), require_token));
+        .route_layer(middleware::from_fn_with_state(
+            Arc::clone(&state),
+            require_token,
+        ));
     Router::new()
         .route("/healthz", get(healthz))
         .merge(protected)
@@ -590,7 +601,6 @@ async fn api_live(State(state): State<Shared>, Query(q): Query<LiveQuery>) -> Re
     let mut feed = state.observers.live.subscribe();
     let mut shutdown = state.shutdown.clone();
     tokio::spawn(async move {
-        let _guard = guard;
         let mut status_tick = tokio::time::interval(STATUS_EVENT_INTERVAL);
         loop {
             let event = tokio::select! {
@@ -608,17 +618,17 @@ async fn api_live(State(state): State<Shared>, Query(q): Query<LiveQuery>) -> Re
                     Err(broadcast::error::RecvError::Closed) => return,
                 },
                 _ = status_tick.tick(), if with_status => {
-                    Event::default().event("status").json_data(_guard.0.status_json()).ok()
+                    Event::default().event("status").json_data(guard.0.status_json()).ok()
                 }
                 _ = shutdown.wait_for(|s| *s) => return,
                 _ = tx.closed() => return,
             };
             let Some(event) = event else { continue };
-            match tx.try_send(Ok(event)) {
-                Ok(()) => {}
-                // A slow browser: drop this event rather than hold the feed.
-                Err(mpsc::error::TrySendError::Full(_)) => {}
-                Err(mpsc::error::TrySendError::Closed(_)) => return,
+            // A slow browser makes this task wait; the feed then skips ahead for it (`lagged`)
+            // instead of queueing here: memory stays bounded by the feed's capacity.
+            tokio::select! {
+                sent = tx.send(Ok(event)) => if sent.is_err() { return },
+                _ = shutdown.wait_for(|s| *s) => return,
             }
         }
     });
@@ -681,10 +691,16 @@ mod tests {
     #[test]
     fn token_from_bearer_and_basic() {
         let mut h = HeaderMap::new();
-        h.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer abc"));
+        h.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("Bearer abc"),
+        );
         assert_eq!(presented_token(&h).as_deref(), Some("abc"));
         // "op:abc" in base64
-        h.insert(header::AUTHORIZATION, HeaderValue::from_static("Basic b3A6YWJj"));
+        h.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("Basic b3A6YWJj"),
+        );
         assert_eq!(presented_token(&h).as_deref(), Some("abc"));
         h.insert(header::AUTHORIZATION, HeaderValue::from_static("Digest x"));
         assert_eq!(presented_token(&h), None);

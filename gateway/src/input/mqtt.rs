@@ -23,7 +23,8 @@ use rumqttc::{
 use tokio::sync::{mpsc, watch};
 use tracing::Instrument;
 
-use crate::config::PayloadFormat;
+use crate::aggregate::Aggregator;
+use crate::config::{PayloadFormat, RawReadings};
 use crate::config::{parse_mqtt_url, resolve_secret, MqttInputConfig};
 use crate::decode::json::{self, JsonMapping};
 use crate::decode::{camera, line_protocol};
@@ -51,20 +52,23 @@ pub async fn run_mqtt_input(
     cfg: MqttInputConfig,
     index: usize,
     ingest: Ingest,
+    data_dir: std::path::PathBuf,
     shutdown: watch::Receiver<bool>,
 ) -> Result<(), MqttInputError> {
     let name = cfg.name.clone().unwrap_or_else(|| format!("mqtt{index}"));
     let span = tracing::info_span!("mqtt", input = %name, url = %cfg.url);
-    run(cfg, name, ingest, shutdown).instrument(span).await
+    run(cfg, name, ingest, data_dir, shutdown).instrument(span).await
 }
 
 async fn run(
     cfg: MqttInputConfig,
     name: String,
     ingest: Ingest,
+    data_dir: std::path::PathBuf,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), MqttInputError> {
     let options = mqtt_options(&cfg, &name)?;
+    let agg = aggregation(&cfg, &name, &data_dir)?;
     // The request channel carries our PUBACKs; it must hold more than the broker can have in
     // flight to us (at most 65535 packet ids), so acking never waits on the poll loop.
     let (client, mut eventloop) = AsyncClient::new(options, 70_000);
@@ -91,6 +95,7 @@ async fn run(
                 max_payload: cfg.max_payload_bytes,
                 priority: cfg.priority.into(),
             },
+            agg,
         )
         .in_current_span(),
     );
@@ -234,17 +239,96 @@ struct Committer {
     priority: Priority,
 }
 
+/// Edge aggregation of one input, with where its raw readings go.
+struct Aggregation {
+    aggregator: Aggregator,
+    raw_log: Option<RawLog>,
+}
+
+/// Raw readings of an aggregated input kept locally (`raw = "local"`): line protocol appended to
+/// `<data_dir>/raw/<input>.lp`, rotated to `.lp.1` at 64 MiB. Not forwarded, not fsync'd.
+struct RawLog {
+    path: std::path::PathBuf,
+    file: Option<std::fs::File>,
+}
+
+impl RawLog {
+    const ROTATE_BYTES: u64 = 64 << 20;
+
+    fn write(&mut self, lp: &[u8]) -> std::io::Result<()> {
+        use std::io::Write;
+        if self.file.is_none() {
+            if let Some(dir) = self.path.parent() {
+                std::fs::create_dir_all(dir)?;
+            }
+            self.file = Some(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&self.path)?,
+            );
+        }
+        if let Some(f) = &mut self.file {
+            f.write_all(lp)?;
+            if f.metadata()?.len() >= Self::ROTATE_BYTES {
+                self.file = None;
+                std::fs::rename(&self.path, self.path.with_extension("lp.1"))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Sets up aggregation for an input, resuming saved windows from `data_dir`.
+fn aggregation(
+    cfg: &MqttInputConfig,
+    name: &str,
+    data_dir: &std::path::Path,
+) -> Result<Option<Aggregation>, MqttInputError> {
+    let Some(a) = &cfg.aggregate else {
+        return Ok(None);
+    };
+    let file = format!("{}.state", sanitize(name));
+    let aggregator = Aggregator::open(a.window_s, a.grace_s, Some(data_dir.join("aggregate").join(file)))
+        .map_err(|e| MqttInputError::Setup {
+            input: name.to_owned(),
+            message: e.to_string(),
+        })?;
+    let raw_log = (a.raw == RawReadings::Local).then(|| RawLog {
+        path: data_dir.join("raw").join(format!("{}.lp", sanitize(name))),
+        file: None,
+    });
+    Ok(Some(Aggregation { aggregator, raw_log }))
+}
+
+fn sanitize(name: &str) -> String {
+    name.chars()
+        .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' })
+        .collect()
+}
+
 async fn commit_loop(
     mut rx: mpsc::Receiver<Publish>,
     client: AsyncClient,
     ingest: Ingest,
     c: Committer,
+    mut agg: Option<Aggregation>,
 ) {
     let mut group = Vec::with_capacity(64);
     let mut limiter = LogLimiter::default();
-    while let Some(first) = rx.recv().await {
-        group.push(first);
-        while group.len() < GROUP_MAX {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        // With aggregation, windows also close by the clock while no message arrives.
+        let first = tokio::select! {
+            p = rx.recv() => match p {
+                Some(p) => Some(p),
+                None => break,
+            },
+            _ = tick.tick(), if agg.is_some() => None,
+        };
+        group.extend(first);
+        while group.len() < GROUP_MAX && !group.is_empty() {
             match rx.try_recv() {
                 Ok(p) => group.push(p),
                 Err(_) => break,
@@ -253,6 +337,7 @@ async fn commit_loop(
         let mut lp = Vec::with_capacity(group.len() * 160);
         let mut lines = 0;
         let now = crate::clock::now_ns();
+        let mut raw = Vec::new();
         for p in &group {
             if p.payload.len() > c.max_payload {
                 count_rejected(&c.name, "payload_too_large");
@@ -263,14 +348,33 @@ async fn commit_loop(
                 continue;
             }
             let (readings, errors) = decode_payload(&c, &p.topic, &p.payload, now);
-            if !readings.is_empty() {
-                lines += ingest.encode(&c.name, readings, &mut lp);
+            match &mut agg {
+                None if !readings.is_empty() => lines += ingest.encode(&c.name, readings, &mut lp),
+                None => {}
+                Some(a) => {
+                    for r in readings {
+                        if let Err(e) = a.aggregator.add(&r) {
+                            count_rejected(&c.name, "late_for_window");
+                            if limiter.allow() {
+                                tracing::warn!(topic = %p.topic, "reading rejected: {e}");
+                            }
+                        } else if a.raw_log.is_some() {
+                            crate::output::encode(&r, ingest.flavor(), &mut raw);
+                        }
+                    }
+                }
             }
             for (label, message) in errors {
                 count_rejected(&c.name, label);
                 if limiter.allow() {
                     tracing::warn!(topic = %p.topic, reason = label, "message rejected: {message}");
                 }
+            }
+        }
+        if let Some(a) = &mut agg {
+            let closed = a.aggregator.flush_due(now);
+            if !closed.is_empty() {
+                lines += ingest.encode(&c.name, closed, &mut lp);
             }
         }
         // Durable first; keep retrying (the buffer makes room by dropping its oldest data) rather
@@ -280,19 +384,26 @@ async fn commit_loop(
             match ingest.commit(c.priority, lines, lp.clone()).await {
                 Ok(()) => break,
                 Err(crate::buffer::BufferError::Closed) => {
-                    tracing::error!(
-                        "buffer closed; {} messages left unacked for redelivery",
-                        group.len()
-                    );
+                    tracing::error!("buffer closed; {} messages left unacked for redelivery", group.len());
                     return;
                 }
                 Err(e) => {
                     let wait = backoff.next();
-                    tracing::error!(
-                        retry_in_ms = wait.as_millis() as u64,
-                        "cannot make readings durable, not acking: {e}"
-                    );
+                    tracing::error!(retry_in_ms = wait.as_millis() as u64, "cannot make readings durable, not acking: {e}");
                     tokio::time::sleep(wait).await;
+                }
+            }
+        }
+        if let Some(a) = &mut agg {
+            // The open windows hold readings we are about to ack: save them first.
+            if let Err(e) = a.aggregator.save() {
+                tracing::error!("cannot save aggregation windows, not acking (the broker will redeliver): {e}");
+                group.clear();
+                continue;
+            }
+            if let Some(log) = &mut a.raw_log {
+                if let Err(e) = log.write(&raw) {
+                    tracing::warn!(path = %log.path.display(), "cannot keep raw readings locally: {e}");
                 }
             }
         }

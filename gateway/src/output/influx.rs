@@ -332,7 +332,7 @@ impl InfluxSink {
         }
         let started = Instant::now();
         let result = request.send().await;
-        let response = match result {
+        let mut response = match result {
             Ok(response) => response,
             Err(e) => {
                 metrics::histogram!("output_write_seconds").record(started.elapsed().as_secs_f64());
@@ -349,15 +349,16 @@ impl InfluxSink {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.trim().parse::<u64>().ok())
             .map(|secs| Duration::from_secs(secs).min(MAX_RETRY_AFTER));
-        let body = if status.is_success() {
-            Vec::new()
-        } else {
-            response
-                .bytes()
-                .await
-                .map(|b| b.to_vec())
-                .unwrap_or_default()
-        };
+        // Only the start of an error body is kept: a broken proxy may send megabytes.
+        let mut body = Vec::new();
+        if !status.is_success() {
+            while body.len() < MAX_ERROR_BODY {
+                match response.chunk().await {
+                    Ok(Some(chunk)) => body.extend_from_slice(&chunk),
+                    Ok(None) | Err(_) => break,
+                }
+            }
+        }
         metrics::histogram!("output_write_seconds").record(started.elapsed().as_secs_f64());
         let outcome = classify(status, retry_after, &body);
         if let WriteOutcome::Accepted { .. } = outcome {

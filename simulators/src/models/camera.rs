@@ -206,6 +206,7 @@ impl Camera {
             device: self.device,
             entry,
             burst: false,
+            due_ms: 0,
         }
     }
 
@@ -229,6 +230,7 @@ impl Camera {
             device: self.device,
             entry,
             burst: false,
+            due_ms: 0,
         }
     }
 

@@ -123,6 +123,7 @@ impl EnvStation {
             device: self.device,
             entry,
             burst: false,
+            due_ms: 0,
         }
     }
 }

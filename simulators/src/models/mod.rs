@@ -26,6 +26,9 @@ pub struct Message {
     pub entry: Entry,
     /// Publish without waiting for the rate limiter (part of a burst).
     pub burst: bool,
+    /// Simulated instant the device produced it (Unix ms; set by the generator), which real-time
+    /// publishing waits for.
+    pub due_ms: i64,
 }
 
 /// City-wide conditions the models share.

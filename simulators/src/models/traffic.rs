@@ -136,6 +136,7 @@ impl TrafficLane {
             device: self.device,
             entry,
             burst: false,
+            due_ms: 0,
         }
     }
 }

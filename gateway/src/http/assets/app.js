@@ -5,8 +5,14 @@
 'use strict';
 
 (function () {
-  const AMBER_MS = 60 * 1000;
-  const RED_MS = 5 * 60 * 1000;
+  // Staleness thresholds; `?amber_s=&red_s=` in the page URL override them.
+  const params = new URLSearchParams(location.search);
+  const seconds = (name, dflt) => {
+    const v = Number(params.get(name));
+    return (isFinite(v) && v > 0 ? v : dflt) * 1000;
+  };
+  const AMBER_MS = seconds('amber_s', 60);
+  const RED_MS = seconds('red_s', 5 * 60);
   const HISTORY = 30;
   const CAMERA_SHOWN = 20;
   const SVG_NS = 'http://www.w3.org/2000/svg';
@@ -99,7 +105,7 @@
       row.appendChild(td);
       cells[name] = td;
     }
-    cells.sensor.textContent = d.sensor_id || d.key;
+    cells.sensor.textContent = d.sensor_id || (d.tags && d.tags.camera) || d.key;
     cells.sensor.title = Object.entries(d.tags || {}).map(([k, v]) => k + '=' + v).join(', ');
     cells.measurement.textContent = d.measurement;
     return { row, cells, fieldEls: new Map(), ageText: '', ageCls: '' };
@@ -110,9 +116,8 @@
     let min = Infinity, max = -Infinity;
     for (const v of hist) { if (v < min) min = v; if (v > max) max = v; }
     const span = max - min || 1;
-    const step = 60 / (HISTORY - 1);
-    const x0 = 60 - step * (hist.length - 1);
-    return hist.map((v, i) => (x0 + i * step).toFixed(1) + ',' + (15 - ((v - min) / span) * 14).toFixed(1)).join(' ');
+    const step = 60 / (hist.length - 1);
+    return hist.map((v, i) => (i * step).toFixed(1) + ',' + (15 - ((v - min) / span) * 14).toFixed(1)).join(' ');
   }
 
   function renderFields(s) {
@@ -161,8 +166,10 @@
     if (cls !== s.ageCls) { s.cells.age.className = cls; s.ageCls = cls; }
   }
 
-  function upsertSensor(d) {
+  function upsertSensor(d, fromSnapshot) {
     let s = sensors.get(d.key);
+    // A snapshot can be a moment older than what the live stream already delivered.
+    if (s && fromSnapshot && s.data.received_ms > d.received_ms) return;
     if (!s) {
       s = makeRow(d);
       s.data = d;
@@ -307,7 +314,7 @@
     if (!resp.ok) throw new Error('/api/sensors: HTTP ' + resp.status);
     const body = await resp.json();
     clockOffset = (body.now_ms || Date.now()) - Date.now();
-    for (const d of body.sensors || []) upsertSensor(d);
+    for (const d of body.sensors || []) upsertSensor(d, true);
     cameraEvents = (body.camera_events || []).slice(0, CAMERA_SHOWN);
     cameraDirty = true;
     pendingStatus = body;
@@ -315,10 +322,30 @@
     flush();
   }
 
+  // Reloads the board after a gap in the stream (reconnect, or the server skipped us ahead).
+  let resyncTimer = null;
+  let connected = false;
+  function resyncSoon(delay) {
+    if (resyncTimer) return;
+    resyncTimer = setTimeout(() => {
+      resyncTimer = null;
+      load()
+        .then(() => { if (connected) setBadge($('conn'), 'live', 'ok'); })
+        .catch((err) => setBadge($('conn'), 'cannot load: ' + err.message, 'bad'));
+    }, delay);
+  }
+
   function follow() {
     const es = new EventSource('/api/live?status=1');
-    es.addEventListener('open', () => setBadge($('conn'), 'live', 'ok'));
-    es.addEventListener('error', () => setBadge($('conn'), 'reconnecting…', 'warn'));
+    es.addEventListener('open', () => {
+      connected = true;
+      setBadge($('conn'), 'live', 'ok');
+      resyncSoon(0);
+    });
+    es.addEventListener('error', () => {
+      connected = false;
+      setBadge($('conn'), 'reconnecting…', 'warn');
+    });
     es.addEventListener('reading', (e) => {
       try { applyReading(JSON.parse(e.data)); } catch (err) { console.error(err); }
     });
@@ -330,7 +357,10 @@
         schedule();
       } catch (err) { console.error(err); }
     });
-    es.addEventListener('lagged', () => setBadge($('conn'), 'live (some updates skipped)', 'warn'));
+    es.addEventListener('lagged', () => {
+      setBadge($('conn'), 'live (catching up)', 'warn');
+      resyncSoon(500);
+    });
   }
 
   $('filter').addEventListener('input', (e) => {
