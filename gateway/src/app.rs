@@ -72,9 +72,31 @@ pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> anyhow::Res
         "buffer recovered"
     );
 
-    let sink =
-        Arc::new(InfluxSink::new(sink_config(&config)?).context("cannot set up the output")?);
     let observers = crate::status::Observers::new(config.gateway.id.clone(), writer.clone());
+    let sink = Arc::new(
+        InfluxSink::new(sink_config(&config)?)
+            .context("cannot set up the output")?
+            .with_observer(observers.store.clone()),
+    );
+    // HTTP first: a busy port is a clear startup error before any input starts.
+    let (http_stop_tx, http_stop_rx) = watch::channel(false);
+    let http_task = if config.http.enabled {
+        let token = crate::http::resolve_token(&config.http)?;
+        let server = crate::http::HttpServer::bind(&config.http.listen).await?;
+        let settings = crate::http::HttpSettings::new(
+            Duration::from_secs(config.http.store_unreachable_after_s),
+            config.buffer.max_disk_mb.saturating_mul(1 << 20),
+        );
+        Some(tokio::spawn(server.run(
+            token,
+            observers.clone(),
+            crate::http::install_metrics_recorder(),
+            settings,
+            http_stop_rx,
+        )))
+    } else {
+        None
+    };
     let ingest = Ingest::with_observers(
         writer.clone(),
         config.gateway.id.clone(),
@@ -143,6 +165,14 @@ pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> anyhow::Res
     writer.shutdown().await;
     let _ = fwd_stop_tx.send(true);
     let _ = forwarder.await;
+    let _ = http_stop_tx.send(true);
+    if let Some(task) = http_task {
+        match task.await {
+            Ok(Err(e)) => tracing::warn!("{e}"),
+            Err(e) => tracing::warn!("HTTP server task failed: {e}"),
+            Ok(Ok(())) => {}
+        }
+    }
     tracing::info!("gateway stopped; buffer flushed");
     match failure {
         Some(e) => Err(e),

@@ -35,6 +35,15 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Ask the running gateway (its HTTP API) what is wrong, in one screen.
+    Status {
+        /// The gateway's HTTP address ([http] listen).
+        #[arg(long, default_value = "http://127.0.0.1:8080")]
+        url: String,
+        /// Name of an environment variable holding the HTTP token, if [http] has one.
+        #[arg(long)]
+        token_env: Option<String>,
+    },
     /// Check a config file: exit 0 if valid, else print where the problem is and exit 2.
     CheckConfig {
         /// Path to the TOML config file.
@@ -76,6 +85,16 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
+        Command::Status { url, token_env } => match status(&url, token_env.as_deref()) {
+            Ok(text) => {
+                print!("{text}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Run { config } => match run(config) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -87,8 +106,19 @@ fn main() -> ExitCode {
     }
 }
 
+fn status(url: &str, token_env: Option<&str>) -> anyhow::Result<String> {
+    let token = ioc_gateway::config::resolve_secret("--token-env", token_env, None)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(ioc_gateway::statuscmd::status(url, token))
+}
+
 fn run(path: PathBuf) -> anyhow::Result<()> {
     let config = Config::load(&path)?;
+    // Before anything records a metric (buffer recovery does).
+    ioc_gateway::http::install_metrics_recorder();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -24,6 +24,8 @@ struct IngestInner {
     flavor: Flavor,
     live: Option<LiveFeed>,
     status: StatusRegistry,
+    /// Limits against hostile input (`[limits]`); defaults until [`Ingest::with_limits`].
+    limits: crate::limits::Limits,
 }
 
 impl Ingest {
@@ -35,6 +37,7 @@ impl Ingest {
                 flavor,
                 live: None,
                 status: StatusRegistry::default(),
+                limits: crate::limits::Limits::default(),
             }),
         }
     }
@@ -54,8 +57,24 @@ impl Ingest {
                 flavor,
                 live: Some(live),
                 status,
+                limits: crate::limits::Limits::default(),
             }),
         }
+    }
+
+    /// Applies `[limits]`. Call right after construction, before the `Ingest` is cloned; on a
+    /// shared `Ingest` the default limits stay (and an error is logged).
+    pub fn with_limits(mut self, config: crate::limits::LimitsConfig) -> Self {
+        match Arc::get_mut(&mut self.inner) {
+            Some(inner) => inner.limits = crate::limits::Limits::new(config),
+            None => tracing::error!("limits set on a shared Ingest; the default limits apply"),
+        }
+        self
+    }
+
+    /// The limits in force and the cardinality guard's state.
+    pub fn limits(&self) -> &crate::limits::Limits {
+        &self.inner.limits
     }
 
     /// The line protocol dialect of the output.
@@ -90,6 +109,15 @@ impl Ingest {
                     .unwrap_or("-");
                 tracing::warn!(input, sensor, reason = e.label(), "reading rejected: {e}");
                 count_rejected(input, e.label());
+                continue;
+            }
+            // Counts and logs (rate-limited) what it refuses; may clamp the timestamp.
+            if self
+                .inner
+                .limits
+                .check(input, &mut reading, crate::clock::now_ns())
+                .is_err()
+            {
                 continue;
             }
             encode(&reading, self.inner.flavor, out);

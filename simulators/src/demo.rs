@@ -32,8 +32,6 @@ pub struct DemoOptions {
     pub mqtt_port: u16,
     pub http_listen: SocketAddr,
     pub seed: u64,
-    /// Messages per second the simulators publish.
-    pub rate: f64,
     /// Stop after this long; `None` = until Ctrl-C.
     pub duration: Option<Duration>,
     /// Scenario file instead of the built-in district.
@@ -95,6 +93,23 @@ topics = ["city/+/env/+"]
 measurement = "environment"
 topic_tags = "_/district/_/sensor_id"
 timestamp_field = "ts"
+
+[[inputs.mqtt]]
+name = "cameras"
+url = "mqtt://127.0.0.1:{mqtt_port}"
+client_id = "demo-gw-cameras"
+topics = ["frigate/events"]
+format = "frigate"
+priority = "urgent"
+
+[[inputs.mqtt]]
+name = "plates"
+url = "mqtt://127.0.0.1:{mqtt_port}"
+client_id = "demo-gw-plates"
+topics = ["city/+/lpr/+"]
+format = "lpr"
+topic_tags = "_/district"
+priority = "urgent"
 
 [[inputs.mqtt]]
 name = "traffic"
@@ -212,13 +227,17 @@ pub async fn run_demo(opts: DemoOptions) -> anyhow::Result<()> {
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let gateway = tokio::spawn(ioc_gateway::app::run(config, stop_rx));
 
-    let scenario = match &opts.scenario {
+    let mut scenario = match &opts.scenario {
         Some(p) => Scenario::load(p)?,
         None => Scenario::parse(DISTRICT_SCENARIO, "built-in district-rush-hour")?,
     };
+    // Play the scenario in real time from now, so the live page shows fresh readings.
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?;
+    scenario.start = crate::civil_time::format_rfc3339_ms((now.as_millis() / 1000 * 1000) as i64);
     let generator = Generator::new(&scenario, opts.seed)?;
     let mut popts = PublishOptions::for_broker(&format!("mqtt://127.0.0.1:{mqtt_port}"))?;
-    popts.rate = opts.rate;
+    popts.rate = 0.0;
+    popts.realtime_from_ms = Some(generator.start_ms());
     popts.messages = None;
     popts.duration = opts.duration;
     popts.client_id_prefix = "demo-sim".into();

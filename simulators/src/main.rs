@@ -49,6 +49,35 @@ enum SerialDeviceArg {
 
 #[derive(Subcommand)]
 enum Command {
+    /// The one-command demo: an embedded MQTT broker, a simulated district and the gateway with
+    /// its live page, in one process. Forwards to a store if one is found or given.
+    Demo {
+        /// Working directory (generated gateway config, buffer, manifest).
+        #[arg(long, default_value = "ioc-demo")]
+        dir: PathBuf,
+        /// Store URL to forward to (default: VictoriaMetrics on 127.0.0.1:8428 or InfluxDB on
+        /// :8086 if one answers; otherwise readings stay in the disk buffer).
+        #[arg(long)]
+        store: Option<String>,
+        /// API of --store.
+        #[arg(long, value_enum, default_value_t = ApiArg::V2)]
+        api: ApiArg,
+        /// Port of the embedded MQTT broker (another free port if taken).
+        #[arg(long, default_value_t = 1883)]
+        mqtt_port: u16,
+        /// Address of the gateway's live page.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        http: std::net::SocketAddr,
+        /// Seed of the simulated district.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Stop after this many seconds (default: until Ctrl-C).
+        #[arg(long)]
+        duration: Option<f64>,
+        /// A scenario file instead of the built-in district.
+        #[arg(long)]
+        scenario: Option<PathBuf>,
+    },
     /// Publish a scenario to an MQTT broker; prints a one-line JSON summary.
     Run {
         /// Scenario TOML file.
@@ -149,6 +178,10 @@ enum Command {
         /// Only count points tagged gateway=ID.
         #[arg(long)]
         gateway_id: Option<String>,
+        /// Also check camera and plate events (written `unchecked` in the manifest), for a gateway
+        /// with `format = "frigate"` and `format = "lpr"` inputs.
+        #[arg(long)]
+        check_cameras: bool,
         /// Show every device when there are at most this many (else only devices with problems).
         #[arg(long, default_value_t = 50)]
         max_rows: usize,
@@ -167,6 +200,39 @@ fn main() -> ExitCode {
 
 fn real_main() -> anyhow::Result<ExitCode> {
     match Cli::parse().command {
+        Command::Demo {
+            dir,
+            store,
+            api,
+            mqtt_port,
+            http,
+            seed,
+            duration,
+            scenario,
+        } => {
+            let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,ioc_gateway=info,ioc_gateway::output::influx=error"));
+            tracing_subscriber::fmt()
+                .with_env_filter(filter)
+                .with_writer(std::io::stderr)
+                .init();
+            ioc_gateway::http::install_metrics_recorder();
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()?;
+            runtime.block_on(sensor_sim::demo::run_demo(sensor_sim::demo::DemoOptions {
+                dir,
+                store,
+                api_v1: matches!(api, ApiArg::V1),
+                mqtt_port,
+                http_listen: http,
+                seed,
+                duration: duration.map(Duration::from_secs_f64),
+                scenario,
+            }))?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Run {
             scenario,
             broker,
@@ -280,11 +346,20 @@ fn real_main() -> anyhow::Result<ExitCode> {
             api,
             database,
             gateway_id,
+            check_cameras,
             max_rows,
         } => {
             let file =
                 File::open(&manifest).with_context(|| format!("opening {}", manifest.display()))?;
-            let (_, entries) = manifest::read(std::io::BufReader::new(file))?;
+            let (_, mut entries) = manifest::read(std::io::BufReader::new(file))?;
+            if check_cameras {
+                for e in entries
+                    .iter_mut()
+                    .filter(|e| e.x == manifest::Expect::Unchecked)
+                {
+                    e.x = manifest::Expect::Stored;
+                }
+            }
             let shape = Shape::of(&entries);
             let query = StoreQuery {
                 url: store,

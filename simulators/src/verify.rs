@@ -78,10 +78,11 @@ impl StoreIndex {
     }
 }
 
-/// What the manifest says about each measurement: its identifying tag keys.
+/// What the manifest says about each measurement: the sets of identifying tag keys its entries
+/// use (camera events have `zones`, plate reads do not).
 #[derive(Debug, Default, Clone)]
 pub struct Shape {
-    tag_keys: BTreeMap<String, BTreeSet<String>>,
+    tag_keys: BTreeMap<String, BTreeSet<BTreeSet<String>>>,
     min_ts: i64,
     max_ts: i64,
 }
@@ -99,7 +100,7 @@ impl Shape {
                 .tag_keys
                 .entry(e.m.clone())
                 .or_default()
-                .extend(e.t.keys().cloned());
+                .insert(e.t.keys().cloned().collect());
             shape.min_ts = shape.min_ts.min(e.ts);
             shape.max_ts = shape.max_ts.max(e.ts);
         }
@@ -111,22 +112,27 @@ impl Shape {
         self.tag_keys.keys()
     }
 
-    /// The identifying tag string of a label set, or `None` if a tag is absent.
+    /// The identifying tag string of a label set: the largest of the measurement's key sets
+    /// whose keys are all present, or `None` if none fits.
     fn tag_string<'a>(
         &self,
         measurement: &str,
         mut get: impl FnMut(&str) -> Option<&'a str>,
     ) -> Option<String> {
-        let keys = self.tag_keys.get(measurement)?;
-        let mut out = String::new();
-        for k in keys {
-            let v = get(k)?;
-            if !out.is_empty() {
-                out.push(',');
+        let mut sets: Vec<&BTreeSet<String>> = self.tag_keys.get(measurement)?.iter().collect();
+        sets.sort_by_key(|s| std::cmp::Reverse(s.len()));
+        'sets: for keys in sets {
+            let mut out = String::new();
+            for k in keys {
+                let Some(v) = get(k) else { continue 'sets };
+                if !out.is_empty() {
+                    out.push(',');
+                }
+                let _ = write!(out, "{k}={v}");
             }
-            let _ = write!(out, "{k}={v}");
+            return Some(out);
         }
-        Some(out)
+        None
     }
 
     /// Splits a VictoriaMetrics series name into measurement and field (longest measurement wins).
@@ -832,6 +838,38 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.contains("database not found"), "{err}");
+    }
+
+    #[test]
+    fn entries_with_different_tag_sets_in_one_measurement() {
+        let mut frigate = env_entry("x", 1000, 0.8);
+        frigate.m = "camera_event".into();
+        frigate.t = [
+            ("camera", "cam-01"),
+            ("label", "car"),
+            ("event_type", "new"),
+            ("zones", "crosswalk"),
+        ]
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .into();
+        frigate.f = [("score".to_string(), 0.8)].into();
+        let mut plate = frigate.clone();
+        plate.t = [
+            ("camera", "cam-01"),
+            ("label", "license_plate"),
+            ("event_type", "plate"),
+        ]
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .into();
+        plate.ts = 2000;
+        let entries = vec![frigate, plate];
+        let export = r#"{"metric":{"__name__":"camera_event_score","camera":"cam-01","event_type":"new","label":"car","zones":"crosswalk"},"values":[0.8],"timestamps":[1000]}
+{"metric":{"__name__":"camera_event_score","camera":"cam-01","event_type":"plate","label":"license_plate"},"values":[0.8],"timestamps":[2000]}
+"#;
+        let mut index = StoreIndex::default();
+        parse_vm_export(export, &Shape::of(&entries), None, &mut index).unwrap();
+        let t = compare(&entries, &index).total();
+        assert_eq!((t.expected, t.found, t.missing), (2, 2, 0));
     }
 
     #[test]

@@ -250,16 +250,29 @@ fn realtime_publishes_on_the_simulated_clock() {
     let sc = scenario("district-rush-hour.toml");
     let generator = Generator::new(&sc, 6).unwrap();
     let start = generator.start_ms();
-    let due: Vec<i64> = Generator::new(&sc, 6).unwrap().take(2000).map(|m| m.due_ms - start).collect();
+    let due: Vec<i64> = Generator::new(&sc, 6)
+        .unwrap()
+        .take(2000)
+        .map(|m| m.due_ms - start)
+        .collect();
     let mut opts = PublishOptions::for_broker(&broker.url()).unwrap();
     opts.realtime_from_ms = Some(start);
     opts.duration = Some(Duration::from_millis(2500));
     opts.client_id_prefix = "sim-test-rt".into();
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-    let summary = rt.block_on(publish(generator, opts, Box::new(SharedBuf::default()))).unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let summary = rt
+        .block_on(publish(generator, opts, Box::new(SharedBuf::default())))
+        .unwrap();
     let surely = due.iter().filter(|d| **d < 2300).count() as u64;
     let at_most = due.iter().filter(|d| **d <= 2500).count() as u64;
     assert!(surely >= 3, "{surely}");
-    assert!(summary.published >= surely && summary.published <= at_most, "{summary:?} {surely}..{at_most}");
+    assert!(
+        summary.published >= surely && summary.published <= at_most,
+        "{summary:?} {surely}..{at_most}"
+    );
     assert_eq!(summary.acked, summary.published);
 }

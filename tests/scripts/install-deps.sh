@@ -23,6 +23,12 @@ REQUIRED=(
 )
 # shellcheck disable=SC2206
 REQUIRED+=(${IOC_E2E_EXTRA_DEPS:-})
+# IOC_E2E_NO_BROWSER=1 skips Chromium (servers.sh does: the servers alone do not need it).
+if [ "${IOC_E2E_NO_BROWSER:-0}" = 1 ]; then
+  filtered=()
+  for entry in "${REQUIRED[@]}"; do [ "${entry%%:*}" = chromium ] || filtered+=("$entry"); done
+  REQUIRED=("${filtered[@]}")
+fi
 
 SERVICES=(mosquitto victoria-metrics influxdb)
 

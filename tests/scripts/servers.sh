@@ -41,7 +41,7 @@ start() {
   for p in "$mqtt_port" "$vm_port" "$influx_port" "$influx_rpc_port"; do
     if port_busy "$p"; then echo "servers: port $p is in use (already started? try status)" >&2; exit 1; fi
   done
-  bash "$(dirname "${BASH_SOURCE[0]}")/install-deps.sh"
+  IOC_E2E_NO_BROWSER=1 bash "$(dirname "${BASH_SOURCE[0]}")/install-deps.sh"
 
   mkdir -p "$state/mosquitto" "$state/vm" "$state/influx"
   {

@@ -22,6 +22,9 @@ threads="${IOC_TEST_THREADS:-2}"
 
 echo "==> installing test dependencies (if missing)"
 bash "$here/install-deps.sh"
+echo "    $(PATH="$PATH:/usr/sbin" mosquitto -h 2>/dev/null | head -n 1)"
+echo "    $(victoria-metrics -version 2>/dev/null | head -n 1 || true) $(dpkg-query -W victoria-metrics 2>/dev/null || true)"
+echo "    $(influxd version 2>/dev/null | head -n 1)"
 
 echo "==> cargo build --workspace --bins"
 cargo build --workspace --bins

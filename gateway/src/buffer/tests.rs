@@ -415,7 +415,10 @@ async fn power_cut_at_every_byte_of_the_last_records_keeps_every_intact_record()
 #[tokio::test]
 async fn flipped_bits_anywhere_lose_only_the_damaged_record() {
     let (bytes, spans, per_record) = build_segment(5).await;
-    eprintln!("bit flips: one at each of {} byte positions of 5 records", bytes.len());
+    eprintln!(
+        "bit flips: one at each of {} byte positions of 5 records",
+        bytes.len()
+    );
     for pos in 0..bytes.len() {
         let mut damaged = bytes.clone();
         damaged[pos] ^= 1 << (pos % 8);

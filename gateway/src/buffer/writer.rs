@@ -57,6 +57,8 @@ enum Command {
 pub struct BufferWriter {
     tx: mpsc::Sender<Command>,
     shared: Arc<Shared>,
+    /// Joined by `shutdown`, so files are closed when it returns.
+    thread: Arc<std::sync::Mutex<Option<std::thread::JoinHandle<()>>>>,
 }
 
 impl std::fmt::Debug for BufferWriter {
@@ -121,6 +123,11 @@ impl BufferWriter {
         if self.tx.send(Command::Shutdown(done)).await.is_ok() {
             let _ = wait.await;
         }
+        let handle = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(handle) = handle {
+            // The thread has answered and is returning: this join is short.
+            let _ = tokio::task::spawn_blocking(move || handle.join()).await;
+        }
     }
 
     /// Same as [`BufferReader::stats`](super::BufferReader::stats).
@@ -143,11 +150,15 @@ pub(crate) fn start(
         next_segment_id,
         active: [None, None],
     };
-    std::thread::Builder::new()
+    let handle = std::thread::Builder::new()
         .name("buffer-writer".into())
         .spawn(move || thread.run())
         .map_err(|e| BufferError::io(std::path::Path::new("buffer-writer thread"), e))?;
-    Ok(BufferWriter { tx, shared })
+    Ok(BufferWriter {
+        tx,
+        shared,
+        thread: Arc::new(std::sync::Mutex::new(Some(handle))),
+    })
 }
 
 /// The segment a class is appending to.

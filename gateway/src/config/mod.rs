@@ -29,6 +29,9 @@ pub struct Config {
     pub buffer: BufferSection,
     #[serde(default)]
     pub http: HttpSection,
+    /// Limits against hostile or broken input (see `crate::limits`).
+    #[serde(default)]
+    pub limits: crate::limits::LimitsConfig,
 }
 
 /// The gateway's own HTTP server: health, metrics, live page.
@@ -600,6 +603,7 @@ impl Config {
         if self.buffer.max_disk_mb == 0 {
             return bad("buffer.max_disk_mb", "must be above 0".into());
         }
+        self.limits.validate()?;
         Ok(())
     }
 }

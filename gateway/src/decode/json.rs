@@ -166,7 +166,7 @@ fn one(
             })?;
     }
     for (key, value) in flat {
-        if mapping.tag_keys.iter().any(|t| *t == key) {
+        if mapping.tag_keys.contains(&key) {
             let text = match value {
                 Value::String(s) => s,
                 Value::Null => continue,

@@ -202,6 +202,8 @@ pub struct InfluxSink {
     backoff_initial: Duration,
     backoff_max: Duration,
     dead_letter_path: PathBuf,
+    /// Told about every failed attempt, for health and the live page.
+    observer: Option<crate::status::StoreState>,
 }
 
 impl fmt::Debug for InfluxSink {
@@ -290,7 +292,14 @@ impl InfluxSink {
             backoff_initial: config.backoff_initial,
             backoff_max: config.backoff_max,
             dead_letter_path: config.dead_letter_dir.join(DEAD_LETTER_FILE),
+            observer: None,
         })
+    }
+
+    /// Reports every failed attempt (with its reason) to `store`, for `/readyz` and the live page.
+    pub fn with_observer(mut self, store: crate::status::StoreState) -> Self {
+        self.observer = Some(store);
+        self
     }
 
     /// The line protocol dialect to encode for this sink.
@@ -451,6 +460,7 @@ impl InfluxSink {
                         .increment(1);
                     let delay = retry_after.unwrap_or_else(|| self.backoff(attempt));
                     tracing::warn!(status, error = %message, retry_in = ?delay, "store did not take the batch; will retry");
+                    self.observe(format!("HTTP {status}: {message}"));
                     delay
                 }
                 Ok(WriteOutcome::Unauthorized { status, message }) => {
@@ -460,6 +470,7 @@ impl InfluxSink {
                     tracing::error!(status, error = %message, url = %self.write_url, retry_in = ?delay,
                         "the store refused our credentials: check the token (token_env/token_file) \
                          and its write permission on the bucket/database; the batch is kept and retried");
+                    self.observe(format!("HTTP {status}: credentials refused"));
                     delay
                 }
                 Ok(WriteOutcome::Misconfigured { status, message }) => {
@@ -469,6 +480,7 @@ impl InfluxSink {
                     tracing::error!(status, error = %message, url = %self.write_url, retry_in = ?delay,
                         "the store has no such write endpoint, database or bucket: check url, api, \
                          database/bucket/org in [output.influxdb]; the batch is kept and retried");
+                    self.observe(format!("HTTP {status}: no such endpoint, database or bucket"));
                     delay
                 }
                 Err(SinkError::Transport { reason, timeout }) => {
@@ -477,6 +489,11 @@ impl InfluxSink {
                         .increment(1);
                     let delay = self.backoff(attempt);
                     tracing::warn!(error = %reason, timeout, retry_in = ?delay, "cannot reach the store; will retry");
+                    self.observe(if timeout {
+                        "timeout reaching the store".to_owned()
+                    } else {
+                        format!("cannot reach the store: {reason}")
+                    });
                     delay
                 }
                 Err(other) => return Err(other),
@@ -488,6 +505,12 @@ impl InfluxSink {
                 () = tokio::time::sleep(delay) => {}
             }
             attempt = attempt.saturating_add(1);
+        }
+    }
+
+    fn observe(&self, error: String) {
+        if let Some(o) = &self.observer {
+            o.failed(error);
         }
     }
 

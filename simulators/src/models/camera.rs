@@ -8,9 +8,12 @@
 //! `city/<district>/lpr/<camera>`, payload
 //! `{"plate":"51F-123.45","confidence":0.93,"camera":"cam-03","time":"2026-11-24T00:31:02.123Z","event_id":"…"}`
 //! (`time` is RFC 3339 UTC with milliseconds; `event_id` links it to the Frigate event).
-//! The store mapping of camera events is the gateway's (issue 6), so their manifest entries are
-//! `unchecked`: measurement `camera_event`, tags `camera`, `label`, `event_type`, fields
-//! `score`, `top_score` (`confidence` for plates), timestamp start/frame/end time.
+//! Manifest entries follow the gateway's mapping (`gateway/src/decode/camera.rs`): measurement
+//! `camera_event`, tags `camera`, `label`, `event_type`, `zones` (Frigate) or
+//! `label=license_plate,event_type=plate` (plates), numeric fields `score`, `top_score`
+//! (plates: `score` = confidence), time `start_time` / `frame_time` / `end_time` by type, or the
+//! plate's `time`. They are written `unchecked`, because a gateway set up without camera inputs
+//! stores none; `verify --check-cameras` checks them.
 
 use std::collections::BTreeMap;
 
@@ -126,6 +129,22 @@ pub struct Camera {
     live: Vec<Tracked>,
 }
 
+/// The gateway's `zones` tag: current zones sorted and comma-joined, entered zones when the
+/// object is in none.
+fn zones_tag(o: &FrigateObject) -> String {
+    let mut z: Vec<&str> = if o.current_zones.is_empty() {
+        &o.entered_zones
+    } else {
+        &o.current_zones
+    }
+    .iter()
+    .map(String::as_str)
+    .collect();
+    z.sort_unstable();
+    z.dedup();
+    z.join(",")
+}
+
 fn secs(ms: i64) -> f64 {
     ms as f64 / 1000.0
 }
@@ -185,6 +204,7 @@ impl Camera {
                 ("camera".to_string(), after.camera.clone()),
                 ("label".to_string(), after.label.clone()),
                 ("event_type".to_string(), kind.to_string()),
+                ("zones".to_string(), zones_tag(&after)),
             ]),
             ts: ts_ms,
             f: BTreeMap::from([
@@ -219,7 +239,7 @@ impl Camera {
                 ("event_type".to_string(), "plate".to_string()),
             ]),
             ts: ts_ms,
-            f: BTreeMap::from([("confidence".to_string(), read.confidence)]),
+            f: BTreeMap::from([("score".to_string(), read.confidence)]),
             x: Expect::Unchecked,
             fault: None,
             resent: false,
@@ -299,19 +319,30 @@ impl Camera {
     }
 
     /// Everything the camera publishes when it looks at simulated instant `ts_ms`.
-    pub fn emit(&mut self, ts_ms: i64, world: &World, rng: &mut SimRng, out: &mut Vec<Message>) {
+    ///
+    /// Each message of one look is stamped one millisecond after the previous one (objects are
+    /// detected in successive frames), so no two events of a camera share a timestamp: the store
+    /// keys a point by series and time, and `event_id` is a field, not a tag.
+    pub fn emit(&mut self, look_ms: i64, world: &World, rng: &mut SimRng, out: &mut Vec<Message>) {
+        let mut frame = 0i64;
+        let mut next_ms = || {
+            frame += 1;
+            look_ms + frame - 1
+        };
         let mut live = std::mem::take(&mut self.live);
         let mut kept = Vec::with_capacity(live.len());
         for mut obj in live.drain(..) {
             let before = obj.state.clone();
-            obj.state.frame_time = secs(ts_ms);
-            if ts_ms >= obj.end_ms {
+            if look_ms >= obj.end_ms {
+                let ts_ms = next_ms();
+                obj.state.frame_time = secs(ts_ms);
                 obj.state.end_time = Some(secs(ts_ms));
                 if let Some(p) = &obj.plate {
                     obj.state.sub_label = Some(p.clone());
                 }
                 out.push(self.frigate_message("end", before, obj.state.clone(), ts_ms));
                 if let Some(p) = obj.plate.take() {
+                    let ts_ms = next_ms();
                     let read = PlateRead {
                         plate: p,
                         confidence: round_to(rng.uniform(0.72, 0.99), 2),
@@ -322,6 +353,8 @@ impl Camera {
                     out.push(self.plate_message(read, ts_ms));
                 }
             } else if rng.chance(0.35) {
+                let ts_ms = next_ms();
+                obj.state.frame_time = secs(ts_ms);
                 let moved = rng.chance(0.7);
                 if moved {
                     let dx = rng.below(60) as u32;
@@ -357,11 +390,12 @@ impl Camera {
                 kept.push(obj);
             }
         }
-        let incident = world.incident(ts_ms, &self.district);
+        let incident = world.incident(look_ms, &self.district);
         let rate = self.events_per_min * self.interval_s / 60.0
-            * world.traffic(ts_ms)
+            * world.traffic(look_ms)
             * if incident { 6.0 } else { 1.0 };
         for _ in 0..rng.count(rate) {
+            let ts_ms = next_ms();
             let obj = self.spawn(ts_ms, rng);
             out.push(self.frigate_message("new", obj.state.clone(), obj.state.clone(), ts_ms));
             kept.push(obj);
@@ -444,6 +478,54 @@ mod tests {
         assert!(new > 50, "{new}");
         assert!(end > 40 && end <= new, "{end}");
         assert!(plates > 5, "{plates}");
+    }
+
+    #[test]
+    fn no_two_events_share_a_store_key_and_entries_follow_the_payload() {
+        let world = World {
+            incidents: vec![Window {
+                start_ms: 0,
+                end_ms: i64::MAX,
+                district: None,
+            }],
+            ..World::default()
+        };
+        let out = run(&world, 600);
+        let mut keys = std::collections::HashSet::new();
+        for m in &out {
+            let tags = format!("{:?}", m.entry.t);
+            assert!(
+                keys.insert((tags, m.entry.ts)),
+                "two events at one series and time: {:?}",
+                m.entry
+            );
+            let v: serde_json::Value = serde_json::from_slice(&m.payload).unwrap();
+            if m.topic == "frigate/events" {
+                let after = &v["after"];
+                let time_key = match v["type"].as_str().unwrap() {
+                    "new" => "start_time",
+                    "update" => "frame_time",
+                    _ => "end_time",
+                };
+                assert_eq!(
+                    (after[time_key].as_f64().unwrap() * 1000.0).round() as i64,
+                    m.entry.ts
+                );
+                assert_eq!(after["score"].as_f64().unwrap(), m.entry.f["score"]);
+                assert_eq!(after["top_score"].as_f64().unwrap(), m.entry.f["top_score"]);
+                assert_eq!(
+                    after["current_zones"][0].as_str().unwrap(),
+                    m.entry.t["zones"]
+                );
+            } else {
+                assert_eq!(v["confidence"].as_f64().unwrap(), m.entry.f["score"]);
+                assert_eq!(
+                    crate::civil_time::parse_rfc3339_ms(v["time"].as_str().unwrap()).unwrap(),
+                    m.entry.ts
+                );
+            }
+        }
+        assert!(keys.len() > 1000, "{}", keys.len());
     }
 
     #[test]

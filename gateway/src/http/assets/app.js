@@ -212,6 +212,21 @@
 
   // ---- camera events -------------------------------------------------------------------
 
+  // Merges a snapshot's events with those the stream already delivered (a snapshot can be a
+  // moment older), newest first, without duplicates.
+  function mergeCameraEvents(list) {
+    const seen = new Set();
+    const all = cameraEvents.concat(list).filter((ev) => {
+      const id = ev.key + '|' + ev.ts_ms + '|' + JSON.stringify(ev.fields);
+      if (seen.has(id)) return false;
+      seen.add(id);
+      return true;
+    });
+    all.sort((a, b) => b.received_ms - a.received_ms);
+    cameraEvents = all.slice(0, CAMERA_SHOWN);
+    cameraDirty = true;
+  }
+
   function renderCamera() {
     const ol = $('camera-events');
     ol.textContent = '';
@@ -315,8 +330,7 @@
     const body = await resp.json();
     clockOffset = (body.now_ms || Date.now()) - Date.now();
     for (const d of body.sensors || []) upsertSensor(d, true);
-    cameraEvents = (body.camera_events || []).slice(0, CAMERA_SHOWN);
-    cameraDirty = true;
+    mergeCameraEvents(body.camera_events || []);
     pendingStatus = body;
     flushScheduled = true;
     flush();

@@ -1,0 +1,350 @@
+//! Security end to end (issue 8): a real mosquitto with TLS (certificates made here with the
+//! `openssl` CLI: a CA, a server certificate for 127.0.0.1/localhost, an expired one, an unrelated
+//! second CA, a client certificate for mutual TLS) and a password file (`mosquitto_passwd -b`).
+//! The real `ioc-gateway` binary must refuse a wrong password, an unknown CA and an expired
+//! certificate with a clear line in its log and ingest nothing; with the right ones it connects
+//! and a message arrives in VictoriaMetrics. Secrets never show in the log or in `check-config`
+//! output; a world-readable password file is warned about.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use ioc_e2e::{check_config, wait_until, GatewayProcess, Mosquitto, VictoriaMetrics};
+
+const USER: &str = "gw-user";
+const PASSWORD: &str = "pw-S3cret-7f1c9a";
+const TOKEN: &str = "tok-S3cret-e41b77";
+const TOKEN_ENV: &str = "IOC_SEC_E2E_TOKEN";
+const TOPIC: &str = "city/d1/env/s1";
+
+fn run(dir: &Path, program: &str, args: &[&str]) {
+    let out = Command::new(program)
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap_or_else(|e| panic!("{program}: {e}"));
+    assert!(
+        out.status.success(),
+        "{program} {args:?}: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Keys and certificates for one test, in a temp dir.
+struct Pki {
+    dir: tempfile::TempDir,
+}
+
+impl Pki {
+    fn new() -> Pki {
+        let pki = Pki {
+            dir: tempfile::tempdir().unwrap(),
+        };
+        let d = pki.dir.path();
+        let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
+        for ca in ["ca", "other-ca"] {
+            let (key, pem, subj) = (
+                format!("{ca}.key"),
+                format!("{ca}.pem"),
+                format!("/CN=ioc-e2e {ca}"),
+            );
+            let mut args = vec!["req", "-x509"];
+            args.extend(ec);
+            args.extend([
+                "-keyout",
+                &key,
+                "-out",
+                &pem,
+                "-days",
+                "30",
+                "-subj",
+                &subj,
+                "-addext",
+                "basicConstraints=critical,CA:TRUE",
+                "-addext",
+                "keyUsage=critical,keyCertSign,cRLSign",
+            ]);
+            run(d, "openssl", &args);
+        }
+        std::fs::write(
+            d.join("server.ext"),
+            "basicConstraints=CA:FALSE\nsubjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\nkeyUsage=critical,digitalSignature\n",
+        )
+        .unwrap();
+        std::fs::write(
+            d.join("client.ext"),
+            "basicConstraints=CA:FALSE\nextendedKeyUsage=clientAuth\nkeyUsage=critical,digitalSignature\n",
+        )
+        .unwrap();
+        for (name, cn) in [("server", "localhost"), ("client", "gw-client")] {
+            let mut args = vec!["req"];
+            args.extend(ec);
+            let key = format!("{name}.key");
+            let csr = format!("{name}.csr");
+            let subj = format!("/CN={cn}");
+            args.extend(["-keyout", &key, "-out", &csr, "-subj", &subj]);
+            run(d, "openssl", &args);
+            let pem = format!("{name}.pem");
+            let ext = format!("{name}.ext");
+            run(
+                d,
+                "openssl",
+                &[
+                    "x509", "-req", "-in", &csr, "-CA", "ca.pem", "-CAkey", "ca.key",
+                    "-CAcreateserial", "-days", "30", "-extfile", &ext, "-out", &pem,
+                ],
+            );
+        }
+        // An expired server certificate from the same CA, same key: `openssl ca` can set dates.
+        std::fs::write(d.join("index.txt"), "").unwrap();
+        std::fs::write(d.join("serial"), "1000\n").unwrap();
+        std::fs::create_dir_all(d.join("newcerts")).unwrap();
+        std::fs::write(
+            d.join("ca.cnf"),
+            "[ca]\ndefault_ca = test\n[test]\ndatabase = index.txt\nnew_certs_dir = newcerts\nserial = serial\ndefault_md = sha256\npolicy = any\nunique_subject = no\n[any]\ncommonName = supplied\n",
+        )
+        .unwrap();
+        run(
+            d,
+            "openssl",
+            &[
+                "ca", "-batch", "-config", "ca.cnf", "-cert", "ca.pem", "-keyfile", "ca.key",
+                "-in", "server.csr", "-out", "expired.pem", "-startdate", "20200101000000Z",
+                "-enddate", "20200201000000Z", "-extfile", "server.ext", "-notext",
+            ],
+        );
+        run(d, "mosquitto_passwd", &["-c", "-b", "passwd", USER, PASSWORD]);
+        pki
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// A broker with TLS on its listener (serving `server_cert`), the password file, no
+    /// anonymous access and, with `mutual`, client certificates required.
+    fn broker(&self, server_cert: &str, mutual: bool) -> Mosquitto {
+        let lines = [
+            format!("cafile {}", self.path("ca.pem").display()),
+            format!("certfile {}", self.path(server_cert).display()),
+            format!("keyfile {}", self.path("server.key").display()),
+            format!("require_certificate {mutual}"),
+            format!("password_file {}", self.path("passwd").display()),
+            "allow_anonymous false".to_owned(),
+        ];
+        let lines: Vec<&str> = lines.iter().map(String::as_str).collect();
+        Mosquitto::start_with_config(&lines).unwrap()
+    }
+
+    /// Publishes one QoS 1 message with the right CA, credentials and client certificate.
+    fn publish(&self, broker: &Mosquitto, payload: &str) {
+        let port = broker.port().to_string();
+        let ca = self.path("ca.pem");
+        let cert = self.path("client.pem");
+        let key = self.path("client.key");
+        run(
+            self.dir.path(),
+            "mosquitto_pub",
+            &[
+                "-h", "127.0.0.1", "-p", &port, "--cafile", ca.to_str().unwrap(), "--cert",
+                cert.to_str().unwrap(), "--key", key.to_str().unwrap(), "-u", USER, "-P",
+                PASSWORD, "-q", "1", "-t", TOPIC, "-m", payload, "-i", "sec-e2e-pub",
+            ],
+        );
+    }
+}
+
+struct GatewaySetup<'a> {
+    ca: &'a Path,
+    password: &'a str,
+    password_mode: u32,
+    mutual: bool,
+}
+
+fn write_config(dir: &Path, pki: &Pki, broker: &Mosquitto, vm: &VictoriaMetrics, s: GatewaySetup<'_>) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let pw_file = dir.join("mqtt-password");
+    std::fs::write(&pw_file, format!("{}\n", s.password)).unwrap();
+    std::fs::set_permissions(&pw_file, std::fs::Permissions::from_mode(s.password_mode)).unwrap();
+    let client = if s.mutual {
+        format!(
+            "client_cert_file = \"{}\"\nclient_key_file = \"{}\"\n",
+            pki.path("client.pem").display(),
+            pki.path("client.key").display()
+        )
+    } else {
+        String::new()
+    };
+    let text = format!(
+        r#"[gateway]
+id = "sec-gw"
+data_dir = "{data}"
+
+[[inputs.mqtt]]
+url = "mqtts://127.0.0.1:{port}"
+client_id = "sec-gw"
+topics = ["city/+/env/+"]
+qos = 1
+measurement = "environment"
+topic_tags = "_/district/_/sensor_id"
+timestamp_field = "ts"
+username = "{USER}"
+password_file = "{pw}"
+ca_file = "{ca}"
+{client}
+[output.influxdb]
+url = "{vm}"
+bucket = "telemetry"
+org = "ioc"
+token_env = "{TOKEN_ENV}"
+flush_interval_ms = 100
+
+[http]
+enabled = false
+"#,
+        data = dir.join("data").display(),
+        port = broker.port(),
+        pw = pw_file.display(),
+        ca = s.ca.display(),
+        vm = vm.url(),
+    );
+    let path = dir.join("gateway.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn assert_no_secret(text: &str, what: &str) {
+    assert!(!text.contains(PASSWORD), "the MQTT password appears in {what}:\n{text}");
+    assert!(!text.contains(TOKEN), "the store token appears in {what}:\n{text}");
+}
+
+/// Starts a gateway, waits for `expect` in its log, publishes one message with good
+/// credentials, and returns the gateway's log and the number of points in the store.
+fn scenario(
+    pki: &Pki,
+    broker: &Mosquitto,
+    setup: GatewaySetup<'_>,
+    expect: &str,
+) -> (String, usize) {
+    let vm = VictoriaMetrics::start().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), pki, broker, &vm, setup);
+    let out = check_config(&config).unwrap();
+    let cc = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "check-config: {cc}");
+    assert_no_secret(&cc, "check-config output");
+    let gateway = GatewayProcess::spawn_with_env(
+        &config,
+        &[(TOKEN_ENV, TOKEN), ("RUST_LOG", "debug,rumqttc=info,hyper=info,reqwest=info")],
+    )
+    .unwrap();
+    let seen = wait_until(Duration::from_secs(20), || gateway.log().contains(expect));
+    assert!(seen, "no {expect:?} in the gateway log:\n{}", gateway.log_tail(40));
+    let ts = ioc_e2e::now_ms();
+    pki.publish(broker, &format!("{{\"ts\":{ts},\"pm2_5\":12.5}}"));
+    let selector = "{__name__=\"environment_pm2_5\"}";
+    let arrived = wait_until(Duration::from_secs(10), || {
+        vm.force_flush().is_ok() && vm.count_points(selector).unwrap_or(0) > 0
+    });
+    if !arrived {
+        // Give a wrongly connected gateway every chance to (wrongly) deliver.
+        std::thread::sleep(Duration::from_secs(2));
+        vm.force_flush().unwrap();
+    }
+    let points = vm.count_points(selector).unwrap();
+    let log = gateway.log();
+    assert_no_secret(&log, "the gateway log");
+    (log, points)
+}
+
+#[test]
+fn right_ca_password_and_client_certificate_connect_and_deliver() {
+    let pki = Pki::new();
+    let broker = pki.broker("server.pem", true);
+    let ca = pki.path("ca.pem");
+    let setup = GatewaySetup {
+        ca: &ca,
+        password: PASSWORD,
+        password_mode: 0o600,
+        mutual: true,
+    };
+    let (log, points) = scenario(&pki, &broker, setup, "connected to broker");
+    assert_eq!(points, 1, "gateway log:\n{log}");
+    assert!(!log.contains("world-readable"), "{log}");
+}
+
+#[test]
+fn wrong_password_is_refused_with_a_clear_error_and_nothing_is_ingested() {
+    let pki = Pki::new();
+    let broker = pki.broker("server.pem", false);
+    let ca = pki.path("ca.pem");
+    let setup = GatewaySetup {
+        ca: &ca,
+        password: "not-the-password",
+        password_mode: 0o600,
+        mutual: false,
+    };
+    let (log, points) = scenario(&pki, &broker, setup, "broker refused the login");
+    assert_eq!(points, 0, "{log}");
+    assert!(!log.contains("connected to broker"), "{log}");
+    assert!(!log.contains("not-the-password"), "{log}");
+}
+
+#[test]
+fn unknown_ca_is_refused_with_a_clear_error_and_nothing_is_ingested() {
+    let pki = Pki::new();
+    let broker = pki.broker("server.pem", false);
+    let other = pki.path("other-ca.pem");
+    let setup = GatewaySetup {
+        ca: &other,
+        password: PASSWORD,
+        password_mode: 0o600,
+        mutual: false,
+    };
+    let (log, points) = scenario(&pki, &broker, setup, "TLS handshake failed");
+    assert_eq!(points, 0, "{log}");
+    assert!(log.contains("UnknownIssuer"), "{log}");
+    assert!(!log.contains("connected to broker"), "{log}");
+}
+
+#[test]
+fn expired_server_certificate_is_refused_with_a_clear_error_and_nothing_is_ingested() {
+    let pki = Pki::new();
+    let broker = pki.broker("expired.pem", false);
+    let ca = pki.path("ca.pem");
+    let setup = GatewaySetup {
+        ca: &ca,
+        password: PASSWORD,
+        password_mode: 0o600,
+        mutual: false,
+    };
+    let (log, points) = scenario(&pki, &broker, setup, "TLS handshake failed");
+    assert_eq!(points, 0, "{log}");
+    assert!(log.contains("Expired"), "{log}");
+    assert!(!log.contains("connected to broker"), "{log}");
+}
+
+#[test]
+fn a_world_readable_password_file_is_warned_about_and_never_printed() {
+    let pki = Pki::new();
+    let broker = pki.broker("server.pem", false);
+    let ca = pki.path("ca.pem");
+    let setup = GatewaySetup {
+        ca: &ca,
+        password: PASSWORD,
+        password_mode: 0o644,
+        mutual: false,
+    };
+    let (log, points) = scenario(&pki, &broker, setup, "connected to broker");
+    assert_eq!(points, 1, "{log}");
+    assert!(
+        log.contains("secret file is world-readable; run `chmod 600"),
+        "{log}"
+    );
+}
