@@ -32,7 +32,9 @@ fn valid_segment() -> &'static (String, Vec<u8>) {
             let (w, _r, _rep) = buffer::open(BufferConfig::new(&root, 64 << 20)).unwrap();
             for i in 0..3 {
                 let lp = format!("env,sensor_id=s{i} pm=1.5 170000000000000000{i}\n");
-                w.append(Priority::Normal, 1, lp.into_bytes()).await.unwrap();
+                w.append(Priority::Normal, 1, lp.into_bytes())
+                    .await
+                    .unwrap();
             }
             w.shutdown().await;
         });
@@ -85,7 +87,9 @@ fuzz_target!(|data: &[u8]| {
         while r.stats().unsent_lines > 0 {
             match tokio::time::timeout(Duration::from_secs(1), r.next_batch(1000)).await {
                 Ok(Ok(batch)) => {
-                    let lp = batch.line_protocol().expect("a recovered batch must decompress");
+                    let lp = batch
+                        .line_protocol()
+                        .expect("a recovered batch must decompress");
                     lines += u64::from(batch.lines);
                     assert!(!lp.is_empty());
                     r.ack(&batch).await.unwrap();
@@ -94,7 +98,10 @@ fuzz_target!(|data: &[u8]| {
                 Err(_) => panic!("unsent lines reported but no batch came: {report:?}"),
             }
         }
-        assert!(lines <= report.lines + 3, "{lines} lines read, report {report:?}");
+        assert!(
+            lines <= report.lines + 3,
+            "{lines} lines read, report {report:?}"
+        );
         w.shutdown().await;
     });
 });

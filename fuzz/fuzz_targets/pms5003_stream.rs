@@ -24,7 +24,12 @@ fuzz_target!(|data: &[u8]| {
     for ev in out {
         if let DecodeEvent::Frame(f) = ev {
             for v in [Pms5003Variant::Standard, Pms5003Variant::T] {
-                readings.push(f.to_reading(v, Some("pms"), &Default::default(), 1_700_000_000_000_000_000));
+                readings.push(f.to_reading(
+                    v,
+                    Some("pms"),
+                    &Default::default(),
+                    1_700_000_000_000_000_000,
+                ));
             }
         }
     }

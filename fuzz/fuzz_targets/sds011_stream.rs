@@ -22,7 +22,11 @@ fuzz_target!(|data: &[u8]| {
     let mut readings = Vec::new();
     for ev in out {
         if let DecodeEvent::Frame(Sds011Frame::Data(d)) = ev {
-            readings.push(d.to_reading(Some("sds"), &Default::default(), 1_700_000_000_000_000_000));
+            readings.push(d.to_reading(
+                Some("sds"),
+                &Default::default(),
+                1_700_000_000_000_000_000,
+            ));
         }
     }
     common::check_readings(readings);

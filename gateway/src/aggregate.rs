@@ -56,6 +56,10 @@ pub struct Window {
     pub tags: BTreeMap<String, String>,
     pub start_ns: i64,
     pub fields: BTreeMap<String, FieldStats>,
+    /// Timestamps already counted: a redelivered reading (same series and time, as after a crash
+    /// between saving the windows and acking) is not counted twice, as the store would keep one.
+    #[serde(default)]
+    pub seen: std::collections::BTreeSet<i64>,
 }
 
 /// Why the aggregation state could not be saved or loaded.
@@ -181,7 +185,11 @@ impl Aggregator {
             tags: reading.tags.clone(),
             start_ns: start,
             fields: BTreeMap::new(),
+            seen: Default::default(),
         });
+        if !w.seen.insert(reading.timestamp_ns) {
+            return Ok(());
+        }
         for (name, value) in &reading.fields {
             if let Some(v) = numeric(value) {
                 w.fields
@@ -343,6 +351,17 @@ mod tests {
         assert_eq!(field(&out[0], "pm2_5_min"), FieldValue::Float(1.0));
         assert_eq!(field(&out[0], "pm2_5_max"), FieldValue::Float(6.0));
         assert_eq!(field(&out[0], "pm2_5_count"), FieldValue::Int(3));
+    }
+
+    #[test]
+    fn a_redelivered_reading_is_counted_once() {
+        let mut a = Aggregator::open(60, 5, None).unwrap();
+        a.add(&r("s1", 1_700_000_041.0, 1.0)).unwrap();
+        a.add(&r("s1", 1_700_000_041.0, 1.0)).unwrap();
+        a.add(&r("s1", 1_700_000_042.0, 3.0)).unwrap();
+        let out = a.flush_due(1_700_000_200 * S);
+        assert_eq!(field(&out[0], "pm2_5_count"), FieldValue::Int(2));
+        assert_eq!(field(&out[0], "pm2_5_mean"), FieldValue::Float(2.0));
     }
 
     #[test]

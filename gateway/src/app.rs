@@ -40,6 +40,9 @@ pub fn sink_config(config: &Config) -> anyhow::Result<InfluxSinkConfig> {
     s.ca_file = o.ca_file.clone();
     s.insecure_skip_verify = o.insecure_skip_verify;
     s.request_timeout = Duration::from_millis(o.timeout_ms.max(100));
+    // Retry at least every 5 s: when the store comes back after an outage, urgent events must
+    // be in it within seconds.
+    s.backoff_max = Duration::from_secs(5);
     Ok(s)
 }
 
@@ -78,11 +81,26 @@ pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> anyhow::Res
             .context("cannot set up the output")?
             .with_observer(observers.store.clone()),
     );
-    // HTTP first: a busy port is a clear startup error before any input starts.
+    // HTTP before the inputs. A busy port does not stop the gateway: collecting and forwarding
+    // readings matters more than its status page; the error says what to change.
     let (http_stop_tx, http_stop_rx) = watch::channel(false);
-    let http_task = if config.http.enabled {
-        let token = crate::http::resolve_token(&config.http)?;
-        let server = crate::http::HttpServer::bind(&config.http.listen).await?;
+    let token = if config.http.enabled {
+        crate::http::resolve_token(&config.http)?
+    } else {
+        None
+    };
+    let server = if config.http.enabled {
+        match crate::http::HttpServer::bind(&config.http.listen).await {
+            Ok(server) => Some(server),
+            Err(e) => {
+                tracing::error!("{e}; running WITHOUT /healthz, /metrics and the live page");
+                None
+            }
+        }
+    } else {
+        None
+    };
+    let http_task = if let Some(server) = server {
         let settings = crate::http::HttpSettings::new(
             Duration::from_secs(config.http.store_unreachable_after_s),
             config.buffer.max_disk_mb.saturating_mul(1 << 20),

@@ -23,5 +23,6 @@ pub mod limits;
 pub mod model;
 pub mod output;
 pub mod pipeline;
+pub mod probe;
 pub mod status;
 pub mod statuscmd;

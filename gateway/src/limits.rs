@@ -261,13 +261,24 @@ pub enum LimitViolation {
         start: String,
     },
     #[error("tag {key:?} has a value of {len} bytes, more than the limit of {limit}")]
-    TagValueTooLong { key: String, len: usize, limit: usize },
+    TagValueTooLong {
+        key: String,
+        len: usize,
+        limit: usize,
+    },
     #[error("string field {key:?} is {len} bytes long, more than the limit of {limit}")]
-    StringFieldTooLong { key: String, len: usize, limit: usize },
+    StringFieldTooLong {
+        key: String,
+        len: usize,
+        limit: usize,
+    },
     #[error("timestamp {timestamp_ns} ns is more than {max_past_s} s in the past")]
     TimestampTooOld { timestamp_ns: i64, max_past_s: u64 },
     #[error("timestamp {timestamp_ns} ns is more than {max_future_s} s in the future")]
-    TimestampInFuture { timestamp_ns: i64, max_future_s: u64 },
+    TimestampInFuture {
+        timestamp_ns: i64,
+        max_future_s: u64,
+    },
     #[error("a new series beyond the limit of {limit} distinct series per hour for this input")]
     SeriesLimit { limit: usize },
 }
@@ -293,7 +304,9 @@ impl LimitViolation {
 pub enum Passed {
     Unchanged,
     /// The timestamp was moved to the edge of the allowed window.
-    Clamped { from_ns: i64 },
+    Clamped {
+        from_ns: i64,
+    },
 }
 
 /// The distinct series one input created in the current hour window.
@@ -549,5 +562,7 @@ pub fn sensor_of(reading: &Reading) -> String {
 }
 
 fn secs_to_ns(s: u64) -> i64 {
-    i64::try_from(s).unwrap_or(i64::MAX).saturating_mul(1_000_000_000)
+    i64::try_from(s)
+        .unwrap_or(i64::MAX)
+        .saturating_mul(1_000_000_000)
 }

@@ -44,6 +44,20 @@ enum Command {
         #[arg(long)]
         token_env: Option<String>,
     },
+    /// Listen on a serial port and show what decodes (for commissioning a sensor).
+    Probe {
+        /// Serial port, e.g. /dev/ttyUSB0.
+        #[arg(long)]
+        port: PathBuf,
+        /// Baud rate (default: the protocol's usual one; with auto, 9600 and 115200 are tried).
+        #[arg(long)]
+        baud: Option<u32>,
+        #[arg(long, value_enum, default_value = "auto")]
+        protocol: ioc_gateway::probe::ProbeProtocol,
+        /// Give up if nothing decodes within this many seconds.
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+    },
     /// Check a config file: exit 0 if valid, else print where the problem is and exit 2.
     CheckConfig {
         /// Path to the TOML config file.
@@ -95,6 +109,26 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::Probe {
+            port,
+            baud,
+            protocol,
+            seconds,
+        } => {
+            let result = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(anyhow::Error::from)
+                .and_then(|rt| rt.block_on(ioc_gateway::probe::probe(port, baud, protocol, seconds)));
+            match result {
+                Ok(true) => ExitCode::SUCCESS,
+                Ok(false) => ExitCode::FAILURE,
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    ExitCode::from(2)
+                }
+            }
+        }
         Command::Run { config } => match run(config) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {

@@ -82,15 +82,26 @@ fn name_length_boundary_for_measurement_tag_key_and_field_key() {
         .field(at_limit, FieldValue::Float(1.0));
     assert_eq!(label(l.check("in", &mut r, NOW)), "ok");
     for (what, mut r) in [
-        ("measurement", Reading::new(over_limit, NOW).field("a", FieldValue::Float(1.0))),
+        (
+            "measurement",
+            Reading::new(over_limit, NOW).field("a", FieldValue::Float(1.0)),
+        ),
         ("tag key", base("s").tag(over_limit, "v")),
-        ("field key", base("s").field(over_limit, FieldValue::Float(1.0))),
+        (
+            "field key",
+            base("s").field(over_limit, FieldValue::Float(1.0)),
+        ),
     ] {
         let mut r2 = r.clone();
         r2.tags.remove("sensor_id");
         r.tags.remove("sensor_id");
         match l.check("in", &mut r, NOW) {
-            Err(LimitViolation::NameTooLong { what: w, len, limit, .. }) => {
+            Err(LimitViolation::NameTooLong {
+                what: w,
+                len,
+                limit,
+                ..
+            }) => {
                 assert_eq!((w, len, limit), (what, 10, 9));
             }
             other => panic!("{what}: {other:?}"),
@@ -279,10 +290,16 @@ fn defaults_without_a_limits_section() {
 #[test]
 fn zero_or_unknown_limit_keys_are_located_errors() {
     let head = "[gateway]\nid = \"g\"\ndata_dir = \"/tmp/x\"\n[output.influxdb]\nurl = \"http://127.0.0.1:8428\"\nbucket = \"b\"\n";
-    let e = Config::parse(Path::new("t.toml"), &format!("{head}[limits]\nmax_tags = 0\n"))
-        .unwrap_err()
-        .to_string();
-    assert!(e.contains("t.toml:8") && e.contains("limits.max_tags") && e.contains("above 0"), "{e}");
+    let e = Config::parse(
+        Path::new("t.toml"),
+        &format!("{head}[limits]\nmax_tags = 0\n"),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("t.toml:8") && e.contains("limits.max_tags") && e.contains("above 0"),
+        "{e}"
+    );
     let e = Config::parse(
         Path::new("t.toml"),
         &format!("{head}[limits.input.a]\nmax_future_s = 0\n"),
@@ -290,9 +307,12 @@ fn zero_or_unknown_limit_keys_are_located_errors() {
     .unwrap_err()
     .to_string();
     assert!(e.contains("limits.input.a.max_future_s"), "{e}");
-    let e = Config::parse(Path::new("t.toml"), &format!("{head}[limits]\nmax_feilds = 3\n"))
-        .unwrap_err()
-        .to_string();
+    let e = Config::parse(
+        Path::new("t.toml"),
+        &format!("{head}[limits]\nmax_feilds = 3\n"),
+    )
+    .unwrap_err()
+    .to_string();
     assert!(e.contains("t.toml:8") && e.contains("max_feilds"), "{e}");
     let e = Config::parse(
         Path::new("t.toml"),
@@ -323,7 +343,10 @@ fn every_limit_has_a_distinct_reason_and_clamps_are_counted() {
     metrics::with_local_recorder(&recorder, || {
         let l = limits(small());
         let mut cases: Vec<Reading> = vec![
-            base("s").field("b", FieldValue::Int(1)).field("c", FieldValue::Int(1)).field("d", FieldValue::Int(1)),
+            base("s")
+                .field("b", FieldValue::Int(1))
+                .field("c", FieldValue::Int(1))
+                .field("d", FieldValue::Int(1)),
             base("s").tag("x", "1").tag("y", "2"),
             base("s").field("toolongname", FieldValue::Int(1)),
             base("toolongvalue"),
@@ -361,10 +384,18 @@ fn every_limit_has_a_distinct_reason_and_clamps_are_counted() {
         "series_limit",
     ] {
         assert_eq!(
-            counter(&text, "readings_rejected_total", &[("input", "cam"), ("reason", reason)]),
+            counter(
+                &text,
+                "readings_rejected_total",
+                &[("input", "cam"), ("reason", reason)]
+            ),
             1,
             "{reason}\n{text}"
         );
     }
-    assert_eq!(counter(&text, "readings_clamped_total", &[("input", "cam")]), 1, "{text}");
+    assert_eq!(
+        counter(&text, "readings_clamped_total", &[("input", "cam")]),
+        1,
+        "{text}"
+    );
 }

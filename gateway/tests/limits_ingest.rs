@@ -47,8 +47,14 @@ async fn ingest_encode_drops_what_breaks_a_limit_and_clamps_timestamps() {
     assert!(got[0].starts_with("env,gateway=gw1,sensor_id=s1 pm=1.5 "));
     assert!(got[1].starts_with("env,gateway=gw1,sensor_id=s2 pm=1.5 "));
     let clamped: i64 = got[1].rsplit(' ').next().unwrap().parse().unwrap();
-    assert!(clamped < far_future && clamped >= now + 60_000_000_000, "{clamped}");
-    assert_eq!(got[2], format!("env,gateway=gw1,sensor_id=s1 pm=1.5 {}", now + 1));
+    assert!(
+        clamped < far_future && clamped >= now + 60_000_000_000,
+        "{clamped}"
+    );
+    assert_eq!(
+        got[2],
+        format!("env,gateway=gw1,sensor_id=s1 pm=1.5 {}", now + 1)
+    );
     assert_eq!(ingest.limits().series_in_window("mqtt0"), 2);
     drop(ingest);
     writer.shutdown().await;

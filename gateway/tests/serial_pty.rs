@@ -654,7 +654,9 @@ async fn node_frames_become_readings_and_are_acked_on_the_port() {
         match rx.recv_timeout(Duration::from_millis(100)) {
             Ok(frame) => {
                 assert_eq!(frame.header.node_id, 12);
-                if let ioc_wire::Payload::Command(ioc_wire::Command::Ack { boot_id, up_to_seq }) = frame.payload {
+                if let ioc_wire::Payload::Command(ioc_wire::Command::Ack { boot_id, up_to_seq }) =
+                    frame.payload
+                {
                     assert_eq!(boot_id, 0xBEEF);
                     acked_up_to = Some(up_to_seq);
                     if up_to_seq == 3 {
@@ -670,5 +672,8 @@ async fn node_frames_become_readings_and_are_acked_on_the_port() {
     assert_eq!(s.good_frames, 3);
     assert!(s.bad_frames >= 2, "garbage and a corrupt frame: {s:?}");
     h.shutdown.send(true).unwrap();
-    tokio::time::timeout(Duration::from_secs(2), task).await.unwrap().unwrap();
+    tokio::time::timeout(Duration::from_secs(2), task)
+        .await
+        .unwrap()
+        .unwrap();
 }

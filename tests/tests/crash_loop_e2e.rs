@@ -145,9 +145,16 @@ fn every_acknowledged_message_survives_20_random_kill9_exactly_once() {
     let flags = publisher.acked_flags();
     let published = flags.len();
     let acked: Vec<usize> = (0..published).filter(|i| flags[*i]).collect();
-    eprintln!("{kills} kills; {published} published, {} acked by the broker", acked.len());
+    eprintln!(
+        "{kills} kills; {published} published, {} acked by the broker",
+        acked.len()
+    );
     assert_eq!(kills, ROUNDS);
-    assert!(acked.len() > 5_000, "too little load: {} acked", acked.len());
+    assert!(
+        acked.len() > 5_000,
+        "too little load: {} acked",
+        acked.len()
+    );
 
     // What must be in the store: sensor → (ts → value).
     let mut expected: BTreeMap<String, BTreeMap<i64, f64>> = BTreeMap::new();
@@ -199,7 +206,10 @@ fn every_acknowledged_message_survives_20_random_kill9_exactly_once() {
         &missing[..missing.len().min(5)]
     );
     let extra = got_points - acked.len();
-    assert!(extra <= published - acked.len(), "{extra} unexpected points");
+    assert!(
+        extra <= published - acked.len(),
+        "{extra} unexpected points"
+    );
     eprintln!(
         "all {} acknowledged messages stored exactly once ({} series)",
         acked.len(),

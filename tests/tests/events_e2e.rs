@@ -637,6 +637,20 @@ fn frigate_events_and_plate_reads_arrive_exactly_in_influxdb1() {
 // 2. Traffic counts from MQTT JSON into VictoriaMetrics.
 // ---------------------------------------------------------------------------------------------------
 
+/// (site, lane, direction, ts_ms, count, speed_avg, occupancy, heavy_count)
+type TrafficRow = (
+    &'static str,
+    &'static str,
+    &'static str,
+    i64,
+    f64,
+    f64,
+    f64,
+    f64,
+);
+/// (metric, site, lane, direction)
+type TrafficKey = (String, String, String, String);
+
 #[test]
 fn traffic_json_lands_with_its_field_names_and_tags() {
     let broker = Mosquitto::start().unwrap();
@@ -655,7 +669,7 @@ fn traffic_json_lands_with_its_field_names_and_tags() {
         ),
     );
     // (site, lane, direction, ts_ms, count, speed_avg, occupancy, heavy_count)
-    let rows: Vec<(&str, &str, &str, i64, f64, f64, f64, f64)> = vec![
+    let rows: Vec<TrafficRow> = vec![
         (
             "xa-lo-01",
             "1",
@@ -703,7 +717,7 @@ fn traffic_json_lands_with_its_field_names_and_tags() {
     publish_and_wait_acked(&mut publisher, &messages);
 
     // (metric, site, lane, direction) → samples
-    let mut expected: BTreeMap<(String, String, String, String), Vec<(i64, f64)>> = BTreeMap::new();
+    let mut expected: BTreeMap<TrafficKey, Vec<(i64, f64)>> = BTreeMap::new();
     for (site, lane, dir, ts, count, speed, occ, heavy) in &rows {
         for (field, v) in [
             ("count", count),
@@ -1091,7 +1105,7 @@ fn heavy_urgent_readings_overtake_the_normal_backlog_after_an_outage() {
                 .map(move |(t, v)| (d.clone(), id.clone(), *t, *v))
         })
         .collect();
-    got.sort_by(|a, b| a.2.cmp(&b.2));
+    got.sort_by_key(|g| g.2);
     let want: Vec<(String, String, i64, f64)> = (0..NORMAL_COUNT)
         .map(|i| {
             (

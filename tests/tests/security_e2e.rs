@@ -43,7 +43,13 @@ impl Pki {
             dir: tempfile::tempdir().unwrap(),
         };
         let d = pki.dir.path();
-        let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
+        let ec = [
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+        ];
         for ca in ["ca", "other-ca"] {
             let (key, pem, subj) = (
                 format!("{ca}.key"),
@@ -92,8 +98,21 @@ impl Pki {
                 d,
                 "openssl",
                 &[
-                    "x509", "-req", "-in", &csr, "-CA", "ca.pem", "-CAkey", "ca.key",
-                    "-CAcreateserial", "-days", "30", "-extfile", &ext, "-out", &pem,
+                    "x509",
+                    "-req",
+                    "-in",
+                    &csr,
+                    "-CA",
+                    "ca.pem",
+                    "-CAkey",
+                    "ca.key",
+                    "-CAcreateserial",
+                    "-days",
+                    "30",
+                    "-extfile",
+                    &ext,
+                    "-out",
+                    &pem,
                 ],
             );
         }
@@ -110,12 +129,32 @@ impl Pki {
             d,
             "openssl",
             &[
-                "ca", "-batch", "-config", "ca.cnf", "-cert", "ca.pem", "-keyfile", "ca.key",
-                "-in", "server.csr", "-out", "expired.pem", "-startdate", "20200101000000Z",
-                "-enddate", "20200201000000Z", "-extfile", "server.ext", "-notext",
+                "ca",
+                "-batch",
+                "-config",
+                "ca.cnf",
+                "-cert",
+                "ca.pem",
+                "-keyfile",
+                "ca.key",
+                "-in",
+                "server.csr",
+                "-out",
+                "expired.pem",
+                "-startdate",
+                "20200101000000Z",
+                "-enddate",
+                "20200201000000Z",
+                "-extfile",
+                "server.ext",
+                "-notext",
             ],
         );
-        run(d, "mosquitto_passwd", &["-c", "-b", "passwd", USER, PASSWORD]);
+        run(
+            d,
+            "mosquitto_passwd",
+            &["-c", "-b", "passwd", USER, PASSWORD],
+        );
         pki
     }
 
@@ -148,9 +187,28 @@ impl Pki {
             self.dir.path(),
             "mosquitto_pub",
             &[
-                "-h", "127.0.0.1", "-p", &port, "--cafile", ca.to_str().unwrap(), "--cert",
-                cert.to_str().unwrap(), "--key", key.to_str().unwrap(), "-u", USER, "-P",
-                PASSWORD, "-q", "1", "-t", TOPIC, "-m", payload, "-i", "sec-e2e-pub",
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &port,
+                "--cafile",
+                ca.to_str().unwrap(),
+                "--cert",
+                cert.to_str().unwrap(),
+                "--key",
+                key.to_str().unwrap(),
+                "-u",
+                USER,
+                "-P",
+                PASSWORD,
+                "-q",
+                "1",
+                "-t",
+                TOPIC,
+                "-m",
+                payload,
+                "-i",
+                "sec-e2e-pub",
             ],
         );
     }
@@ -163,7 +221,13 @@ struct GatewaySetup<'a> {
     mutual: bool,
 }
 
-fn write_config(dir: &Path, pki: &Pki, broker: &Mosquitto, vm: &VictoriaMetrics, s: GatewaySetup<'_>) -> PathBuf {
+fn write_config(
+    dir: &Path,
+    pki: &Pki,
+    broker: &Mosquitto,
+    vm: &VictoriaMetrics,
+    s: GatewaySetup<'_>,
+) -> PathBuf {
     use std::os::unix::fs::PermissionsExt;
     let pw_file = dir.join("mqtt-password");
     std::fs::write(&pw_file, format!("{}\n", s.password)).unwrap();
@@ -216,8 +280,14 @@ enabled = false
 }
 
 fn assert_no_secret(text: &str, what: &str) {
-    assert!(!text.contains(PASSWORD), "the MQTT password appears in {what}:\n{text}");
-    assert!(!text.contains(TOKEN), "the store token appears in {what}:\n{text}");
+    assert!(
+        !text.contains(PASSWORD),
+        "the MQTT password appears in {what}:\n{text}"
+    );
+    assert!(
+        !text.contains(TOKEN),
+        "the store token appears in {what}:\n{text}"
+    );
 }
 
 /// Starts a gateway, waits for `expect` in its log, publishes one message with good
@@ -241,11 +311,18 @@ fn scenario(
     assert_no_secret(&cc, "check-config output");
     let gateway = GatewayProcess::spawn_with_env(
         &config,
-        &[(TOKEN_ENV, TOKEN), ("RUST_LOG", "debug,rumqttc=info,hyper=info,reqwest=info")],
+        &[
+            (TOKEN_ENV, TOKEN),
+            ("RUST_LOG", "debug,rumqttc=info,hyper=info,reqwest=info"),
+        ],
     )
     .unwrap();
     let seen = wait_until(Duration::from_secs(20), || gateway.log().contains(expect));
-    assert!(seen, "no {expect:?} in the gateway log:\n{}", gateway.log_tail(40));
+    assert!(
+        seen,
+        "no {expect:?} in the gateway log:\n{}",
+        gateway.log_tail(40)
+    );
     let ts = ioc_e2e::now_ms();
     pki.publish(broker, &format!("{{\"ts\":{ts},\"pm2_5\":12.5}}"));
     let selector = "{__name__=\"environment_pm2_5\"}";

@@ -271,6 +271,8 @@ fn default_poll_interval() -> u64 {
 #[serde(rename_all = "snake_case")]
 pub enum SerialProtocol {
     Pms5003,
+    /// The PMS5003T variant (temperature and humidity in place of the larger particle counts).
+    Pms5003t,
     Sds011,
     ModbusRtu,
     Node,
@@ -515,8 +517,8 @@ impl Config {
                     "client_cert_file and client_key_file go together".into(),
                 );
             }
-            if m.max_payload_bytes == 0 {
-                return bad(&k("max_payload_bytes"), "must be above 0".into());
+            if m.max_payload_bytes == 0 || m.max_payload_bytes > 4 << 20 {
+                return bad(&k("max_payload_bytes"), format!("must be 1..=4194304 bytes, got {}", m.max_payload_bytes));
             }
         }
         for (i, s) in self.inputs.serial.iter().enumerate() {

@@ -1,15 +1,16 @@
 //! Inputs: transport only (MQTT connections, serial ports); decoding lives in [`crate::decode`].
 pub mod mqtt;
 
-/// Starts one task per `[[inputs.serial]]` port (none until the serial input lands).
+/// Starts one task per `[[inputs.serial]]` port.
 pub fn spawn_serial_inputs(
     config: &crate::config::Config,
-    _ingest: &crate::pipeline::Ingest,
-    _shutdown: &tokio::sync::watch::Receiver<bool>,
-    _set: &mut tokio::task::JoinSet<anyhow::Result<()>>,
+    ingest: &crate::pipeline::Ingest,
+    shutdown: &tokio::sync::watch::Receiver<bool>,
+    set: &mut tokio::task::JoinSet<anyhow::Result<()>>,
 ) {
-    if !config.inputs.serial.is_empty() {
-        tracing::error!("serial inputs are configured but this build has no serial support yet");
+    for (i, cfg) in config.inputs.serial.iter().enumerate() {
+        let fut = serial::run_serial_input(cfg.clone(), i, ingest.clone(), shutdown.clone());
+        set.spawn(async move { fut.await.map_err(anyhow::Error::from) });
     }
 }
 pub mod serial;

@@ -35,6 +35,10 @@ use crate::pipeline::{count_received, count_rejected, Ingest};
 const QUEUE: usize = 4096;
 /// Messages committed together at most (one buffer append, one fsync).
 const GROUP_MAX: usize = 4096;
+/// How long after connecting aggregation waits before closing windows by the clock.
+const AGG_SETTLE: Duration = Duration::from_secs(2);
+/// Payload bytes committed together at most, so one append stays well inside the buffer's limits.
+const GROUP_MAX_BYTES: usize = 4 << 20;
 /// Largest MQTT packet the client reads at all. Larger packets cannot be received (and so cannot
 /// be acked); set the broker's `message_size_limit` below this.
 const MAX_PACKET: usize = 16 * 1024 * 1024;
@@ -79,6 +83,9 @@ async fn run(
         .collect();
 
     let (tx, rx) = mpsc::channel::<Publish>(QUEUE);
+    // When the current broker session began (None while disconnected): aggregation closes windows
+    // by the clock only once the broker has had time to redeliver what it queued for us.
+    let (connected_tx, connected_rx) = watch::channel::<Option<std::time::Instant>>(None);
     let committer = tokio::spawn(
         commit_loop(
             rx,
@@ -96,6 +103,7 @@ async fn run(
                 priority: cfg.priority.into(),
             },
             agg,
+            connected_rx,
         )
         .in_current_span(),
     );
@@ -114,6 +122,7 @@ async fn run(
             Ok(Event::Incoming(Packet::ConnAck(ack))) => {
                 connected.set(1.0);
                 status.set(&name, true, None);
+                let _ = connected_tx.send(Some(std::time::Instant::now()));
                 backoff.reset();
                 tracing::info!(session_present = ack.session_present, "connected to broker");
                 if !ack.session_present {
@@ -142,6 +151,7 @@ async fn run(
             Err(e) => {
                 connected.set(0.0);
                 status.set(&name, false, Some(explain(&e)));
+                let _ = connected_tx.send(None);
                 metrics::counter!("mqtt_connection_errors_total", "input" => name.clone())
                     .increment(1);
                 let wait = backoff.next();
@@ -313,6 +323,7 @@ async fn commit_loop(
     ingest: Ingest,
     c: Committer,
     mut agg: Option<Aggregation>,
+    connected: watch::Receiver<Option<std::time::Instant>>,
 ) {
     let mut group = Vec::with_capacity(64);
     let mut limiter = LogLimiter::default();
@@ -328,9 +339,13 @@ async fn commit_loop(
             _ = tick.tick(), if agg.is_some() => None,
         };
         group.extend(first);
-        while group.len() < GROUP_MAX && !group.is_empty() {
+        let mut group_bytes: usize = group.iter().map(|p| p.payload.len()).sum();
+        while group.len() < GROUP_MAX && group_bytes < GROUP_MAX_BYTES && !group.is_empty() {
             match rx.try_recv() {
-                Ok(p) => group.push(p),
+                Ok(p) => {
+                    group_bytes += p.payload.len();
+                    group.push(p);
+                }
                 Err(_) => break,
             }
         }
@@ -371,7 +386,10 @@ async fn commit_loop(
                 }
             }
         }
-        if let Some(a) = &mut agg {
+        // Close windows by the clock only while connected for a while with nothing queued: after
+        // a reconnect the broker first redelivers what it held, which may belong to those windows.
+        let settled = matches!(*connected.borrow(), Some(t) if t.elapsed() >= AGG_SETTLE) && rx.is_empty();
+        if let (Some(a), true) = (&mut agg, settled) {
             let closed = a.aggregator.flush_due(now);
             if !closed.is_empty() {
                 lines += ingest.encode(&c.name, closed, &mut lp);
@@ -386,6 +404,15 @@ async fn commit_loop(
                 Err(crate::buffer::BufferError::Closed) => {
                     tracing::error!("buffer closed; {} messages left unacked for redelivery", group.len());
                     return;
+                }
+                Err(e @ crate::buffer::BufferError::TooLarge { .. }) => {
+                    // Permanent: retrying cannot help. Only possible with max_payload_bytes set
+                    // near the buffer's per-line limit; refuse these messages, say so, move on.
+                    tracing::error!(messages = group.len(), "readings refused by the buffer: {e}; lower max_payload_bytes");
+                    for _ in 0..group.len() {
+                        count_rejected(&c.name, "too_large_for_buffer");
+                    }
+                    break;
                 }
                 Err(e) => {
                     let wait = backoff.next();

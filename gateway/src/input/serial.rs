@@ -228,14 +228,15 @@ pub enum StreamDecoder {
 impl StreamDecoder {
     /// The decoder for a streaming protocol (`None` for `modbus_rtu`, which is polled).
     ///
-    /// PMS5003T: the frame cannot say which variant sent it (see `decode::pms5003`), and the
-    /// config has no variant key yet, so a port whose tags set `model = "pms5003t"` is read as a
-    /// PMS5003T (the tag is then taken as the `model` tag, which it already equals).
+    /// PMS5003T: the frame cannot say which variant sent it (see `decode::pms5003`), so the port
+    /// says it: `protocol = "pms5003t"` (or, as before, tag `model = "pms5003t"`).
     pub fn for_port(cfg: &SerialInputConfig) -> Option<Self> {
         let mut tags = cfg.tags.clone();
         Some(match cfg.protocol {
-            SerialProtocol::Pms5003 => {
-                let variant = if tags.get("model").map(String::as_str) == Some("pms5003t") {
+            SerialProtocol::Pms5003 | SerialProtocol::Pms5003t => {
+                let variant = if cfg.protocol == SerialProtocol::Pms5003t
+                    || tags.get("model").map(String::as_str) == Some("pms5003t")
+                {
                     Pms5003Variant::T
                 } else {
                     Pms5003Variant::Standard
@@ -748,7 +749,3 @@ async fn poll_one(
         Ok(Err(tokio_modbus::Error::Transport(e))) => PollOutcome::PortLost(e.to_string()),
     }
 }
-
-// TEMPORARY (serial engineer, for testing until the lead registers `pub mod probe;` in lib.rs).
-#[path = "../probe.rs"]
-pub mod probe_tmp;
