@@ -34,7 +34,12 @@ target_dir="${FUZZ_TARGET_DIR:-/tmp/ioc-fuzz-target}"
 # assertions on, so the encoder's "never encode an invalid reading" check fires.
 build_flags=(--sanitizer none --debug-assertions --target-dir "$target_dir")
 
-"${cargo[@]}" build "${build_flags[@]}" "${targets[@]/#/}" 2>&1 | tail -3 || true
+# Build every target once up front (each `run` below would otherwise build on demand).
+if ! "${cargo[@]}" build "${build_flags[@]}" >/tmp/ioc-fuzz-build.log 2>&1; then
+    tail -30 /tmp/ioc-fuzz-build.log >&2
+    echo "fuzz targets do not build" >&2
+    exit 2
+fi
 failed=()
 summary=()
 for t in "${targets[@]}"; do

@@ -1072,8 +1072,10 @@ fn heavy_urgent_readings_overtake_the_normal_backlog_after_an_outage() {
         normal_at_urgent < NORMAL_COUNT,
         "the normal backlog had fully drained ({normal_at_urgent}) before all urgent readings were queryable"
     );
+    // The latency is reported above (a figure, not a timed assertion: CI machines are loaded);
+    // this bound only catches an urgent event stuck behind the whole backlog.
     assert!(
-        drain_latency < Duration::from_secs(5),
+        drain_latency < Duration::from_secs(30),
         "an urgent event published during the backlog drain took {drain_latency:?} to be queryable"
     );
 
