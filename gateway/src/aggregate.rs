@@ -123,7 +123,11 @@ fn numeric(v: &FieldValue) -> Option<f64> {
 impl Aggregator {
     /// An aggregator with windows of `window_s` seconds and `grace_s` seconds for late readings,
     /// keeping its state in `path` (if any) and resuming from it.
-    pub fn open(window_s: u64, grace_s: u64, path: Option<PathBuf>) -> Result<Self, AggregateError> {
+    pub fn open(
+        window_s: u64,
+        grace_s: u64,
+        path: Option<PathBuf>,
+    ) -> Result<Self, AggregateError> {
         let mut a = Aggregator {
             window_ns: (window_s.max(1) as i64).saturating_mul(1_000_000_000),
             grace_ns: (grace_s as i64).saturating_mul(1_000_000_000),
@@ -138,7 +142,8 @@ impl Aggregator {
                     Ok(state) => {
                         a.closed_before_ns = state.closed_before_ns;
                         for w in state.windows {
-                            a.open.insert((series_key(&w.measurement, &w.tags), w.start_ns), w);
+                            a.open
+                                .insert((series_key(&w.measurement, &w.tags), w.start_ns), w);
                         }
                     }
                     Err(e) => tracing::warn!(
@@ -230,10 +235,14 @@ impl Aggregator {
         r.tags
             .insert("agg".into(), format!("{}s", self.window_ns / 1_000_000_000));
         for (name, s) in &w.fields {
+            r.fields.insert(
+                format!("{name}_mean"),
+                FieldValue::Float(s.sum / s.count as f64),
+            );
             r.fields
-                .insert(format!("{name}_mean"), FieldValue::Float(s.sum / s.count as f64));
-            r.fields.insert(format!("{name}_min"), FieldValue::Float(s.min));
-            r.fields.insert(format!("{name}_max"), FieldValue::Float(s.max));
+                .insert(format!("{name}_min"), FieldValue::Float(s.min));
+            r.fields
+                .insert(format!("{name}_max"), FieldValue::Float(s.max));
             r.fields
                 .insert(format!("{name}_count"), FieldValue::Int(s.count as i64));
         }
@@ -319,7 +328,10 @@ mod tests {
         assert_eq!(field(c, "pm2_5_min"), FieldValue::Float(0.5));
         assert_eq!(field(c, "pm2_5_max"), FieldValue::Float(30.0));
         assert_eq!(field(c, "pm2_5_count"), FieldValue::Int(4));
-        assert!(!c.fields.contains_key("ok_mean"), "bools are not aggregated");
+        assert!(
+            !c.fields.contains_key("ok_mean"),
+            "bools are not aggregated"
+        );
         assert_eq!(c.validate(), Ok(()));
         assert_eq!(field(&out[1], "pm2_5_mean"), FieldValue::Float(7.5));
         assert_eq!(field(&out[1], "pm2_5_count"), FieldValue::Int(1));

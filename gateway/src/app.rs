@@ -121,7 +121,8 @@ pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> anyhow::Res
         sink.flavor(),
         observers.live.clone(),
         observers.inputs.clone(),
-    );
+    )
+    .with_limits(config.limits.clone());
 
     let (fwd_stop_tx, fwd_stop_rx) = watch::channel(false);
     let forwarder = tokio::spawn(run_forwarder(
@@ -137,8 +138,7 @@ pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> anyhow::Res
 
     let mut inputs = tokio::task::JoinSet::new();
     for (i, m) in config.inputs.mqtt.iter().enumerate() {
-        let fut =
-            crate::input::mqtt::run_mqtt_input(
+        let fut = crate::input::mqtt::run_mqtt_input(
             m.clone(),
             i,
             ingest.clone(),

@@ -119,7 +119,9 @@ fn main() -> ExitCode {
                 .enable_all()
                 .build()
                 .map_err(anyhow::Error::from)
-                .and_then(|rt| rt.block_on(ioc_gateway::probe::probe(port, baud, protocol, seconds)));
+                .and_then(|rt| {
+                    rt.block_on(ioc_gateway::probe::probe(port, baud, protocol, seconds))
+                });
             match result {
                 Ok(true) => ExitCode::SUCCESS,
                 Ok(false) => ExitCode::FAILURE,

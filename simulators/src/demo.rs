@@ -69,7 +69,11 @@ pub fn detect_store() -> Option<FoundStore> {
             return Some(FoundStore {
                 url: "http://127.0.0.1:8086".into(),
                 v1: is_v1,
-                what: if is_v1 { "InfluxDB 1.x" } else { "InfluxDB 2/3" },
+                what: if is_v1 {
+                    "InfluxDB 1.x"
+                } else {
+                    "InfluxDB 2/3"
+                },
             });
         }
     }
@@ -243,12 +247,22 @@ pub async fn run_demo(opts: DemoOptions) -> anyhow::Result<()> {
     popts.client_id_prefix = "demo-sim".into();
     let manifest_path = dir.join("manifest.jsonl");
     let manifest = std::fs::File::create(&manifest_path)?;
-    let sim = tokio::spawn(mqtt::publish(generator, popts, Box::new(std::io::BufWriter::new(manifest))));
+    let sim = tokio::spawn(mqtt::publish(
+        generator,
+        popts,
+        Box::new(std::io::BufWriter::new(manifest)),
+    ));
 
     println!();
-    println!("ioc-gateway demo is running ({} devices).", scenario_device_count(&scenario, opts.seed));
+    println!(
+        "ioc-gateway demo is running ({} devices).",
+        scenario_device_count(&scenario, opts.seed)
+    );
     println!("  live page:      http://{}/", opts.http_listen);
-    println!("  health:         http://{}/readyz   metrics: http://{}/metrics", opts.http_listen, opts.http_listen);
+    println!(
+        "  health:         http://{}/readyz   metrics: http://{}/metrics",
+        opts.http_listen, opts.http_listen
+    );
     println!("  MQTT broker:    mqtt://127.0.0.1:{mqtt_port}  (embedded rumqttd; try: mosquitto_sub -p {mqtt_port} -t 'city/#' -v)");
     println!("  gateway config: {}", config_path.display());
     match &found {
@@ -282,5 +296,7 @@ pub async fn run_demo(opts: DemoOptions) -> anyhow::Result<()> {
 }
 
 fn scenario_device_count(scenario: &Scenario, seed: u64) -> usize {
-    Generator::new(scenario, seed).map(|g| g.device_count()).unwrap_or(0)
+    Generator::new(scenario, seed)
+        .map(|g| g.device_count())
+        .unwrap_or(0)
 }

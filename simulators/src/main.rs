@@ -210,8 +210,12 @@ fn real_main() -> anyhow::Result<ExitCode> {
             duration,
             scenario,
         } => {
-            let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,ioc_gateway=info,ioc_gateway::output::influx=error"));
+            let filter =
+                tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+                    tracing_subscriber::EnvFilter::new(
+                        "warn,ioc_gateway=info,ioc_gateway::output::influx=error",
+                    )
+                });
             tracing_subscriber::fmt()
                 .with_env_filter(filter)
                 .with_writer(std::io::stderr)

@@ -19,17 +19,25 @@ const TOKEN_ENV: &str = "IOC_SEC_E2E_TOKEN";
 const TOPIC: &str = "city/d1/env/s1";
 
 fn run(dir: &Path, program: &str, args: &[&str]) {
+    let (ok, output) = try_run(dir, program, args);
+    assert!(ok, "{program} {args:?}: {output}");
+}
+
+/// Runs a command; whether it succeeded, and its stdout + stderr.
+fn try_run(dir: &Path, program: &str, args: &[&str]) -> (bool, String) {
     let out = Command::new(program)
         .args(args)
         .current_dir(dir)
         .output()
         .unwrap_or_else(|e| panic!("{program}: {e}"));
-    assert!(
+    (
         out.status.success(),
-        "{program} {args:?}: {}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+        format!(
+            "{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
 }
 
 /// Keys and certificates for one test, in a temp dir.
@@ -183,7 +191,9 @@ impl Pki {
         let ca = self.path("ca.pem");
         let cert = self.path("client.pem");
         let key = self.path("client.key");
-        run(
+        // A broker serving an expired certificate refuses this client too: then nothing is
+        // published, and the test rests on the gateway refusing the broker.
+        let (ok, output) = try_run(
             self.dir.path(),
             "mosquitto_pub",
             &[
@@ -210,6 +220,10 @@ impl Pki {
                 "-i",
                 "sec-e2e-pub",
             ],
+        );
+        assert!(
+            ok || output.contains("TLS error"),
+            "mosquitto_pub failed: {output}"
         );
     }
 }
@@ -403,7 +417,7 @@ fn expired_server_certificate_is_refused_with_a_clear_error_and_nothing_is_inges
     };
     let (log, points) = scenario(&pki, &broker, setup, "TLS handshake failed");
     assert_eq!(points, 0, "{log}");
-    assert!(log.contains("Expired"), "{log}");
+    assert!(log.contains("certificate expired"), "{log}");
     assert!(!log.contains("connected to broker"), "{log}");
 }
 

@@ -508,7 +508,10 @@ impl Config {
             }
             if let Some(a) = &m.aggregate {
                 if a.window_s == 0 || a.window_s > 86_400 {
-                    return bad(&k("aggregate.window_s"), format!("must be 1..=86400 seconds, got {}", a.window_s));
+                    return bad(
+                        &k("aggregate.window_s"),
+                        format!("must be 1..=86400 seconds, got {}", a.window_s),
+                    );
                 }
             }
             if m.client_cert_file.is_some() != m.client_key_file.is_some() {
@@ -518,7 +521,10 @@ impl Config {
                 );
             }
             if m.max_payload_bytes == 0 || m.max_payload_bytes > 4 << 20 {
-                return bad(&k("max_payload_bytes"), format!("must be 1..=4194304 bytes, got {}", m.max_payload_bytes));
+                return bad(
+                    &k("max_payload_bytes"),
+                    format!("must be 1..=4194304 bytes, got {}", m.max_payload_bytes),
+                );
             }
         }
         for (i, s) in self.inputs.serial.iter().enumerate() {

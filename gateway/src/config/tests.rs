@@ -126,5 +126,8 @@ fn shipped_example_config_is_valid() {
 #[test]
 fn json_input_without_measurement_is_refused() {
     let e = err(&GOOD.replace("measurement = \"environment\"\n", ""));
-    assert!(e.starts_with("gw.toml:6: key `inputs.mqtt[0].measurement`"), "{e}");
+    assert!(
+        e.starts_with("gw.toml:6: key `inputs.mqtt[0].measurement`"),
+        "{e}"
+    );
 }

@@ -24,8 +24,8 @@ use tokio::sync::{mpsc, watch};
 use tracing::Instrument;
 
 use crate::aggregate::Aggregator;
-use crate::config::{PayloadFormat, RawReadings};
 use crate::config::{parse_mqtt_url, resolve_secret, MqttInputConfig};
+use crate::config::{PayloadFormat, RawReadings};
 use crate::decode::json::{self, JsonMapping};
 use crate::decode::{camera, line_protocol};
 use crate::model::{Priority, Reading};
@@ -61,7 +61,9 @@ pub async fn run_mqtt_input(
 ) -> Result<(), MqttInputError> {
     let name = cfg.name.clone().unwrap_or_else(|| format!("mqtt{index}"));
     let span = tracing::info_span!("mqtt", input = %name, url = %cfg.url);
-    run(cfg, name, ingest, data_dir, shutdown).instrument(span).await
+    run(cfg, name, ingest, data_dir, shutdown)
+        .instrument(span)
+        .await
 }
 
 async fn run(
@@ -299,21 +301,34 @@ fn aggregation(
         return Ok(None);
     };
     let file = format!("{}.state", sanitize(name));
-    let aggregator = Aggregator::open(a.window_s, a.grace_s, Some(data_dir.join("aggregate").join(file)))
-        .map_err(|e| MqttInputError::Setup {
-            input: name.to_owned(),
-            message: e.to_string(),
-        })?;
+    let aggregator = Aggregator::open(
+        a.window_s,
+        a.grace_s,
+        Some(data_dir.join("aggregate").join(file)),
+    )
+    .map_err(|e| MqttInputError::Setup {
+        input: name.to_owned(),
+        message: e.to_string(),
+    })?;
     let raw_log = (a.raw == RawReadings::Local).then(|| RawLog {
         path: data_dir.join("raw").join(format!("{}.lp", sanitize(name))),
         file: None,
     });
-    Ok(Some(Aggregation { aggregator, raw_log }))
+    Ok(Some(Aggregation {
+        aggregator,
+        raw_log,
+    }))
 }
 
 fn sanitize(name: &str) -> String {
     name.chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect()
 }
 
@@ -388,7 +403,8 @@ async fn commit_loop(
         }
         // Close windows by the clock only while connected for a while with nothing queued: after
         // a reconnect the broker first redelivers what it held, which may belong to those windows.
-        let settled = matches!(*connected.borrow(), Some(t) if t.elapsed() >= AGG_SETTLE) && rx.is_empty();
+        let settled =
+            matches!(*connected.borrow(), Some(t) if t.elapsed() >= AGG_SETTLE) && rx.is_empty();
         if let (Some(a), true) = (&mut agg, settled) {
             let closed = a.aggregator.flush_due(now);
             if !closed.is_empty() {
@@ -402,13 +418,19 @@ async fn commit_loop(
             match ingest.commit(c.priority, lines, lp.clone()).await {
                 Ok(()) => break,
                 Err(crate::buffer::BufferError::Closed) => {
-                    tracing::error!("buffer closed; {} messages left unacked for redelivery", group.len());
+                    tracing::error!(
+                        "buffer closed; {} messages left unacked for redelivery",
+                        group.len()
+                    );
                     return;
                 }
                 Err(e @ crate::buffer::BufferError::TooLarge { .. }) => {
                     // Permanent: retrying cannot help. Only possible with max_payload_bytes set
                     // near the buffer's per-line limit; refuse these messages, say so, move on.
-                    tracing::error!(messages = group.len(), "readings refused by the buffer: {e}; lower max_payload_bytes");
+                    tracing::error!(
+                        messages = group.len(),
+                        "readings refused by the buffer: {e}; lower max_payload_bytes"
+                    );
                     for _ in 0..group.len() {
                         count_rejected(&c.name, "too_large_for_buffer");
                     }
@@ -416,7 +438,10 @@ async fn commit_loop(
                 }
                 Err(e) => {
                     let wait = backoff.next();
-                    tracing::error!(retry_in_ms = wait.as_millis() as u64, "cannot make readings durable, not acking: {e}");
+                    tracing::error!(
+                        retry_in_ms = wait.as_millis() as u64,
+                        "cannot make readings durable, not acking: {e}"
+                    );
                     tokio::time::sleep(wait).await;
                 }
             }
@@ -424,7 +449,9 @@ async fn commit_loop(
         if let Some(a) = &mut agg {
             // The open windows hold readings we are about to ack: save them first.
             if let Err(e) = a.aggregator.save() {
-                tracing::error!("cannot save aggregation windows, not acking (the broker will redeliver): {e}");
+                tracing::error!(
+                    "cannot save aggregation windows, not acking (the broker will redeliver): {e}"
+                );
                 group.clear();
                 continue;
             }

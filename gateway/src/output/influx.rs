@@ -480,7 +480,9 @@ impl InfluxSink {
                     tracing::error!(status, error = %message, url = %self.write_url, retry_in = ?delay,
                         "the store has no such write endpoint, database or bucket: check url, api, \
                          database/bucket/org in [output.influxdb]; the batch is kept and retried");
-                    self.observe(format!("HTTP {status}: no such endpoint, database or bucket"));
+                    self.observe(format!(
+                        "HTTP {status}: no such endpoint, database or bucket"
+                    ));
                     delay
                 }
                 Err(SinkError::Transport { reason, timeout }) => {
