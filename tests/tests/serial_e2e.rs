@@ -366,6 +366,22 @@ tags = {{ district = "d2" }}
     }
     println!("gateway log tail:\n{}", gateway.log_tail(15));
 
+    // The gateway's node counters saw the forced gap and the reboot (they are also counted as
+    // `node_frames_lost_total` and `node_reboots_total` in /metrics).
+    let log = gateway.log();
+    let lost: u64 = log
+        .lines()
+        .filter(|l| l.contains("node frames lost"))
+        .filter_map(|l| l.split("lost=").nth(1))
+        .filter_map(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+        .sum();
+    assert_eq!(lost, 3, "frames lost reported by the gateway:\n{log}");
+    assert_eq!(
+        log.matches("a sensor node rebooted").count(),
+        1,
+        "reboots reported by the gateway:\n{log}"
+    );
+
     gateway.sigterm();
     gateway.wait_exit(Duration::from_secs(10)).unwrap();
 }

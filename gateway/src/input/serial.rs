@@ -195,6 +195,10 @@ pub struct StreamOutput {
     pub skipped: u64,
     /// Bad frames and noise runs, by reason label.
     pub bad: Vec<&'static str>,
+    /// Node frames: sequence numbers lost, reboots seen and duplicates dropped in this push.
+    pub node_frames_lost: u64,
+    pub node_reboots: u64,
+    pub node_duplicates: u64,
 }
 
 impl StreamOutput {
@@ -204,6 +208,9 @@ impl StreamOutput {
         self.good = 0;
         self.skipped = 0;
         self.bad.clear();
+        self.node_frames_lost = 0;
+        self.node_reboots = 0;
+        self.node_duplicates = 0;
     }
 }
 
@@ -358,9 +365,13 @@ impl StreamDecoder {
                 let Some(bytes) = bytes else {
                     return;
                 };
-                let before = decoder.counters().frames;
+                let before = decoder.counters();
                 let mut batch = decoder.push(bytes, now_ns);
-                out.good += decoder.counters().frames.saturating_sub(before);
+                let after = decoder.counters();
+                out.good += after.frames.saturating_sub(before.frames);
+                out.node_frames_lost += after.frames_lost.saturating_sub(before.frames_lost);
+                out.node_reboots += after.reboots.saturating_sub(before.reboots);
+                out.node_duplicates += after.duplicates.saturating_sub(before.duplicates);
                 out.readings.append(&mut batch.readings);
                 out.replies.append(&mut batch.replies);
                 out.bad.extend(batch.errors.iter().map(|e| e.label()));
@@ -375,6 +386,24 @@ fn gateway_boot_id() -> u32 {
 }
 
 fn count_frames(port: &str, out: &StreamOutput) {
+    if out.node_frames_lost > 0 {
+        metrics::counter!("node_frames_lost_total", "port" => port.to_owned())
+            .increment(out.node_frames_lost);
+        tracing::warn!(
+            port,
+            lost = out.node_frames_lost,
+            "node frames lost (sequence gap)"
+        );
+    }
+    if out.node_reboots > 0 {
+        metrics::counter!("node_reboots_total", "port" => port.to_owned())
+            .increment(out.node_reboots);
+        tracing::warn!(port, "a sensor node rebooted (new boot id)");
+    }
+    if out.node_duplicates > 0 {
+        metrics::counter!("node_duplicates_total", "port" => port.to_owned())
+            .increment(out.node_duplicates);
+    }
     if out.good > 0 {
         metrics::counter!("serial_frames_total", "port" => port.to_owned(), "result" => "ok")
             .increment(out.good);
