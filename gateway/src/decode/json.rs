@@ -103,12 +103,34 @@ pub fn decode(
     let value: Value =
         serde_json::from_slice(payload).map_err(|e| JsonError::NotJson(e.to_string()))?;
     let base_tags = topic_and_static_tags(mapping, topic)?;
+    from_value(mapping, &base_tags, value, received_ns)
+}
+
+/// The same as [`decode`] with the topic and static tags already worked out (see
+/// [`topic_and_static_tags`]), for callers that need them for other formats too.
+pub fn decode_with_tags(
+    mapping: &JsonMapping,
+    base_tags: &BTreeMap<String, String>,
+    payload: &[u8],
+    received_ns: i64,
+) -> Result<Vec<Reading>, JsonError> {
+    let value: Value =
+        serde_json::from_slice(payload).map_err(|e| JsonError::NotJson(e.to_string()))?;
+    from_value(mapping, base_tags, value, received_ns)
+}
+
+fn from_value(
+    mapping: &JsonMapping,
+    base_tags: &BTreeMap<String, String>,
+    value: Value,
+    received_ns: i64,
+) -> Result<Vec<Reading>, JsonError> {
     match value {
-        Value::Object(obj) => Ok(vec![one(mapping, &base_tags, obj, received_ns)?]),
+        Value::Object(obj) => Ok(vec![one(mapping, base_tags, obj, received_ns)?]),
         Value::Array(items) if !items.is_empty() => items
             .into_iter()
             .map(|item| match item {
-                Value::Object(obj) => one(mapping, &base_tags, obj, received_ns),
+                Value::Object(obj) => one(mapping, base_tags, obj, received_ns),
                 _ => Err(JsonError::NotAnObject),
             })
             .collect(),

@@ -213,7 +213,7 @@ fn decode_payload(
         Err(e) => return (Vec::new(), vec![(e.label(), e.to_string())]),
     };
     match c.format {
-        PayloadFormat::Json => match json::decode(&c.mapping, topic, payload, now) {
+        PayloadFormat::Json => match json::decode_with_tags(&c.mapping, &tags, payload, now) {
             Ok(r) => (r, Vec::new()),
             Err(e) => (Vec::new(), vec![(e.label(), e.to_string())]),
         },
