@@ -14,6 +14,7 @@
 pub mod aggregate;
 pub mod app;
 pub mod buffer;
+pub mod buffercmd;
 pub mod clock;
 pub mod config;
 pub mod decode;

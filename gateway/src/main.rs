@@ -58,11 +58,67 @@ enum Command {
         #[arg(long, default_value_t = 10)]
         seconds: u64,
     },
+    /// Inspect the disk buffer: read-only, safe while a gateway runs on it (takes no lock).
+    Buffer {
+        #[command(subcommand)]
+        command: BufferCommand,
+    },
     /// Check a config file: exit 0 if valid, else print where the problem is and exit 2.
     CheckConfig {
         /// Path to the TOML config file.
         config: PathBuf,
     },
+}
+
+#[derive(Subcommand)]
+enum BufferCommand {
+    /// Per class: unsent and acked lines, time span of the unsent readings, damage, disk use.
+    Stats {
+        #[command(flatten)]
+        source: BufferSourceArgs,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write the buffered readings as plain line protocol (urgent class first, oldest first),
+    /// exactly what the gateway would send; a summary goes to stderr.
+    Export {
+        #[command(flatten)]
+        source: BufferSourceArgs,
+        /// Output file, or `-` for standard output.
+        #[arg(long, short, default_value = "-")]
+        output: PathBuf,
+        /// Which priority class to export.
+        #[arg(long, value_enum, default_value = "all")]
+        class: ioc_gateway::buffercmd::ClassChoice,
+        /// Also export what the store already acknowledged but is still on disk.
+        #[arg(long)]
+        include_acked: bool,
+    },
+}
+
+/// Where the buffer is: exactly one of `--config` and `--data-dir`.
+#[derive(clap::Args)]
+#[group(required = true, multiple = false)]
+struct BufferSourceArgs {
+    /// The gateway's config file (its data_dir, and max_disk_mb as the disk bound).
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    /// The gateway's data_dir, or the buffer directory itself.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+}
+
+impl BufferSourceArgs {
+    fn source(self) -> ioc_gateway::buffercmd::BufferSource {
+        use ioc_gateway::buffercmd::BufferSource;
+        match (self.config, self.data_dir) {
+            (Some(config), _) => BufferSource::Config(config),
+            (None, Some(dir)) => BufferSource::DataDir(dir),
+            // clap's group makes one of them required.
+            (None, None) => BufferSource::DataDir(PathBuf::from(".")),
+        }
+    }
 }
 
 fn init_logging(format: LogFormat) {
@@ -131,6 +187,7 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Buffer { command } => buffer(command),
         Command::Run { config } => match run(config) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -139,6 +196,39 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+    }
+}
+
+fn buffer(command: BufferCommand) -> ExitCode {
+    use ioc_gateway::buffercmd;
+    let result = match command {
+        BufferCommand::Stats { source, json } => {
+            buffercmd::stats(&source.source(), json, buffercmd::stderr_is_terminal())
+                .map(|text| print!("{text}"))
+        }
+        BufferCommand::Export {
+            source,
+            output,
+            class,
+            include_acked,
+        } => buffercmd::export(
+            &source.source(),
+            class,
+            include_acked,
+            &buffercmd::ExportTarget::parse(&output),
+            buffercmd::stderr_is_terminal(),
+        )
+        .map(|summary| eprintln!("{}", buffercmd::summary_line(&summary))),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        // `export | head`: the reader has what it wanted.
+        Err(e) if e.is_broken_pipe() => ExitCode::SUCCESS,
+        Err(e) => {
+            let code = e.exit_code();
+            eprintln!("error: {e}");
+            ExitCode::from(code)
+        }
     }
 }
 

@@ -13,6 +13,7 @@
 //! <dir>/normal/00000000000000000042.seg   append-only segments, one log per priority class
 //! <dir>/normal/ack.cursor                 how far the store has confirmed this class
 //! <dir>/urgent/...                        the same for the urgent class
+//! <dir>/LOCK                              flock'd by the gateway using the buffer; holds its pid
 //! ```
 //!
 //! Segment ids are global and increasing (a new segment always gets an id above every id on disk
@@ -72,6 +73,8 @@
 //! `buffer_recovery_dropped_bytes_total`.
 
 mod cursor;
+pub mod inspect;
+mod lock;
 mod reader;
 mod record;
 mod recovery;
@@ -86,7 +89,9 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+pub use lock::{read_lock_pid, LOCK_FILE};
 pub use reader::{Batch, BufferReader};
+pub use writer::filesystem_free_bytes;
 pub use writer::BufferWriter;
 
 /// Where the buffer lives and how big it may grow.
@@ -160,6 +165,8 @@ pub struct BufferStats {
     pub recovery_dropped_bytes: u64,
     /// Appends that failed with a disk error since open.
     pub append_errors: u64,
+    /// Whether the latest append failed (the disk is failing now).
+    pub disk_failing: bool,
     /// fsyncs of segment data (group commits and segment creations) since open.
     pub data_fsyncs: u64,
     /// fsyncs for ack cursors and deletions since open.
@@ -181,6 +188,12 @@ pub enum BufferError {
     TooLarge { bytes: usize, limit: usize },
     #[error("invalid buffer configuration: {0}")]
     Config(String),
+    #[error(
+        "buffer directory {} is in use by another ioc-gateway ({}): stop it, or give this gateway another data_dir",
+        dir.display(),
+        pid.map_or_else(|| "pid unknown".to_string(), |p| format!("pid {p} holds {LOCK_FILE}"))
+    )]
+    InUse { dir: PathBuf, pid: Option<u32> },
 }
 
 impl BufferError {
@@ -200,6 +213,9 @@ impl BufferError {
 
 /// Opens (creating) the buffer in `cfg.dir`, recovers it, and starts the writer thread.
 ///
+/// Takes an exclusive lock on `<dir>/LOCK` first: a second gateway on the same directory gets
+/// [`BufferError::InUse`] naming the holder's pid.
+///
 /// Blocking (it scans every segment): call it before the runtime gets busy, or from
 /// `spawn_blocking`. The reader's methods need a tokio runtime.
 pub fn open(
@@ -213,13 +229,18 @@ pub fn open(
     } else {
         cfg.segment_bytes
     };
+    // One gateway per directory: lock before recovery touches anything.
+    std::fs::create_dir_all(&cfg.dir).map_err(|e| BufferError::io(&cfg.dir, e))?;
+    let dir_lock = lock::acquire(&cfg.dir)?;
     let recovered = recovery::recover(&cfg.dir)?;
     let report = recovered.report.clone();
     let start = [
         recovery::start_position(&recovered.state.classes[0]),
         recovery::start_position(&recovered.state.classes[1]),
     ];
-    let shared = Arc::new(state::Shared::new(recovered.state));
+    // The lock lives in the shared state: released once the writer thread, the writers and the
+    // reader are all gone.
+    let shared = Arc::new(state::Shared::new(recovered.state, Some(dir_lock)));
     shared.publish_gauges();
     let writer = writer::start(
         Arc::clone(&shared),

@@ -4,6 +4,11 @@
 //! far the store has confirmed). Batches may be acknowledged out of order; the persisted cursor
 //! only ever advances over a contiguous prefix of acknowledged batches, so a crash re-sends
 //! whatever was not confirmed (the same records, byte for byte) and loses nothing.
+//!
+//! A segment is deleted once the persisted cursor has passed it, with one exception: when the
+//! cursor cannot be written (a full disk has no room even for it), wholly delivered segments are
+//! deleted first to make room. That is safe: after a crash the older cursor on disk only makes
+//! the segments after it be sent again.
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -528,22 +533,68 @@ impl BufferReader {
             .increment(total);
 
         let cursor_dir = dir.clone();
-        let fsyncs = blocking("store cursor", move || cursor::store(&cursor_dir, pos))
-            .await
-            .map_err(|(e, _)| BufferError::io(&dir, e))?;
+        let stored = blocking("store cursor", move || cursor::store(&cursor_dir, pos)).await;
+        let fsyncs = match stored {
+            Ok(fsyncs) => fsyncs,
+            Err((e, _)) => {
+                // On a full disk not even the small cursor file can be written, and waiting for
+                // it would keep every delivered segment on disk. Deleting wholly delivered
+                // segments first is safe: after a crash, the older cursor on disk only makes
+                // the segments after it be sent again, and none of those is lost. Then retry
+                // once in the room freed.
+                tracing::warn!(
+                    error = %e,
+                    dir = %dir.display(),
+                    "cannot persist the ack cursor; deleting delivered segments to make room"
+                );
+                self.delete_acked_segments(priority, &dir).await?;
+                let cursor_dir = dir.clone();
+                match blocking("store cursor", move || cursor::store(&cursor_dir, pos)).await {
+                    Ok(fsyncs) => fsyncs,
+                    Err((e, _)) => {
+                        let error = BufferError::io(&dir, e);
+                        if !error.is_disk_full() {
+                            return Err(error);
+                        }
+                        // Still full: the batch is acked in memory (its segment goes once it
+                        // is wholly acked, freeing room) and a later ack persists the cursor.
+                        // Waiting here would only slow the drain that frees the disk.
+                        tracing::warn!(
+                            "{error}: the ack cursor stays behind until there is room (a crash \
+                             now would re-send, not lose, the delivered batches after it)"
+                        );
+                        self.shared.publish_gauges();
+                        return Ok(());
+                    }
+                }
+            }
+        };
         self.shared.meta_fsyncs.fetch_add(fsyncs, Ordering::Relaxed);
 
-        // Only once the cursor is durable may the data before it go.
+        // Only once the cursor is durable may the data before it go (see above for the one
+        // exception).
+        self.delete_acked_segments(priority, &dir).await?;
+        self.shared.publish_gauges();
+        Ok(())
+    }
+
+    /// Deletes the class's sealed segments that lie wholly before its (in-memory) ack cursor.
+    async fn delete_acked_segments(
+        &self,
+        priority: Priority,
+        dir: &std::path::Path,
+    ) -> Result<(), BufferError> {
         let to_delete = self.shared.lock().class_mut(priority).take_acked_segments();
-        if !to_delete.is_empty() {
-            let delete_dir = dir.clone();
-            let fsyncs = blocking("delete segments", move || {
-                delete_files(&delete_dir, &to_delete)
-            })
-            .await
-            .map_err(|(e, _)| BufferError::io(&dir, e))?;
-            self.shared.meta_fsyncs.fetch_add(fsyncs, Ordering::Relaxed);
+        if to_delete.is_empty() {
+            return Ok(());
         }
+        let delete_dir = dir.to_path_buf();
+        let fsyncs = blocking("delete segments", move || {
+            delete_files(&delete_dir, &to_delete)
+        })
+        .await
+        .map_err(|(e, _)| BufferError::io(dir, e))?;
+        self.shared.meta_fsyncs.fetch_add(fsyncs, Ordering::Relaxed);
         self.shared.publish_gauges();
         Ok(())
     }
@@ -552,5 +603,74 @@ impl BufferReader {
     /// Lines of batches acked ahead of the cursor (live lane) count as unsent until it passes.
     pub fn stats(&self) -> BufferStats {
         self.shared.stats()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::super::{open, BufferConfig};
+    use crate::model::Priority;
+
+    fn lines(range: std::ops::Range<u32>) -> Vec<u8> {
+        range
+            .map(|i| format!("m,t=a f={}i {i}\n", i.wrapping_mul(2_654_435_761)))
+            .collect::<String>()
+            .into_bytes()
+    }
+
+    fn segments(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+        let mut found: Vec<_> = std::fs::read_dir(dir.join("normal"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|x| x == "seg"))
+            .collect();
+        found.sort();
+        found
+    }
+
+    #[tokio::test]
+    async fn delivered_segments_go_even_when_the_cursor_cannot_be_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = BufferConfig {
+            dir: dir.path().to_path_buf(),
+            max_disk_bytes: 64 << 20,
+            segment_bytes: 512,
+        };
+        let (writer, mut reader, _) = open(cfg.clone()).unwrap();
+        // Every append is larger than a 512-byte segment: each starts a new one.
+        for k in 0..3 {
+            writer
+                .append(Priority::Normal, 100, lines(k * 100..k * 100 + 100))
+                .await
+                .unwrap();
+        }
+        assert_eq!(segments(dir.path()).len(), 3);
+        // The cursor cannot be written (its temp file's name is taken by a directory).
+        let blocker = dir.path().join("normal").join("ack.cursor.tmp");
+        std::fs::create_dir(&blocker).unwrap();
+        let first = tokio::time::timeout(Duration::from_secs(5), reader.next_batch(100))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(first.lines, 100);
+        let second = tokio::time::timeout(Duration::from_secs(5), reader.next_batch(100))
+            .await
+            .unwrap()
+            .unwrap();
+        let err = reader.ack(&first).await.unwrap_err();
+        assert!(!err.is_disk_full(), "{err}");
+        // The first segment was wholly delivered: gone, though no cursor says so.
+        assert_eq!(segments(dir.path()).len(), 2);
+        assert!(!dir.path().join("normal").join("ack.cursor").exists());
+        drop(second);
+        writer.shutdown().await;
+        drop(reader);
+
+        // After a crash: nothing lost, the rest is sent again.
+        std::fs::remove_dir(&blocker).unwrap();
+        let (_writer, _reader, report) = open(cfg).unwrap();
+        assert_eq!((report.segments, report.unsent_lines), (2, 200));
     }
 }

@@ -230,19 +230,27 @@ pub(crate) struct Shared {
     pub meta_fsyncs: AtomicU64,
     /// Bumped after every commit; the reader waits on it when it has nothing to send.
     pub committed: watch::Sender<u64>,
+    /// Whether the last append failed with a disk error (cleared by the next good append), so
+    /// readiness reports a disk that is failing now, not one that failed a minute ago.
+    pub disk_failing: std::sync::atomic::AtomicBool,
+    /// The directory lock: released when the writer thread, the writers and the reader are all
+    /// gone (they share this value).
+    _dir_lock: Option<super::lock::DirLock>,
     /// Test hook: the next this-many segment writes fail as if the disk were full.
     #[cfg(test)]
     pub injected_write_faults: AtomicU64,
 }
 
 impl Shared {
-    pub fn new(state: State) -> Self {
+    pub fn new(state: State, dir_lock: Option<super::lock::DirLock>) -> Self {
         let (committed, _) = watch::channel(0);
         Shared {
             state: Mutex::new(state),
             data_fsyncs: AtomicU64::new(0),
             meta_fsyncs: AtomicU64::new(0),
             committed,
+            disk_failing: std::sync::atomic::AtomicBool::new(false),
+            _dir_lock: dir_lock,
             #[cfg(test)]
             injected_write_faults: AtomicU64::new(0),
         }
@@ -293,6 +301,7 @@ impl Shared {
             dropped_oldest_segments: state.dropped_oldest_segments,
             recovery_dropped_bytes: state.recovery_dropped_bytes,
             append_errors: state.append_errors,
+            disk_failing: self.disk_failing.load(Ordering::Relaxed),
             data_fsyncs: self.data_fsyncs.load(Ordering::Relaxed),
             meta_fsyncs: self.meta_fsyncs.load(Ordering::Relaxed),
         };

@@ -143,6 +143,7 @@ pub(crate) fn start(
     next_segment_id: u64,
 ) -> Result<BufferWriter, BufferError> {
     let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
+    let limits = fit_to_filesystem(&shared, limits);
     let thread = WriterThread {
         shared: Arc::clone(&shared),
         rx,
@@ -159,6 +160,49 @@ pub(crate) fn start(
         shared,
         thread: Arc::new(std::sync::Mutex::new(Some(handle))),
     })
+}
+
+/// Bytes the filesystem holding `dir` still gives an unprivileged writer, if it can be asked.
+// `fsblkcnt_t` and `c_ulong` are u64 here but u32 on 32-bit ARM boards: keep the conversions.
+#[allow(clippy::useless_conversion)]
+pub fn filesystem_free_bytes(dir: &std::path::Path) -> Option<u64> {
+    let stats = nix::sys::statvfs::statvfs(dir).ok()?;
+    Some(u64::from(stats.blocks_available()).saturating_mul(u64::from(stats.fragment_size())))
+}
+
+/// When the filesystem cannot hold `max_disk_bytes` (the bound is larger than the disk, or
+/// other files use it), the disk fills before the bound: appends fail with "no space" and the
+/// oldest segment is dropped to make room. A segment sized from the bound could then be the
+/// only one, and that drop would lose the whole buffer; so segments are sized from the room
+/// there really is, and the operator is told to lower the bound.
+fn fit_to_filesystem(shared: &Shared, mut limits: WriterLimits) -> WriterLimits {
+    let (dir, buffered) = {
+        let state = shared.lock();
+        (
+            state.class(Priority::Normal).dir.clone(),
+            state.disk_bytes(),
+        )
+    };
+    let Some(free) = filesystem_free_bytes(&dir) else {
+        return limits;
+    };
+    let room = free.saturating_add(buffered);
+    if room >= limits.max_disk_bytes {
+        return limits;
+    }
+    let fitted = super::default_segment_bytes(room).min(limits.segment_bytes);
+    tracing::warn!(
+        max_disk_bytes = limits.max_disk_bytes,
+        filesystem_free_bytes = free,
+        buffered_bytes = buffered,
+        segment_bytes = fitted,
+        dir = %dir.display(),
+        "buffer.max_disk_mb is more than the filesystem can hold: it will fill before the bound, \
+         appends will fail with 'no space' and the oldest segment will be dropped; set max_disk_mb \
+         below the free space. Segments are kept small so that a drop loses only a part"
+    );
+    limits.segment_bytes = fitted;
+    limits
 }
 
 /// The segment a class is appending to.
@@ -341,6 +385,7 @@ impl WriterThread {
                 }
                 metrics::counter!("buffer_appended_lines_total", "class" => class_dir_name(priority))
                     .increment(encoded.lines);
+                self.shared.disk_failing.store(false, Ordering::Relaxed);
                 self.shared.notify_commit();
                 Ok(())
             }
@@ -361,9 +406,20 @@ impl WriterThread {
             io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded
         );
         self.shared.lock().append_errors += 1;
+        self.shared.disk_failing.store(true, Ordering::Relaxed);
         metrics::counter!("buffer_append_errors_total").increment(1);
         tracing::error!(error = %e, path = %path.display(), "buffer append failed");
         if disk_full {
+            // The filesystem holds less than the bound: keep segments small against what
+            // fitted, so that this drop and the next ones each lose only a part of the buffer.
+            let fitted = super::default_segment_bytes(self.shared.lock().disk_bytes());
+            if fitted < self.limits.segment_bytes {
+                tracing::warn!(
+                    segment_bytes = fitted,
+                    "disk full below buffer.max_disk_mb: using smaller segments from now on"
+                );
+                self.limits.segment_bytes = fitted;
+            }
             self.drop_oldest_segment();
         }
         BufferError::io(path, e)
@@ -500,5 +556,81 @@ impl WriterThread {
         );
         self.shared.publish_gauges();
         true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::Ordering;
+
+    use super::super::{open, BufferConfig};
+    use crate::model::Priority;
+
+    /// `count` lines of line protocol that gzip cannot shrink much (pseudo-random digits).
+    fn noisy_lines(from: u64, count: u64) -> Vec<u8> {
+        let mut x = from.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        let mut out = String::new();
+        for i in from..from + count {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            out.push_str(&format!("m,t=a f={x},g={} {i}\n", x.rotate_left(29)));
+        }
+        out.into_bytes()
+    }
+
+    fn segment_count(dir: &std::path::Path) -> usize {
+        std::fs::read_dir(dir.join("normal"))
+            .unwrap()
+            .filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .path()
+                    .extension()
+                    .is_some_and(|x| x == "seg")
+            })
+            .count()
+    }
+
+    #[tokio::test]
+    async fn after_a_full_disk_segments_are_sized_from_what_fitted() {
+        let dir = tempfile::tempdir().unwrap();
+        // A 4 MiB segment size (from the 64 MiB bound) on a disk that turns out to hold less.
+        let (writer, reader, _) = open(BufferConfig::new(dir.path(), 64 << 20)).unwrap();
+        for k in 0..3 {
+            writer
+                .append(Priority::Normal, 5000, noisy_lines(k * 5000, 5000))
+                .await
+                .unwrap();
+        }
+        assert_eq!(segment_count(dir.path()), 1);
+        let fitted = reader.stats().disk_bytes;
+        reader
+            .shared
+            .injected_write_faults
+            .store(1, Ordering::Relaxed);
+        let err = writer
+            .append(Priority::Normal, 5000, noisy_lines(15_000, 5000))
+            .await
+            .unwrap_err();
+        assert!(err.is_disk_full(), "{err}");
+        // The only segment went to make room; what follows goes into segments of a quarter of
+        // what fitted, so the next drop loses a part, not everything.
+        assert_eq!(reader.stats().dropped_oldest_lines, 15_000);
+        for k in 4..7 {
+            writer
+                .append(Priority::Normal, 5000, noisy_lines(k * 5000, 5000))
+                .await
+                .unwrap();
+        }
+        let stats = reader.stats();
+        assert_eq!(stats.unsent_lines, 15_000);
+        assert_eq!(
+            segment_count(dir.path()),
+            3,
+            "3 appends of ~{} bytes each after {fitted} bytes fitted",
+            stats.disk_bytes / 3
+        );
+        writer.shutdown().await;
     }
 }
