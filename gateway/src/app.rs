@@ -101,10 +101,11 @@ pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> anyhow::Res
         None
     };
     let http_task = if let Some(server) = server {
-        let settings = crate::http::HttpSettings::new(
+        let mut settings = crate::http::HttpSettings::new(
             Duration::from_secs(config.http.store_unreachable_after_s),
             config.buffer.max_disk_mb.saturating_mul(1 << 20),
         );
+        settings.buffer_dir = Some(data_dir.join("buffer"));
         Some(tokio::spawn(server.run(
             token,
             observers.clone(),

@@ -3,6 +3,11 @@
 //! Inputs report their connection state here; [`crate::pipeline::Ingest`] publishes every
 //! accepted reading to the live feed ([`LiveFeed`]). Both are cheap and never block an input:
 //! the live feed is a bounded broadcast channel that drops for slow watchers.
+//!
+//! Serial ports keep their state in the serial input's own process-wide registry
+//! ([`crate::input::serial::serial_port_statuses`]); [`merge_serial_ports`] folds it into the
+//! same per-input map, so readiness, `/api/sensors`, the live page and `status` see MQTT
+//! connections and serial ports alike.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -31,6 +36,60 @@ pub struct InputState {
     pub since_ms: u64,
     /// Last error, in words a technician can act on.
     pub last_error: Option<String>,
+    /// Frame counts, for serial ports (absent for MQTT inputs).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub serial: Option<SerialCounts>,
+}
+
+/// What a serial port has decoded since start.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct SerialCounts {
+    /// The device path (also the input's `target`).
+    pub path: String,
+    /// Frames (or Modbus answers) decoded.
+    pub frames_good: u64,
+    /// Bad frames, noise runs and failed Modbus requests.
+    pub frames_bad: u64,
+    /// The same by reason (`checksum`, `noise`, … or, for Modbus, `slave=<id>,reason=<label>`).
+    pub bad_by_reason: BTreeMap<String, u64>,
+}
+
+fn unix_ms(t: SystemTime) -> u64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Adds each serial port of `ports` to `inputs` as a [`InputKind::Serial`] input keyed by its
+/// port label (the input's name, else its device path). A port registered in the
+/// [`StatusRegistry`] under the same name is replaced by the port's own, fresher state; should an
+/// MQTT input carry the same name, the port is keyed `serial:<label>` so neither hides the other.
+pub fn merge_serial_ports(
+    inputs: &mut BTreeMap<String, InputState>,
+    ports: &[crate::input::serial::SerialPortStatus],
+    now_ms: u64,
+) {
+    for p in ports {
+        let since = if p.up { p.up_since } else { p.down_since };
+        let state = InputState {
+            kind: InputKind::Serial,
+            target: p.path.display().to_string(),
+            up: p.up,
+            since_ms: since.map_or(now_ms, unix_ms),
+            last_error: if p.up { None } else { p.last_error.clone() },
+            serial: Some(SerialCounts {
+                path: p.path.display().to_string(),
+                frames_good: p.good_frames,
+                frames_bad: p.bad_frames,
+                bad_by_reason: p.bad_by_reason.clone(),
+            }),
+        };
+        let key = match inputs.get(&p.port) {
+            Some(existing) if existing.kind != InputKind::Serial => format!("serial:{}", p.port),
+            _ => p.port.clone(),
+        };
+        inputs.insert(key, state);
+    }
 }
 
 /// Shared registry of input states, keyed by input name.
@@ -40,10 +99,7 @@ pub struct StatusRegistry {
 }
 
 fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
+    unix_ms(SystemTime::now())
 }
 
 impl StatusRegistry {
@@ -58,6 +114,7 @@ impl StatusRegistry {
                     up: false,
                     since_ms: now_ms(),
                     last_error: None,
+                    serial: None,
                 },
             );
         }
@@ -185,5 +242,61 @@ impl Observers {
             buffer,
             started_ms: now_ms(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::input::serial::SerialPortStatus;
+    use std::time::Duration;
+
+    fn port(label: &str, up: bool) -> SerialPortStatus {
+        let t = SystemTime::UNIX_EPOCH + Duration::from_millis(1_700_000_000_000);
+        SerialPortStatus {
+            port: label.to_owned(),
+            path: "/dev/ttyUSB0".into(),
+            up,
+            down_since: (!up).then_some(t),
+            up_since: up.then_some(t + Duration::from_secs(5)),
+            last_error: Some("cannot open /dev/ttyUSB0: No such file or directory".into()),
+            good_frames: 12,
+            bad_frames: 3,
+            bad_by_reason: BTreeMap::from([("checksum".to_owned(), 3)]),
+        }
+    }
+
+    #[test]
+    fn serial_ports_join_the_inputs_with_their_counts() {
+        let registry = StatusRegistry::default();
+        registry.register("pm", InputKind::Mqtt, "mqtt://broker:1883");
+        let mut inputs = registry.snapshot();
+        merge_serial_ports(&mut inputs, &[port("pm", false), port("dust", true)], 42);
+        let keys: Vec<&str> = inputs.keys().map(String::as_str).collect();
+        assert_eq!(keys, ["dust", "pm", "serial:pm"]);
+        let down = &inputs["serial:pm"];
+        assert_eq!(
+            (down.kind, down.up, down.since_ms, down.target.as_str()),
+            (InputKind::Serial, false, 1_700_000_000_000, "/dev/ttyUSB0")
+        );
+        assert_eq!(
+            down.last_error.as_deref(),
+            Some("cannot open /dev/ttyUSB0: No such file or directory")
+        );
+        let up = &inputs["dust"];
+        assert_eq!(
+            (up.up, up.since_ms, up.last_error.as_deref()),
+            (true, 1_700_000_005_000, None)
+        );
+        assert_eq!(
+            up.serial,
+            Some(SerialCounts {
+                path: "/dev/ttyUSB0".into(),
+                frames_good: 12,
+                frames_bad: 3,
+                bad_by_reason: BTreeMap::from([("checksum".to_owned(), 3)]),
+            })
+        );
+        assert_eq!(inputs["pm"].kind, InputKind::Mqtt, "the MQTT input stays");
     }
 }

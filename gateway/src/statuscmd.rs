@@ -1,8 +1,10 @@
 //! `ioc-gateway status`: asks a running gateway's HTTP API what is wrong, in one screen.
 //!
 //! A technician on the cabinet's Ethernet runs it and sees, without reading logs: ready or not
-//! and why, each input up or down and since when, buffer depth and the age of the oldest unsent
-//! reading, the store's state, how many sensors report and which are stalest. It reads
+//! and why (and what is degraded: a serial port unplugged), each input and serial port up or
+//! down, since when and why, with each port's good and bad frame counts, buffer depth and the
+//! age of the oldest unsent reading, the store's state, how many sensors report and which are
+//! stalest. It reads
 //! `/readyz` and `/api/sensors`; rendering ([`render`]) is a pure function of those two bodies.
 
 use std::fmt::Write as _;
@@ -98,20 +100,32 @@ pub fn render(base: &str, sensors: &Value, ready: &Value) -> String {
     let now = u(sensors, "now_ms").unwrap_or(0);
     let started = u(sensors, "started_ms").unwrap_or(now);
     let is_ready = ready.get("ready").and_then(Value::as_bool).unwrap_or(false);
+    let list = |key: &str| -> Vec<String> {
+        ready
+            .get(key)
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .map(|r| s(r, "message").unwrap_or("?").to_owned())
+            .collect()
+    };
+    let (reasons, warnings) = (list("reasons"), list("warnings"));
+    let verdict = match (is_ready, warnings.is_empty()) {
+        (false, _) => "NOT READY",
+        (true, true) => "READY",
+        (true, false) => "READY, DEGRADED",
+    };
     let _ = writeln!(
         out,
-        "gateway {} at {base}: {} (up {})",
+        "gateway {} at {base}: {verdict} (up {})",
         s(sensors, "gateway_id").unwrap_or("?"),
-        if is_ready { "READY" } else { "NOT READY" },
         age(now.saturating_sub(started))
     );
-    for r in ready
-        .get("reasons")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-    {
-        let _ = writeln!(out, "  ! {}", s(r, "message").unwrap_or("?"));
+    for r in &reasons {
+        let _ = writeln!(out, "  ! {r}");
+    }
+    for w in &warnings {
+        let _ = writeln!(out, "  warning: {w}");
     }
 
     let _ = writeln!(out, "\nInputs:");
@@ -133,6 +147,25 @@ pub fn render(base: &str, sensors: &Value, ready: &Value) -> String {
                 );
                 if let Some(e) = s(st, "last_error") {
                     let _ = write!(out, "\n  {:width$}  last error: {e}", "");
+                }
+                if let Some(port) = st.get("serial").filter(|p| p.is_object()) {
+                    let _ = write!(
+                        out,
+                        "\n  {:width$}  frames: {} good, {} bad",
+                        "",
+                        u(port, "frames_good").unwrap_or(0),
+                        u(port, "frames_bad").unwrap_or(0),
+                    );
+                    let reasons: Vec<String> = port
+                        .get("bad_by_reason")
+                        .and_then(Value::as_object)
+                        .into_iter()
+                        .flatten()
+                        .map(|(k, v)| format!("{k} {}", v.as_u64().unwrap_or(0)))
+                        .collect();
+                    if !reasons.is_empty() {
+                        let _ = write!(out, " ({})", reasons.join(", "));
+                    }
                 }
                 out.push('\n');
             }
@@ -221,7 +254,8 @@ mod tests {
             "started_ms": now - 7_200_000,
             "inputs": {
                 "mqtt-0": {"kind": "mqtt", "target": "mqtt://***@broker:1883", "up": true, "since_ms": now - 65_000, "last_error": null},
-                "pm": {"kind": "serial", "target": "/dev/ttyUSB0", "up": false, "since_ms": now - 5_000, "last_error": "no such device"}
+                "pm": {"kind": "serial", "target": "/dev/ttyUSB0", "up": false, "since_ms": now - 5_000, "last_error": "no such device",
+                       "serial": {"path": "/dev/ttyUSB0", "frames_good": 120, "frames_bad": 3, "bad_by_reason": {"checksum": 2, "noise": 1}}}
             },
             "buffer": {"unsent_lines": 1234, "urgent_unsent_lines": 2, "oldest_unsent_age_ms": 185_000,
                        "disk_bytes": 2_097_152, "max_bytes": 536_870_912, "fill_ratio": 0.0039,
@@ -233,16 +267,19 @@ mod tests {
                 {"key": "c/air", "input": "mqtt-0", "received_ms": now - 2_000}
             ]
         });
-        let ready = json!({"ready": false, "reasons": [{"code": "x", "message": "store unreachable: test"}]});
+        let ready = json!({"ready": false, "reasons": [{"code": "x", "message": "store unreachable: test"}],
+                           "warnings": [{"code": "serial_port_down", "message": "serial port /dev/ttyUSB0 (input pm) down for 5 s: no such device"}]});
         let text = render("http://127.0.0.1:8080", &sensors, &ready);
         let expected = "\
 gateway gw-7 at http://127.0.0.1:8080: NOT READY (up 2 h 0 min)
   ! store unreachable: test
+  warning: serial port /dev/ttyUSB0 (input pm) down for 5 s: no such device
 
 Inputs:
   mqtt-0  mqtt    UP   since 22:12:15 UTC (1 min 5 s)  mqtt://***@broker:1883
   pm      serial  DOWN since 22:13:15 UTC (5 s)  /dev/ttyUSB0
           last error: no such device
+          frames: 120 good, 3 bad (checksum 2, noise 1)
 
 Buffer:  1234 unsent readings (2 urgent), oldest unsent 3 min 5 s, disk 2.0 MiB of 512.0 MiB (0 %), dropped when full: 0, append errors: 0
 Store:   last batch confirmed 3 s ago; 10 batches, 5000 lines sent; last error: none
@@ -253,5 +290,12 @@ Sensors: 3 reporting since start
     a/air  last seen 1 s ago via mqtt-0
 ";
         assert_eq!(text, expected);
+
+        let ready = json!({"ready": true, "reasons": [], "warnings": [{"code": "serial_port_down", "message": "w"}]});
+        let text = render("http://gw", &sensors, &ready);
+        assert!(
+            text.starts_with("gateway gw-7 at http://gw: READY, DEGRADED (up 2 h 0 min)\n  warning: w\n\nInputs:"),
+            "{text}"
+        );
     }
 }

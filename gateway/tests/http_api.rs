@@ -217,7 +217,10 @@ async fn readyz_reasons_and_store_going_away() {
 
     inputs.set("mqtt-0", true, None);
     let (code, body) = get_json(&gw.url("/readyz"), None).await;
-    assert_eq!((code, body), (200, json!({"ready": true, "reasons": []})));
+    assert_eq!(
+        (code, body),
+        (200, json!({"ready": true, "reasons": [], "warnings": []}))
+    );
 
     // Data waits and the store has never confirmed anything since start.
     gw.writer
@@ -454,7 +457,12 @@ async fn status_command_prints_a_summary_without_secrets() {
     println!("{text}");
     let lines: Vec<&str> = text.lines().collect();
     assert!(
-        lines[0].starts_with(&format!("gateway gw-test at {base}: READY (up ")),
+        lines[0].starts_with(&format!("gateway gw-test at {base}: READY, DEGRADED (up ")),
+        "{text}"
+    );
+    assert_eq!(
+        lines[1],
+        "  warning: serial port /dev/ttyUSB0 (input pm-port) down for 0 s: not connected yet",
         "{text}"
     );
     assert!(text.contains("\nInputs:\n"), "{text}");

@@ -325,15 +325,37 @@ async fn live_page_in_headless_chromium_shows_and_updates_sensors() {
         cam.contains("label=person score=0.91 zone=crossing"),
         "{cam}"
     );
+    // Ready (the MQTT input works) but degraded: the serial port is down, in red, with why.
     assert!(
-        dom.contains("<span id=\"ready\" class=\"badge ok\">ready</span>"),
+        dom.contains("<span id=\"ready\" class=\"badge warn\">ready, degraded</span>"),
         "ready badge"
     );
     assert!(
-        dom.contains("<td class=\"down\">DOWN for "),
-        "serial port shown down"
+        dom.contains(
+            "<li class=\"warning\" data-code=\"serial_port_down\">serial port /dev/ttyUSB0 \
+             (input pm-port) down for "
+        ),
+        "warning listed"
     );
-    assert!(dom.contains("<td>cannot open /dev/ttyUSB0: no such file</td>"));
+    let port_row = dom
+        .split("<tr data-input=\"pm-port\" data-state=\"down\" class=\"input-down\">")
+        .nth(1)
+        .expect("serial port row shown down");
+    let port_row = &port_row[..port_row.find("</tr>").unwrap()];
+    assert!(
+        port_row.starts_with(
+            "<td>pm-port</td><td>serial</td><td>/dev/ttyUSB0</td><td class=\"state down\">DOWN for "
+        ),
+        "{port_row}"
+    );
+    assert!(
+        port_row.ends_with("<td class=\"error\">cannot open /dev/ttyUSB0: no such file</td>"),
+        "{port_row}"
+    );
+    assert!(
+        dom.contains("<tr data-input=\"mqtt-city\" data-state=\"up\" class=\"input-up\">"),
+        "MQTT input shown up"
+    );
     assert!(dom.contains("<dd id=\"buffer-oldest\" class=\"\">nothing waiting</dd>"));
 
     // 2. The open page follows /api/live: new values and a new camera event appear.
@@ -359,6 +381,20 @@ async fn live_page_in_headless_chromium_shows_and_updates_sensors() {
         .nth(1)
         .unwrap();
     assert_eq!(pts[..pts.find('"').unwrap()].split(' ').count(), 5);
+
+    // The port comes back: its row turns green, the badge plain ready (status events, 2 s).
+    inputs.set("pm-port", true, None);
+    browser
+        .wait_dom("serial port up", Duration::from_secs(10), |d| {
+            d.contains("<tr data-input=\"pm-port\" data-state=\"up\" class=\"input-up\">")
+                && d.contains("<span id=\"ready\" class=\"badge ok\">ready</span>")
+        })
+        .await;
+    inputs.set(
+        "pm-port",
+        false,
+        Some("cannot open /dev/ttyUSB0: no such file".into()),
+    );
 
     // 3. A screenshot for people to look at.
     let png = artifacts_dir().join("live-page.png");

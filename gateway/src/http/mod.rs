@@ -2,9 +2,12 @@
 //!
 //! Routes (all but `/healthz` need the bearer token when one is configured):
 //! - `GET /healthz`: liveness, JSON, never authenticated;
-//! - `GET /readyz`: readiness with reasons (see [`readiness`]), 503 when not ready;
+//! - `GET /readyz`: readiness with reasons (see [`readiness`]), 503 when not ready; `warnings`
+//!   name inputs that are down (an unplugged serial port) without making it not ready;
 //! - `GET /metrics`: Prometheus text format, with buffer gauges sampled at scrape time;
-//! - `GET /api/sensors`: every sensor with its latest values, plus inputs, buffer and store;
+//! - `GET /api/sensors`: every sensor with its latest values, plus inputs (MQTT connections and
+//!   serial ports, with up/down, since when, last error and, for ports, frame counts), buffer
+//!   and store;
 //! - `GET /api/live`: server-sent events of readings (`?measurement=`, `?sensor=`; `?status=1`
 //!   adds a `status` event every 2 s);
 //! - `GET /`: the live page (HTML/JS/CSS embedded in the binary, no build step).
@@ -39,7 +42,8 @@ use tokio_stream::wrappers::ReceiverStream;
 
 use crate::buffer::BufferStats;
 use crate::config::{resolve_secret, HttpSection, Secret, SecretError};
-use crate::status::{InputState, Observers, StoreSnapshot};
+use crate::input::serial::serial_port_statuses;
+use crate::status::{merge_serial_ports, InputState, Observers, StoreSnapshot};
 use board::{Board, LiveEvent};
 use readiness::{Readiness, ReadinessInput};
 
@@ -85,6 +89,9 @@ pub struct HttpSettings {
     pub buffer_max_bytes: u64,
     /// Most sensors kept on the live board.
     pub max_sensors: usize,
+    /// The buffer directory: when its filesystem holds less than `buffer_max_bytes`, the 80 %
+    /// rule uses what the filesystem can really hold (buffer + free space).
+    pub buffer_dir: Option<std::path::PathBuf>,
 }
 
 impl HttpSettings {
@@ -93,6 +100,7 @@ impl HttpSettings {
             store_unreachable_after,
             buffer_max_bytes,
             max_sensors: DEFAULT_MAX_SENSORS,
+            buffer_dir: None,
         }
     }
 }
@@ -201,12 +209,20 @@ impl AppState {
             .and_then(|w| w.last_increase_ms)
     }
 
+    /// Every input's state: MQTT connections from the registry, serial ports from the serial
+    /// input's own registry (with frame counts), secrets redacted.
     fn inputs(&self) -> BTreeMap<String, InputState> {
-        let mut inputs = self.observers.inputs.snapshot();
+        let mut inputs = self.raw_inputs();
         for s in inputs.values_mut() {
             s.target = redact(&s.target);
             s.last_error = s.last_error.as_deref().map(redact);
         }
+        inputs
+    }
+
+    fn raw_inputs(&self) -> BTreeMap<String, InputState> {
+        let mut inputs = self.observers.inputs.snapshot();
+        merge_serial_ports(&mut inputs, &serial_port_statuses(), now_ms());
         inputs
     }
 
@@ -229,13 +245,27 @@ impl AppState {
             inputs,
             store,
             buffer,
-            buffer_max_bytes: self.settings.buffer_max_bytes,
+            buffer_max_bytes: self.effective_buffer_max(buffer),
             store_unreachable_after_ms: u64::try_from(
                 self.settings.store_unreachable_after.as_millis(),
             )
             .unwrap_or(u64::MAX),
             last_append_error_ms: self.last_append_error_ms(),
         })
+    }
+
+    /// The buffer's real bound: `max_disk_mb`, or less when the filesystem cannot hold that.
+    fn effective_buffer_max(&self, buffer: &BufferStats) -> u64 {
+        let configured = self.settings.buffer_max_bytes;
+        match self
+            .settings
+            .buffer_dir
+            .as_deref()
+            .and_then(crate::buffer::filesystem_free_bytes)
+        {
+            Some(free) => configured.min(buffer.disk_bytes.saturating_add(free)),
+            None => configured,
+        }
     }
 
     /// Inputs, buffer, store and readiness: the head of `/api/sensors` and the `status` event.
@@ -245,7 +275,7 @@ impl AppState {
         let store = self.store();
         let buffer = self.buffer_stats();
         let ready = self.readiness(now, &inputs, &store, &buffer);
-        let max = self.settings.buffer_max_bytes;
+        let max = self.effective_buffer_max(&buffer);
         json!({
             "gateway_id": self.observers.gateway_id,
             "now_ms": now,
@@ -256,6 +286,7 @@ impl AppState {
             "buffer": {
                 "disk_bytes": buffer.disk_bytes,
                 "max_bytes": max,
+                "configured_max_bytes": self.settings.buffer_max_bytes,
                 "fill_ratio": if max > 0 { buffer.disk_bytes as f64 / max as f64 } else { 0.0 },
                 "segments": buffer.segments,
                 "unsent_lines": buffer.unsent_lines,
@@ -274,7 +305,7 @@ impl AppState {
     /// Gauges that are sampled rather than pushed, set just before a scrape renders.
     fn publish_scrape_gauges(&self) {
         let now = now_ms();
-        let inputs = self.observers.inputs.snapshot();
+        let inputs = self.raw_inputs();
         let store = self.observers.store.snapshot();
         let buffer = self.buffer_stats();
         let ready = self.readiness(now, &inputs, &store, &buffer);

@@ -1,22 +1,28 @@
 //! Readiness: is this gateway doing its job right now, and if not, why (`/readyz`, `status`).
 //!
-//! Pure functions over snapshots, so every rule is unit-tested without a server:
+//! Pure functions over snapshots, so every rule is unit-tested without a server. Not ready
+//! (`reasons`, HTTP 503) when:
 //! - no input connected (or none configured);
 //! - the store unreachable: data waits and no batch was confirmed for `store_unreachable_after`;
 //! - the buffer over [`BUFFER_FULL_RATIO`] of its disk bound;
-//! - disk errors: appends failed recently (within [`DISK_ERROR_WINDOW_MS`]).
+//! - disk errors: the latest buffer append failed (the reason goes as soon as one succeeds).
+//!
+//! Degraded but ready (`warnings`, HTTP 200 unless a reason applies too): any input that is
+//! down while another is up, e.g. one unplugged serial port among several inputs. The gateway
+//! still collects and forwards what the others send, so a load balancer or supervisor should not
+//! treat it as dead; the technician still sees which port is down, since when and why. A down
+//! input is listed as a warning whether or not it also makes the gateway not ready (when every
+//! input is down), so the per-port detail is always in the same place.
 
 use std::collections::BTreeMap;
 
 use serde::Serialize;
 
 use crate::buffer::BufferStats;
-use crate::status::{InputState, StoreSnapshot};
+use crate::status::{InputKind, InputState, StoreSnapshot};
 
 /// The buffer is "nearly full" above this fraction of `max_disk_bytes`.
 pub const BUFFER_FULL_RATIO: f64 = 0.8;
-/// An append error keeps the gateway not-ready for this long after it happened.
-pub const DISK_ERROR_WINDOW_MS: u64 = 60_000;
 
 /// Everything readiness looks at.
 #[derive(Debug, Clone)]
@@ -43,7 +49,39 @@ pub struct Reason {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Readiness {
     pub ready: bool,
+    /// Why not ready (empty when ready).
     pub reasons: Vec<Reason>,
+    /// What is degraded without making the gateway not ready: inputs that are down.
+    pub warnings: Vec<Reason>,
+}
+
+/// The warning for one input that is down: `serial port /dev/ttyUSB0 (input pm-north) down for
+/// 42 s: <error>`, or `input mqtt-0 (mqtt://***@broker:1883) down for 42 s: <error>`.
+fn input_down_warning(name: &str, s: &InputState, now_ms: u64) -> Reason {
+    let down_for = secs(now_ms.saturating_sub(s.since_ms));
+    let target = super::redact(&s.target);
+    let (code, mut message) = match s.kind {
+        InputKind::Serial if name == s.target => (
+            "serial_port_down",
+            format!("serial port {target} down for {down_for} s"),
+        ),
+        InputKind::Serial => (
+            "serial_port_down",
+            format!("serial port {target} (input {name}) down for {down_for} s"),
+        ),
+        InputKind::Mqtt => (
+            "input_down",
+            format!("input {name} ({target}) down for {down_for} s"),
+        ),
+    };
+    match &s.last_error {
+        Some(e) => {
+            message.push_str(": ");
+            message.push_str(&super::redact(e));
+        }
+        None => message.push_str(": not connected yet"),
+    }
+    Reason { code, message }
 }
 
 fn secs(ms: u64) -> u64 {
@@ -118,30 +156,37 @@ pub fn evaluate(i: &ReadinessInput<'_>) -> Readiness {
         }
     }
 
-    if let Some(at) = i.last_append_error_ms {
-        let ago = i.now_ms.saturating_sub(at);
-        if ago < DISK_ERROR_WINDOW_MS {
-            reasons.push(Reason {
-                code: "disk_errors",
-                message: format!(
-                    "buffer appends failed {} s ago ({} failed appends since start): check the disk",
-                    secs(ago),
-                    i.buffer.append_errors
-                ),
-            });
-        }
+    if i.buffer.disk_failing {
+        let ago = i
+            .last_append_error_ms
+            .map(|at| format!("{} s ago", secs(i.now_ms.saturating_sub(at))))
+            .unwrap_or_else(|| "just now".into());
+        reasons.push(Reason {
+            code: "disk_errors",
+            message: format!(
+                "buffer appends are failing (last failure {ago}, {} failed appends since start): check the disk",
+                i.buffer.append_errors
+            ),
+        });
     }
+
+    let warnings = i
+        .inputs
+        .iter()
+        .filter(|(_, s)| !s.up)
+        .map(|(name, s)| input_down_warning(name, s, i.now_ms))
+        .collect();
 
     Readiness {
         ready: reasons.is_empty(),
         reasons,
+        warnings,
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::status::InputKind;
 
     fn input(up: bool, since_ms: u64, err: Option<&str>) -> InputState {
         InputState {
@@ -150,6 +195,7 @@ mod tests {
             up,
             since_ms,
             last_error: err.map(str::to_owned),
+            serial: None,
         }
     }
 
@@ -193,7 +239,8 @@ mod tests {
             r,
             Readiness {
                 ready: true,
-                reasons: vec![]
+                reasons: vec![],
+                warnings: vec![],
             }
         );
     }
@@ -241,7 +288,7 @@ mod tests {
     }
 
     #[test]
-    fn buffer_over_80_percent_and_recent_disk_errors() {
+    fn buffer_over_80_percent_and_failing_disk() {
         let mut c = Case::healthy();
         c.buffer.disk_bytes = 800;
         assert!(c.eval().ready);
@@ -249,9 +296,77 @@ mod tests {
         assert_eq!(c.codes(), ["buffer_nearly_full"]);
         c.buffer.disk_bytes = 0;
         c.buffer.append_errors = 3;
+        c.buffer.disk_failing = true;
         c.last_append_error_ms = Some(50_000);
         assert_eq!(c.codes(), ["disk_errors"]);
-        c.last_append_error_ms = Some(30_000);
-        assert!(c.eval().ready, "70 s ago is outside the window");
+        assert!(
+            c.eval().reasons[0]
+                .message
+                .contains("last failure 50 s ago, 3 failed appends"),
+            "{}",
+            c.eval().reasons[0].message
+        );
+        // One good append since: the disk works again, whatever the earlier count.
+        c.buffer.disk_failing = false;
+        assert!(c.eval().ready);
+    }
+
+    #[test]
+    fn a_down_serial_port_is_a_warning_unless_every_input_is_down() {
+        let mut c = Case::healthy();
+        let serial = |up: bool, err: Option<&str>| InputState {
+            kind: InputKind::Serial,
+            target: "/dev/ttyUSB0".into(),
+            up,
+            since_ms: 58_000,
+            last_error: err.map(str::to_owned),
+            serial: None,
+        };
+        c.inputs.insert(
+            "pm-north".into(),
+            serial(false, Some("/dev/ttyUSB0 lost: device unplugged")),
+        );
+        let r = c.eval();
+        assert!(r.ready, "the MQTT input still works: {r:?}");
+        assert_eq!(
+            r.warnings,
+            [Reason {
+                code: "serial_port_down",
+                message: "serial port /dev/ttyUSB0 (input pm-north) down for 42 s: \
+                          /dev/ttyUSB0 lost: device unplugged"
+                    .into()
+            }]
+        );
+        // Every input down: not ready, and the port is still listed with its detail.
+        c.inputs.insert(
+            "mqtt-0".into(),
+            input(false, 90_000, Some("connection refused")),
+        );
+        let r = c.eval();
+        assert!(!r.ready);
+        assert_eq!(
+            r.reasons[0].message,
+            "no input connected: mqtt-0 down for 10 s (connection refused); \
+             pm-north down for 42 s (/dev/ttyUSB0 lost: device unplugged)"
+        );
+        let warnings: Vec<&str> = r.warnings.iter().map(|w| w.message.as_str()).collect();
+        assert_eq!(
+            warnings,
+            [
+                "input mqtt-0 (mqtt://127.0.0.1:1883) down for 10 s: connection refused",
+                "serial port /dev/ttyUSB0 (input pm-north) down for 42 s: \
+                 /dev/ttyUSB0 lost: device unplugged",
+            ]
+        );
+        // An unnamed port is labelled by its path; a port never opened says so.
+        c.inputs.clear();
+        c.inputs.insert("/dev/ttyUSB0".into(), serial(false, None));
+        c.inputs.insert("mqtt-0".into(), input(true, 0, None));
+        assert_eq!(
+            c.eval().warnings[0].message,
+            "serial port /dev/ttyUSB0 down for 42 s: not connected yet"
+        );
+        c.inputs.insert("/dev/ttyUSB0".into(), serial(true, None));
+        assert_eq!(c.eval(), Case::healthy().eval());
     }
 }

@@ -3,8 +3,10 @@
 //! The task opens the port with `tokio-serial` (8N1, raw, no flow control), and then either
 //! - **streams** (`pms5003`, `sds011`, `node`): reads whatever arrives, feeds it to the
 //!   protocol's pure decoder ([`StreamDecoder`]), stamps each reading with [`now_ns`] when the read
-//!   that completed its frame returns, and commits the readings to the durable buffer
-//!   (node acks are written back to the port); or
+//!   that completed its frame returns, spaces readings of one series that share a read at least
+//!   1 ms apart ([`SeriesSpacer`]: frames that piled up while the task was busy would otherwise
+//!   carry one timestamp, and a store keeps only one point per series and time), and commits the
+//!   readings to the durable buffer (node acks are written back to the port); or
 //! - **polls** (`modbus_rtu`): every `poll_interval_ms`, sends the read requests planned from the
 //!   register map ([`modbus::plan_requests`]) with `tokio-modbus`, one slave after the other, each
 //!   with its own timeout, so a dead or garbling slave costs one timeout per poll and never
@@ -23,6 +25,10 @@
 //! `serial_port_down_since_seconds{port}` (Unix time the port went down, 0 while up),
 //! `serial_reads_total{port}`, `modbus_requests_total{port,slave}`,
 //! `modbus_errors_total{port,slave,reason}` ([`ModbusFailure::label`]).
+//!
+//! Logs: each bad frame is a `debug` line; at the default level a port receiving bad frames
+//! gets one `warn` summary (counts by reason) at once, then at most one per
+//! [`BAD_FRAME_LOG_INTERVAL`], so a port spewing garbage cannot flood the log.
 
 use std::collections::BTreeMap;
 use std::io;
@@ -30,7 +36,7 @@ use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context as TaskContext, Poll};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::sync::watch;
@@ -79,6 +85,8 @@ pub struct SerialPortStatus {
     pub up: bool,
     /// When the port went down (or, if it never opened, when the input started).
     pub down_since: Option<SystemTime>,
+    /// When the port was last opened, while up.
+    pub up_since: Option<SystemTime>,
     /// The last open/read error, while down.
     pub last_error: Option<String>,
     /// Frames (or Modbus answers) decoded since start.
@@ -127,6 +135,7 @@ impl PortHealth {
                 path: path.to_path_buf(),
                 up: false,
                 down_since: Some(now),
+                up_since: None,
                 last_error: None,
                 good_frames: 0,
                 bad_frames: 0,
@@ -152,6 +161,7 @@ impl PortHealth {
         update_status(&self.port, |s| {
             s.up = true;
             s.down_since = None;
+            s.up_since = Some(SystemTime::now());
             s.last_error = None;
         });
     }
@@ -175,6 +185,7 @@ impl PortHealth {
         update_status(&self.port, |s| {
             s.up = false;
             s.down_since = Some(since);
+            s.up_since = None;
             s.last_error = Some(error);
         });
     }
@@ -385,6 +396,53 @@ fn gateway_boot_id() -> u32 {
     rand::random()
 }
 
+/// How often a port that keeps receiving bad frames says so in the log (the first time at once).
+/// Each bad frame is only a `debug` line: a port spewing garbage must not flood the log.
+pub const BAD_FRAME_LOG_INTERVAL: Duration = Duration::from_secs(60);
+
+/// The rate-limited warning about bad frames on one port: the first bad frame is reported at
+/// once, then at most one summary per [`BAD_FRAME_LOG_INTERVAL`], with the counts by reason
+/// since the previous line.
+#[derive(Debug, Default)]
+struct BadFrameLog {
+    last: Option<Instant>,
+    good: u64,
+    bad: BTreeMap<&'static str, u64>,
+}
+
+impl BadFrameLog {
+    /// Adds what one read gave; returns the summary when it is time to log one (and logs it).
+    fn note(&mut self, port: &str, out: &StreamOutput, now: Instant) -> Option<String> {
+        self.good += out.good;
+        for reason in &out.bad {
+            *self.bad.entry(reason).or_default() += 1;
+        }
+        if self.bad.is_empty()
+            || self
+                .last
+                .is_some_and(|t| now.saturating_duration_since(t) < BAD_FRAME_LOG_INTERVAL)
+        {
+            return None;
+        }
+        let total: u64 = self.bad.values().sum();
+        let reasons: Vec<String> = self.bad.iter().map(|(r, n)| format!("{r}={n}")).collect();
+        let summary = format!(
+            "{total} bad frames ({}) and {} good since the last report",
+            reasons.join(" "),
+            self.good
+        );
+        tracing::warn!(
+            port,
+            "{summary}: check the wiring, baud rate and protocol (said at most every {} s)",
+            BAD_FRAME_LOG_INTERVAL.as_secs()
+        );
+        self.last = Some(now);
+        self.good = 0;
+        self.bad.clear();
+        Some(summary)
+    }
+}
+
 fn count_frames(port: &str, out: &StreamOutput) {
     if out.node_frames_lost > 0 {
         metrics::counter!("node_frames_lost_total", "port" => port.to_owned())
@@ -552,6 +610,8 @@ async fn stream_session(
 ) -> SessionEnd {
     let mut buf = vec![0u8; 4096];
     let mut out = StreamOutput::default();
+    let mut bad_log = BadFrameLog::default();
+    let mut spacer = SeriesSpacer::default();
     loop {
         out.clear();
         let read = tokio::select! {
@@ -575,13 +635,58 @@ async fn stream_session(
             }
             Ok(Err(e)) => return SessionEnd::Lost(e.to_string()),
         }
+        spacer.space(&mut out.readings);
         count_frames(port, &out);
+        bad_log.note(port, &out, Instant::now());
         if !out.replies.is_empty() {
             if let Err(e) = stream.write_all(&out.replies).await {
                 return SessionEnd::Lost(format!("write: {e}"));
             }
         }
         commit(port, ingest, std::mem::take(&mut out.readings)).await;
+    }
+}
+
+/// Keeps the readings of one series at least [`SeriesSpacer::MIN_GAP_NS`] apart.
+///
+/// Frames that arrive in one read (they piled up in the kernel while the task waited on the
+/// disk) are all stamped with the time of that read; two points of one series with the same
+/// millisecond would be merged or overwritten by the store. A reading stamped within the gap
+/// of the series' previous one (or up to [`Self::OLDER_NS`] before it) is moved to just after
+/// it, which keeps the order of the frames. A reading clearly older than the previous one (a
+/// node re-sending what was not acked) is left alone. Memory is bounded: the table is cleared when it holds more than [`Self::MAX_SERIES`].
+#[derive(Debug, Default)]
+pub struct SeriesSpacer {
+    last: std::collections::HashMap<(String, BTreeMap<String, String>), i64>,
+}
+
+impl SeriesSpacer {
+    /// The smallest step VictoriaMetrics keeps apart (it stores milliseconds).
+    pub const MIN_GAP_NS: i64 = 1_000_000;
+    /// A reading older than its series' previous one by more than this is a re-send of an old
+    /// reading (kept as stamped), not a frame that shares a read with the previous one.
+    pub const OLDER_NS: i64 = 1_000_000_000;
+    /// Series remembered per port before the table is cleared.
+    pub const MAX_SERIES: usize = 4096;
+
+    /// Moves readings that fall within the gap of their series' previous reading.
+    pub fn space(&mut self, readings: &mut [Reading]) {
+        for r in readings.iter_mut() {
+            if self.last.len() >= Self::MAX_SERIES {
+                self.last.clear();
+            }
+            let key = (r.measurement.clone(), r.tags.clone());
+            let last = self.last.entry(key).or_insert(i64::MIN);
+            if *last != i64::MIN
+                && r.timestamp_ns > last.saturating_sub(Self::OLDER_NS)
+                && r.timestamp_ns < last.saturating_add(Self::MIN_GAP_NS)
+            {
+                r.timestamp_ns = last.saturating_add(Self::MIN_GAP_NS);
+            }
+            if r.timestamp_ns > *last {
+                *last = r.timestamp_ns;
+            }
+        }
     }
 }
 
@@ -665,6 +770,7 @@ async fn modbus_session(
         let mut readings = Vec::new();
         for request in plan {
             if *shutdown.borrow() {
+                commit(port, ingest, readings).await;
                 return SessionEnd::Shutdown;
             }
             received.lock().unwrap_or_else(|e| e.into_inner()).clear();
@@ -701,7 +807,11 @@ async fn modbus_session(
                         "modbus request failed, retried next poll: {detail}"
                     );
                 }
-                PollOutcome::PortLost(e) => return SessionEnd::Lost(e),
+                PollOutcome::PortLost(e) => {
+                    // Answers decoded earlier in this poll are good readings: keep them.
+                    commit(port, ingest, readings).await;
+                    return SessionEnd::Lost(e);
+                }
             }
         }
         commit(port, ingest, readings).await;
@@ -776,5 +886,98 @@ async fn poll_one(
             PollOutcome::Failed(classify(), e.to_string())
         }
         Ok(Err(tokio_modbus::Error::Transport(e))) => PollOutcome::PortLost(e.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod bad_frame_log_tests {
+    use super::*;
+
+    fn output(good: u64, bad: &[&'static str]) -> StreamOutput {
+        StreamOutput {
+            good,
+            bad: bad.to_vec(),
+            ..StreamOutput::default()
+        }
+    }
+
+    #[test]
+    fn first_bad_frame_is_reported_at_once_then_one_summary_per_interval() {
+        let mut log = BadFrameLog::default();
+        let t0 = Instant::now();
+        assert_eq!(
+            log.note("p", &output(3, &[]), t0),
+            None,
+            "good frames alone say nothing"
+        );
+        assert_eq!(
+            log.note("p", &output(1, &["noise", "checksum", "noise"]), t0)
+                .as_deref(),
+            Some("3 bad frames (checksum=1 noise=2) and 4 good since the last report")
+        );
+        for i in 1..1000u64 {
+            let at = t0 + Duration::from_millis(i * 50);
+            assert_eq!(log.note("p", &output(1, &["length", "noise"]), at), None);
+        }
+        let next = log.note("p", &output(0, &["noise"]), t0 + BAD_FRAME_LOG_INTERVAL);
+        assert_eq!(
+            next.as_deref(),
+            Some("1999 bad frames (length=999 noise=1000) and 999 good since the last report")
+        );
+        assert_eq!(
+            log.note("p", &output(0, &["noise"]), t0 + BAD_FRAME_LOG_INTERVAL),
+            None
+        );
+    }
+}
+
+#[cfg(test)]
+mod series_spacer_tests {
+    use super::*;
+    use crate::model::FieldValue;
+
+    fn reading(sensor: &str, ts: i64, v: f64) -> Reading {
+        Reading {
+            measurement: "pms5003".into(),
+            tags: BTreeMap::from([("sensor_id".to_string(), sensor.to_string())]),
+            fields: BTreeMap::from([("pm2_5".to_string(), FieldValue::Float(v))]),
+            timestamp_ns: ts,
+        }
+    }
+
+    #[test]
+    fn frames_of_one_read_get_distinct_increasing_times_per_series() {
+        let t = 1_700_000_000_000_000_000;
+        let mut spacer = SeriesSpacer::default();
+        let mut rs = vec![
+            reading("a", t, 1.0),
+            reading("b", t, 9.0),
+            reading("a", t, 2.0),
+            reading("a", t, 3.0),
+            reading("b", t, 8.0),
+        ];
+        spacer.space(&mut rs);
+        let times: Vec<i64> = rs.iter().map(|r| r.timestamp_ns - t).collect();
+        assert_eq!(times, vec![0, 0, 1_000_000, 2_000_000, 1_000_000]);
+        // The next read, 0.5 ms later than the first: after the last of its series.
+        let mut next = vec![
+            reading("a", t + 500_000, 4.0),
+            reading("b", t + 40_000_000, 7.0),
+        ];
+        spacer.space(&mut next);
+        assert_eq!(next[0].timestamp_ns - t, 3_000_000);
+        assert_eq!(next[1].timestamp_ns - t, 40_000_000);
+    }
+
+    #[test]
+    fn clearly_older_readings_are_left_alone() {
+        let t = 1_700_000_000_000_000_000;
+        let mut spacer = SeriesSpacer::default();
+        let mut rs = vec![reading("a", t, 1.0), reading("a", t - 60_000_000_000, 2.0)];
+        spacer.space(&mut rs);
+        assert_eq!(rs[1].timestamp_ns, t - 60_000_000_000);
+        let mut later = vec![reading("a", t, 3.0)];
+        spacer.space(&mut later);
+        assert_eq!(later[0].timestamp_ns, t + 1_000_000);
     }
 }

@@ -28,6 +28,11 @@
 //! `unauthorized`, `misconfigured`, `timeout`, `connection`, `bad_batch`),
 //! `output_retries_total`, `output_dead_lettered_lines_total`.
 //!
+//! Logs: a failure that goes on (store down, a host name that does not resolve, 5xx, a refused
+//! token) is logged when it starts or changes kind, then at most once per
+//! [`FAILURE_LOG_INTERVAL`] with the number of failed attempts, and the recovery once; a DNS
+//! failure is told apart from a store that is down and names `host:port`.
+//!
 //! Secrets: the token and password are held in [`Secret`], whose `Debug`/`Display` print `***`;
 //! the authorization header is marked sensitive, and URLs with credentials in them are refused.
 
@@ -53,6 +58,76 @@ pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(300);
 
 /// How much of an error response body is kept for logs and the dead-letter file.
 const MAX_ERROR_BODY: usize = 2048;
+
+/// While the store keeps failing the same way, its failure is logged again at most this often
+/// (every attempt still counts in `output_retries_total`); a new kind of failure, and the
+/// recovery, are logged at once.
+pub const FAILURE_LOG_INTERVAL: Duration = Duration::from_secs(60);
+
+/// Rate limit of the store-failure log lines: one line per kind of failure per
+/// [`FAILURE_LOG_INTERVAL`], saying how many attempts failed since the last line.
+#[derive(Debug, Default)]
+struct FailureLog {
+    kind: Option<&'static str>,
+    last_logged: Option<Instant>,
+    failed_since_logged: u64,
+    failed_since_success: u64,
+}
+
+impl FailureLog {
+    /// Counts a failed attempt of `kind`; `Some(failed attempts since the last line)` when a line
+    /// is due now.
+    fn failure(&mut self, kind: &'static str, now: Instant) -> Option<u64> {
+        self.failed_since_success += 1;
+        self.failed_since_logged += 1;
+        let due = self.kind != Some(kind)
+            || self
+                .last_logged
+                .is_none_or(|at| now.duration_since(at) >= FAILURE_LOG_INTERVAL);
+        if !due {
+            return None;
+        }
+        self.kind = Some(kind);
+        self.last_logged = Some(now);
+        Some(std::mem::take(&mut self.failed_since_logged))
+    }
+
+    /// An accepted write: `Some(failed attempts)` when the store had been failing.
+    fn success(&mut self) -> Option<u64> {
+        let failed = self.failed_since_success;
+        *self = FailureLog::default();
+        (failed > 0).then_some(failed)
+    }
+}
+
+/// A failure to get any HTTP answer, in words that say what to check; `kind` for the log's rate
+/// limit. A name that does not resolve is told apart from a store that is down: the fix differs
+/// (the URL's host name or this box's DNS, not the store).
+fn describe_transport(store: &str, reason: &str, timeout: bool) -> (&'static str, String) {
+    if timeout {
+        return ("timeout", format!("timeout reaching the store at {store}"));
+    }
+    if let Some(at) = reason.find("dns error") {
+        let detail = reason.get(at..).unwrap_or(reason);
+        return (
+            "dns",
+            format!(
+                "cannot resolve the store's host name: {store} ({detail}); check the url in \
+                 [output.influxdb] and this box's DNS"
+            ),
+        );
+    }
+    if reason.contains("Connection refused") {
+        return (
+            "refused",
+            format!("the store at {store} refused the connection: is it running on that port?"),
+        );
+    }
+    (
+        "connection",
+        format!("cannot reach the store at {store}: {reason}"),
+    )
+}
 
 /// Tokens and passwords: the config module's type, whose `Debug`/`Display` never print the value.
 pub use crate::config::Secret;
@@ -204,6 +279,9 @@ pub struct InfluxSink {
     dead_letter_path: PathBuf,
     /// Told about every failed attempt, for health and the live page.
     observer: Option<crate::status::StoreState>,
+    /// `host:port` of the store, for messages.
+    store_authority: String,
+    failures: std::sync::Mutex<FailureLog>,
 }
 
 impl fmt::Debug for InfluxSink {
@@ -282,6 +360,11 @@ impl InfluxSink {
                 "backoff_initial must be > 0 and <= backoff_max".into(),
             ));
         }
+        let store_authority = match (write_url.host_str(), write_url.port_or_known_default()) {
+            (Some(host), Some(port)) => format!("{host}:{port}"),
+            (Some(host), None) => host.to_owned(),
+            _ => write_url.to_string(),
+        };
         Ok(InfluxSink {
             client,
             write_url,
@@ -293,6 +376,8 @@ impl InfluxSink {
             backoff_max: config.backoff_max,
             dead_letter_path: config.dead_letter_dir.join(DEAD_LETTER_FILE),
             observer: None,
+            store_authority,
+            failures: std::sync::Mutex::new(FailureLog::default()),
         })
     }
 
@@ -440,7 +525,16 @@ impl InfluxSink {
             };
             delivered.requests += 1;
             let delay = match result {
-                Ok(WriteOutcome::Accepted { .. }) => return Ok(Settled::Accepted),
+                Ok(WriteOutcome::Accepted { .. }) => {
+                    if let Some(failed) = self.failure_log().success() {
+                        tracing::info!(
+                            store = %self.store_authority,
+                            failed_attempts = failed,
+                            "the store takes batches again"
+                        );
+                    }
+                    return Ok(Settled::Accepted);
+                }
                 Ok(WriteOutcome::BadBatch { status, message }) => {
                     metrics::counter!("output_batches_failed_total", "reason" => "bad_batch")
                         .increment(1);
@@ -459,7 +553,10 @@ impl InfluxSink {
                     metrics::counter!("output_batches_failed_total", "reason" => reason)
                         .increment(1);
                     let delay = retry_after.unwrap_or_else(|| self.backoff(attempt));
-                    tracing::warn!(status, error = %message, retry_in = ?delay, "store did not take the batch; will retry");
+                    if let Some(failed) = self.failure_due(reason) {
+                        tracing::warn!(status, error = %message, retry_in = ?delay, failed_attempts = failed,
+                            "store did not take the batch; will retry (said again every 60 s while it goes on)");
+                    }
                     self.observe(format!("HTTP {status}: {message}"));
                     delay
                 }
@@ -467,9 +564,12 @@ impl InfluxSink {
                     metrics::counter!("output_batches_failed_total", "reason" => "unauthorized")
                         .increment(1);
                     let delay = self.backoff(attempt);
-                    tracing::error!(status, error = %message, url = %self.write_url, retry_in = ?delay,
-                        "the store refused our credentials: check the token (token_env/token_file) \
-                         and its write permission on the bucket/database; the batch is kept and retried");
+                    if let Some(failed) = self.failure_due("unauthorized") {
+                        tracing::error!(status, error = %message, url = %self.write_url, retry_in = ?delay,
+                            failed_attempts = failed,
+                            "the store refused our credentials: check the token (token_env/token_file) \
+                             and its write permission on the bucket/database; the batch is kept and retried");
+                    }
                     self.observe(format!("HTTP {status}: credentials refused"));
                     delay
                 }
@@ -477,9 +577,12 @@ impl InfluxSink {
                     metrics::counter!("output_batches_failed_total", "reason" => "misconfigured")
                         .increment(1);
                     let delay = self.backoff(attempt);
-                    tracing::error!(status, error = %message, url = %self.write_url, retry_in = ?delay,
-                        "the store has no such write endpoint, database or bucket: check url, api, \
-                         database/bucket/org in [output.influxdb]; the batch is kept and retried");
+                    if let Some(failed) = self.failure_due("misconfigured") {
+                        tracing::error!(status, error = %message, url = %self.write_url, retry_in = ?delay,
+                            failed_attempts = failed,
+                            "the store has no such write endpoint, database or bucket: check url, api, \
+                             database/bucket/org in [output.influxdb]; the batch is kept and retried");
+                    }
                     self.observe(format!(
                         "HTTP {status}: no such endpoint, database or bucket"
                     ));
@@ -490,12 +593,17 @@ impl InfluxSink {
                     metrics::counter!("output_batches_failed_total", "reason" => label)
                         .increment(1);
                     let delay = self.backoff(attempt);
-                    tracing::warn!(error = %reason, timeout, retry_in = ?delay, "cannot reach the store; will retry");
-                    self.observe(if timeout {
-                        "timeout reaching the store".to_owned()
-                    } else {
-                        format!("cannot reach the store: {reason}")
-                    });
+                    let (kind, what) = describe_transport(&self.store_authority, &reason, timeout);
+                    if let Some(failed) = self.failure_due(kind) {
+                        if kind == "dns" {
+                            tracing::error!(error = %reason, retry_in = ?delay, failed_attempts = failed,
+                                "{what}; readings stay in the buffer (said again every 60 s while it goes on)");
+                        } else {
+                            tracing::warn!(error = %reason, timeout, retry_in = ?delay, failed_attempts = failed,
+                                "{what}; will retry (said again every 60 s while it goes on)");
+                        }
+                    }
+                    self.observe(what);
                     delay
                 }
                 Err(other) => return Err(other),
@@ -508,6 +616,15 @@ impl InfluxSink {
             }
             attempt = attempt.saturating_add(1);
         }
+    }
+
+    fn failure_log(&self) -> std::sync::MutexGuard<'_, FailureLog> {
+        self.failures.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Counts a failed attempt; `Some(failed attempts since the last line)` when it is to be logged.
+    fn failure_due(&self, kind: &'static str) -> Option<u64> {
+        self.failure_log().failure(kind, Instant::now())
     }
 
     fn observe(&self, error: String) {
@@ -989,6 +1106,62 @@ mod tests {
                 assert!(sink.backoff(attempt) <= ceiling);
             }
         }
+    }
+
+    #[test]
+    fn failure_lines_are_rate_limited_per_kind_and_recovery_is_told() {
+        let mut log = FailureLog::default();
+        let t0 = Instant::now();
+        assert_eq!(log.failure("dns", t0), Some(1));
+        assert_eq!(log.failure("dns", t0 + Duration::from_secs(1)), None);
+        assert_eq!(log.failure("dns", t0 + Duration::from_secs(59)), None);
+        assert_eq!(log.failure("dns", t0 + FAILURE_LOG_INTERVAL), Some(3));
+        assert_eq!(
+            log.failure("refused", t0 + FAILURE_LOG_INTERVAL),
+            Some(1),
+            "a new kind of failure is logged at once"
+        );
+        assert_eq!(log.success(), Some(5));
+        assert_eq!(log.success(), None);
+        assert_eq!(
+            log.failure("refused", t0),
+            Some(1),
+            "logged at once after a recovery"
+        );
+    }
+
+    #[test]
+    fn transport_failures_name_the_store_and_tell_dns_apart() {
+        let dns = "error sending request for url (http://ioc-store.invalid:8428/api/v2/write): \
+                   client error (Connect): dns error: failed to lookup address information: \
+                   Name or service not known";
+        assert_eq!(
+            describe_transport("ioc-store.invalid:8428", dns, false),
+            (
+                "dns",
+                "cannot resolve the store's host name: ioc-store.invalid:8428 (dns error: failed \
+                 to lookup address information: Name or service not known); check the url in \
+                 [output.influxdb] and this box's DNS"
+                    .to_owned()
+            )
+        );
+        let refused = "error sending request: client error (Connect): tcp connect error: \
+                       Connection refused (os error 111)";
+        assert_eq!(describe_transport("db:8086", refused, false).0, "refused");
+        assert_eq!(
+            describe_transport("db:8086", "operation timed out", true),
+            (
+                "timeout",
+                "timeout reaching the store at db:8086".to_owned()
+            )
+        );
+        assert_eq!(
+            describe_transport("db:8086", "connection reset by peer", false),
+            (
+                "connection",
+                "cannot reach the store at db:8086: connection reset by peer".to_owned()
+            )
+        );
     }
 
     #[test]

@@ -266,22 +266,41 @@
 
   function renderStatus(st) {
     $('gateway-id').textContent = st.gateway_id || '';
-    const ready = st.ready || { ready: false, reasons: [] };
-    setBadge($('ready'), ready.ready ? 'ready' : 'NOT READY', ready.ready ? 'ok' : 'bad');
+    const ready = st.ready || { ready: false, reasons: [], warnings: [] };
+    const warnings = ready.warnings || [];
+    if (!ready.ready) setBadge($('ready'), 'NOT READY', 'bad');
+    else if (warnings.length) setBadge($('ready'), 'ready, degraded', 'warn');
+    else setBadge($('ready'), 'ready', 'ok');
     const reasons = $('reasons');
     reasons.textContent = '';
-    for (const r of ready.reasons || []) {
-      const li = document.createElement('li');
-      li.textContent = r.message;
-      reasons.appendChild(li);
+    for (const [list, cls] of [[ready.reasons || [], 'reason'], [warnings, 'warning']]) {
+      for (const r of list) {
+        const li = document.createElement('li');
+        li.className = cls;
+        li.dataset.code = r.code;
+        li.textContent = r.message;
+        reasons.appendChild(li);
+      }
     }
+    // Inputs: MQTT connections and serial ports, a green or red dot each.
     const tbody = $('inputs').tBodies[0];
     tbody.textContent = '';
     const t = now();
     for (const [name, s] of Object.entries(st.inputs || {})) {
       const tr = document.createElement('tr');
+      tr.dataset.input = name;
+      tr.dataset.state = s.up ? 'up' : 'down';
+      tr.className = s.up ? 'input-up' : 'input-down';
       const state = (s.up ? 'up' : 'DOWN') + ' for ' + fmtAge(t - s.since_ms);
-      for (const [text, cls] of [[name, ''], [s.kind, ''], [s.target, ''], [state, s.up ? 'up' : 'down'], [s.last_error || '', '']]) {
+      let frames = '';
+      if (s.serial) {
+        frames = s.serial.frames_good + ' good, ' + s.serial.frames_bad + ' bad';
+        const why = Object.entries(s.serial.bad_by_reason || {}).map(([k, v]) => k + ' ' + v);
+        if (why.length) frames += ' (' + why.join(', ') + ')';
+      }
+      const cells = [[name, ''], [s.kind, ''], [s.target, ''], [state, 'state ' + (s.up ? 'up' : 'down')],
+        [frames, 'frames'], [s.last_error || '', 'error']];
+      for (const [text, cls] of cells) {
         const td = document.createElement('td');
         td.textContent = text;
         if (cls) td.className = cls;
