@@ -3,12 +3,19 @@
 //!
 //! `sensor-sim demo` starts `rumqttd` on loopback, runs the real gateway (`ioc_gateway::app`)
 //! with a generated config, plays `config/scenarios/district-rush-hour.toml` (built in) in real
-//! time, and prints where to look. It forwards to a time-series store given with `--store`, or
-//! found at the usual addresses (VictoriaMetrics on :8428, InfluxDB 1.x on :8086); otherwise it
-//! says plainly that readings are kept in the disk buffer until a store appears.
+//! time, and prints where to look once the live page answers. It forwards to a time-series store
+//! given with `--store`, or found at the usual addresses (VictoriaMetrics on :8428, InfluxDB 1.x
+//! on :8086); when none answers (or the named one does not) it says plainly that it is buffering
+//! to disk, and says so again when the store starts confirming batches (or stops). It stops
+//! cleanly on Ctrl-C (SIGINT) or SIGTERM: the simulators stop, the gateway flushes its buffer.
+//!
+//! Ports: `--mqtt-port` and `--http` are used if free, else (or when given as port 0) another
+//! free loopback port is taken and printed.
 
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
@@ -46,38 +53,61 @@ pub struct FoundStore {
     pub what: &'static str,
 }
 
-/// Looks for a store at the usual loopback addresses.
-pub fn detect_store() -> Option<FoundStore> {
+/// Whether a store answers at `url`: its kind (`VictoriaMetrics`, `InfluxDB 1.x`, `InfluxDB 2/3`,
+/// `an HTTP server`) or, if nothing answers, why not.
+pub fn probe_store(url: &str) -> Result<&'static str, String> {
+    let base = url.trim_end_matches('/');
     let agent = ureq::AgentBuilder::new()
         .timeout(Duration::from_millis(800))
         .build();
-    if let Ok(r) = agent.get("http://127.0.0.1:8428/health").call() {
-        if r.into_string().map(|s| s.trim() == "OK").unwrap_or(false) {
-            return Some(FoundStore {
-                url: "http://127.0.0.1:8428".into(),
-                v1: false,
-                what: "VictoriaMetrics",
-            });
+    match agent.get(&format!("{base}/health")).call() {
+        Ok(r) => {
+            if r.into_string().map(|s| s.trim() == "OK").unwrap_or(false) {
+                return Ok("VictoriaMetrics");
+            }
         }
+        Err(ureq::Error::Status(..)) => {}
+        Err(ureq::Error::Transport(t)) => return Err(transport_reason(&t)),
     }
-    if let Ok(r) = agent.get("http://127.0.0.1:8086/ping").call() {
-        if r.status() == 204 {
-            let is_v1 = r
-                .header("X-Influxdb-Version")
-                .map(|v| v.starts_with("1."))
-                .unwrap_or(false);
-            return Some(FoundStore {
-                url: "http://127.0.0.1:8086".into(),
-                v1: is_v1,
-                what: if is_v1 {
-                    "InfluxDB 1.x"
-                } else {
-                    "InfluxDB 2/3"
-                },
-            });
-        }
+    match agent.get(&format!("{base}/ping")).call() {
+        Ok(r) => Ok(
+            match r.header("X-Influxdb-Version").map(|v| v.starts_with("1.")) {
+                Some(true) => "InfluxDB 1.x",
+                Some(false) => "InfluxDB 2/3",
+                None => "an HTTP server",
+            },
+        ),
+        Err(ureq::Error::Status(..)) => Ok("an HTTP server"),
+        Err(ureq::Error::Transport(t)) => Err(transport_reason(&t)),
     }
-    None
+}
+
+/// A short reason for a failed connection ("Connection refused", "timed out", ...).
+fn transport_reason(t: &ureq::Transport) -> String {
+    use std::error::Error as _;
+    let mut source: Option<&(dyn std::error::Error + 'static)> = t.source();
+    let mut last = None;
+    while let Some(e) = source {
+        last = Some(e.to_string());
+        source = e.source();
+    }
+    last.or_else(|| t.message().map(str::to_owned))
+        .unwrap_or_else(|| t.kind().to_string())
+}
+
+/// Looks for a store at the usual loopback addresses (VictoriaMetrics on :8428, InfluxDB on
+/// :8086); something else answering there is not taken for a store.
+pub fn detect_store() -> Option<FoundStore> {
+    ["http://127.0.0.1:8428", "http://127.0.0.1:8086"]
+        .into_iter()
+        .find_map(|url| match probe_store(url) {
+            Ok(what @ ("VictoriaMetrics" | "InfluxDB 1.x" | "InfluxDB 2/3")) => Some(FoundStore {
+                url: url.to_owned(),
+                v1: what == "InfluxDB 1.x",
+                what,
+            }),
+            _ => None,
+        })
 }
 
 /// The gateway config the demo runs with.
@@ -144,11 +174,12 @@ listen = "{http}"
     )
 }
 
-fn free_port_or(preferred: u16) -> anyhow::Result<u16> {
-    if TcpListener::bind(("127.0.0.1", preferred)).is_ok() {
+/// `preferred` on `ip` if it is free, else (or when it is 0) a port the OS picks.
+fn free_port_or(ip: std::net::IpAddr, preferred: u16) -> anyhow::Result<u16> {
+    if preferred != 0 && TcpListener::bind((ip, preferred)).is_ok() {
         return Ok(preferred);
     }
-    let l = TcpListener::bind(("127.0.0.1", 0)).context("no free loopback port")?;
+    let l = TcpListener::bind((ip, 0)).with_context(|| format!("no free port on {ip}"))?;
     Ok(l.local_addr()?.port())
 }
 
@@ -194,42 +225,224 @@ next_connection_delay_ms = 1
     bail!("the embedded MQTT broker did not come up on 127.0.0.1:{port}")
 }
 
-/// Runs the demo until Ctrl-C (or `duration`).
+/// What the demo tells the user about the store, and how it watches it.
+#[derive(Debug, Clone, PartialEq)]
+enum StoreState {
+    /// A store answered at start-up.
+    Forwarding { what: &'static str, url: String },
+    /// The named store did not answer: buffering to disk.
+    NamedButDown { url: String, why: String },
+    /// Nothing answers at the usual addresses: buffering to disk.
+    NoneFound,
+}
+
+/// Resolves once the user asks the demo to stop: Ctrl-C (SIGINT) or SIGTERM.
+async fn stop_requested() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// Polls the gateway's `/healthz` until it answers (the live page is then up).
+async fn wait_for_http(http: SocketAddr, within: Duration) -> bool {
+    let deadline = tokio::time::Instant::now() + within;
+    let url = format!("http://{http}/healthz");
+    loop {
+        let u = url.clone();
+        let ok = tokio::task::spawn_blocking(move || {
+            ureq::AgentBuilder::new()
+                .timeout(Duration::from_millis(500))
+                .build()
+                .get(&u)
+                .call()
+                .is_ok()
+        })
+        .await
+        .unwrap_or(false);
+        if ok {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// How often the demo looks at the gateway's store state, and how often it repeats that it is
+/// still buffering.
+const STORE_WATCH_INTERVAL: Duration = Duration::from_secs(2);
+const BUFFERING_REMINDER: Duration = Duration::from_secs(60);
+/// How long the simulators get to end their run when the demo stops.
+const SIM_STOP_WAIT: Duration = Duration::from_secs(3);
+
+/// Prints a line when the store starts confirming batches or stops, and a reminder while the
+/// readings wait on disk.
+async fn watch_store(http: SocketAddr, data_dir: PathBuf) {
+    let url = format!("http://{http}/api/sensors");
+    let mut forwarding: Option<bool> = None;
+    let mut last_reminder = tokio::time::Instant::now();
+    loop {
+        tokio::time::sleep(STORE_WATCH_INTERVAL).await;
+        let u = url.clone();
+        let body = tokio::task::spawn_blocking(move || -> Option<serde_json::Value> {
+            let text = ureq::AgentBuilder::new()
+                .timeout(Duration::from_secs(2))
+                .build()
+                .get(&u)
+                .call()
+                .ok()?
+                .into_string()
+                .ok()?;
+            serde_json::from_str(&text).ok()
+        })
+        .await
+        .ok()
+        .flatten();
+        let Some(body) = body else { continue };
+        let store = &body["store"];
+        let buffer = &body["buffer"];
+        let unsent = buffer["unsent_lines"].as_u64().unwrap_or(0);
+        let ok_now = store["last_error"].is_null() && store["last_success_ms"].is_u64();
+        let failing = !store["last_error"].is_null();
+        let state = if ok_now {
+            Some(true)
+        } else if failing && unsent > 0 {
+            Some(false)
+        } else {
+            None
+        };
+        match (forwarding, state) {
+            (prev, Some(true)) if prev != Some(true) => {
+                println!(
+                    "store: batches confirmed, forwarding ({} readings sent so far)",
+                    store["lines_sent"].as_u64().unwrap_or(0)
+                );
+            }
+            (prev, Some(false)) if prev != Some(false) => {
+                println!(
+                    "store: not reachable, buffering to disk ({unsent} readings waiting in {})",
+                    data_dir.display()
+                );
+                last_reminder = tokio::time::Instant::now();
+            }
+            (Some(false), Some(false)) if last_reminder.elapsed() >= BUFFERING_REMINDER => {
+                println!(
+                    "store: still not reachable, buffering to disk ({unsent} readings waiting, oldest {} s)",
+                    buffer["oldest_unsent_age_ms"].as_u64().unwrap_or(0) / 1000
+                );
+                last_reminder = tokio::time::Instant::now();
+            }
+            _ => {}
+        }
+        if state.is_some() {
+            forwarding = state;
+        }
+    }
+}
+
+/// Runs the demo until Ctrl-C / SIGTERM (or `duration`).
 pub async fn run_demo(opts: DemoOptions) -> anyhow::Result<()> {
     std::fs::create_dir_all(&opts.dir)
         .with_context(|| format!("cannot create {}", opts.dir.display()))?;
     let dir = std::fs::canonicalize(&opts.dir)?;
-    let found = match &opts.store {
-        Some(url) => Some(FoundStore {
-            url: url.clone(),
-            v1: opts.api_v1,
-            what: "the store you named",
-        }),
-        None => detect_store(),
+    let data_dir = dir.join("data");
+    let (store, state) = match &opts.store {
+        Some(url) => {
+            let probe_url = url.clone();
+            let probe = tokio::task::spawn_blocking(move || probe_store(&probe_url))
+                .await
+                .unwrap_or_else(|e| Err(e.to_string()));
+            let store = FoundStore {
+                url: url.clone(),
+                v1: opts.api_v1,
+                what: "the store you named",
+            };
+            let state = match probe {
+                Ok(what) => StoreState::Forwarding {
+                    what,
+                    url: url.clone(),
+                },
+                Err(why) => StoreState::NamedButDown {
+                    url: url.clone(),
+                    why,
+                },
+            };
+            (store, state)
+        }
+        None => match tokio::task::spawn_blocking(detect_store)
+            .await
+            .ok()
+            .flatten()
+        {
+            Some(found) => {
+                let state = StoreState::Forwarding {
+                    what: found.what,
+                    url: found.url.clone(),
+                };
+                (found, state)
+            }
+            None => (
+                FoundStore {
+                    url: "http://127.0.0.1:8428".into(),
+                    v1: false,
+                    what: "none",
+                },
+                StoreState::NoneFound,
+            ),
+        },
     };
-    let store = found.clone().unwrap_or(FoundStore {
-        url: "http://127.0.0.1:8428".into(),
-        v1: false,
-        what: "none",
-    });
-    if store.v1 {
+    if store.v1 && matches!(state, StoreState::Forwarding { .. }) {
         // InfluxDB 1.x needs the database to exist.
-        let _ = ureq::post(&format!("{}/query", store.url))
-            .send_form(&[("q", "CREATE DATABASE telemetry")]);
+        let url = format!("{}/query", store.url);
+        let _ = tokio::task::spawn_blocking(move || {
+            // Best effort: if it fails, the gateway's writes say why.
+            let _ = ureq::post(&url).send_form(&[("q", "CREATE DATABASE telemetry")]);
+        })
+        .await;
     }
 
-    let mqtt_port = free_port_or(opts.mqtt_port)?;
+    let mqtt_port = free_port_or(std::net::Ipv4Addr::LOCALHOST.into(), opts.mqtt_port)?;
     start_broker(mqtt_port)?;
+    let http_listen = SocketAddr::new(
+        opts.http_listen.ip(),
+        free_port_or(opts.http_listen.ip(), opts.http_listen.port())?,
+    );
 
     let config_path = dir.join("gateway.toml");
-    let text = gateway_config(&dir, mqtt_port, &store, opts.http_listen);
+    let text = gateway_config(&dir, mqtt_port, &store, http_listen);
     std::fs::write(&config_path, &text)
         .with_context(|| format!("cannot write {}", config_path.display()))?;
     let config = ioc_gateway::config::Config::parse(&config_path, &text)
         .map_err(|e| anyhow::anyhow!("demo config: {e}"))?;
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let gateway = tokio::spawn(ioc_gateway::app::run(config, stop_rx));
+    let mut gateway = tokio::spawn(ioc_gateway::app::run(config, stop_rx));
+    if !wait_for_http(http_listen, Duration::from_secs(15)).await {
+        let _ = stop_tx.send(true);
+        match tokio::time::timeout(Duration::from_secs(5), &mut gateway).await {
+            Ok(Ok(Err(e))) => bail!("the gateway did not start: {e:#}"),
+            _ => {
+                bail!("the gateway's live page did not answer at http://{http_listen}/ within 15 s")
+            }
+        }
+    }
 
     let mut scenario = match &opts.scenario {
         Some(p) => Scenario::load(p)?,
@@ -247,8 +460,14 @@ pub async fn run_demo(opts: DemoOptions) -> anyhow::Result<()> {
     popts.client_id_prefix = "demo-sim".into();
     let manifest_path = dir.join("manifest.jsonl");
     let manifest = std::fs::File::create(&manifest_path)?;
-    let sim = tokio::spawn(mqtt::publish(
-        generator,
+    // The publisher's feeder is a blocking thread that sleeps until each message is due; it
+    // stops at the next message once this flag is set (a SIGTERM does not reach its own Ctrl-C
+    // handler).
+    let sim_stop = Arc::new(AtomicBool::new(false));
+    let sim_stop_seen = Arc::clone(&sim_stop);
+    let messages = generator.take_while(move |_| !sim_stop_seen.load(Ordering::Acquire));
+    let mut sim = tokio::spawn(mqtt::publish(
+        messages,
         popts,
         Box::new(std::io::BufWriter::new(manifest)),
     ));
@@ -258,40 +477,77 @@ pub async fn run_demo(opts: DemoOptions) -> anyhow::Result<()> {
         "ioc-gateway demo is running ({} devices).",
         scenario_device_count(&scenario, opts.seed)
     );
-    println!("  live page:      http://{}/", opts.http_listen);
+    let moved = |what: &str, asked: u16, got: u16| {
+        if asked != 0 && asked != got {
+            format!(" ({what} {asked} was taken)")
+        } else {
+            String::new()
+        }
+    };
     println!(
-        "  health:         http://{}/readyz   metrics: http://{}/metrics",
-        opts.http_listen, opts.http_listen
+        "  live page:      http://{http_listen}/{}",
+        moved("port", opts.http_listen.port(), http_listen.port())
     );
-    println!("  MQTT broker:    mqtt://127.0.0.1:{mqtt_port}  (embedded rumqttd; try: mosquitto_sub -p {mqtt_port} -t 'city/#' -v)");
+    println!(
+        "  health:         http://{http_listen}/readyz   metrics: http://{http_listen}/metrics"
+    );
+    println!(
+        "  MQTT broker:    mqtt://127.0.0.1:{mqtt_port}{}  (embedded rumqttd; try: mosquitto_sub -p {mqtt_port} -t 'city/#' -v)",
+        moved("port", opts.mqtt_port, mqtt_port)
+    );
     println!("  gateway config: {}", config_path.display());
-    match &found {
-        Some(s) => println!("  store:          forwarding to {} at {}", s.what, s.url),
-        None => println!(
-            "  store:          NONE FOUND (nothing answers at 127.0.0.1:8428 or :8086).\n                  Readings are kept in the disk buffer at {} and will be\n                  forwarded as soon as a store listens on 127.0.0.1:8428 (or run with --store URL).",
-            dir.join("data").display()
+    match &state {
+        StoreState::Forwarding { what, url } => {
+            println!("  store:          forwarding to {what} at {url}")
+        }
+        StoreState::NamedButDown { url, why } => println!(
+            "  store:          NOT REACHABLE at {url} ({why}).\n                  \
+             Buffering to disk: readings are kept at {} and forwarded as soon as it answers.",
+            data_dir.display()
+        ),
+        StoreState::NoneFound => println!(
+            "  store:          NONE FOUND (nothing answers at 127.0.0.1:8428 or :8086).\n                  \
+             Buffering to disk: readings are kept at {} and forwarded as soon as a store\n                  \
+             listens on 127.0.0.1:8428 (or run with --store URL).",
+            data_dir.display()
         ),
     }
     println!("  stop:           Ctrl-C");
     println!();
 
+    let watcher = tokio::spawn(watch_store(http_listen, data_dir));
     let until = async {
         match opts.duration {
             Some(d) => tokio::time::sleep(d).await,
             None => std::future::pending().await,
         }
     };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = until => {}
+    let early = tokio::select! {
+        _ = stop_requested() => None,
+        _ = until => None,
+        res = &mut gateway => Some(res),
+    };
+    watcher.abort();
+    // Let the simulators end their run (the feeder stops at its next message, acks are awaited)
+    // rather than abort them mid-publish, which could leave the feeder thread spinning.
+    sim_stop.store(true, Ordering::Release);
+    if tokio::time::timeout(SIM_STOP_WAIT, &mut sim).await.is_err() {
+        sim.abort();
+    }
+    if let Some(res) = early {
+        return match res {
+            Ok(Ok(())) => bail!("the gateway stopped on its own"),
+            Ok(Err(e)) => Err(e.context("the gateway stopped")),
+            Err(e) => bail!("gateway task failed: {e}"),
+        };
     }
     println!("stopping: flushing the gateway's buffer…");
-    sim.abort();
     let _ = stop_tx.send(true);
     match gateway.await {
         Ok(res) => res?,
         Err(e) => bail!("gateway task failed: {e}"),
     }
+    println!("stopped.");
     Ok(())
 }
 

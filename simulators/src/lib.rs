@@ -10,6 +10,7 @@ pub mod civil_time;
 pub mod demo;
 pub mod generator;
 pub mod manifest;
+pub mod modbus_slave;
 pub mod models;
 pub mod mqtt;
 pub mod profile;

@@ -45,6 +45,10 @@ enum SerialDeviceArg {
     /// A firmware sensor node (the real ioc-node application via ioc-node-sim), two-way:
     /// what the gateway writes to the pty is fed to the node (acks, commands)
     Node,
+    /// XY-MD02 temperature/humidity transmitters as Modbus RTU slaves on one RS-485 bus
+    /// (answers function 3/4 reads; see --slaves)
+    #[value(name = "xy-md02", alias = "modbus")]
+    XyMd02,
 }
 
 #[derive(Subcommand)]
@@ -62,10 +66,10 @@ enum Command {
         /// API of --store.
         #[arg(long, value_enum, default_value_t = ApiArg::V2)]
         api: ApiArg,
-        /// Port of the embedded MQTT broker (another free port if taken).
+        /// Port of the embedded MQTT broker (another free port if taken; 0 = any free port).
         #[arg(long, default_value_t = 1883)]
         mqtt_port: u16,
-        /// Address of the gateway's live page.
+        /// Address of the gateway's live page (another free port if taken; port 0 = any).
         #[arg(long, default_value = "127.0.0.1:8080")]
         http: std::net::SocketAddr,
         /// Seed of the simulated district.
@@ -134,33 +138,9 @@ enum Command {
         #[arg(long)]
         messages: u64,
     },
-    /// Stream a serial sensor into a new pseudo-terminal (prints its path first) or a file.
-    Serial {
-        /// Which sensor.
-        #[arg(long, value_enum)]
-        device: SerialDeviceArg,
-        /// Seed.
-        #[arg(long)]
-        seed: u64,
-        /// Frames per second.
-        #[arg(long, default_value_t = 1.0)]
-        rate_hz: f64,
-        /// Line faults, e.g. noise=0.05,checksum=0.02,truncate=0.01 (probability per frame).
-        #[arg(long, default_value = "")]
-        faults: sensor_sim::serial::SerialFaults,
-        /// Stop after this many frames (default: run until killed; `node`: seconds to run).
-        #[arg(long)]
-        frames: Option<u64>,
-        /// Node id (`--device node`).
-        #[arg(long, default_value_t = 1)]
-        node_id: u32,
-        /// Also create a symlink at this path pointing to the pty.
-        #[arg(long)]
-        link: Option<PathBuf>,
-        /// Write the bytes to this file instead of a pty (no pacing).
-        #[arg(long)]
-        output: Option<PathBuf>,
-    },
+    /// Stream a serial sensor into a new pseudo-terminal (prints its path first) or a file;
+    /// `xy-md02` answers Modbus RTU requests on the pty instead.
+    Serial(SerialArgs),
     /// Compare a manifest with what the store holds; exit 0 only if nothing is missing or different.
     Verify {
         /// Manifest written by `run`.
@@ -188,6 +168,76 @@ enum Command {
     },
 }
 
+#[derive(clap::Args)]
+struct SerialArgs {
+    /// Which sensor.
+    #[arg(long, value_enum)]
+    device: SerialDeviceArg,
+    /// Seed.
+    #[arg(long)]
+    seed: u64,
+    /// Frames per second.
+    #[arg(long, default_value_t = 1.0)]
+    rate_hz: f64,
+    /// Faults (probability per frame / answer). pms5003, sds011: noise=0.05,checksum=0.02,
+    /// truncate=0.01; xy-md02: timeout=..,bad_crc=..,exception=..,noise=..,slow=..
+    #[arg(long, default_value = "")]
+    faults: String,
+    /// Stop after this many frames (default: run until killed; `node`: simulated seconds to
+    /// run; `xy-md02`: requests for our slaves).
+    #[arg(long)]
+    frames: Option<u64>,
+    /// Node id (`--device node`).
+    #[arg(long, default_value_t = 1)]
+    node_id: u32,
+    /// `node`: sample interval at boot, ms.
+    #[arg(long)]
+    sample_interval_ms: Option<u32>,
+    /// `node`: status interval, ms.
+    #[arg(long)]
+    status_interval_ms: Option<u32>,
+    /// `node`: simulated time per wall-clock time (5 = five times real time).
+    #[arg(long, default_value_t = 1.0)]
+    speed: f64,
+    /// `node`: lose readings at a simulated second, SECONDS:N (a forced sequence gap of N).
+    #[arg(long)]
+    gap_at: Option<String>,
+    /// `node`: reboot the node at this simulated second.
+    #[arg(long)]
+    reboot_at: Option<f64>,
+    /// `xy-md02`: slave addresses on the bus and their behaviour, e.g. 1,2:dead,3:bad_crc,
+    /// 4:exception,5:noise,6:slow (a plain address answers correctly).
+    #[arg(long, default_value = "1")]
+    slaves: String,
+    /// `xy-md02`: simulated ms between a transmitter's successive samples (one per read).
+    #[arg(long, default_value_t = 5_000)]
+    sample_ms: i64,
+    /// `xy-md02`: delay of a slow answer, ms.
+    #[arg(long, default_value_t = 1_500)]
+    slow_ms: u64,
+    /// Also create a symlink at this path pointing to the pty.
+    #[arg(long)]
+    link: Option<PathBuf>,
+    /// Write the bytes to this file instead of a pty (no pacing; pms5003/sds011).
+    #[arg(long)]
+    output: Option<PathBuf>,
+    /// Start streaming only once another process (the gateway) has opened the pty (waits up to
+    /// 60 s). Implied by --manifest.
+    #[arg(long)]
+    wait_reader: bool,
+    /// Write a manifest of what was sent, in the gateway's mapping, for `sensor-sim verify`
+    /// (pms5003, sds011, xy-md02).
+    #[arg(long)]
+    manifest: Option<PathBuf>,
+    /// The `sensor_id` the gateway's config gives this input (manifest tags); `{slave}` is
+    /// replaced by the slave address (xy-md02 default: th-{slave}).
+    #[arg(long)]
+    sensor_id: Option<String>,
+    /// A static tag the gateway's config gives this input (manifest tags), KEY=VALUE, repeatable.
+    #[arg(long = "tag")]
+    tags: Vec<String>,
+}
+
 fn main() -> ExitCode {
     match real_main() {
         Ok(code) => code,
@@ -213,19 +263,20 @@ fn real_main() -> anyhow::Result<ExitCode> {
             let filter =
                 tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
                     tracing_subscriber::EnvFilter::new(
-                        "warn,ioc_gateway=info,ioc_gateway::output::influx=error",
+                        "warn,ioc_gateway=info,ioc_gateway::output::influx=error,rumqttd=off",
                     )
                 });
             tracing_subscriber::fmt()
                 .with_env_filter(filter)
                 .with_writer(std::io::stderr)
+                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
                 .init();
             ioc_gateway::http::install_metrics_recorder();
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
                 .enable_all()
                 .build()?;
-            runtime.block_on(sensor_sim::demo::run_demo(sensor_sim::demo::DemoOptions {
+            let options = sensor_sim::demo::DemoOptions {
                 dir,
                 store,
                 api_v1: matches!(api, ApiArg::V1),
@@ -234,7 +285,11 @@ fn real_main() -> anyhow::Result<ExitCode> {
                 seed,
                 duration: duration.map(Duration::from_secs_f64),
                 scenario,
-            }))?;
+            };
+            let result = runtime.block_on(sensor_sim::demo::run_demo(options));
+            // Blocking helpers (the publisher's pacing thread) may be mid-sleep: do not wait long.
+            runtime.shutdown_timeout(Duration::from_secs(2));
+            result?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Run {
@@ -331,18 +386,10 @@ fn real_main() -> anyhow::Result<ExitCode> {
             out.flush()?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Serial {
-            device,
-            seed,
-            rate_hz,
-            faults,
-            frames,
-            node_id,
-            link,
-            output,
-        } => match device {
-            SerialDeviceArg::Node => node_main(node_id, seed, frames, link),
-            _ => serial_main(device, seed, rate_hz, faults, frames, link, output),
+        Command::Serial(args) => match args.device {
+            SerialDeviceArg::Node => node_main(&args),
+            SerialDeviceArg::XyMd02 => modbus_main(&args),
+            _ => serial_main(&args),
         },
         Command::Verify {
             manifest,
@@ -387,36 +434,113 @@ fn real_main() -> anyhow::Result<ExitCode> {
     }
 }
 
-fn serial_main(
-    device: SerialDeviceArg,
-    seed: u64,
-    rate_hz: f64,
-    faults: sensor_sim::serial::SerialFaults,
-    frames: Option<u64>,
-    link: Option<PathBuf>,
-    output: Option<PathBuf>,
-) -> anyhow::Result<ExitCode> {
+/// The manifest of a serial run (a file written line by line, so that a killed run keeps
+/// what it sent), or nothing.
+struct SerialManifest {
+    out: Option<BufWriter<File>>,
+    tags: std::collections::BTreeMap<String, String>,
+}
+
+impl SerialManifest {
+    fn open(a: &SerialArgs, device: &str) -> anyhow::Result<Self> {
+        let mut tags = std::collections::BTreeMap::new();
+        for t in &a.tags {
+            let (k, v) = t
+                .split_once('=')
+                .filter(|(k, _)| !k.is_empty())
+                .with_context(|| format!("--tag {t:?}: expected KEY=VALUE"))?;
+            tags.insert(k.to_owned(), v.to_owned());
+        }
+        let out = match &a.manifest {
+            None => None,
+            Some(path) => {
+                let file =
+                    File::create(path).with_context(|| format!("creating {}", path.display()))?;
+                let mut out = BufWriter::new(file);
+                manifest::write_header(
+                    &mut out,
+                    &Header {
+                        version: 1,
+                        scenario: format!("serial-{device}"),
+                        seed: a.seed,
+                        qos: 0,
+                    },
+                )?;
+                out.flush()?;
+                Some(out)
+            }
+        };
+        Ok(Self { out, tags })
+    }
+
+    fn write(&mut self, entry: &manifest::Entry) -> std::io::Result<()> {
+        if let Some(out) = &mut self.out {
+            out.write_all(entry.to_line().as_bytes())?;
+            out.flush()?;
+        }
+        Ok(())
+    }
+}
+
+/// Creates the pty, its optional symlink, prints `{"pty":..}` (plus `extra` fields) and, when
+/// asked, waits for the gateway to open it.
+fn serial_pty(
+    a: &SerialArgs,
+    wait: bool,
+    extra: serde_json::Value,
+) -> anyhow::Result<sensor_sim::serial::Pty> {
+    let mut pty = sensor_sim::serial::open_pty()?;
+    if let Some(l) = &a.link {
+        let _ = std::fs::remove_file(l);
+        std::os::unix::fs::symlink(&pty.path, l)
+            .with_context(|| format!("symlink {}", l.display()))?;
+    }
+    let mut line = serde_json::json!({ "pty": pty.path, "link": a.link });
+    if let (Some(obj), serde_json::Value::Object(more)) = (line.as_object_mut(), extra) {
+        obj.extend(more);
+    }
+    println!("{line}");
+    std::io::stdout().flush()?;
+    if wait {
+        if !pty.wait_for_reader(Duration::from_secs(60)) {
+            bail!("nobody opened {} within 60 s", pty.path.display());
+        }
+        // The reader flushes the terminal right after opening it (tcflush): let it settle.
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    Ok(pty)
+}
+
+fn serial_main(a: &SerialArgs) -> anyhow::Result<ExitCode> {
+    use sensor_sim::manifest::{Entry, Expect, FaultKind};
     use sensor_sim::serial::{
-        open_pty, write_nonblocking, SerialDevice, SerialStream, SerialSummary,
+        frame_fields, write_nonblocking, LineFault, SerialDevice, SerialFaults, SerialStream,
+        SerialSummary,
     };
-    if !(rate_hz.is_finite() && rate_hz > 0.0) {
+    if !(a.rate_hz.is_finite() && a.rate_hz > 0.0) {
         bail!("--rate-hz must be > 0");
     }
-    let device = match device {
-        SerialDeviceArg::Pms5003 => SerialDevice::Pms5003,
-        SerialDeviceArg::Sds011 | SerialDeviceArg::Node => SerialDevice::Sds011,
+    let faults: SerialFaults = a.faults.parse()?;
+    let (device, model) = match a.device {
+        SerialDeviceArg::Sds011 => (SerialDevice::Sds011, "sds011"),
+        _ => (SerialDevice::Pms5003, "pms5003"),
     };
-    let period = Duration::from_secs_f64(1.0 / rate_hz);
+    let mut record = SerialManifest::open(a, model)?;
+    record.tags.insert("model".into(), model.into());
+    if let Some(id) = &a.sensor_id {
+        record.tags.insert("sensor_id".into(), id.clone());
+    }
+    let period = Duration::from_secs_f64(1.0 / a.rate_hz);
     let start_ms = sensor_sim::civil_time::parse_rfc3339_ms("2026-11-24T00:30:00Z")?;
     let mut stream = SerialStream::new(
         device,
-        seed,
+        a.seed,
         faults,
         start_ms,
         period.as_millis().max(1) as i64,
     );
     let mut summary = SerialSummary::default();
-    let limit = frames.unwrap_or(u64::MAX);
+    let limit = a.frames.unwrap_or(u64::MAX);
     let count = |summary: &mut SerialSummary, c: &sensor_sim::serial::Chunk| {
         summary.frames += 1;
         for f in &c.faults {
@@ -426,9 +550,9 @@ fn serial_main(
                 .or_default() += 1;
         }
     };
-    if let Some(path) = output {
+    if let Some(path) = &a.output {
         let mut out = BufWriter::new(
-            File::create(&path).with_context(|| format!("creating {}", path.display()))?,
+            File::create(path).with_context(|| format!("creating {}", path.display()))?,
         );
         for _ in 0..limit.min(10_000_000) {
             let c = stream.next_chunk();
@@ -438,29 +562,126 @@ fn serial_main(
         }
         out.flush()?;
     } else {
-        let pty = open_pty()?;
-        if let Some(l) = &link {
-            let _ = std::fs::remove_file(l);
-            std::os::unix::fs::symlink(&pty.path, l)
-                .with_context(|| format!("symlink {}", l.display()))?;
-        }
-        println!("{}", serde_json::json!({ "pty": pty.path, "link": link }));
-        std::io::stdout().flush()?;
+        let pty = serial_pty(
+            a,
+            a.wait_reader || a.manifest.is_some(),
+            serde_json::json!({}),
+        )?;
         let started = std::time::Instant::now();
         for n in 0..limit {
             let c = stream.next_chunk();
             let written = write_nonblocking(&pty.master, &c.bytes)?;
+            let sent_ms = sensor_sim::modbus_slave::unix_ms();
             summary.bytes += written as u64;
             summary.dropped_bytes += (c.bytes.len() - written) as u64;
             count(&mut summary, &c);
+            let fault = if written < c.bytes.len() || c.faults.contains(&LineFault::Truncate) {
+                Some(FaultKind::Truncate)
+            } else if c.faults.contains(&LineFault::Checksum) {
+                Some(FaultKind::Checksum)
+            } else if c.faults.contains(&LineFault::Noise) {
+                Some(FaultKind::Noise)
+            } else {
+                None
+            };
+            record.write(&Entry {
+                m: "air_quality".into(),
+                t: record.tags.clone(),
+                ts: sent_ms,
+                f: frame_fields(device, &c.frame),
+                x: match fault {
+                    None | Some(FaultKind::Noise) => Expect::InOrder,
+                    Some(_) => Expect::RejectedInOrder,
+                },
+                fault,
+                resent: false,
+            })?;
             let due = period.mul_f64((n + 1) as f64);
             if let Some(wait) = due.checked_sub(started.elapsed()) {
                 std::thread::sleep(wait);
             }
         }
-        if let Some(l) = &link {
+        if let Some(l) = &a.link {
             let _ = std::fs::remove_file(l);
         }
+    }
+    println!("{}", serde_json::to_string(&summary)?);
+    Ok(ExitCode::SUCCESS)
+}
+
+fn modbus_main(a: &SerialArgs) -> anyhow::Result<ExitCode> {
+    use sensor_sim::manifest::{Entry, Expect, FaultKind};
+    use sensor_sim::modbus_slave::{
+        parse_slaves, serve_pty, AnswerFault, ModbusBus, ModbusFaults, ServeLimits,
+    };
+    let slaves = parse_slaves(&a.slaves)?;
+    let faults: ModbusFaults = a.faults.parse()?;
+    let start_ms = sensor_sim::civil_time::parse_rfc3339_ms("2026-11-24T00:30:00Z")?;
+    let mut bus = ModbusBus::new(a.seed, &slaves, faults, start_ms, a.sample_ms, a.slow_ms);
+    let mut record = SerialManifest::open(a, "xy-md02")?;
+    let sensor_id = a.sensor_id.clone().unwrap_or_else(|| "th-{slave}".into());
+    let addresses: Vec<u8> = slaves.iter().map(|s| s.address).collect();
+    let pty = serial_pty(a, a.wait_reader, serde_json::json!({ "slaves": addresses }))?;
+    let mut failed: Option<std::io::Error> = None;
+    let summary = serve_pty(
+        &pty,
+        &mut bus,
+        ServeLimits {
+            requests: a.frames,
+            duration: None,
+            turnaround: Duration::from_millis(3),
+        },
+        |ex, written, sent_ms| {
+            let Some(slave) = ex.slave else { return };
+            let has = |f: AnswerFault| ex.faults.contains(&f);
+            let (x, fault) = if has(AnswerFault::Timeout) {
+                (Expect::RejectedInOrder, Some(FaultKind::Timeout))
+            } else if has(AnswerFault::Exception) || ex.exception.is_some() {
+                (Expect::RejectedInOrder, Some(FaultKind::Exception))
+            } else if has(AnswerFault::BadCrc) {
+                (Expect::RejectedInOrder, Some(FaultKind::BadCrc))
+            } else if written < ex.answer.len() {
+                (Expect::RejectedInOrder, Some(FaultKind::Truncate))
+            } else if ex.values.is_empty() {
+                return; // a read of registers the XY-MD02 map does not turn into readings
+            } else if has(AnswerFault::Slow) {
+                (Expect::MaybeInOrder, Some(FaultKind::Slow))
+            } else if has(AnswerFault::Noise) {
+                (Expect::MaybeInOrder, Some(FaultKind::Noise))
+            } else {
+                (Expect::InOrder, None)
+            };
+            let mut t = record.tags.clone();
+            t.insert(
+                "sensor_id".into(),
+                sensor_id.replace("{slave}", &slave.to_string()),
+            );
+            let entry = Entry {
+                m: "environment".into(),
+                t,
+                ts: sent_ms,
+                f: if fault == Some(FaultKind::Timeout) {
+                    Default::default()
+                } else {
+                    ex.values.clone()
+                },
+                x,
+                fault,
+                resent: false,
+            };
+            if let Err(e) = record.write(&entry) {
+                failed.get_or_insert(e);
+            }
+        },
+    )?;
+    if let Some(e) = failed {
+        return Err(e).context("writing the manifest");
+    }
+    // The bus goes quiet before the pty closes, so that a master's poll in progress ends with
+    // timeouts (and keeps what it already read) rather than with a vanished port.
+    std::thread::sleep(Duration::from_millis(1500));
+    if let Some(l) = &a.link {
+        let _ = std::fs::remove_file(l);
     }
     println!("{}", serde_json::to_string(&summary)?);
     Ok(ExitCode::SUCCESS)
@@ -485,46 +706,92 @@ impl Write for LossyPty<'_> {
     }
 }
 
-fn node_main(
-    node_id: u32,
-    seed: u64,
-    seconds: Option<u64>,
-    link: Option<PathBuf>,
-) -> anyhow::Result<ExitCode> {
-    use ioc_node_sim::{run_node, spawn_reader, Pace, SimNode};
-    let pty = sensor_sim::serial::open_pty()?;
-    if let Some(l) = &link {
-        let _ = std::fs::remove_file(l);
-        std::os::unix::fs::symlink(&pty.path, l)
-            .with_context(|| format!("symlink {}", l.display()))?;
+/// Runs the real firmware (ioc-node-sim) on the pty: its frames out, the gateway's acks and
+/// commands in, simulated time at `--speed` × real time, with an optional forced sequence gap
+/// and reboot. Prints a JSON line per boot (`{"event":"boot","boot_id":..}`), gap and reboot.
+fn node_main(a: &SerialArgs) -> anyhow::Result<ExitCode> {
+    use ioc_node_sim::{spawn_reader, SimNode, SimNodeConfig};
+    if !(a.speed.is_finite() && a.speed > 0.0) {
+        bail!("--speed must be > 0");
     }
-    println!(
-        "{}",
-        serde_json::json!({ "pty": pty.path, "link": link, "node_id": node_id })
-    );
-    std::io::stdout().flush()?;
-    let reader = File::from(pty.master.try_clone()?);
-    let from_gateway = spawn_reader(reader);
-    let mut node = SimNode::new(node_id, seed);
+    let gap = match &a.gap_at {
+        None => None,
+        Some(g) => {
+            let (at, n) = g
+                .split_once(':')
+                .and_then(|(at, n)| Some((at.parse::<f64>().ok()?, n.parse::<u32>().ok()?)))
+                .with_context(|| format!("--gap-at {g:?}: expected SECONDS:N"))?;
+            Some(((at * 1000.0) as u64, n))
+        }
+    };
+    let reboot = a.reboot_at.map(|s| (s * 1000.0) as u64);
+    let pty = serial_pty(
+        a,
+        a.wait_reader,
+        serde_json::json!({ "node_id": a.node_id }),
+    )?;
+    let from_gateway = spawn_reader(File::from(pty.master.try_clone()?));
+    let mut cfg = SimNodeConfig::new(a.node_id, a.seed);
+    if let Some(ms) = a.sample_interval_ms {
+        cfg.sample_interval_ms = ms;
+    }
+    if let Some(ms) = a.status_interval_ms {
+        cfg.status_interval_ms = ms;
+    }
+    let mut node = SimNode::with_config(cfg);
+    let event = |v: serde_json::Value| -> std::io::Result<()> {
+        println!("{v}");
+        std::io::stdout().flush()
+    };
+    event(serde_json::json!({ "event": "boot", "boot_id": node.boot_id() }))?;
     let mut out = LossyPty {
         fd: &pty.master,
         dropped: 0,
     };
-    let duration_ms = seconds.map_or(u64::MAX / 2, |s| s.saturating_mul(1000));
-    let stats = run_node(
-        &mut node,
-        &mut out,
-        Some(&from_gateway),
-        duration_ms,
-        10,
-        Pace::RealTime,
-    )?;
-    if let Some(l) = &link {
+    let duration_ms = a.frames.map_or(u64::MAX / 2, |s| s.saturating_mul(1000));
+    let tick_ms = 50u64;
+    let started = std::time::Instant::now();
+    let (mut now_ms, mut bytes_out, mut bytes_in) = (0u64, 0u64, 0u64);
+    let (mut gap_done, mut reboot_done) = (false, false);
+    let mut boot_ids = vec![node.boot_id()];
+    loop {
+        while let Ok(bytes) = from_gateway.try_recv() {
+            bytes_in += bytes.len() as u64;
+            node.feed(&bytes);
+        }
+        if let Some((at, n)) = gap.filter(|(at, _)| !gap_done && now_ms >= *at) {
+            node.force_gap(n);
+            gap_done = true;
+            event(serde_json::json!({ "event": "gap", "lost": n, "at_ms": at }))?;
+        }
+        if reboot.is_some_and(|at| !reboot_done && now_ms >= at) {
+            node.reboot();
+            reboot_done = true;
+            boot_ids.push(node.boot_id());
+            event(
+                serde_json::json!({ "event": "reboot", "boot_id": node.boot_id(), "at_ms": now_ms }),
+            )?;
+        }
+        let bytes = node.step(now_ms);
+        if !bytes.is_empty() {
+            out.write_all(&bytes)?;
+            bytes_out += bytes.len() as u64;
+        }
+        if now_ms >= duration_ms {
+            break;
+        }
+        now_ms = (now_ms + tick_ms).min(duration_ms);
+        let due = Duration::from_secs_f64(now_ms as f64 / 1000.0 / a.speed);
+        if let Some(wait) = due.checked_sub(started.elapsed()) {
+            std::thread::sleep(wait);
+        }
+    }
+    if let Some(l) = &a.link {
         let _ = std::fs::remove_file(l);
     }
     println!(
         "{}",
-        serde_json::json!({ "bytes_out": stats.bytes_out, "bytes_in": stats.bytes_in, "dropped_bytes": out.dropped, "steps": stats.steps })
+        serde_json::json!({ "bytes_out": bytes_out, "bytes_in": bytes_in, "dropped_bytes": out.dropped, "boot_ids": boot_ids, "simulated_ms": now_ms })
     );
     Ok(ExitCode::SUCCESS)
 }

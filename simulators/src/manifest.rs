@@ -7,6 +7,9 @@
 //! timestamp in Unix milliseconds, each numeric field, and what the store should show
 //! (`stored`, `rejected` for payloads the gateway must refuse, `unchecked` where the store
 //! mapping is the gateway's choice, e.g. camera events). `fault` names an injected fault.
+//! Serial streams (`sensor-sim serial --manifest`) carry no timestamps of their own, so their
+//! entries use `in_order`, `maybe_in_order` and `rejected_in_order`, checked by value sequence
+//! per series (see [`Expect`]).
 //! An entry is written only once the broker acknowledged the message (QoS 1: on PUBACK;
 //! QoS 0: when the packet was handed to the socket, which is all QoS 0 can promise).
 
@@ -26,6 +29,17 @@ pub enum Expect {
     Rejected,
     /// Not checked by `verify` (the store mapping is not fixed by this tool).
     Unchecked,
+    /// Serial readings, stamped by the gateway when the frame arrives: exactly once in the
+    /// store, in the order of the manifest within its series (measurement + tags); `ts` is
+    /// when the simulator wrote the bytes, and the store's time must be within a second or two.
+    InOrder,
+    /// Like `in_order`, but may be absent (a fault the gateway may or may not get past, such as
+    /// noise before a Modbus answer or an answer that comes late).
+    MaybeInOrder,
+    /// Serial bytes the gateway must not store (corrupt or truncated frame, bad CRC, exception,
+    /// no answer). Names its series, so that any point in it that no `in_order` or
+    /// `maybe_in_order` entry explains counts as leaked.
+    RejectedInOrder,
 }
 
 /// An injected fault, as recorded in the manifest and counted in the summary.
@@ -44,6 +58,20 @@ pub enum FaultKind {
     ClockSkew,
     /// Published inside a burst that ignores the rate limit.
     Burst,
+    /// Serial: garbage bytes before the frame or answer.
+    Noise,
+    /// Serial: a data byte changed, the frame's checksum left as it was.
+    Checksum,
+    /// Serial: the frame cut short.
+    Truncate,
+    /// Modbus: the answer's CRC is wrong.
+    BadCrc,
+    /// Modbus: the slave did not answer.
+    Timeout,
+    /// Modbus: an exception instead of the registers.
+    Exception,
+    /// Modbus: the answer came late.
+    Slow,
 }
 
 impl FaultKind {
@@ -56,6 +84,13 @@ impl FaultKind {
             FaultKind::OutOfOrder => "out_of_order",
             FaultKind::ClockSkew => "clock_skew",
             FaultKind::Burst => "burst",
+            FaultKind::Noise => "noise",
+            FaultKind::Checksum => "checksum",
+            FaultKind::Truncate => "truncate",
+            FaultKind::BadCrc => "bad_crc",
+            FaultKind::Timeout => "timeout",
+            FaultKind::Exception => "exception",
+            FaultKind::Slow => "slow",
         }
     }
 }

@@ -100,6 +100,42 @@ pub fn sds011_frame(pm2_5_tenths: u16, pm10_tenths: u16, device_id: u16) -> [u8;
     frame
 }
 
+/// The fields the gateway decodes from an intact frame (measurement `air_quality`, tag
+/// `model` = `pms5003` / `sds011`): PMS5003 `pm1_0_cf1`, `pm2_5_cf1`, `pm10_cf1`, `pm1_0`,
+/// `pm2_5`, `pm10` (µg/m³) and `n0_3` … `n10` (per 0.1 L); SDS011 `pm2_5`, `pm10` (raw / 10).
+/// Empty if `frame` is not a whole frame of `device`.
+pub fn frame_fields(device: SerialDevice, frame: &[u8]) -> BTreeMap<String, f64> {
+    let word = |i: usize| -> Option<f64> {
+        let b = frame.get(i..i + 2)?;
+        Some(f64::from(u16::from_be_bytes([b[0], b[1]])))
+    };
+    let names: &[(&str, usize)] = match device {
+        SerialDevice::Pms5003 if frame.len() == 32 => &[
+            ("pm1_0_cf1", 4),
+            ("pm2_5_cf1", 6),
+            ("pm10_cf1", 8),
+            ("pm1_0", 10),
+            ("pm2_5", 12),
+            ("pm10", 14),
+            ("n0_3", 16),
+            ("n0_5", 18),
+            ("n1_0", 20),
+            ("n2_5", 22),
+            ("n5_0", 24),
+            ("n10", 26),
+        ],
+        SerialDevice::Sds011 if frame.len() == 10 => {
+            let le = |i: usize| f64::from(u16::from_le_bytes([frame[i], frame[i + 1]])) / 10.0;
+            return BTreeMap::from([("pm2_5".into(), le(2)), ("pm10".into(), le(4))]);
+        }
+        _ => &[],
+    };
+    names
+        .iter()
+        .filter_map(|(n, i)| Some(((*n).to_owned(), word(*i)?)))
+        .collect()
+}
+
 /// Probabilities, per frame, of each line fault.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct SerialFaults {
@@ -315,10 +351,42 @@ pub enum PtyError {
 pub struct Pty {
     /// Our end (non-blocking: bytes nobody reads are dropped, as on a real line).
     pub master: OwnedFd,
-    /// Kept open so the terminal survives the reader closing and reopening it.
-    pub slave: OwnedFd,
+    /// Kept open so the terminal survives the reader closing and reopening it (the terminal
+    /// survives that anyway while `master` is open; [`Pty::wait_for_reader`] lets it go so that
+    /// it can tell when someone else opens the terminal).
+    pub slave: Option<OwnedFd>,
     /// The slave's path, e.g. `/dev/pts/7`.
     pub path: PathBuf,
+}
+
+impl Pty {
+    /// Whether a process other than us has the terminal open (the master then stops
+    /// reporting a hang-up). Always true while we hold `slave` ourselves.
+    pub fn has_reader(&self) -> bool {
+        use std::os::fd::AsRawFd;
+        let mut pfd = nix::libc::pollfd {
+            fd: self.master.as_raw_fd(),
+            events: nix::libc::POLLOUT,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd, zero timeout.
+        let n = unsafe { nix::libc::poll(&mut pfd, 1, 0) };
+        n >= 0 && pfd.revents & nix::libc::POLLHUP == 0
+    }
+
+    /// Closes our own handle on the terminal and waits until another process (the gateway)
+    /// opens it, at most `timeout`. Returns whether it did.
+    pub fn wait_for_reader(&mut self, timeout: std::time::Duration) -> bool {
+        self.slave = None;
+        let until = std::time::Instant::now() + timeout;
+        while std::time::Instant::now() < until {
+            if self.has_reader() {
+                return true;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        self.has_reader()
+    }
 }
 
 /// Opens a pseudo-terminal in raw mode (no echo, no line editing, 8-bit clean).
@@ -339,7 +407,7 @@ pub fn open_pty() -> Result<Pty, PtyError> {
     let path = nix::unistd::ttyname(pair.slave.as_fd()).map_err(sys("ttyname"))?;
     Ok(Pty {
         master: pair.master,
-        slave: pair.slave,
+        slave: Some(pair.slave),
         path,
     })
 }

@@ -254,9 +254,14 @@ pub fn parse_influx_query(
                         continue;
                     }
                 }
-                let Some(tag_string) =
-                    shape.tag_string(measurement, |k| tags.get(k).and_then(Value::as_str))
-                else {
+                // `GROUP BY *` gives a series every tag key of the measurement, "" where it has
+                // none (a plate read has no `zones`); line protocol has no empty tag values, so ""
+                // means absent.
+                let Some(tag_string) = shape.tag_string(measurement, |k| {
+                    tags.get(k)
+                        .and_then(Value::as_str)
+                        .filter(|v| !v.is_empty())
+                }) else {
                     continue;
                 };
                 let columns: Vec<&str> = series
@@ -467,6 +472,7 @@ pub fn compare(entries: &[Entry], store: &StoreIndex) -> Report {
         resent: bool,
     }
     let mut expected: BTreeMap<PointKey, Expected> = BTreeMap::new();
+    let mut sequences: BTreeMap<(String, String), Vec<&Entry>> = BTreeMap::new();
     let mut report = Report::default();
     let device_of = |e: &Entry| e.t.values().cloned().collect::<Vec<_>>().join("/");
     for e in entries {
@@ -490,6 +496,13 @@ pub fn compare(entries: &[Entry], store: &StoreIndex) -> Report {
                         ));
                     }
                 }
+            }
+            Expect::InOrder | Expect::MaybeInOrder | Expect::RejectedInOrder => {
+                if e.x == Expect::RejectedInOrder {
+                    counts.rejected_sent += 1;
+                }
+                let (m, tags, _) = entry_key(e);
+                sequences.entry((m, tags)).or_default().push(e);
             }
             Expect::Stored => {
                 let slot = expected.entry(entry_key(e)).or_insert(Expected {
@@ -553,7 +566,225 @@ pub fn compare(entries: &[Entry], store: &StoreIndex) -> Report {
             }
         }
     }
+    compare_sequences(&sequences, store, &mut report);
     report
+}
+
+/// Store rows of one series, in time order: (ms timestamp, field → value). A key that holds
+/// several values per field (two points in the same millisecond) gives several rows.
+type Rows<'a> = Vec<(i64, BTreeMap<&'a str, f64>)>;
+
+/// How far ahead the in-order alignment looks to tell a missing entry from an extra point.
+const ALIGN_LOOKAHEAD: usize = 64;
+
+/// Checks the serial series (`in_order` entries): the store's points of each series, within
+/// its time window (first send − 1 s … last send + 2 s), must be the manifest's values in the
+/// manifest's order. Aligned greedily: equal rows match; an optional (`maybe_in_order`) entry
+/// that does not match is skipped; otherwise a short look-ahead decides whether the manifest
+/// entry is missing, the store point is extra (leaked, or a duplicate when it repeats the row
+/// just matched), or both are there with different values (mismatched).
+fn compare_sequences(
+    sequences: &BTreeMap<(String, String), Vec<&Entry>>,
+    store: &StoreIndex,
+    report: &mut Report,
+) {
+    if sequences.is_empty() {
+        return;
+    }
+    let mut rows: BTreeMap<(&str, &str), Rows> = BTreeMap::new();
+    for ((m, tags, ts), fields) in &store.points {
+        let series = (m.as_str(), tags.as_str());
+        if !sequences.contains_key(&(m.clone(), tags.clone())) {
+            continue;
+        }
+        let depth = fields.values().map(Vec::len).max().unwrap_or(0);
+        let out = rows.entry(series).or_default();
+        for i in 0..depth {
+            let row = fields
+                .iter()
+                .filter_map(|(f, v)| v.get(i).map(|v| (f.as_str(), *v)))
+                .collect();
+            out.push((*ts, row));
+        }
+    }
+    let matches = |e: &Entry, row: &BTreeMap<&str, f64>| {
+        e.f.iter().all(|(f, want)| {
+            row.get(f.as_str())
+                .is_some_and(|got| same_value(*got, *want))
+        })
+    };
+    let show = |row: &BTreeMap<&str, f64>| {
+        row.iter()
+            .map(|(f, v)| format!("{f}={v}"))
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    for ((m, tags), entries) in sequences {
+        let device = entries
+            .first()
+            .map(|e| e.t.values().cloned().collect::<Vec<_>>().join("/"))
+            .unwrap_or_default();
+        let lo = entries.iter().map(|e| e.ts).min().unwrap_or(0) - 1000;
+        let hi = entries.iter().map(|e| e.ts).max().unwrap_or(0) + 2000;
+        let mut got: Rows = rows
+            .remove(&(m.as_str(), tags.as_str()))
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|(ts, _)| (lo..=hi).contains(ts))
+            .collect();
+        got.sort_by_key(|(ts, _)| *ts);
+        let want: Vec<&Entry> = entries
+            .iter()
+            .copied()
+            .filter(|e| e.x != Expect::RejectedInOrder)
+            .collect();
+        let counts = report
+            .devices
+            .entry((m.clone(), device.clone()))
+            .or_default();
+        let mut examples = Vec::new();
+        let (mut i, mut j) = (0usize, 0usize);
+        let mut last_matched: Option<usize> = None;
+        let extra =
+            |counts: &mut Counts, examples: &mut Vec<String>, j: usize, last: Option<usize>| {
+                let (ts, row) = &got[j];
+                let dup = last.is_some_and(|l| got[l].1 == *row);
+                if dup {
+                    counts.duplicates += 1;
+                } else {
+                    counts.leaked += 1;
+                }
+                examples.push(format!(
+                    "{}: {m} {device} stored at ts={ts} ({}) but not sent in that place",
+                    if dup { "duplicate" } else { "extra" },
+                    show(row)
+                ));
+            };
+        let rejected: Vec<&Entry> = entries
+            .iter()
+            .copied()
+            .filter(|e| e.x == Expect::RejectedInOrder && !e.f.is_empty())
+            .collect();
+        while i < want.len() && j < got.len() {
+            let e = want[i];
+            // Points of one series in the same millisecond (the gateway read several frames in
+            // one chunk): VictoriaMetrics keeps them all but their per-field order is arbitrary,
+            // so such a group matches the next entries as per-field multisets.
+            let group = got[j..]
+                .iter()
+                .take_while(|(ts, _)| *ts == got[j].0)
+                .count();
+            if group > 1 && i + group <= want.len() {
+                let same = |f: &str| {
+                    let mut a: Vec<f64> = want[i..i + group]
+                        .iter()
+                        .filter_map(|w| w.f.get(f).copied())
+                        .collect();
+                    let mut b: Vec<f64> = got[j..j + group]
+                        .iter()
+                        .filter_map(|(_, r)| r.get(f).copied())
+                        .collect();
+                    a.sort_by(f64::total_cmp);
+                    b.sort_by(f64::total_cmp);
+                    a.len() == group
+                        && a.len() == b.len()
+                        && a.iter().zip(&b).all(|(x, y)| same_value(*x, *y))
+                };
+                if want[i..i + group]
+                    .iter()
+                    .all(|w| w.f.keys().all(|f| same(f)))
+                {
+                    for w in &want[i..i + group] {
+                        if w.x == Expect::InOrder {
+                            counts.expected += 1;
+                            counts.found += 1;
+                        } else {
+                            counts.unchecked += 1;
+                        }
+                    }
+                    last_matched = None;
+                    i += group;
+                    j += group;
+                    continue;
+                }
+            }
+            if matches(e, &got[j].1) {
+                if e.x == Expect::InOrder {
+                    counts.expected += 1;
+                    counts.found += 1;
+                } else {
+                    counts.unchecked += 1;
+                }
+                last_matched = Some(j);
+                i += 1;
+                j += 1;
+                continue;
+            }
+            if e.x != Expect::InOrder {
+                counts.unchecked += 1;
+                i += 1;
+                continue;
+            }
+            let row = &got[j].1;
+            let repeat = last_matched.is_some_and(|l| got[l].1 == *row);
+            let rejected_row = rejected.iter().any(|r| matches(r, row));
+            let e_later = got[j + 1..]
+                .iter()
+                .take(ALIGN_LOOKAHEAD)
+                .any(|(_, row)| matches(e, row));
+            let row_later = want[i + 1..]
+                .iter()
+                .take(ALIGN_LOOKAHEAD)
+                .any(|w| matches(w, row));
+            if repeat || rejected_row || (e_later && !row_later) {
+                // the store point is extra; this entry is looked at again against the next one
+                extra(counts, &mut examples, j, last_matched);
+                j += 1;
+            } else if row_later {
+                counts.expected += 1;
+                counts.missing += 1;
+                examples.push(format!(
+                    "missing: {m} {device} sent at ts={} (in order)",
+                    e.ts
+                ));
+                i += 1;
+            } else {
+                counts.expected += 1;
+                counts.found += 1;
+                counts.mismatched += 1;
+                examples.push(format!(
+                    "mismatched: {m} {device} sent at ts={}: expected {:?}, stored at ts={} ({})",
+                    e.ts,
+                    e.f,
+                    got[j].0,
+                    show(&got[j].1)
+                ));
+                last_matched = Some(j);
+                i += 1;
+                j += 1;
+            }
+        }
+        for e in &want[i..] {
+            if e.x == Expect::InOrder {
+                counts.expected += 1;
+                counts.missing += 1;
+                examples.push(format!(
+                    "missing: {m} {device} sent at ts={} (in order)",
+                    e.ts
+                ));
+            } else {
+                counts.unchecked += 1;
+            }
+        }
+        for k in j..got.len() {
+            extra(counts, &mut examples, k, last_matched);
+        }
+        for ex in examples {
+            if report.examples.len() < 20 {
+                report.examples.push(ex);
+            }
+        }
+    }
 }
 
 /// How to reach the store.
@@ -870,6 +1101,122 @@ mod tests {
         parse_vm_export(export, &Shape::of(&entries), None, &mut index).unwrap();
         let t = compare(&entries, &index).total();
         assert_eq!((t.expected, t.found, t.missing), (2, 2, 0));
+    }
+
+    fn serial_entry(sensor: &str, ts: i64, pm: f64, x: Expect) -> Entry {
+        Entry {
+            m: "air_quality".into(),
+            t: [
+                ("model".to_string(), "pms5003".to_string()),
+                ("sensor_id".to_string(), sensor.to_string()),
+            ]
+            .into(),
+            ts,
+            f: [("pm2_5".to_string(), pm), ("pm10".to_string(), pm + 1.0)].into(),
+            x,
+            fault: None,
+            resent: false,
+        }
+    }
+
+    fn serial_export(sensor: &str, points: &[(i64, f64)]) -> String {
+        let ts: Vec<i64> = points.iter().map(|p| p.0).collect();
+        let pm: Vec<f64> = points.iter().map(|p| p.1).collect();
+        let pm10: Vec<f64> = pm.iter().map(|v| v + 1.0).collect();
+        format!(
+            "{{\"metric\":{{\"__name__\":\"air_quality_pm2_5\",\"gateway\":\"g\",\"model\":\"pms5003\",\"sensor_id\":\"{sensor}\"}},\"values\":{pm:?},\"timestamps\":{ts:?}}}\n\
+             {{\"metric\":{{\"__name__\":\"air_quality_pm10\",\"gateway\":\"g\",\"model\":\"pms5003\",\"sensor_id\":\"{sensor}\"}},\"values\":{pm10:?},\"timestamps\":{ts:?}}}\n"
+        )
+    }
+
+    fn sequence_totals(entries: &[Entry], export: &str) -> Counts {
+        let mut index = StoreIndex::default();
+        parse_vm_export(export, &Shape::of(entries), None, &mut index).unwrap();
+        compare(entries, &index).total()
+    }
+
+    #[test]
+    fn serial_sequences_match_by_order_not_timestamp() {
+        use Expect::*;
+        let entries = vec![
+            serial_entry("pm-1", 10_000, 8.0, InOrder),
+            serial_entry("pm-1", 11_000, 99.0, RejectedInOrder),
+            serial_entry("pm-1", 12_000, 7.0, InOrder),
+            serial_entry("pm-1", 13_000, 7.0, MaybeInOrder),
+            serial_entry("pm-1", 14_000, 5.0, InOrder),
+        ];
+        // The gateway's receive times are a few ms after the send times.
+        let good = serial_export("pm-1", &[(10_004, 8.0), (12_003, 7.0), (14_009, 5.0)]);
+        let t = sequence_totals(&entries, &good);
+        assert_eq!(
+            (
+                t.expected,
+                t.found,
+                t.missing,
+                t.leaked,
+                t.rejected_sent,
+                t.unchecked
+            ),
+            (3, 3, 0, 0, 1, 1)
+        );
+        assert!(t.ok());
+        // the optional entry arrived as well
+        let with_maybe = serial_export(
+            "pm-1",
+            &[(10_004, 8.0), (12_003, 7.0), (13_002, 7.0), (14_009, 5.0)],
+        );
+        assert!(sequence_totals(&entries, &with_maybe).ok());
+
+        // one missing, the corrupt frame stored (leaked), a duplicate, a wrong value
+        let bad = serial_export(
+            "pm-1",
+            &[(10_004, 8.0), (10_005, 8.0), (11_002, 99.0), (14_009, 5.5)],
+        );
+        let t = sequence_totals(&entries, &bad);
+        assert_eq!(
+            (
+                t.expected,
+                t.found,
+                t.missing,
+                t.mismatched,
+                t.duplicates,
+                t.leaked
+            ),
+            (3, 2, 1, 1, 1, 1),
+            "{t:?}"
+        );
+        assert!(!t.ok());
+
+        // points outside the series' time window (another run) are not looked at
+        let other_run = serial_export(
+            "pm-1",
+            &[
+                (1_000, 3.0),
+                (10_004, 8.0),
+                (12_003, 7.0),
+                (14_009, 5.0),
+                (99_000, 1.0),
+            ],
+        );
+        assert!(sequence_totals(&entries, &other_run).ok());
+
+        // two frames read in one chunk share a millisecond: VictoriaMetrics may return each
+        // field's two values in either order
+        let same_ms = r#"{"metric":{"__name__":"air_quality_pm2_5","model":"pms5003","sensor_id":"pm-1"},"values":[7,8,5],"timestamps":[12003,12003,14009]}
+{"metric":{"__name__":"air_quality_pm10","model":"pms5003","sensor_id":"pm-1"},"values":[9,8,6],"timestamps":[12003,12003,14009]}
+"#;
+        let t = sequence_totals(&entries, same_ms);
+        assert_eq!(
+            (t.expected, t.found, t.missing, t.mismatched, t.leaked),
+            (3, 3, 0, 0, 0),
+            "{t:?}"
+        );
+
+        // a series with only rejected entries must stay empty
+        let dead = vec![serial_entry("pm-9", 10_000, 1.0, RejectedInOrder)];
+        assert!(sequence_totals(&dead, "").ok());
+        let t = sequence_totals(&dead, &serial_export("pm-9", &[(10_100, 4.0)]));
+        assert_eq!((t.leaked, t.rejected_sent), (1, 1));
     }
 
     #[test]
