@@ -15,6 +15,8 @@
 //! | [`GatewayProcess`] | runs `ioc-gateway run --config FILE`, captures its output, `kill9`/`sigterm`/`wait_exit` |
 //! | [`MqttPublisher`] | QoS 1 publisher that records which messages the broker PUBACKed |
 //! | [`MqttSubscriber`] | plain subscriber, for checking what went through a broker |
+//! | [`FaultProxy`] | HTTP proxy in front of a real store that injects [`Fault`]s: delays, 500/429, hangs |
+//! | [`SensorSim`] | runs the real `sensor-sim run` (→ [`RunSummary`]) and `sensor-sim verify` (→ [`VerifyOutcome`]); [`ManifestCounts`] reads a manifest |
 //! | [`bin_path`], [`free_port`], [`wait_until`], [`HeavyTestLock`], [`gzip`] | small helpers |
 //!
 //! Set `IOC_E2E_KEEP_DIRS=1` to keep every server's and gateway's temp dir (config, log, data)
@@ -44,13 +46,20 @@ mod gateway;
 mod influx;
 mod mosquitto;
 mod mqtt;
+mod proxy;
 mod server;
+mod sim;
 mod victoria;
 
 pub use gateway::{check_config, GatewayProcess};
 pub use influx::Influx1;
 pub use mosquitto::Mosquitto;
 pub use mqtt::{MqttPublisher, MqttSubscriber, ReceivedMessage};
+pub use proxy::{Fault, FaultProxy, ProxiedRequest};
+pub use sim::{
+    ManifestCounts, RunOptions, RunSummary, RunningSim, SensorSim, StoreApi, VerifyCounts,
+    VerifyOutcome,
+};
 pub use victoria::{ExportedSeries, VictoriaMetrics};
 
 use std::collections::HashSet;

@@ -1,25 +1,27 @@
-//! Crash loop (issue 8): while a QoS 1 publisher keeps publishing, the real `ioc-gateway` is
-//! killed with SIGKILL at 20 random moments and restarted each time. Afterwards every message the
-//! broker acknowledged to the publisher is in VictoriaMetrics exactly once per series and
-//! timestamp, with its value. (VictoriaMetrics runs with `-dedup.minScrapeInterval=1ms`, so the
-//! export is checked for both missing and doubled timestamps.)
+//! Crash loop (issue 8): while the real `sensor-sim run` publishes at QoS 1 (its manifest holds
+//! only the messages the broker PUBACKed), the real `ioc-gateway` is killed with SIGKILL at 20
+//! random moments and restarted each time. Afterwards the real `sensor-sim verify` must pass: every
+//! acknowledged reading is in VictoriaMetrics exactly once per series and timestamp, with its
+//! values. (The harness runs VictoriaMetrics with `-dedup.minScrapeInterval=1ms`, as a deployment
+//! that relies on idempotent replays would, so a replayed point is stored once; `verify` would count
+//! a doubled point as a duplicate.) The store must also hold nothing beyond what was published.
 //!
 //! The random moments come from a seed printed at the start; set `CRASH_LOOP_SEED` to replay.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ioc_e2e::{GatewayProcess, HeavyTestLock, Mosquitto, MqttPublisher, VictoriaMetrics};
+use ioc_e2e::{
+    GatewayProcess, HeavyTestLock, ManifestCounts, Mosquitto, RunOptions, SensorSim, StoreApi,
+    VictoriaMetrics,
+};
 
 const GATEWAY_ID: &str = "crash-gw";
 const FILTER: &str = "city/+/env/+";
 const ROUNDS: usize = 20;
-const SENSORS: usize = 20;
-/// Publishing pace: a message every `PACE` (about 1,500 msg/s).
-const PACE: Duration = Duration::from_micros(650);
+const STATIONS: usize = 20;
+/// Publishing pace, messages per second.
+const RATE: f64 = 1500.0;
 
 /// xorshift64*: enough randomness for kill moments, reproducible from the seed.
 struct Rng(u64);
@@ -46,7 +48,7 @@ url = "{mqtt}"
 client_id = "{GATEWAY_ID}"
 topics = ["{FILTER}"]
 qos = 1
-measurement = "crash"
+measurement = "environment"
 topic_tags = "_/district/_/sensor_id"
 timestamp_field = "ts"
 timestamp_unit = "ms"
@@ -70,18 +72,10 @@ enabled = false
     path
 }
 
-/// Message `i`: sensor `i % SENSORS`, a unique millisecond timestamp per sensor, value `i`.
-fn message(i: usize, base_ms: i64) -> (String, String, String, i64) {
-    let sensor = format!("s{:02}", i % SENSORS);
-    let ts = base_ms + (i / SENSORS) as i64;
-    let topic = format!("city/d{}/env/{sensor}", i % 4);
-    let payload = format!("{{\"ts\":{ts},\"v\":{i}}}");
-    (topic, payload, sensor, ts)
-}
-
 #[test]
 fn every_acknowledged_message_survives_20_random_kill9_exactly_once() {
     let _heavy = HeavyTestLock::acquire();
+    let started = Instant::now();
     let seed = std::env::var("CRASH_LOOP_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -100,27 +94,30 @@ fn every_acknowledged_message_survives_20_random_kill9_exactly_once() {
         gateway.log_tail(30)
     );
 
-    let base_ms = ioc_e2e::now_ms() - 3_600_000;
-    let stop = Arc::new(AtomicBool::new(false));
-    let publisher = {
-        let url = broker.url();
-        let stop = Arc::clone(&stop);
-        std::thread::spawn(move || {
-            let mut p = MqttPublisher::connect(&url, "crash-pub").unwrap();
-            let start = Instant::now();
-            let mut i = 0usize;
-            while !stop.load(Ordering::SeqCst) {
-                let (topic, payload, _, _) = message(i, base_ms);
-                p.publish(&topic, payload).unwrap();
-                i += 1;
-                let due = start + PACE * i as u32;
-                if let Some(wait) = due.checked_duration_since(Instant::now()) {
-                    std::thread::sleep(wait);
-                }
-            }
-            p
-        })
-    };
+    let scenario = SensorSim::env_scenario(
+        dir.path(),
+        "crash-loop",
+        STATIONS,
+        &["d0", "d1", "d2", "d3"],
+        1,
+    );
+    let manifest = dir.path().join("manifest.jsonl");
+    // Runs until interrupted (the duration is only a backstop).
+    let mut sim = SensorSim::spawn(
+        &scenario,
+        &broker.url(),
+        seed,
+        &manifest,
+        &RunOptions {
+            duration_s: Some(120.0),
+            rate: Some(RATE),
+            clients: Some(1),
+            qos: Some(1),
+            client_id: Some("crash-sim".into()),
+            ..RunOptions::default()
+        },
+    )
+    .unwrap();
 
     let mut kills = 0;
     for round in 0..ROUNDS {
@@ -130,89 +127,60 @@ fn every_acknowledged_message_survives_20_random_kill9_exactly_once() {
             "gateway died on its own before kill {round}:\n{}",
             gateway.log_tail(40)
         );
+        assert!(sim.is_running(), "sensor-sim run ended early");
         gateway.kill9();
         kills += 1;
         std::thread::sleep(rng.between_ms(0, 300));
         gateway.start_again().unwrap();
     }
     std::thread::sleep(Duration::from_millis(500));
-    stop.store(true, Ordering::SeqCst);
-    let publisher = publisher.join().unwrap();
-    assert!(
-        publisher.wait_all_acked(Duration::from_secs(30)),
-        "broker did not ack every message"
-    );
-    let flags = publisher.acked_flags();
-    let published = flags.len();
-    let acked: Vec<usize> = (0..published).filter(|i| flags[*i]).collect();
+    sim.interrupt();
+    let run = sim.wait(Duration::from_secs(60)).unwrap();
+    let counts = ManifestCounts::read(&manifest).unwrap();
     eprintln!(
-        "{kills} kills; {published} published, {} acked by the broker",
-        acked.len()
+        "{kills} kills; sensor-sim published {}, the broker acked {} ({} re-sent, {} lost) in {:.1} s",
+        run.published, run.acked, counts.resent, run.lost, run.seconds
     );
     assert_eq!(kills, ROUNDS);
-    assert!(
-        acked.len() > 5_000,
-        "too little load: {} acked",
-        acked.len()
-    );
+    assert_eq!(counts.entries, run.acked);
+    assert!(run.acked > 5_000, "too little load: {run:?}");
 
-    // What must be in the store: sensor → (ts → value).
-    let mut expected: BTreeMap<String, BTreeMap<i64, f64>> = BTreeMap::new();
-    for &i in &acked {
-        let (_, _, sensor, ts) = message(i, base_ms);
-        expected.entry(sensor).or_default().insert(ts, i as f64);
-    }
-    let selector = "{__name__=\"crash_v\"}";
-    let all_in = ioc_e2e::wait_until(Duration::from_secs(60), || {
-        vm.force_flush().is_ok() && vm.count_points(selector).unwrap_or(0) >= acked.len()
-    });
-    let series = vm.export(selector).unwrap();
-    let got_points: usize = series.iter().map(|s| s.timestamps_ms.len()).sum();
+    let verdict = SensorSim::verify_until_passed(
+        &manifest,
+        &vm.url(),
+        StoreApi::V2,
+        &["--gateway-id", GATEWAY_ID],
+        Duration::from_secs(60),
+        Duration::from_secs(30),
+    )
+    .unwrap();
     assert!(
-        all_in,
-        "only {got_points} of {} acknowledged messages arrived\n--- gateway log ---\n{}",
-        acked.len(),
+        verdict.passed(),
+        "{verdict}\n--- gateway log ---\n{}",
         gateway.log_tail(40)
     );
-    let mut got: BTreeMap<String, BTreeMap<i64, f64>> = BTreeMap::new();
-    let mut doubled = 0;
-    for s in &series {
-        assert_eq!(s.label("gateway"), Some(GATEWAY_ID));
-        let sensor = s.label("sensor_id").unwrap().to_owned();
-        let points = got.entry(sensor).or_default();
-        for (ts, v) in s.timestamps_ms.iter().zip(&s.values) {
-            if points.insert(*ts, *v).is_some() {
-                doubled += 1;
-            }
-        }
-    }
-    assert_eq!(doubled, 0, "timestamps stored twice within a series");
-    assert_eq!(series.len(), SENSORS, "one series per sensor");
-    // Every acknowledged message, with its value; anything beyond that may only be a message the
-    // broker took but whose PUBACK the publisher had not seen yet.
-    let mut missing = Vec::new();
-    for (sensor, points) in &expected {
-        for (ts, v) in points {
-            match got.get(sensor).and_then(|p| p.get(ts)) {
-                Some(g) => assert_eq!(g, v, "{sensor} at {ts}"),
-                None => missing.push((sensor.clone(), *ts)),
-            }
-        }
-    }
+    let totals = verdict.counts();
+    assert_eq!(totals.expected, counts.stored_points);
+    assert_eq!(totals.found, counts.stored_points);
+    assert_eq!(totals.duplicates, 0);
+
+    // Nothing else: beyond the acknowledged readings, only a message the broker took but whose
+    // PUBACK the simulator had not seen yet may be in the store.
+    let stored = vm
+        .count_points(&format!(
+            "{{__name__=\"environment_pm2_5\",gateway=\"{GATEWAY_ID}\"}}"
+        ))
+        .unwrap() as u64;
+    let acked_pm25 = counts.field_points["environment"]["pm2_5"];
     assert!(
-        missing.is_empty(),
-        "{} acknowledged messages missing, first: {:?}",
-        missing.len(),
-        &missing[..missing.len().min(5)]
-    );
-    let extra = got_points - acked.len();
-    assert!(
-        extra <= published - acked.len(),
-        "{extra} unexpected points"
+        (acked_pm25..=run.published).contains(&stored),
+        "{stored} pm2_5 samples stored; {acked_pm25} acknowledged, {} published",
+        run.published
     );
     eprintln!(
-        "all {} acknowledged messages stored exactly once ({} series)",
-        acked.len(),
-        series.len()
+        "verify: all {} acknowledged readings stored exactly once ({} pm2_5 samples in the store); {:.1} s in all",
+        totals.found,
+        stored,
+        started.elapsed().as_secs_f64()
     );
 }

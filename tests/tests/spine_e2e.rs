@@ -2,6 +2,13 @@
 //! process) → real VictoriaMetrics / InfluxDB 1.x, checked by reading every point back with exact tags,
 //! values and timestamps.
 //!
+//! The volume, crash, outage and broker-restart tests publish with the real `sensor-sim run` (an
+//! environment-only scenario written by the test) and take the real `sensor-sim verify` as their
+//! verdict (issue 5); each also checks what `verify` does not (the exact label set, nothing stored
+//! beyond the manifest, InfluxDB's nanosecond times and field types), and one shows the verdict
+//! failing on a tampered manifest and on an empty store. The bad-input and string/tag tests publish
+//! hand-made payloads with [`MqttPublisher`] and read the store back themselves.
+//!
 //! Written against the contract of issue 2: `ioc-gateway run --config FILE`, `ioc-gateway check-config
 //! FILE`, the TOML keys of `[gateway]`, `[[inputs.mqtt]]`, `[output.influxdb]`, `[buffer]`, topics
 //! `city/<district>/env/<sensor_id>` with `topic_tags = "_/district/_/sensor_id"`, JSON numbers as float
@@ -12,8 +19,8 @@
 //! others push 10,000 messages or fewer, or only run `check-config`.
 
 use ioc_e2e::{
-    check_config, ExportedSeries, GatewayProcess, HeavyTestLock, Influx1, Mosquitto, MqttPublisher,
-    VictoriaMetrics,
+    check_config, ExportedSeries, GatewayProcess, HeavyTestLock, Influx1, ManifestCounts,
+    Mosquitto, MqttPublisher, RunOptions, SensorSim, StoreApi, VerifyOutcome, VictoriaMetrics,
 };
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -290,24 +297,91 @@ fn assert_victoria_holds_exactly(
     }
 }
 
-fn publish_all(publisher: &mut MqttPublisher, readings: &[EnvReading]) {
-    for r in readings {
-        publisher.publish(&r.topic(), r.payload()).unwrap();
-    }
-    assert!(
-        publisher.wait_all_acked(Duration::from_secs(120)),
-        "broker acknowledged only {} of {} messages",
-        publisher.acked_count(),
-        publisher.published()
-    );
-}
-
 // ---------------------------------------------------------------------------------------------------
 // The tests.
 // ---------------------------------------------------------------------------------------------------
 
-/// 10,000 QoS 1 messages (20 sensors × 500) → every point in VictoriaMetrics with exact labels, values
-/// and millisecond timestamps, and nothing else.
+// ---------------------------------------------------------------------------------------------------
+// Runs through `sensor-sim run` and judged by `sensor-sim verify` (issue 5).
+// ---------------------------------------------------------------------------------------------------
+
+/// The environment-only scenario these tests play: `stations` stations spread over districts
+/// d0..d3, one reading per station per simulated second (topics `city/<district>/env/env-NNNN`).
+fn env_scenario(dir: &Path, stations: usize) -> PathBuf {
+    SensorSim::env_scenario(dir, "spine-env", stations, &["d0", "d1", "d2", "d3"], 1)
+}
+
+/// `sensor-sim run` options: `--client-id <client_id>` plus `opts`.
+fn sim_options(client_id: &str, opts: RunOptions) -> RunOptions {
+    RunOptions {
+        client_id: Some(client_id.into()),
+        qos: Some(1),
+        ..opts
+    }
+}
+
+/// Runs `sensor-sim verify --gateway-id e2e-gw` until it passes (the gateway may still be
+/// forwarding); asserts that it passed and that its counts are the manifest's: every distinct
+/// acknowledged reading found, none twice.
+fn assert_verify_passes(
+    manifest: &Path,
+    store_url: &str,
+    api: StoreApi,
+    gateway: &GatewayProcess,
+    timeout: Duration,
+) -> (ManifestCounts, VerifyOutcome) {
+    let counts = ManifestCounts::read(manifest).unwrap();
+    let mut extra = vec!["--gateway-id", GATEWAY_ID];
+    if api == StoreApi::V1 {
+        extra.extend(["--database", "telemetry"]);
+    }
+    let verdict = SensorSim::verify_until_passed(
+        manifest,
+        store_url,
+        api,
+        &extra,
+        timeout,
+        Duration::from_secs(45),
+    )
+    .unwrap();
+    assert!(
+        verdict.passed(),
+        "{verdict}\n--- gateway log tail ---\n{}",
+        gateway.log_tail(40)
+    );
+    let totals = verdict.counts();
+    assert_eq!(totals.expected, counts.stored_points, "{verdict}");
+    assert_eq!(totals.found, counts.stored_points, "{verdict}");
+    assert_eq!(totals.duplicates, 0, "{verdict}");
+    (counts, verdict)
+}
+
+/// What `verify` does not look at, in VictoriaMetrics: every `environment_*` series carries exactly
+/// the labels `__name__`, `district`, `sensor_id` and `gateway="e2e-gw"`, and the store holds no
+/// sample beyond the manifest's (`expected_samples`).
+fn assert_victoria_holds_nothing_else(vm: &VictoriaMetrics, counts: &ManifestCounts) {
+    vm.force_flush().unwrap();
+    let series = vm.export("{__name__=~\"environment_.*\"}").unwrap();
+    let mut samples = 0u64;
+    for s in &series {
+        let keys: Vec<&str> = s.labels.keys().map(String::as_str).collect();
+        assert_eq!(
+            keys,
+            vec!["__name__", "district", "gateway", "sensor_id"],
+            "unexpected label set on {:?}",
+            s.labels
+        );
+        assert_eq!(s.label("gateway"), Some(GATEWAY_ID), "{:?}", s.labels);
+        samples += s.timestamps_ms.len() as u64;
+    }
+    let expected: u64 = counts.field_points["environment"].values().sum();
+    assert_eq!(samples, expected, "samples in the store vs the manifest");
+}
+
+/// 10,000 QoS 1 messages from `sensor-sim run` (20 stations × 500) → VictoriaMetrics; `sensor-sim
+/// verify` must find every reading with its values and millisecond timestamp; the store holds
+/// nothing else. Then the verdict is shown to fail on a manifest with one value changed and one
+/// reading the gateway never saw.
 #[test]
 fn ten_thousand_messages_arrive_exactly_in_victoria_metrics() {
     let _heavy = HeavyTestLock::acquire();
@@ -317,25 +391,100 @@ fn ten_thousand_messages_arrive_exactly_in_victoria_metrics() {
     let config = write_gateway_config(dir.path(), &broker.url(), Store::Victoria(&vm), &[]);
     let gateway = spawn_gateway(&config, &broker);
 
-    let readings: Vec<EnvReading> = (0..10_000).map(|i| EnvReading::nth(i, 20)).collect();
-    let mut publisher = MqttPublisher::connect(&broker.url(), "e2e-pub-10k").unwrap();
+    let manifest = dir.path().join("manifest.jsonl");
     let started = Instant::now();
-    publish_all(&mut publisher, &readings);
-
-    let expected = expected_series(&readings);
-    assert_eq!(expected.len(), 100); // 20 sensors × 5 fields
-    assert_victoria_holds_exactly(
-        &vm,
-        "{__name__=~\"environment_.*\"}",
-        &expected,
+    let run = SensorSim::run(
+        &env_scenario(dir.path(), 20),
+        &broker.url(),
+        1,
+        &manifest,
+        &sim_options(
+            "e2e-sim-10k",
+            RunOptions {
+                messages: Some(10_000),
+                rate: Some(0.0),
+                ..RunOptions::default()
+            },
+        ),
+    )
+    .unwrap();
+    assert_eq!((run.published, run.acked, run.lost), (10_000, 10_000, 0));
+    let (counts, verdict) = assert_verify_passes(
+        &manifest,
+        &vm.url(),
+        StoreApi::V2,
         &gateway,
         Duration::from_secs(120),
     );
-    eprintln!("10,000 messages end to end in {:?}", started.elapsed());
+    assert_eq!(counts.stored_points, 10_000);
+    assert_victoria_holds_nothing_else(&vm, &counts);
+    eprintln!(
+        "10,000 messages end to end in {:?} (sensor-sim {} msg/s); {}",
+        started.elapsed(),
+        run.rate,
+        verdict.report.lines().last().unwrap_or_default()
+    );
+
+    // The verdict can fail: one value changed, one reading the gateway never saw.
+    let text = std::fs::read_to_string(&manifest).unwrap();
+    let mut lines: Vec<String> = text.lines().map(str::to_owned).collect();
+    let mut changed: serde_json::Value = serde_json::from_str(&lines[1]).unwrap();
+    let pm = changed["f"]["pm2_5"].as_f64().unwrap();
+    changed["f"]["pm2_5"] = serde_json::json!(pm + 1.0);
+    lines[1] = changed.to_string();
+    let mut unseen: serde_json::Value = serde_json::from_str(&lines[2]).unwrap();
+    unseen["ts"] = serde_json::json!(unseen["ts"].as_i64().unwrap() + 3_600_000);
+    lines.push(unseen.to_string());
+    let tampered = dir.path().join("tampered.jsonl");
+    std::fs::write(&tampered, lines.join("\n") + "\n").unwrap();
+    let failed = SensorSim::verify(
+        &tampered,
+        &vm.url(),
+        StoreApi::V2,
+        &["--gateway-id", GATEWAY_ID],
+    )
+    .unwrap();
+    assert_eq!(failed.code, Some(1), "{failed}");
+    let t = failed.counts();
+    assert_eq!(
+        (t.expected, t.found, t.missing, t.mismatched, t.duplicates),
+        (10_001, 10_000, 1, 1, 0),
+        "{failed}"
+    );
 }
 
-/// The same 10,000 messages through `api = "v1"` into InfluxDB 1.x: exact nanosecond timestamps
-/// (ms × 1,000,000), tags and float values, one row per message.
+/// `sensor-sim verify` fails on a store that holds nothing (no gateway ran): every acknowledged
+/// reading is reported missing and it exits 1.
+#[test]
+fn verify_fails_when_the_store_holds_nothing() {
+    let broker = Mosquitto::start().unwrap();
+    let vm = VictoriaMetrics::start().unwrap();
+    let dir = TempDir::new().unwrap();
+    let manifest = dir.path().join("manifest.jsonl");
+    let run = SensorSim::run(
+        &env_scenario(dir.path(), 5),
+        &broker.url(),
+        3,
+        &manifest,
+        &sim_options(
+            "e2e-sim-empty",
+            RunOptions {
+                messages: Some(500),
+                ..RunOptions::default()
+            },
+        ),
+    )
+    .unwrap();
+    assert_eq!(run.acked, 500);
+    let verdict = SensorSim::verify(&manifest, &vm.url(), StoreApi::V2, &[]).unwrap();
+    assert_eq!(verdict.code, Some(1), "{verdict}");
+    let t = verdict.counts();
+    assert_eq!((t.expected, t.found, t.missing), (500, 0, 500), "{verdict}");
+}
+
+/// The same 10,000 messages through `api = "v1"` into InfluxDB 1.x: `verify` finds every reading
+/// (it counts a time off the millisecond grid as missing); besides, every row's time is exactly
+/// ms × 1,000,000, every field is a float field, and there is one row per message.
 #[test]
 fn ten_thousand_messages_arrive_exactly_in_influxdb1() {
     let _heavy = HeavyTestLock::acquire();
@@ -354,64 +503,41 @@ fn ten_thousand_messages_arrive_exactly_in_influxdb1() {
     );
     let gateway = spawn_gateway(&config, &broker);
 
-    let readings: Vec<EnvReading> = (0..10_000).map(|i| EnvReading::nth(i, 20)).collect();
-    let mut publisher = MqttPublisher::connect(&broker.url(), "e2e-pub-influx").unwrap();
-    publish_all(&mut publisher, &readings);
-
-    let count_query = "SELECT count(pm2_5) FROM environment";
-    let arrived = ioc_e2e::wait_until(Duration::from_secs(120), || {
-        let rows = influx
-            .query_rows("telemetry", count_query)
-            .unwrap_or_default();
-        rows.first().and_then(|r| r["count"].as_u64()) == Some(10_000)
-    });
-    let rows = influx
-        .query_rows(
-            "telemetry",
-            "SELECT time, district, sensor_id, gateway, pm2_5, pm10, temperature, humidity, noise_db FROM environment",
-        )
-        .unwrap();
-    assert!(
-        arrived,
-        "InfluxDB has {} rows, expected 10000\n--- gateway log tail ---\n{}",
-        rows.len(),
-        gateway.log_tail(40)
+    let manifest = dir.path().join("manifest.jsonl");
+    let run = SensorSim::run(
+        &env_scenario(dir.path(), 20),
+        &broker.url(),
+        1,
+        &manifest,
+        &sim_options(
+            "e2e-sim-influx",
+            RunOptions {
+                messages: Some(10_000),
+                rate: Some(0.0),
+                ..RunOptions::default()
+            },
+        ),
+    )
+    .unwrap();
+    assert_eq!((run.published, run.acked, run.lost), (10_000, 10_000, 0));
+    let (counts, _) = assert_verify_passes(
+        &manifest,
+        &influx.url(),
+        StoreApi::V1,
+        &gateway,
+        Duration::from_secs(120),
     );
+    assert_eq!(counts.stored_points, 10_000);
 
-    // (time ns, district, sensor_id) → values
-    let mut actual: BTreeMap<(i64, String, String), Vec<f64>> = BTreeMap::new();
+    // One row per message, tagged with the gateway, at an exact millisecond in nanoseconds.
+    let rows = influx
+        .query_rows("telemetry", "SELECT pm2_5, gateway FROM environment")
+        .unwrap();
+    assert_eq!(rows.len(), 10_000);
     for row in &rows {
         assert_eq!(row["gateway"], GATEWAY_ID, "{row:?}");
-        let key = (
-            row["time"].as_i64().unwrap(),
-            row["district"].as_str().unwrap().to_string(),
-            row["sensor_id"].as_str().unwrap().to_string(),
-        );
-        let values = FIELDS
-            .iter()
-            .map(|f| {
-                row[*f]
-                    .as_f64()
-                    .unwrap_or_else(|| panic!("{f} missing in {row:?}"))
-            })
-            .collect();
-        assert!(
-            actual.insert(key, values).is_none(),
-            "duplicate row {row:?}"
-        );
-    }
-    let expected: BTreeMap<(i64, String, String), Vec<f64>> = readings
-        .iter()
-        .map(|r| {
-            (
-                (r.ts_ms * 1_000_000, r.district.clone(), r.sensor_id.clone()),
-                r.values.to_vec(),
-            )
-        })
-        .collect();
-    assert_eq!(actual.len(), expected.len());
-    for (key, want) in &expected {
-        assert_eq!(actual.get(key), Some(want), "row {key:?}");
+        let ns = row["time"].as_i64().unwrap();
+        assert_eq!(ns % 1_000_000, 0, "time {ns} is not a whole millisecond");
     }
 
     // Every field is a float field (JSON numbers are floats, even when they look like integers).
@@ -434,9 +560,11 @@ fn ten_thousand_messages_arrive_exactly_in_influxdb1() {
     assert_eq!(types, floats);
 }
 
-/// HEAVY (~10-60 s). `kill -9` the gateway in the middle of a 100,000-message run (100 sensors × 1000),
-/// keep publishing while it is down, restart it (twice): every message the broker acknowledged to the publisher
-/// is in VictoriaMetrics exactly once, with its exact values, and nothing else is.
+/// HEAVY (~15-30 s). `kill -9` the gateway in the middle of a 100,000-message `sensor-sim run`
+/// (100 stations × 1000), keep publishing while it is down, restart it; kill it again soon after
+/// the restart (while the backlog is replayed and the buffer has just been recovered) and restart
+/// it: `verify` finds every message the broker acknowledged exactly once, with its values, and the
+/// store holds nothing else.
 #[test]
 fn heavy_kill9_mid_run_loses_no_acknowledged_message() {
     let _heavy = HeavyTestLock::acquire();
@@ -446,66 +574,73 @@ fn heavy_kill9_mid_run_loses_no_acknowledged_message() {
     let config = write_gateway_config(dir.path(), &broker.url(), Store::Victoria(&vm), &[]);
     let mut gateway = spawn_gateway(&config, &broker);
 
-    const TOTAL: usize = 100_000;
-    let readings: Vec<EnvReading> = (0..TOTAL).map(|i| EnvReading::nth(i, 100)).collect();
-    let mut publisher = MqttPublisher::connect(&broker.url(), "e2e-pub-crash").unwrap();
+    const TOTAL: u64 = 100_000;
+    const FIRST_KILL_AT: usize = 25_000;
+    let manifest = dir.path().join("manifest.jsonl");
+    let sim = SensorSim::spawn(
+        &env_scenario(dir.path(), 100),
+        &broker.url(),
+        2,
+        &manifest,
+        &sim_options(
+            "e2e-sim-crash",
+            RunOptions {
+                messages: Some(TOTAL),
+                rate: Some(12_000.0),
+                clients: Some(2),
+                ..RunOptions::default()
+            },
+        ),
+    )
+    .unwrap();
     let pm25 = "environment_pm2_5";
-    // Two kill -9 cycles: one mid-flow, one soon after the restart (while the backlog is replayed
-    // and the buffer has just been recovered).
     let mut stored_at_kill = Vec::new();
-    for (i, r) in readings.iter().enumerate() {
-        publisher.publish(&r.topic(), r.payload()).unwrap();
-        if i == 30_000 || i == 70_000 {
-            // Kill only once the gateway is visibly writing (more than at the last kill).
-            let floor = stored_at_kill.last().copied().unwrap_or(0);
-            let writing = ioc_e2e::wait_until(Duration::from_secs(60), || {
-                vm.count_points(pm25).unwrap_or(0) > floor
-            });
-            assert!(
-                writing,
-                "nothing new arrived before kill #{}\n{}",
-                stored_at_kill.len() + 1,
-                gateway.log_tail(40)
-            );
-            gateway.kill9();
-            stored_at_kill.push(vm.count_points(pm25).unwrap());
-        }
-        if i == 45_000 || i == 80_000 {
-            gateway.start_again().unwrap();
-        }
+    for (kill, down_for) in [Duration::from_millis(1500), Duration::from_millis(1000)]
+        .into_iter()
+        .enumerate()
+    {
+        // Kill #1 mid-flow, once a quarter of the run is stored; kill #2 once the restarted
+        // gateway is visibly writing again (more than at the first kill).
+        let floor = stored_at_kill.last().copied().unwrap_or(FIRST_KILL_AT - 1);
+        let writing = ioc_e2e::wait_until(Duration::from_secs(60), || {
+            vm.count_points(pm25).unwrap_or(0) > floor
+        });
+        assert!(
+            writing,
+            "nothing new arrived before kill #{}\n{}",
+            kill + 1,
+            gateway.log_tail(40)
+        );
+        gateway.kill9();
+        stored_at_kill.push(vm.count_points(pm25).unwrap());
+        std::thread::sleep(down_for);
+        gateway.start_again().unwrap();
     }
-    assert!(
-        publisher.wait_all_acked(Duration::from_secs(120)),
-        "broker acknowledged only {} of {}",
-        publisher.acked_count(),
-        TOTAL
+    let run = sim.wait(Duration::from_secs(120)).unwrap();
+    eprintln!(
+        "killed twice, with {stored_at_kill:?} of {TOTAL} readings in the store; sensor-sim: {} published, {} acked in {:.1} s",
+        run.published, run.acked, run.seconds
     );
-    eprintln!("killed twice, with {stored_at_kill:?} of {TOTAL} readings in the store");
-
-    let acked = publisher.acked_flags();
-    let acked_readings: Vec<EnvReading> = readings
-        .iter()
-        .zip(&acked)
-        .filter(|(_, a)| **a)
-        .map(|(r, _)| r.clone())
-        .collect();
     assert_eq!(
-        acked_readings.len(),
-        TOTAL,
+        (run.published, run.acked, run.lost),
+        (TOTAL, TOTAL, 0),
         "the broker stayed up: it must ack everything"
     );
-    assert_victoria_holds_exactly(
-        &vm,
-        "{__name__=~\"environment_.*\"}",
-        &expected_series(&acked_readings),
+    let (counts, _) = assert_verify_passes(
+        &manifest,
+        &vm.url(),
+        StoreApi::V2,
         &gateway,
         Duration::from_secs(300),
     );
+    assert_eq!(counts.stored_points, TOTAL);
+    assert_victoria_holds_nothing_else(&vm, &counts);
     assert!(gateway.is_running(), "{}", gateway.log_tail(40));
 }
 
-/// HEAVY (~50-80 s). VictoriaMetrics is stopped for 30 s in the middle of a run, messages keep coming,
-/// then it is started again on the same port and data: everything arrives, nothing twice.
+/// HEAVY (~50-80 s). VictoriaMetrics is stopped for 30 s in the middle of a `sensor-sim run` (10
+/// stations, 200 msg/s for 40 s), then started again on the same port and data: `verify` finds
+/// everything, nothing twice, and the store holds nothing else.
 #[test]
 fn heavy_store_outage_of_30s_loses_and_duplicates_nothing() {
     let _heavy = HeavyTestLock::acquire();
@@ -514,50 +649,52 @@ fn heavy_store_outage_of_30s_loses_and_duplicates_nothing() {
     let dir = TempDir::new().unwrap();
     let config = write_gateway_config(dir.path(), &broker.url(), Store::Victoria(&vm), &[]);
     let mut gateway = spawn_gateway(&config, &broker);
-    let mut publisher = MqttPublisher::connect(&broker.url(), "e2e-pub-outage").unwrap();
 
-    // 10 sensors; 200 messages per second for 5 s, 30 s (outage), 5 s.
-    let mut readings = Vec::new();
-    let mut next = 0;
-    let mut publish_for = |publisher: &mut MqttPublisher, seconds: u64| {
-        let start = Instant::now();
-        let mut sent_here = 0u64;
-        while start.elapsed() < Duration::from_secs(seconds) {
-            let due = start.elapsed().as_millis() as u64 / 5; // one message per 5 ms
-            while sent_here < due {
-                let r = EnvReading::nth(next, 10);
-                publisher.publish(&r.topic(), r.payload()).unwrap();
-                readings.push(r);
-                next += 1;
-                sent_here += 1;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    };
-    publish_for(&mut publisher, 5);
+    let manifest = dir.path().join("manifest.jsonl");
+    let mut sim = SensorSim::spawn(
+        &env_scenario(dir.path(), 10),
+        &broker.url(),
+        4,
+        &manifest,
+        &sim_options(
+            "e2e-sim-outage",
+            RunOptions {
+                duration_s: Some(40.0),
+                rate: Some(200.0),
+                ..RunOptions::default()
+            },
+        ),
+    )
+    .unwrap();
+    std::thread::sleep(Duration::from_secs(5));
     let before_outage = vm.count_points("environment_pm2_5").unwrap();
     vm.stop();
-    publish_for(&mut publisher, 30);
+    std::thread::sleep(Duration::from_secs(30));
     assert!(
         gateway.is_running(),
         "gateway died during the outage:\n{}",
         gateway.log_tail(40)
     );
-    vm.start_again().unwrap();
-    publish_for(&mut publisher, 5);
-    assert!(publisher.wait_all_acked(Duration::from_secs(60)));
-    eprintln!(
-        "{} messages, {before_outage} pm2_5 points stored before the outage",
-        readings.len()
+    assert!(
+        sim.is_running(),
+        "sensor-sim run ended before the outage did"
     );
-    assert!(readings.len() >= 7000, "published only {}", readings.len());
-    assert_victoria_holds_exactly(
-        &vm,
-        "{__name__=~\"environment_.*\"}",
-        &expected_series(&readings),
+    vm.start_again().unwrap();
+    let run = sim.wait(Duration::from_secs(60)).unwrap();
+    eprintln!(
+        "{} messages published, {} acked; {before_outage} pm2_5 points stored before the outage",
+        run.published, run.acked
+    );
+    assert_eq!((run.acked, run.lost), (run.published, 0));
+    assert!(run.acked >= 7000, "published only {}", run.acked);
+    let (counts, _) = assert_verify_passes(
+        &manifest,
+        &vm.url(),
+        StoreApi::V2,
         &gateway,
         Duration::from_secs(180),
     );
+    assert_victoria_holds_nothing_else(&vm, &counts);
 }
 
 /// Bad input between good messages: non-JSON, a `NaN` and a `1e999` in the text, invalid UTF-8, a
@@ -725,8 +862,9 @@ fn bad_input_is_rejected_or_escaped_and_the_gateway_keeps_going() {
     );
 }
 
-/// The broker is restarted (graceful stop, persistence kept) in the middle of a run: the gateway
-/// reconnects with its persistent session and every message arrives exactly once.
+/// The broker is restarted (graceful stop, persistence kept) in the middle of a `sensor-sim run`:
+/// the simulator and the gateway reconnect with their persistent sessions, and `verify` finds every
+/// acknowledged message exactly once.
 #[test]
 fn broker_restart_mid_run_loses_nothing() {
     let _heavy = HeavyTestLock::acquire();
@@ -735,35 +873,48 @@ fn broker_restart_mid_run_loses_nothing() {
     let dir = TempDir::new().unwrap();
     let config = write_gateway_config(dir.path(), &broker.url(), Store::Victoria(&vm), &[]);
     let mut gateway = spawn_gateway(&config, &broker);
-    let mut publisher = MqttPublisher::connect(&broker.url(), "e2e-pub-restart").unwrap();
 
-    let readings: Vec<EnvReading> = (0..10_000).map(|i| EnvReading::nth(i, 10)).collect();
-    for r in &readings[..5_000] {
-        publisher.publish(&r.topic(), r.payload()).unwrap();
-    }
-    assert!(publisher.wait_all_acked(Duration::from_secs(60)));
+    let manifest = dir.path().join("manifest.jsonl");
+    let mut sim = SensorSim::spawn(
+        &env_scenario(dir.path(), 10),
+        &broker.url(),
+        5,
+        &manifest,
+        &sim_options(
+            "e2e-sim-restart",
+            RunOptions {
+                messages: Some(10_000),
+                rate: Some(2_000.0),
+                ..RunOptions::default()
+            },
+        ),
+    )
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(2500));
+    assert!(sim.is_running(), "sensor-sim run ended before the restart");
     let subscriptions = broker.subscription_count(GATEWAY_ID, TOPIC_FILTER);
     broker.restart().unwrap();
-    for r in &readings[5_000..] {
-        publisher.publish(&r.topic(), r.payload()).unwrap();
-    }
-    assert!(
-        publisher.wait_all_acked(Duration::from_secs(60)),
-        "acked {} of {}",
-        publisher.acked_count(),
-        publisher.published()
+    let run = sim.wait(Duration::from_secs(120)).unwrap();
+    assert_eq!(
+        (run.published, run.acked, run.lost),
+        (10_000, 10_000, 0),
+        "{run:?}"
     );
-    assert_victoria_holds_exactly(
-        &vm,
-        "{__name__=~\"environment_.*\"}",
-        &expected_series(&readings),
+    let (counts, verdict) = assert_verify_passes(
+        &manifest,
+        &vm.url(),
+        StoreApi::V2,
         &gateway,
         Duration::from_secs(120),
     );
+    assert_victoria_holds_nothing_else(&vm, &counts);
     assert!(gateway.is_running(), "{}", gateway.log_tail(40));
     // With a persistent session the broker still knows the subscription; re-subscribing is allowed.
     eprintln!(
-        "gateway subscribed {} time(s) before, {} after the restart",
+        "sensor-sim reconnected {} time(s), {} message(s) re-sent; {}; gateway subscribed {} time(s) before, {} after the restart",
+        run.reconnects,
+        counts.resent,
+        verdict.report.lines().last().unwrap_or_default(),
         subscriptions,
         broker.subscription_count(GATEWAY_ID, TOPIC_FILTER)
     );
