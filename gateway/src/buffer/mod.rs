@@ -64,6 +64,13 @@
 //! - **Disk errors** on append (ENOSPC, EIO): the callers of that group get an error (their
 //!   sources will redeliver), the half-written tail is cut back, the segment is sealed, one oldest
 //!   segment is dropped to make room if the disk is full, and the next append starts afresh.
+//! - **A filesystem smaller than the bound** (`max_disk_bytes` above what the disk can hold, the
+//!   usual misconfiguration on a small SD card): at open the writer compares the bound with the
+//!   free space (statvfs), warns, and sizes segments from the space really there; after a "disk
+//!   full" it shrinks them further, so each drop loses a part of the buffer, never all of it.
+//! - **Ack cursor on a full disk**: if the cursor cannot be written, delivered segments are
+//!   deleted first and the write retried; if it still fails the ack stands (with a warning) and a
+//!   later ack writes the cursor. An older cursor on disk after a crash only re-sends, never loses.
 //!
 //! # Metrics
 //!
