@@ -21,8 +21,8 @@
 //! buffer appends are observed).
 
 use ioc_e2e::{
-    free_port, now_ms, ExportedSeries, GatewayProcess, HeavyTestLock, Influx1, Mosquitto,
-    MqttPublisher, VictoriaMetrics,
+    free_port, metric_in, now_ms, ExportedSeries, GatewayProcess, HeavyTestLock, Influx1,
+    Mosquitto, MqttPublisher, VictoriaMetrics,
 };
 use serde_json::{json, Map, Value};
 use std::collections::BTreeMap;
@@ -194,30 +194,6 @@ impl Gateway {
         }
         total
     }
-}
-
-/// Sum of the samples of metric `name` in Prometheus text whose labels include all of `labels`.
-fn metric_in(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
-    let mut sum = 0.0;
-    for line in text.lines().filter(|l| !l.starts_with('#')) {
-        let Some((series, value)) = line.rsplit_once(' ') else {
-            continue;
-        };
-        let (metric, label_text) = match series.split_once('{') {
-            Some((m, rest)) => (m, rest.trim_end_matches('}')),
-            None => (series, ""),
-        };
-        if metric != name {
-            continue;
-        }
-        let matches = labels
-            .iter()
-            .all(|(k, v)| label_text.contains(&format!("{k}=\"{v}\"")));
-        if matches {
-            sum += value.parse::<f64>().unwrap_or(0.0);
-        }
-    }
-    sum
 }
 
 fn publish_and_wait_acked(publisher: &mut MqttPublisher, messages: &[(String, String)]) {

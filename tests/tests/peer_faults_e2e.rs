@@ -27,8 +27,8 @@
 //! and asserted only as generous guards; counts that the test fully determines are exact.
 
 use ioc_e2e::{
-    free_port, wait_until, Fault, FaultProxy, GatewayProcess, HeavyTestLock, Mosquitto,
-    MqttPublisher, ProxiedRequest, VictoriaMetrics,
+    free_port, metric_in, rss_kib, wait_until, Fault, FaultProxy, GatewayProcess, HeavyTestLock,
+    Mosquitto, MqttPublisher, ProxiedRequest, VictoriaMetrics,
 };
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -162,46 +162,9 @@ impl Gateway {
     }
 }
 
-/// Sum of the samples of `name` whose labels include all of `labels` (0 when there are none).
-fn metric_in(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
-    let mut sum = 0.0;
-    for line in text.lines() {
-        if line.starts_with('#') {
-            continue;
-        }
-        let Some((series, value)) = line.rsplit_once(' ') else {
-            continue;
-        };
-        let (metric, label_text) = match series.split_once('{') {
-            Some((m, rest)) => (m, rest.trim_end_matches('}')),
-            None => (series, ""),
-        };
-        if metric != name {
-            continue;
-        }
-        let matches = labels.iter().all(|(k, v)| {
-            label_text
-                .split(',')
-                .any(|pair| pair == format!("{k}=\"{v}\""))
-        });
-        if matches {
-            sum += value.parse::<f64>().unwrap_or(0.0);
-        }
-    }
-    sum
-}
-
 // ---------------------------------------------------------------------------------------------
 // Process figures from /proc.
 // ---------------------------------------------------------------------------------------------
-
-fn rss_kib(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-}
 
 /// Samples a process's VmRSS every 100 ms until stopped; `stop` returns (peak KiB, samples).
 struct RssSampler {

@@ -27,8 +27,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use ioc_e2e::VictoriaMetrics;
 use ioc_e2e::{free_port, wait_until, GatewayProcess, HeavyTestLock, Mosquitto, MqttPublisher};
+use ioc_e2e::{metric_in, VictoriaMetrics};
 use tempfile::TempDir;
 
 const TOPIC_FILTER: &str = "city/+/env/+";
@@ -240,30 +240,6 @@ impl Gateway {
     fn appended(&self) -> u64 {
         self.metric("buffer_appended_lines_total", &[]) as u64
     }
-}
-
-/// Sum of the samples of metric `name` in Prometheus text whose labels include all of `labels`.
-fn metric_in(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
-    let mut sum = 0.0;
-    for line in text.lines().filter(|l| !l.starts_with('#')) {
-        let Some((series, value)) = line.rsplit_once(' ') else {
-            continue;
-        };
-        let (metric, label_text) = match series.split_once('{') {
-            Some((m, rest)) => (m, rest.trim_end_matches('}')),
-            None => (series, ""),
-        };
-        if metric != name {
-            continue;
-        }
-        if labels
-            .iter()
-            .all(|(k, v)| label_text.contains(&format!("{k}=\"{v}\"")))
-        {
-            sum += value.parse::<f64>().unwrap_or(0.0);
-        }
-    }
-    sum
 }
 
 /// The message numbers (`v`) stored in VictoriaMetrics, with how often each timestamp appears.

@@ -20,8 +20,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use ioc_e2e::{
-    free_port, GatewayProcess, HeavyTestLock, ManifestCounts, Mosquitto, RunOptions, SensorSim,
-    StoreApi, VictoriaMetrics,
+    free_port, rss_kib, GatewayProcess, HeavyTestLock, ManifestCounts, Mosquitto, RunOptions,
+    SensorSim, StoreApi, VictoriaMetrics,
 };
 
 const GATEWAY_ID: &str = "soak-gw";
@@ -61,14 +61,6 @@ listen = "127.0.0.1:{http}"
     let path = dir.join("gateway.toml");
     std::fs::write(&path, text).unwrap();
     path
-}
-
-fn rss_kib(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
 }
 
 fn metric(http: u16, name: &str) -> f64 {
