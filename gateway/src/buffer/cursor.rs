@@ -15,7 +15,7 @@ use super::segment::fsync_dir;
 
 const CURSOR_MAGIC: [u8; 4] = *b"IOCA";
 const CURSOR_VERSION: u8 = 1;
-const CURSOR_LEN: usize = 28;
+pub(crate) const CURSOR_LEN: usize = 28;
 pub(crate) const CURSOR_FILE: &str = "ack.cursor";
 const CURSOR_TMP: &str = "ack.cursor.tmp";
 
@@ -38,7 +38,10 @@ fn encode(pos: Pos) -> [u8; CURSOR_LEN] {
     out
 }
 
-fn decode(bytes: &[u8]) -> Option<Pos> {
+/// Decodes a cursor file's bytes; `None` unless they are exactly one valid cursor. Shared with the
+/// read-only inspector (`buffer stats|export`), which must not use [`load`] (it deletes a leftover
+/// temp file).
+pub(crate) fn decode(bytes: &[u8]) -> Option<Pos> {
     if bytes.len() != CURSOR_LEN || bytes.get(0..4)? != CURSOR_MAGIC {
         return None;
     }

@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-use super::cursor::Pos;
+use super::cursor::{self, Pos, CURSOR_FILE, CURSOR_LEN};
 use super::lock::read_lock_pid;
 use super::record::RecordMeta;
 use super::segment::{list_segments, SegmentScanner, Step};
@@ -77,13 +77,8 @@ pub fn locate_buffer(dir: &Path) -> Result<PathBuf, InspectError> {
 }
 
 // ---- the ack cursor, decoded read-only -------------------------------------------------------
-// Same layout as `cursor.rs` (a unit test below checks it against `cursor::store`), but without
-// `cursor::load`'s removal of a leftover temp file: inspection must not change anything.
-
-const CURSOR_FILE: &str = "ack.cursor";
-const CURSOR_MAGIC: [u8; 4] = *b"IOCA";
-const CURSOR_VERSION: u8 = 1;
-const CURSOR_LEN: usize = 28;
+// With `cursor::decode`, not `cursor::load` (which removes a leftover temp file): inspection must
+// not change anything.
 
 /// The state of a class's ack cursor.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -107,24 +102,6 @@ impl CursorState {
     }
 }
 
-fn decode_cursor(bytes: &[u8]) -> Option<Pos> {
-    if bytes.len() != CURSOR_LEN
-        || bytes.get(0..4)? != CURSOR_MAGIC
-        || *bytes.get(4)? != CURSOR_VERSION
-        || bytes.get(5..8)? != [0, 0, 0]
-    {
-        return None;
-    }
-    let crc = u32::from_le_bytes(bytes.get(24..28)?.try_into().ok()?);
-    if crc32fast::hash(bytes.get(0..24)?) != crc {
-        return None;
-    }
-    Some(Pos {
-        segment: u64::from_le_bytes(bytes.get(8..16)?.try_into().ok()?),
-        offset: u64::from_le_bytes(bytes.get(16..24)?.try_into().ok()?),
-    })
-}
-
 fn read_cursor(class_dir: &Path) -> Result<CursorState, InspectError> {
     let path = class_dir.join(CURSOR_FILE);
     let file = match File::open(&path) {
@@ -136,7 +113,7 @@ fn read_cursor(class_dir: &Path) -> Result<CursorState, InspectError> {
     file.take(CURSOR_LEN as u64 + 1)
         .read_to_end(&mut bytes)
         .map_err(|e| InspectError::read(&path, e))?;
-    Ok(match decode_cursor(&bytes) {
+    Ok(match cursor::decode(&bytes) {
         Some(Pos { segment, offset }) => CursorState::Valid { segment, offset },
         None => CursorState::Corrupt,
     })
@@ -733,7 +710,6 @@ impl ExportPlan {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::buffer::cursor;
     use crate::buffer::record;
     use crate::buffer::segment::segment_file_name;
 
