@@ -143,9 +143,11 @@ async fn run(
             Ok(Event::Incoming(Packet::Publish(publish))) => {
                 count_received(&name);
                 if let Some(tx) = &tx {
-                    // Waits while the committer is busy: backpressure towards the broker.
-                    if tx.send(publish).await.is_err() {
-                        break;
+                    // Waits while the committer is busy: backpressure towards the broker. A
+                    // shutdown while waiting leaves this message unacked (the broker redelivers).
+                    tokio::select! {
+                        sent = tx.send(publish) => if sent.is_err() { break },
+                        _ = shutdown.changed() => break,
                     }
                 }
             }
