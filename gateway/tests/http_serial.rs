@@ -7,12 +7,10 @@
 //! the other HTTP tests (that assert exact input lists) must not see.
 
 mod http_common;
+mod pty_common;
 
 use std::collections::BTreeMap;
-use std::fs::File;
 use std::io::Write;
-use std::os::fd::OwnedFd;
-use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use http_common::*;
@@ -21,47 +19,8 @@ use ioc_gateway::input::serial::run_serial_input;
 use ioc_gateway::output::Flavor;
 use ioc_gateway::pipeline::Ingest;
 use ioc_gateway::status::InputKind;
-use nix::sys::termios::{cfmakeraw, tcgetattr, tcsetattr, SetArg};
+use pty_common::{hex, pty, relink, PMS_1, PMS_2};
 use serde_json::{json, Value};
-
-/// A pseudo-terminal pair: the test writes "sensor" bytes into the master; the slave stays open
-/// so the line is up until the pair is dropped.
-struct Pty {
-    master: File,
-    _slave: OwnedFd,
-    path: PathBuf,
-}
-
-fn pty() -> Pty {
-    let pair = nix::pty::openpty(None, None).unwrap();
-    let mut t = tcgetattr(&pair.slave).unwrap();
-    cfmakeraw(&mut t);
-    tcsetattr(&pair.slave, SetArg::TCSANOW, &t).unwrap();
-    let path = nix::unistd::ttyname(&pair.slave).unwrap();
-    Pty {
-        master: File::from(pair.master),
-        _slave: pair.slave,
-        path,
-    }
-}
-
-/// Points the symlink `link` at `target` (a stable device path, as udev gives a USB adapter).
-fn relink(link: &Path, target: &Path) {
-    let tmp = link.with_extension("new");
-    let _ = std::fs::remove_file(&tmp);
-    std::os::unix::fs::symlink(target, &tmp).unwrap();
-    std::fs::rename(&tmp, link).unwrap();
-}
-
-fn hex(s: &str) -> Vec<u8> {
-    s.split_whitespace()
-        .map(|b| u8::from_str_radix(b, 16).unwrap())
-        .collect()
-}
-
-// PMS5003 frames captured from a real sensor (PyPMS `tests/captured_data/PMSx003.hexdump`).
-const PMS_1: &str = "42 4d 00 1c 00 00 00 08 00 08 00 00 00 08 00 08 00 d2 00 46 00 2d 00 1e 00 00 00 00 97 00 02 c5";
-const PMS_2: &str = "42 4d 00 1c 00 00 00 07 00 07 00 00 00 07 00 07 00 bd 00 3f 00 2a 00 1b 00 00 00 00 97 00 02 9f";
 
 async fn readyz(gw: &TestGateway) -> (u16, Value) {
     get_json(&gw.url("/readyz"), None).await

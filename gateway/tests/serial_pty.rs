@@ -4,11 +4,12 @@
 //! slave answering with a bad CRC and one answering with an exception. Every test reads the
 //! exact line protocol back from a real disk buffer.
 
+mod pty_common;
+
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{Read, Write};
-use std::os::fd::OwnedFd;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use ioc_gateway::buffer::{self, BufferConfig, BufferReader};
@@ -19,47 +20,11 @@ use ioc_gateway::decode::modbus::{crc16, with_crc};
 use ioc_gateway::input::serial::{run_serial_input, serial_port_statuses, SerialPortStatus};
 use ioc_gateway::output::Flavor;
 use ioc_gateway::pipeline::Ingest;
-use nix::sys::termios::{cfmakeraw, tcgetattr, tcsetattr, SetArg};
-
-/// One pseudo-terminal pair: the test holds the master (the "sensor" side) and keeps the slave
-/// open so the line stays up until the master is dropped.
-struct Pty {
-    master: File,
-    _slave: OwnedFd,
-    path: PathBuf,
-}
-
-fn pty() -> Pty {
-    let pair = nix::pty::openpty(None, None).unwrap();
-    let mut t = tcgetattr(&pair.slave).unwrap();
-    cfmakeraw(&mut t);
-    tcsetattr(&pair.slave, SetArg::TCSANOW, &t).unwrap();
-    let path = nix::unistd::ttyname(&pair.slave).unwrap();
-    Pty {
-        master: File::from(pair.master),
-        _slave: pair.slave,
-        path,
-    }
-}
-
-/// Points the symlink `link` at `target`, atomically replacing what it pointed to.
-fn relink(link: &Path, target: &Path) {
-    let tmp = link.with_extension("new");
-    let _ = std::fs::remove_file(&tmp);
-    std::os::unix::fs::symlink(target, &tmp).unwrap();
-    std::fs::rename(&tmp, link).unwrap();
-}
-
-fn hex(s: &str) -> Vec<u8> {
-    s.split_whitespace()
-        .map(|b| u8::from_str_radix(b, 16).unwrap())
-        .collect()
-}
+use pty_common::{hex, pty, relink, PMS_1, PMS_2};
 
 // Frames from PyPMS `tests/captured_data/` (PMSx003.hexdump, SDS01x.hexdump) and the Nova
-// SDS011 protocol V1.3 examples; expected values from the matching CSV files / the datasheet.
-const PMS_1: &str = "42 4d 00 1c 00 00 00 08 00 08 00 00 00 08 00 08 00 d2 00 46 00 2d 00 1e 00 00 00 00 97 00 02 c5";
-const PMS_2: &str = "42 4d 00 1c 00 00 00 07 00 07 00 00 00 07 00 07 00 bd 00 3f 00 2a 00 1b 00 00 00 00 97 00 02 9f";
+// SDS011 protocol V1.3 examples (PMS_1, PMS_2 in pty_common); expected values from the matching
+// CSV files / the datasheet.
 const PMS_3: &str = "42 4d 00 1c 00 00 00 05 00 05 00 00 00 05 00 05 00 8a 00 2e 00 17 00 0f 00 00 00 00 97 00 02 34";
 const PMS_1_FIELDS: &str = "n0_3=210i,n0_5=70i,n10=0i,n1_0=45i,n2_5=30i,n5_0=0i,pm10=8,pm10_cf1=8,pm1_0=0,pm1_0_cf1=0,pm2_5=8,pm2_5_cf1=8";
 const PMS_2_FIELDS: &str = "n0_3=189i,n0_5=63i,n10=0i,n1_0=42i,n2_5=27i,n5_0=0i,pm10=7,pm10_cf1=7,pm1_0=0,pm1_0_cf1=0,pm2_5=7,pm2_5_cf1=7";
