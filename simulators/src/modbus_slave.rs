@@ -35,7 +35,7 @@ use thiserror::Error;
 use crate::models::env::EnvStation;
 use crate::models::World;
 use crate::rng::SimRng;
-use crate::serial::{write_nonblocking, Pty, PtyError};
+use crate::serial::{probability_pairs, write_nonblocking, Pty, PtyError};
 
 /// Most registers one read may ask for (functions 3 and 4).
 pub const MAX_READ: u16 = 125;
@@ -136,13 +136,8 @@ impl FromStr for ModbusFaults {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let err = || ModbusFaultSpecError(s.to_owned());
         let mut f = ModbusFaults::default();
-        for part in s.split(',').filter(|p| !p.trim().is_empty()) {
-            let (k, v) = part.split_once('=').ok_or_else(err)?;
-            let p: f64 = v.trim().parse().map_err(|_| err())?;
-            if !(0.0..=1.0).contains(&p) {
-                return Err(err());
-            }
-            match k.trim() {
+        for (k, p) in probability_pairs(s).ok_or_else(err)? {
+            match k {
                 "timeout" => f.timeout = p,
                 "bad_crc" | "crc" | "checksum" => f.bad_crc = p,
                 "exception" => f.exception = p,

@@ -160,13 +160,8 @@ impl FromStr for SerialFaults {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let err = || FaultSpecError(s.to_owned());
         let mut f = SerialFaults::default();
-        for part in s.split(',').filter(|p| !p.trim().is_empty()) {
-            let (k, v) = part.split_once('=').ok_or_else(err)?;
-            let p: f64 = v.trim().parse().map_err(|_| err())?;
-            if !(0.0..=1.0).contains(&p) {
-                return Err(err());
-            }
-            match k.trim() {
+        for (k, p) in probability_pairs(s).ok_or_else(err)? {
+            match k {
                 "noise" => f.noise = p,
                 "checksum" => f.checksum = p,
                 "truncate" => f.truncate = p,
@@ -175,6 +170,19 @@ impl FromStr for SerialFaults {
         }
         Ok(f)
     }
+}
+
+/// The `name=probability` pairs of a `--faults` value (`noise=0.05,checksum=0.02`), or `None`
+/// when a part has no `=`, a value is not a number, or a probability is outside [0, 1].
+pub(crate) fn probability_pairs(s: &str) -> Option<Vec<(&str, f64)>> {
+    s.split(',')
+        .filter(|p| !p.trim().is_empty())
+        .map(|part| {
+            let (k, v) = part.split_once('=')?;
+            let p: f64 = v.trim().parse().ok()?;
+            (0.0..=1.0).contains(&p).then_some((k.trim(), p))
+        })
+        .collect()
 }
 
 /// A line fault that was injected.
