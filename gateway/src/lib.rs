@@ -13,6 +13,7 @@
 
 pub mod aggregate;
 pub mod app;
+pub mod backoff;
 pub mod buffer;
 pub mod buffercmd;
 pub mod clock;
@@ -21,9 +22,11 @@ pub mod decode;
 pub mod http;
 pub mod input;
 pub mod limits;
+pub mod loglimit;
 pub mod model;
 pub mod output;
 pub mod pipeline;
 pub mod probe;
+pub mod spacer;
 pub mod status;
 pub mod statuscmd;

@@ -98,26 +98,7 @@ impl Ingest {
         let mut lines = 0;
         let live_input: Option<Arc<str>> = self.inner.live.as_ref().map(|_| Arc::from(input));
         for mut reading in readings {
-            reading
-                .tags
-                .insert("gateway".to_owned(), self.inner.gateway_id.clone());
-            if let Err(e) = reading.validate() {
-                let sensor = reading
-                    .tags
-                    .get("sensor_id")
-                    .map(String::as_str)
-                    .unwrap_or("-");
-                tracing::warn!(input, sensor, reason = e.label(), "reading rejected: {e}");
-                count_rejected(input, e.label());
-                continue;
-            }
-            // Counts and logs (rate-limited) what it refuses; may clamp the timestamp.
-            if self
-                .inner
-                .limits
-                .check(input, &mut reading, crate::clock::now_ns())
-                .is_err()
-            {
+            if !self.check(input, &mut reading) {
                 continue;
             }
             encode(&reading, self.inner.flavor, out);
@@ -129,6 +110,39 @@ impl Ingest {
         metrics::counter!("readings_accepted_total", "input" => input.to_owned())
             .increment(u64::from(lines));
         lines
+    }
+
+    /// The same checks as [`Ingest::encode`] (validation, `gateway` tag, `[limits]`), without
+    /// encoding: what an aggregating input may put into its windows. Refusals are counted and
+    /// logged as in `encode`.
+    pub fn admit(&self, input: &str, readings: Vec<Reading>) -> Vec<Reading> {
+        readings
+            .into_iter()
+            .filter_map(|mut r| self.check(input, &mut r).then_some(r))
+            .collect()
+    }
+
+    /// Adds the gateway tag, validates and applies `[limits]` (which may clamp the timestamp);
+    /// false (counted, logged) when the reading cannot be forwarded.
+    fn check(&self, input: &str, reading: &mut Reading) -> bool {
+        reading
+            .tags
+            .insert("gateway".to_owned(), self.inner.gateway_id.clone());
+        if let Err(e) = reading.validate() {
+            let sensor = reading
+                .tags
+                .get("sensor_id")
+                .map(String::as_str)
+                .unwrap_or("-");
+            tracing::warn!(input, sensor, reason = e.label(), "reading rejected: {e}");
+            count_rejected(input, e.label());
+            return false;
+        }
+        // Counts and logs (rate-limited) what it refuses; may clamp the timestamp.
+        self.inner
+            .limits
+            .check(input, reading, crate::clock::now_ns())
+            .is_ok()
     }
 
     /// Appends encoded lines to the buffer; resolves when they are durable (fsync'd).

@@ -39,6 +39,9 @@ pub struct InputState {
     /// Frame counts, for serial ports (absent for MQTT inputs).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub serial: Option<SerialCounts>,
+    /// Set while the input receives messages but none are committed (a stall), in words.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stalled: Option<String>,
 }
 
 /// What a serial port has decoded since start.
@@ -77,6 +80,7 @@ pub fn merge_serial_ports(
             up: p.up,
             since_ms: since.map_or(now_ms, unix_ms),
             last_error: if p.up { None } else { p.last_error.clone() },
+            stalled: None,
             serial: Some(SerialCounts {
                 path: p.path.display().to_string(),
                 frames_good: p.good_frames,
@@ -115,6 +119,7 @@ impl StatusRegistry {
                     since_ms: now_ms(),
                     last_error: None,
                     serial: None,
+                    stalled: None,
                 },
             );
         }
@@ -131,6 +136,15 @@ impl StatusRegistry {
                 if error.is_some() || up {
                     s.last_error = error;
                 }
+            }
+        }
+    }
+
+    /// Marks an input stalled (`Some(why)`) or flowing again (`None`).
+    pub fn set_stalled(&self, name: &str, stalled: Option<String>) {
+        if let Ok(mut map) = self.inputs.lock() {
+            if let Some(s) = map.get_mut(name) {
+                s.stalled = stalled;
             }
         }
     }

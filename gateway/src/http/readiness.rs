@@ -5,7 +5,9 @@
 //! - no input connected (or none configured);
 //! - the store unreachable: data waits and no batch was confirmed for `store_unreachable_after`;
 //! - the buffer over [`BUFFER_FULL_RATIO`] of its disk bound;
-//! - disk errors: the latest buffer append failed (the reason goes as soon as one succeeds).
+//! - disk errors: the latest buffer append failed (the reason goes as soon as one succeeds);
+//! - an input stalled: it holds received messages but nothing has been committed for a while
+//!   (the data stops moving while the connection looks healthy; never silent).
 //!
 //! Degraded but ready (`warnings`, HTTP 200 unless a reason applies too): any input that is
 //! down while another is up, e.g. one unplugged serial port among several inputs. The gateway
@@ -170,6 +172,15 @@ pub fn evaluate(i: &ReadinessInput<'_>) -> Readiness {
         });
     }
 
+    for (name, s) in i.inputs {
+        if let Some(why) = &s.stalled {
+            reasons.push(Reason {
+                code: "ingest_stalled",
+                message: format!("input {name} stalled: {why}"),
+            });
+        }
+    }
+
     let warnings = i
         .inputs
         .iter()
@@ -196,7 +207,25 @@ mod tests {
             since_ms,
             last_error: err.map(str::to_owned),
             serial: None,
+            stalled: None,
         }
+    }
+
+    #[test]
+    fn a_stalled_input_makes_the_gateway_not_ready_and_says_why() {
+        let mut c = Case::healthy();
+        if let Some(s) = c.inputs.get_mut("mqtt-0") {
+            s.stalled = Some("4097 messages received, none committed for 30 s".into());
+        }
+        assert_eq!(c.codes(), ["ingest_stalled"]);
+        assert_eq!(
+            c.eval().reasons[0].message,
+            "input mqtt-0 stalled: 4097 messages received, none committed for 30 s"
+        );
+        if let Some(s) = c.inputs.get_mut("mqtt-0") {
+            s.stalled = None;
+        }
+        assert!(c.eval().ready);
     }
 
     struct Case {
@@ -321,6 +350,7 @@ mod tests {
             since_ms: 58_000,
             last_error: err.map(str::to_owned),
             serial: None,
+            stalled: None,
         };
         c.inputs.insert(
             "pm-north".into(),

@@ -1,0 +1,144 @@
+//! Readings stamped on receipt stay at least 1 ms apart per series.
+//!
+//! Why it exists: the stores keep one point per series and instant (InfluxDB overwrites the same
+//! series + nanosecond; VictoriaMetrics keeps milliseconds and, with deduplication on,
+//! one point per series per millisecond). Messages that carry no time of their own are stamped
+//! with the moment they were received, and a burst (a backlog redelivered after an outage, a
+//! serial read holding several frames) can bring two readings of one sensor within a
+//! millisecond: the store would silently keep one. The spacer moves such a reading to 1 ms after
+//! its series' previous one. Device timestamps are never moved: for MQTT and the other formats
+//! only readings stamped on receipt are passed in ([`SeriesSpacer::space_receipt_stamped`]);
+//! serial sensors have no clock, so all their readings are ([`SeriesSpacer::space`]).
+//!
+//! A series is identified by a 64-bit hash of measurement and tags (a collision only costs one
+//! needless 1 ms shift); the table is bounded and cleared when full.
+
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+
+use crate::model::Reading;
+
+/// Keeps the readings of one series at least [`SeriesSpacer::MIN_GAP_NS`] apart.
+#[derive(Debug, Default)]
+pub struct SeriesSpacer {
+    last: HashMap<u64, i64>,
+}
+
+impl SeriesSpacer {
+    /// The smallest step VictoriaMetrics keeps apart (it stores milliseconds).
+    pub const MIN_GAP_NS: i64 = 1_000_000;
+    /// A reading older than its series' previous one by more than this is a re-send of an old
+    /// reading (kept as stamped), not one that shares an instant with the previous one.
+    pub const OLDER_NS: i64 = 1_000_000_000;
+    /// Series remembered before the table is cleared.
+    pub const MAX_SERIES: usize = 65_536;
+
+    /// Moves readings that fall within the gap of their series' previous reading.
+    pub fn space(&mut self, readings: &mut [Reading]) {
+        for r in readings.iter_mut() {
+            self.space_one(r);
+        }
+    }
+
+    /// Like [`SeriesSpacer::space`], but only for readings whose timestamp is exactly
+    /// `received_ns`, the receipt time their decoder was given for readings without a time of
+    /// their own. Readings with a device timestamp are untouched.
+    pub fn space_receipt_stamped(&mut self, readings: &mut [Reading], received_ns: i64) {
+        for r in readings.iter_mut() {
+            if r.timestamp_ns == received_ns {
+                self.space_one(r);
+            }
+        }
+    }
+
+    fn space_one(&mut self, r: &mut Reading) {
+        if self.last.len() >= Self::MAX_SERIES {
+            self.last.clear();
+        }
+        let last = self.last.entry(series_hash(r)).or_insert(i64::MIN);
+        if *last != i64::MIN
+            && r.timestamp_ns > last.saturating_sub(Self::OLDER_NS)
+            && r.timestamp_ns < last.saturating_add(Self::MIN_GAP_NS)
+        {
+            r.timestamp_ns = last.saturating_add(Self::MIN_GAP_NS);
+        }
+        if r.timestamp_ns > *last {
+            *last = r.timestamp_ns;
+        }
+    }
+}
+
+fn series_hash(r: &Reading) -> u64 {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    r.measurement.hash(&mut h);
+    for (k, v) in &r.tags {
+        k.hash(&mut h);
+        v.hash(&mut h);
+    }
+    h.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::FieldValue;
+    use std::collections::BTreeMap;
+
+    fn reading(sensor: &str, ts: i64) -> Reading {
+        Reading {
+            measurement: "env".into(),
+            tags: BTreeMap::from([("sensor_id".to_owned(), sensor.to_owned())]),
+            fields: BTreeMap::from([("t".to_owned(), FieldValue::Float(1.0))]),
+            timestamp_ns: ts,
+        }
+    }
+
+    #[test]
+    fn receipt_stamped_readings_of_one_series_are_spread_one_ms_apart() {
+        let mut s = SeriesSpacer::default();
+        let now = 1_700_000_000_000_000_000;
+        let mut stamps = Vec::new();
+        for _ in 0..5 {
+            let mut rs = vec![reading("a", now), reading("b", now)];
+            s.space_receipt_stamped(&mut rs, now);
+            stamps.push((rs[0].timestamp_ns, rs[1].timestamp_ns));
+        }
+        for (i, (a, b)) in stamps.iter().enumerate() {
+            assert_eq!(*a, now + i as i64 * SeriesSpacer::MIN_GAP_NS);
+            assert_eq!(
+                *b,
+                now + i as i64 * SeriesSpacer::MIN_GAP_NS,
+                "series apart"
+            );
+        }
+    }
+
+    #[test]
+    fn device_timestamps_are_never_moved() {
+        let mut s = SeriesSpacer::default();
+        let now = 1_700_000_000_000_000_000;
+        let device = now - 5_000;
+        let mut rs = vec![
+            reading("a", now),
+            reading("a", device),
+            reading("a", device),
+        ];
+        s.space_receipt_stamped(&mut rs, now);
+        assert_eq!(rs[1].timestamp_ns, device);
+        assert_eq!(rs[2].timestamp_ns, device);
+    }
+
+    #[test]
+    fn old_resends_keep_their_time_and_later_readings_are_not_moved() {
+        let mut s = SeriesSpacer::default();
+        let t = 1_700_000_000_000_000_000;
+        let mut rs = vec![
+            reading("a", t),
+            reading("a", t - 2 * SeriesSpacer::OLDER_NS),
+            reading("a", t + 5 * SeriesSpacer::MIN_GAP_NS),
+        ];
+        s.space(&mut rs);
+        assert_eq!(rs[1].timestamp_ns, t - 2 * SeriesSpacer::OLDER_NS);
+        assert_eq!(rs[2].timestamp_ns, t + 5 * SeriesSpacer::MIN_GAP_NS);
+    }
+}
