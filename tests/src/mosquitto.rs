@@ -140,6 +140,22 @@ impl Mosquitto {
     pub fn log_tail(&self, lines: usize) -> String {
         self.server.log_tail(lines)
     }
+
+    /// How many lines of the broker's log contain `needle` (all runs of this broker). For counting
+    /// connections of a client (`" as <client_id> ("`, from `New client connected from … as ID (p2,
+    /// c0, k30).`) or keep-alive disconnects (`"Client <client_id> has exceeded timeout"`).
+    pub fn log_count(&self, needle: &str) -> usize {
+        let log = std::fs::read(self.dir.path().join("mosquitto.log")).unwrap_or_default();
+        String::from_utf8_lossy(&log)
+            .lines()
+            .filter(|line| line.contains(needle))
+            .count()
+    }
+
+    /// How many times the log shows `client_id` connecting (`New client connected from … as ID (…`).
+    pub fn connection_count(&self, client_id: &str) -> usize {
+        self.log_count(&format!(" as {client_id} ("))
+    }
 }
 
 fn config_text(port: u16, dir: &Path, extra_lines: &[&str]) -> String {

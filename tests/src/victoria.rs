@@ -186,6 +186,42 @@ impl VictoriaMetrics {
             .sum())
     }
 
+    /// Runs the instant query `promql` at `time_s` (Unix seconds) on `/api/v1/query` and returns the
+    /// sum of the values of the result vector (0 when it is empty), e.g.
+    /// `sum(count_over_time(environment_pm2_5{gateway="gw"}[2d]))` to count stored samples without
+    /// exporting them (cheap enough to poll while a million points arrive). Call
+    /// [`VictoriaMetrics::force_flush`] first to see the latest writes.
+    pub fn query_sum(&self, promql: &str, time_s: i64) -> Result<f64> {
+        let url = format!("{}/api/v1/query", self.url());
+        let answer: serde_json::Value = self
+            .agent
+            .get(&url)
+            .query("query", promql)
+            .query("time", &time_s.to_string())
+            .call()
+            .map_err(|e| http_error("GET", &url, e))?
+            .into_json()
+            .map_err(|e| HarnessError::io("read /api/v1/query answer", e))?;
+        let result = answer["data"]["result"]
+            .as_array()
+            .ok_or_else(|| HarnessError::Parse {
+                what: format!("{url}?query={promql}"),
+                detail: crate::truncate(&answer.to_string(), 500),
+            })?;
+        let mut sum = 0.0;
+        for sample in result {
+            let value = sample["value"][1]
+                .as_str()
+                .and_then(|v| v.parse::<f64>().ok())
+                .ok_or_else(|| HarnessError::Parse {
+                    what: format!("{url}?query={promql}"),
+                    detail: crate::truncate(&sample.to_string(), 500),
+                })?;
+            sum += value;
+        }
+        Ok(sum)
+    }
+
     /// Number of series VictoriaMetrics knows (`/api/v1/series/count`).
     pub fn series_count(&self) -> Result<u64> {
         let url = format!("{}/api/v1/series/count", self.url());
