@@ -12,22 +12,23 @@ For each subscriber, in turn: a persistent session is made (the gateway connects
 stopped with SIGTERM; `mosquitto_sub -c -E` subscribes and exits), N messages are published to its
 topic with 8 `mosquitto_pub -l -q 1` processes and queued by the broker, then the subscriber
 starts again and the drain is timed: for the gateway until VictoriaMetrics holds all N readings,
-for mosquitto_sub until it has received N (`-C N`). CPU (user + sys) and peak RSS come from
-`os.wait4`. Also printed: the gateway's CPU µs per message, the broker's keep-alive timeouts and
-the gateway's connections during its drain (1 = it never lost the broker). A drain with no
-progress for --stall seconds, or longer than --timeout, is reported as stalled and the script
-goes on (it never hangs).
+for mosquitto_sub until it has received N (`-C N`). CPU (user + sys) comes from `os.wait4`,
+peak RSS from the process's VmHWM in /proc. Also printed: the gateway's CPU µs per message, the
+broker's keep-alive timeouts and the gateway's connections during its drain (1 = it never lost
+the broker). A drain with no progress for --stall seconds, or longer than --timeout, is reported
+as stalled and the script goes on (it never hangs).
 
 Usage: python3 tests/bench/backlog_bench.py [--messages 1000000] [--inflight 20]
-       [--gateway target/release/ioc-gateway] [--timeout 900] [--stall 30]
+       [--gateway target/release/ioc-gateway] [--timeout 900] [--stall 30] [--keep]
 
 Exit status: 0 when both drains completed and the store holds exactly N readings, else 1.
 mosquitto and VictoriaMetrics run on free loopback ports with their data in a temp dir, and are
-stopped by PID at the end.
+stopped by PID at the end; the temp dir is removed then unless --keep is given.
 """
 import argparse
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -72,24 +73,42 @@ def publish(port, files, topic_prefix):
     t0 = time.time()
     for p in procs:
         p.wait()
-    return time.time() - t0 - 4
+    return time.time() - t0
 
 
-def wait4_rusage(proc, timeout):
-    """Waits up to `timeout` s for `proc` to exit (reaping it with os.wait4); returns
-    (exited, cpu_seconds, peak_rss_mib). On timeout the process is killed first."""
+def hwm_mib(pid):
+    """Peak resident memory (VmHWM) of a running process, MiB; 0 when it is gone. Read from /proc
+    rather than taken from wait4's ru_maxrss: Python starts children with vfork, and exec carries
+    the parent's high-water mark into the child's ru_maxrss, so a small child shows Python's RSS."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    return 0.0
+
+
+def wait4_rusage(proc, timeout, peak_mib=0.0):
+    """Waits up to `timeout` s for `proc` to exit (reaping it with os.wait4), sampling its VmHWM
+    every 20 ms meanwhile; returns (exited, cpu_seconds, peak_rss_mib). On timeout the process is
+    killed first. `peak_mib`: a peak already sampled by the caller."""
     end = time.time() + timeout
+    exited = True
     while True:
+        peak_mib = max(peak_mib, hwm_mib(proc.pid))
         pid, status, ru = os.wait4(proc.pid, os.WNOHANG)
         if pid == proc.pid:
-            proc.returncode = os.waitstatus_to_exitcode(status)
-            return True, ru.ru_utime + ru.ru_stime, ru.ru_maxrss / 1024.0
+            break
         if time.time() >= end:
             proc.kill()
             _, status, ru = os.wait4(proc.pid, 0)
-            proc.returncode = os.waitstatus_to_exitcode(status)
-            return False, ru.ru_utime + ru.ru_stime, ru.ru_maxrss / 1024.0
-        time.sleep(0.05)
+            exited = False
+            break
+        time.sleep(0.02)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    return exited, ru.ru_utime + ru.ru_stime, peak_mib
 
 
 def gateway_config(tmp, mq_port, vm_url):
@@ -138,14 +157,15 @@ def drain_gateway(args, tmp, mq_port, mq_log, vm_url, files, n):
     wait4_rusage(gw, 30)
     # 2. The backlog.
     pub_s = publish(mq_port, files, "city")
-    print(f"  gateway: {n} messages queued in {pub_s:.1f} s ({n / max(pub_s, 1e-3):.0f} msg/s)", flush=True)
+    print(f"  gateway: {n} messages queued in {pub_s:.1f} s (with the publishers' 4 s wait)", flush=True)
     # 3. The drain.
     connections_before = log_count(mq_log, conn_re)
     timeouts_before = log_count(mq_log, rf"Client {GATEWAY_ID} has exceeded timeout")
     t0 = time.time()
     gw = subprocess.Popen([args.gateway, "run", "--config", cfg], stdout=gw_log, stderr=gw_log, env=env)
-    got, last, last_progress, stalled = 0, -1, time.time(), None
+    got, last, last_progress, stalled, peak = 0, -1, time.time(), None, 0.0
     while True:
+        peak = max(peak, hwm_mib(gw.pid))
         try:
             got = vm_points(vm_url)
         except OSError:
@@ -154,8 +174,8 @@ def drain_gateway(args, tmp, mq_port, mq_log, vm_url, files, n):
             break
         if got != last:
             last, last_progress = got, time.time()
-        if gw.poll() is not None:
-            stalled = f"the gateway exited ({gw.returncode})"
+        if os.waitid(os.P_PID, gw.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None:
+            stalled = "the gateway exited"  # not reaped here: wait4 below takes its rusage
             break
         if time.time() - last_progress > args.stall:
             stalled = f"no new reading stored for {args.stall} s"
@@ -165,9 +185,10 @@ def drain_gateway(args, tmp, mq_port, mq_log, vm_url, files, n):
             break
         time.sleep(0.25)
     seconds = time.time() - t0
-    if gw.returncode is None:
+    if stalled != "the gateway exited":
+        peak = max(peak, hwm_mib(gw.pid))
         gw.send_signal(signal.SIGTERM)
-    _, cpu, rss = wait4_rusage(gw, 60)
+    _, cpu, rss = wait4_rusage(gw, 60, peak)
     try:
         got = vm_points(vm_url)
     except OSError:
@@ -190,7 +211,7 @@ def drain_sub(args, mq_port, mq_log, files, n):
     subprocess.run(base + ["-E"], stdout=subprocess.DEVNULL, check=True, timeout=20)
     # 2. The backlog.
     pub_s = publish(mq_port, files, "subq")
-    print(f"  mosquitto_sub: {n} messages queued in {pub_s:.1f} s ({n / max(pub_s, 1e-3):.0f} msg/s)", flush=True)
+    print(f"  mosquitto_sub: {n} messages queued in {pub_s:.1f} s (with the publishers' 4 s wait)", flush=True)
     # 3. The drain: it exits after N messages (-C N).
     t0 = time.time()
     sub = subprocess.Popen(base + ["-C", str(n)], stdout=subprocess.DEVNULL)
@@ -223,6 +244,7 @@ def main():
     ap.add_argument("--gateway", default=default_gateway())
     ap.add_argument("--timeout", type=float, default=900, help="longest drain, seconds")
     ap.add_argument("--stall", type=float, default=30, help="a gateway drain with no progress this long is stalled")
+    ap.add_argument("--keep", action="store_true", help="keep the temp dir (logs, data) for a post-mortem")
     args = ap.parse_args()
 
     tmp = tempfile.mkdtemp(prefix="backlog-bench-")
@@ -285,6 +307,11 @@ def main():
                 s.wait(timeout=15)
             except subprocess.TimeoutExpired:
                 s.kill()
+                s.wait()
+        if args.keep:
+            print(f"kept {tmp}")
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":
