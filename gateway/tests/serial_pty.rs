@@ -612,27 +612,32 @@ async fn node_frames_become_readings_and_are_acked_on_the_port() {
         assert!(line.contains("humidity_pct=70.5"), "{line}");
         assert!(line.contains("pm2_5=12.25"), "{line}");
     }
-    // The gateway acked what it stored: the last ack covers seq 3 of boot 0xBEEF.
+    // The gateway acks only what is durable with nothing missing below: seq 2 never arrived
+    // (corrupt), so the acks stop at 1 of boot 0xBEEF and the gateway asks for a resend.
     let deadline = Instant::now() + Duration::from_secs(3);
     let mut acked_up_to = None;
-    while Instant::now() < deadline {
+    let mut resend_requested = false;
+    while Instant::now() < deadline && !(acked_up_to == Some(1) && resend_requested) {
         match rx.recv_timeout(Duration::from_millis(100)) {
             Ok(frame) => {
                 assert_eq!(frame.header.node_id, 12);
-                if let ioc_wire::Payload::Command(ioc_wire::Command::Ack { boot_id, up_to_seq }) =
-                    frame.payload
-                {
-                    assert_eq!(boot_id, 0xBEEF);
-                    acked_up_to = Some(up_to_seq);
-                    if up_to_seq == 3 {
-                        break;
+                match frame.payload {
+                    ioc_wire::Payload::Command(ioc_wire::Command::Ack { boot_id, up_to_seq }) => {
+                        assert_eq!(boot_id, 0xBEEF);
+                        assert!(up_to_seq <= 1, "ack passes the missing seq 2: {up_to_seq}");
+                        acked_up_to = Some(up_to_seq);
                     }
+                    ioc_wire::Payload::Command(ioc_wire::Command::RequestStatus) => {
+                        resend_requested = true;
+                    }
+                    _ => {}
                 }
             }
             Err(_) => continue,
         }
     }
-    assert_eq!(acked_up_to, Some(3));
+    assert_eq!(acked_up_to, Some(1));
+    assert!(resend_requested);
     let s = status("node-a");
     assert_eq!(s.good_frames, 3);
     assert!(s.bad_frames >= 2, "garbage and a corrupt frame: {s:?}");

@@ -6,7 +6,8 @@
 //!   that completed its frame returns, spaces readings of one series that share a read at least
 //!   1 ms apart ([`SeriesSpacer`]: frames that piled up while the task was busy would otherwise
 //!   carry one timestamp, and a store keeps only one point per series and time), and commits the
-//!   readings to the durable buffer (node acks are written back to the port); or
+//!   readings to the durable buffer (for `node`, the acks are written back to the port only
+//!   once the commit has succeeded: see below); or
 //! - **polls** (`modbus_rtu`): every `poll_interval_ms`, sends the read requests planned from the
 //!   register map ([`modbus::plan_requests`]) with `tokio-modbus`, one slave after the other, each
 //!   with its own timeout, so a dead or garbling slave costs one timeout per poll and never
@@ -18,13 +19,38 @@
 //! port is down and since when, and so do [`serial_port_statuses`] and the metrics. Nothing of
 //! this touches the other inputs.
 //!
+//! # Node acks: only for what is durable
+//!
+//! A sensor node keeps each reading in its ring until an `Ack` covers it, so an ack written
+//! before the buffer has the reading on disk can lose it. The node decoder works in two phases
+//! ([`crate::decode::node`]): a chunk gives readings and a [`Pending`]; the readings are
+//! committed; only when the commit has succeeded is the `Pending` confirmed, and the acks that
+//! confirmation returns (plus a `RequestStatus` when something is missing) are written to the
+//! port. A read the port gives while a commit waits stays in the kernel's buffer meanwhile.
+//!
+//! When the buffer refuses an append, the readings are **dropped unconfirmed, not kept and
+//! retried here**: the node still holds them (nothing acked them) and resends them when asked,
+//! and the decoder, which knows they were received but never made durable, accepts the resend
+//! (as `redelivered`, not as a duplicate) and asks for it with the first confirmation after the
+//! buffer takes data again. Keeping a copy here would buffer the same readings twice, need its
+//! own byte bound, and stall the port while a retry waits; the node's ring already is the
+//! bounded store for unacknowledged readings (if the outage outlasts it, the node drops its
+//! oldest and counts `ring_dropped`). After a refusal, node readings are not offered to the
+//! buffer for [`NODE_COMMIT_BACKOFF_START`], doubling to [`NODE_COMMIT_BACKOFF_CAP`] (each
+//! failed append on a full disk makes the buffer drop an old segment, so hammering it costs
+//! data); readings skipped so are not acked either and count in `node_readings_unacked_total`.
+//! The other stream protocols and Modbus cannot resend: a refused commit loses their readings,
+//! counted in `serial_commit_errors_total` and logged.
+//!
 //! # Metrics (label `port` = the input's `name`, else its device path)
 //!
 //! `serial_frames_total{port,result=ok|skipped|bad}`, `serial_frames_bad_total{port,reason}`
 //! (reasons: [`crate::decode::serial_frame::BadFrame::label`], or the node decoder's labels), `serial_port_up{port}` (0/1),
 //! `serial_port_down_since_seconds{port}` (Unix time the port went down, 0 while up),
 //! `serial_reads_total{port}`, `modbus_requests_total{port,slave}`,
-//! `modbus_errors_total{port,slave,reason}` ([`ModbusFailure::label`]).
+//! `modbus_errors_total{port,slave,reason}` ([`ModbusFailure::label`]),
+//! `serial_commit_errors_total{port}`, `node_readings_unacked_total{port}`,
+//! `node_frames_lost_total{port}`, `node_reboots_total{port}`, `node_duplicates_total{port}`.
 //!
 //! Logs: each bad frame is a `debug` line; at the default level a port receiving bad frames
 //! gets one `warn` summary (counts by reason) at once, then at most one per
@@ -49,7 +75,7 @@ use tracing::Instrument;
 use crate::clock::now_ns;
 use crate::config::{SerialInputConfig, SerialProtocol};
 use crate::decode::modbus::{self, classify_unanswered, ModbusFailure, ModbusRequest};
-use crate::decode::node::NodeDecoder;
+use crate::decode::node::{NodeDecoder, Pending};
 use crate::decode::pms5003::{Pms5003Decoder, Pms5003Variant};
 use crate::decode::sds011::{Sds011Decoder, Sds011Frame};
 use crate::decode::serial_frame::DecodeEvent;
@@ -198,8 +224,9 @@ impl PortHealth {
 #[derive(Debug, Default)]
 pub struct StreamOutput {
     pub readings: Vec<Reading>,
-    /// Bytes to write back to the port (node acks).
-    pub replies: Vec<u8>,
+    /// Node frames: what the readings cover. Hand it to [`StreamDecoder::confirm`] once they
+    /// are durable; its result (the acks) goes back to the port. Dropped if the commit failed.
+    pub node_pending: Pending,
     /// Frames decoded.
     pub good: u64,
     /// Valid frames that carry no reading (SDS011 command replies).
@@ -215,7 +242,7 @@ pub struct StreamOutput {
 impl StreamOutput {
     pub fn clear(&mut self) {
         self.readings.clear();
-        self.replies.clear();
+        self.node_pending = Pending::default();
         self.good = 0;
         self.skipped = 0;
         self.bad.clear();
@@ -239,7 +266,8 @@ pub enum StreamDecoder {
         sensor_id: Option<String>,
         tags: BTreeMap<String, String>,
     },
-    /// Our own sensor nodes (`decode::node`); its acks go back to the port.
+    /// Our own sensor nodes (`decode::node`); its acks go back to the port once the readings
+    /// are durable ([`StreamDecoder::confirm`]).
     Node(Box<NodeDecoder>),
 }
 
@@ -302,6 +330,15 @@ impl StreamDecoder {
     /// Feeds bytes received at `now_ns`; appends what they gave to `out`.
     pub fn push(&mut self, bytes: &[u8], now_ns: i64, out: &mut StreamOutput) {
         self.run(Some(bytes), now_ns, out);
+    }
+
+    /// The readings `pending` covers are durable: the bytes to write back to the port (node
+    /// acks, resend requests). Empty for the other protocols, which have no acks.
+    pub fn confirm(&mut self, pending: Pending, now_ns: i64) -> Vec<u8> {
+        match self {
+            StreamDecoder::Node(decoder) => decoder.confirm(pending, now_ns),
+            StreamDecoder::Pms5003 { .. } | StreamDecoder::Sds011 { .. } => Vec::new(),
+        }
     }
 
     /// The line went idle: reports a partial frame as truncated.
@@ -384,7 +421,7 @@ impl StreamDecoder {
                 out.node_reboots += after.reboots.saturating_sub(before.reboots);
                 out.node_duplicates += after.duplicates.saturating_sub(before.duplicates);
                 out.readings.append(&mut batch.readings);
-                out.replies.append(&mut batch.replies);
+                out.node_pending.merge(batch.pending);
                 out.bad.extend(batch.errors.iter().map(|e| e.label()));
             }
         }
@@ -589,16 +626,107 @@ async fn wait_shutdown(rx: &mut watch::Receiver<bool>) {
 }
 
 async fn commit(port: &str, ingest: &Ingest, readings: Vec<Reading>) {
+    if let Err(e) = try_commit(port, ingest, readings).await {
+        // A PMS5003, SDS011 or Modbus slave cannot resend: these readings are lost. Counted.
+        tracing::error!(port, "readings lost, the buffer refused them: {e}");
+    }
+}
+
+/// Encodes and appends `readings`; `Ok` once they are durable (or there was nothing to write).
+async fn try_commit(
+    port: &str,
+    ingest: &Ingest,
+    readings: Vec<Reading>,
+) -> Result<(), crate::buffer::BufferError> {
     if readings.is_empty() {
-        return;
+        return Ok(());
     }
     let mut lp = Vec::new();
     let lines = ingest.encode(port, readings, &mut lp);
-    if let Err(e) = ingest.commit(Priority::Normal, lines, lp).await {
-        // A serial sensor cannot resend: these readings are lost. Counted and logged.
+    let result = ingest.commit(Priority::Normal, lines, lp).await;
+    if result.is_err() {
         metrics::counter!("serial_commit_errors_total", "port" => port.to_owned()).increment(1);
-        tracing::error!(port, lines, "readings lost, the buffer refused them: {e}");
     }
+    result
+}
+
+/// After the buffer refused node readings, how long the next ones are not even offered to it
+/// (doubling up to [`NODE_COMMIT_BACKOFF_CAP`], back to the start after a commit that worked).
+pub const NODE_COMMIT_BACKOFF_START: Duration = Duration::from_millis(200);
+/// Longest pause in offering node readings to a buffer that refuses them.
+pub const NODE_COMMIT_BACKOFF_CAP: Duration = Duration::from_secs(5);
+
+/// Node readings the buffer refused: when to offer the next ones, and how long after that.
+#[derive(Debug, Default)]
+struct NodeCommitBackoff {
+    /// While set and in the future, node readings are dropped unacknowledged without a try.
+    until: Option<Instant>,
+    next: Option<Duration>,
+}
+
+impl NodeCommitBackoff {
+    fn waiting(&self, now: Instant) -> bool {
+        self.until.is_some_and(|t| now < t)
+    }
+
+    fn refused(&mut self, now: Instant) -> Duration {
+        let wait = self.next.unwrap_or(NODE_COMMIT_BACKOFF_START);
+        self.until = Some(now + wait);
+        self.next = Some((wait * 2).min(NODE_COMMIT_BACKOFF_CAP));
+        wait
+    }
+
+    fn worked(&mut self) {
+        self.until = None;
+        self.next = None;
+    }
+}
+
+/// Node frames, phase 2: commits the readings; only if they are durable does the decoder
+/// confirm them, and only then are its acks written to the port. Returns the port error, if the
+/// write failed.
+async fn commit_node_readings(
+    stream: &mut SerialStream,
+    decoder: &mut StreamDecoder,
+    port: &str,
+    ingest: &Ingest,
+    readings: Vec<Reading>,
+    pending: Pending,
+    backoff: &mut NodeCommitBackoff,
+) -> Result<(), io::Error> {
+    if pending.is_empty() && readings.is_empty() {
+        return Ok(());
+    }
+    let now = Instant::now();
+    if !readings.is_empty() && backoff.waiting(now) {
+        // Not offered, not acked: the node keeps them and resends them when asked.
+        metrics::counter!("node_readings_unacked_total", "port" => port.to_owned())
+            .increment(readings.len() as u64);
+        return Ok(());
+    }
+    let n = readings.len();
+    match try_commit(port, ingest, readings).await {
+        Ok(()) => {
+            backoff.worked();
+            let replies = decoder.confirm(pending, now_ns());
+            if !replies.is_empty() {
+                stream.write_all(&replies).await?;
+            }
+        }
+        Err(e) => {
+            let wait = backoff.refused(Instant::now());
+            metrics::counter!("node_readings_unacked_total", "port" => port.to_owned())
+                .increment(n as u64);
+            tracing::warn!(
+                port,
+                readings = n,
+                retry_in_ms = wait.as_millis() as u64,
+                "the buffer refused node readings: not acknowledged, the node keeps them and \
+                 resends them once the buffer takes data again: {e}"
+            );
+        }
+    }
+    Ok(())
 }
 
 async fn stream_session(
@@ -612,6 +740,7 @@ async fn stream_session(
     let mut out = StreamOutput::default();
     let mut bad_log = BadFrameLog::default();
     let mut spacer = SeriesSpacer::default();
+    let mut node_backoff = NodeCommitBackoff::default();
     loop {
         out.clear();
         let read = tokio::select! {
@@ -638,12 +767,25 @@ async fn stream_session(
         spacer.space(&mut out.readings);
         count_frames(port, &out);
         bad_log.note(port, &out, Instant::now());
-        if !out.replies.is_empty() {
-            if let Err(e) = stream.write_all(&out.replies).await {
+        let readings = std::mem::take(&mut out.readings);
+        if matches!(decoder, StreamDecoder::Node(_)) {
+            let pending = std::mem::take(&mut out.node_pending);
+            if let Err(e) = commit_node_readings(
+                &mut stream,
+                decoder,
+                port,
+                ingest,
+                readings,
+                pending,
+                &mut node_backoff,
+            )
+            .await
+            {
                 return SessionEnd::Lost(format!("write: {e}"));
             }
+        } else {
+            commit(port, ingest, readings).await;
         }
-        commit(port, ingest, std::mem::take(&mut out.readings)).await;
     }
 }
 
