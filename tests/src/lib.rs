@@ -15,6 +15,7 @@
 //! | [`GatewayProcess`] | runs `ioc-gateway run --config FILE`, captures its output, `kill9`/`sigterm`/`wait_exit` |
 //! | [`MqttPublisher`] | QoS 1 publisher that records which messages the broker PUBACKed |
 //! | [`MqttSubscriber`] | plain subscriber, for checking what went through a broker |
+//! | [`FakeBroker`] | scripted MQTT 3.1.1 server ([`Script`]) for session faults a real broker cannot show on demand (floods without waiting for acks, drops with acks pending, DUP redeliveries); records every packet per connection ([`BrokerLog`]) |
 //! | [`FaultProxy`] | HTTP proxy in front of a real store that injects [`Fault`]s: delays, 500/429, hangs |
 //! | [`SensorSim`] | runs the real `sensor-sim run` (→ [`RunSummary`]) and `sensor-sim verify` (→ [`VerifyOutcome`]); [`ManifestCounts`] reads a manifest |
 //! | [`bin_path`], [`free_port`], [`wait_until`], [`HeavyTestLock`], [`gzip`] | small helpers |
@@ -42,6 +43,7 @@
 //! installs them. The gateway binaries must be built (`cargo build --workspace --bins`); `tests/scripts/test.sh`
 //! does both.
 
+pub mod fake_broker;
 mod gateway;
 mod influx;
 mod mosquitto;
@@ -51,6 +53,7 @@ mod server;
 mod sim;
 mod victoria;
 
+pub use fake_broker::{BrokerLog, FakeBroker, Script};
 pub use gateway::{check_config, GatewayProcess};
 pub use influx::Influx1;
 pub use mosquitto::Mosquitto;
