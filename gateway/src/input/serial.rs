@@ -56,6 +56,7 @@
 //! gets one `warn` summary (counts by reason) at once, then at most one per
 //! [`BAD_FRAME_LOG_INTERVAL`], so a port spewing garbage cannot flood the log.
 
+pub use crate::spacer::SeriesSpacer;
 use std::collections::BTreeMap;
 use std::io;
 use std::path::{Path, PathBuf};
@@ -785,49 +786,6 @@ async fn stream_session(
             }
         } else {
             commit(port, ingest, readings).await;
-        }
-    }
-}
-
-/// Keeps the readings of one series at least [`SeriesSpacer::MIN_GAP_NS`] apart.
-///
-/// Frames that arrive in one read (they piled up in the kernel while the task waited on the
-/// disk) are all stamped with the time of that read; two points of one series with the same
-/// millisecond would be merged or overwritten by the store. A reading stamped within the gap
-/// of the series' previous one (or up to [`Self::OLDER_NS`] before it) is moved to just after
-/// it, which keeps the order of the frames. A reading clearly older than the previous one (a
-/// node re-sending what was not acked) is left alone. Memory is bounded: the table is cleared when it holds more than [`Self::MAX_SERIES`].
-#[derive(Debug, Default)]
-pub struct SeriesSpacer {
-    last: std::collections::HashMap<(String, BTreeMap<String, String>), i64>,
-}
-
-impl SeriesSpacer {
-    /// The smallest step VictoriaMetrics keeps apart (it stores milliseconds).
-    pub const MIN_GAP_NS: i64 = 1_000_000;
-    /// A reading older than its series' previous one by more than this is a re-send of an old
-    /// reading (kept as stamped), not a frame that shares a read with the previous one.
-    pub const OLDER_NS: i64 = 1_000_000_000;
-    /// Series remembered per port before the table is cleared.
-    pub const MAX_SERIES: usize = 4096;
-
-    /// Moves readings that fall within the gap of their series' previous reading.
-    pub fn space(&mut self, readings: &mut [Reading]) {
-        for r in readings.iter_mut() {
-            if self.last.len() >= Self::MAX_SERIES {
-                self.last.clear();
-            }
-            let key = (r.measurement.clone(), r.tags.clone());
-            let last = self.last.entry(key).or_insert(i64::MIN);
-            if *last != i64::MIN
-                && r.timestamp_ns > last.saturating_sub(Self::OLDER_NS)
-                && r.timestamp_ns < last.saturating_add(Self::MIN_GAP_NS)
-            {
-                r.timestamp_ns = last.saturating_add(Self::MIN_GAP_NS);
-            }
-            if r.timestamp_ns > *last {
-                *last = r.timestamp_ns;
-            }
         }
     }
 }
