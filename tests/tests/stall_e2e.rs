@@ -70,10 +70,17 @@ impl FrozenableFs {
         Ok(FrozenableFs { mount, _dir: dir })
     }
     fn freeze(&self) {
-        run("/usr/sbin/fsfreeze", &["-f", &self.mount.display().to_string()]).unwrap();
+        run(
+            "/usr/sbin/fsfreeze",
+            &["-f", &self.mount.display().to_string()],
+        )
+        .unwrap();
     }
     fn thaw(&self) {
-        let _ = run("/usr/sbin/fsfreeze", &["-u", &self.mount.display().to_string()]);
+        let _ = run(
+            "/usr/sbin/fsfreeze",
+            &["-u", &self.mount.display().to_string()],
+        );
     }
 }
 
@@ -171,7 +178,8 @@ listen = "127.0.0.1:{http}"
     send(&mut publisher, 0..BEFORE);
     assert!(publisher.wait_all_acked(Duration::from_secs(30)));
     assert!(
-        wait_until(Duration::from_secs(30), || stored(&vm).len() as u64 == BEFORE),
+        wait_until(Duration::from_secs(30), || stored(&vm).len() as u64
+            == BEFORE),
         "before the freeze: {} of {BEFORE} stored\n{}",
         stored(&vm).len(),
         gateway.log_tail(30)
@@ -247,7 +255,8 @@ listen = "127.0.0.1:{http}"
     let twice: Vec<_> = seen.iter().filter(|(_, n)| **n > 1).collect();
     assert!(twice.is_empty(), "stored more than once: {twice:?}");
     assert!(
-        wait_until(Duration::from_secs(20), || metric(http, "ingest_stalled") == 0.0
+        wait_until(Duration::from_secs(20), || metric(http, "ingest_stalled")
+            == 0.0
             && get(http, "/readyz").0 == 200),
         "still reported stalled after the thaw: {:?}\n{}",
         get(http, "/readyz"),
