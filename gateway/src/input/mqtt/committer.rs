@@ -323,7 +323,7 @@ async fn process_group(
                 Some(a) => {
                     for r in c.ingest.admit(&c.name, readings) {
                         if let Err(e) = a.aggregator.add(&r) {
-                            count_rejected(&c.name, "late_for_window");
+                            count_rejected(&c.name, e.label());
                             if limiter.allow() {
                                 tracing::warn!(topic = %msg.topic, "reading rejected: {e}");
                             }
