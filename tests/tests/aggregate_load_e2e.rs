@@ -1,0 +1,318 @@
+//! Edge aggregation under sustained load: windows close by the clock even while messages keep
+//! arriving, and every window is exact.
+//!
+//! Why it exists: with aggregation, a window is closed when the gateway's clock passes its end
+//! plus the grace period. Under a steady stream of messages the committer is never idle, so a
+//! clock path that only runs when nothing is queued may never run, and the last window of a
+//! sensor that went quiet would then never be forwarded (nor would anyone's, until the stream
+//! pauses). The aggregation state is also saved before every acknowledged group, so this is the
+//! load at which that save's cost shows.
+//!
+//! What it shows, with real mosquitto, the real `ioc-gateway run` and a real VictoriaMetrics:
+//! 20 sensors publish a JSON reading (with its own millisecond timestamp) 20 times a second each
+//! for 60 s to an input with `[inputs.mqtt.aggregate] window_s = 5, grace_s = 2`; 5 of them stop
+//! after 20 s. Then
+//! - every 5 s window of every sensor, including the last windows of the five that stopped while
+//!   the other fifteen kept publishing, is in VictoriaMetrics with exactly the count, mean, min
+//!   and max of the readings the broker acknowledged for it, and nothing else is there;
+//! - every window became visible in the store no earlier than its end plus grace, and no later
+//!   than that plus a small slack (observed by polling the store during the run);
+//! - no reading was refused as late.
+
+use ioc_e2e::{
+    free_port, metric_in, now_ms, ExportedSeries, GatewayProcess, HeavyTestLock, Mosquitto,
+    MqttPublisher, VictoriaMetrics,
+};
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+
+const SENSORS: usize = 20;
+/// Sensors `QUIET_FROM..SENSORS` stop publishing after `QUIET_AFTER_MS`.
+const QUIET_FROM: usize = 15;
+const QUIET_AFTER_MS: i64 = 20_000;
+const RATE_PER_SENSOR: i64 = 50;
+const RUN_MS: i64 = 60_000;
+const WINDOW_MS: i64 = 5_000;
+const GRACE_MS: i64 = 2_000;
+/// How long after its end plus grace a window may take to become visible: the gateway's clock
+/// tick (1 s), its output flush (100 ms), VictoriaMetrics' flush and this test's polling.
+const SLACK_MS: i64 = 3_000;
+/// Before its end plus grace a window must not be visible at all (allowing for the gateway
+/// reading the wall clock once at start).
+const EARLY_TOLERANCE_MS: i64 = 100;
+const POLL_MS: u64 = 400;
+
+/// What one window of one sensor must show: from the readings the broker acknowledged.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Expected {
+    count: u64,
+    sum: f64,
+    min: f64,
+    max: f64,
+}
+
+/// One window of one sensor as the store has it.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+struct Stored {
+    count: Option<f64>,
+    mean: Option<f64>,
+    min: Option<f64>,
+    max: Option<f64>,
+    /// Samples of these four series at this window's timestamp (must be exactly 4).
+    samples: usize,
+}
+
+fn value(k: i64, sensor: usize) -> f64 {
+    // Multiples of 0.5 below 51: every sum is exact in f64, whatever the order of addition.
+    ((k * 7 + sensor as i64 * 13) % 101) as f64 * 0.5
+}
+
+/// `environment_pm2_5_{count,mean,min,max}` per (sensor, window start ms).
+fn stored(series: &[ExportedSeries]) -> BTreeMap<(String, i64), Stored> {
+    let mut out: BTreeMap<(String, i64), Stored> = BTreeMap::new();
+    for s in series {
+        let sensor = s.label("sensor_id").unwrap_or("").to_string();
+        for (&ts, &v) in s.timestamps_ms.iter().zip(&s.values) {
+            let e = out.entry((sensor.clone(), ts)).or_default();
+            e.samples += 1;
+            match s.name() {
+                "environment_pm2_5_count" => e.count = Some(v),
+                "environment_pm2_5_mean" => e.mean = Some(v),
+                "environment_pm2_5_min" => e.min = Some(v),
+                "environment_pm2_5_max" => e.max = Some(v),
+                _ => {}
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn every_window_closes_by_the_clock_under_sustained_load_with_exact_values() {
+    let _heavy = HeavyTestLock::acquire();
+    let broker = Mosquitto::start().unwrap();
+    let vm = VictoriaMetrics::start().unwrap();
+    let dir = tempfile::TempDir::new().unwrap();
+    let data_dir = dir.path().join("data");
+    std::fs::create_dir_all(&data_dir).unwrap();
+    let http_port = free_port();
+    let client_id = "e2e-gw-aggload";
+    let topic = "city/+/env/+";
+    let config = format!(
+        "# written by tests/tests/aggregate_load_e2e.rs\n\
+         [gateway]\nid = \"e2e-gw\"\ndata_dir = \"{}\"\n\n\
+         [[inputs.mqtt]]\nurl = \"{}\"\nclient_id = \"{client_id}\"\ntopics = [\"{topic}\"]\nqos = 1\n\
+         name = \"env-load\"\nmeasurement = \"environment\"\ntopic_tags = \"_/district/_/sensor_id\"\n\
+         timestamp_field = \"ts\"\ntimestamp_unit = \"ms\"\n\
+         [inputs.mqtt.aggregate]\nwindow_s = {}\ngrace_s = {}\n\n\
+         [output.influxdb]\nurl = \"{}\"\napi = \"v2\"\norg = \"ioc\"\nbucket = \"telemetry\"\nflush_interval_ms = 100\n\n\
+         [buffer]\nmax_disk_mb = 1024\n\n[http]\nlisten = \"127.0.0.1:{http_port}\"\n",
+        data_dir.display(),
+        broker.url(),
+        WINDOW_MS / 1000,
+        GRACE_MS / 1000,
+        vm.url(),
+    );
+    let config_path = dir.path().join("gateway.toml");
+    std::fs::write(&config_path, config).unwrap();
+    let before = broker.subscription_count(client_id, topic);
+    let mut gateway = GatewayProcess::spawn(&config_path).unwrap();
+    assert!(
+        broker.wait_for_subscription(client_id, topic, before, Duration::from_secs(20)),
+        "gateway did not subscribe\n{}",
+        gateway.log_tail(40)
+    );
+    let mut publisher = MqttPublisher::connect(&broker.url(), "e2e-pub-aggload").unwrap();
+
+    // Start on a window boundary at least 3 s away (the gateway waits 2 s after connecting before
+    // it closes windows by the clock).
+    let a = ((now_ms() + 3_000) / WINDOW_MS + 1) * WINDOW_MS;
+    let ticks = RUN_MS * RATE_PER_SENSOR / 1000;
+    let tick_ms = 1000 / RATE_PER_SENSOR;
+    let last_ts = a + ticks * tick_ms - 1;
+    let last_due = (last_ts / WINDOW_MS + 1) * WINDOW_MS + GRACE_MS;
+
+    // Poll the store while publishing: when each window first became visible (ms, after the
+    // export answered), and what was seen before its time.
+    let first_seen: Mutex<BTreeMap<(String, i64), i64>> = Mutex::new(BTreeMap::new());
+    let polling = AtomicBool::new(true);
+    // (publish index, sensor, ts ms, value)
+    let mut sent: Vec<(usize, usize, i64, f64)> = Vec::with_capacity((ticks as usize) * SENSORS);
+    let mut behind_ms = 0i64;
+    std::thread::scope(|scope| {
+        scope.spawn(|| {
+            while polling.load(Ordering::SeqCst) {
+                std::thread::sleep(Duration::from_millis(POLL_MS));
+                if vm.force_flush().is_err() {
+                    continue;
+                }
+                let Ok(series) = vm.export("environment_pm2_5_count") else {
+                    continue;
+                };
+                let seen_at = now_ms();
+                let mut first = first_seen.lock().unwrap();
+                for s in &series {
+                    let sensor = s.label("sensor_id").unwrap_or("").to_string();
+                    for &ts in &s.timestamps_ms {
+                        first.entry((sensor.clone(), ts)).or_insert(seen_at);
+                    }
+                }
+            }
+        });
+        for k in 0..ticks {
+            let t = a + k * tick_ms;
+            let now = now_ms();
+            if t > now {
+                std::thread::sleep(Duration::from_millis((t - now) as u64));
+            } else {
+                behind_ms = behind_ms.max(now - t);
+            }
+            for sensor in 0..SENSORS {
+                if sensor >= QUIET_FROM && t - a >= QUIET_AFTER_MS {
+                    continue;
+                }
+                // Each sensor's own clock is a few ms apart from the others', within the tick
+                // (so a sensor's last reading stays in the window of its tick).
+                let ts = t + sensor as i64 * tick_ms / SENSORS as i64;
+                let v = value(k, sensor);
+                let index = publisher
+                    .publish(
+                        &format!("city/d1/env/s{sensor:02}"),
+                        format!(r#"{{"ts":{ts},"pm2_5":{v},"status":"ok"}}"#),
+                    )
+                    .unwrap();
+                sent.push((index, sensor, ts, v));
+            }
+        }
+        // Keep polling until the last window's time plus slack has passed.
+        let stop_at = last_due + SLACK_MS + 2_000;
+        while now_ms() < stop_at {
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        polling.store(false, Ordering::SeqCst);
+    });
+    assert!(
+        behind_ms < GRACE_MS / 2,
+        "the publisher fell {behind_ms} ms behind its schedule: the machine is too loaded for this test"
+    );
+    assert!(
+        publisher.wait_all_acked(Duration::from_secs(30)),
+        "broker acked {} of {}",
+        publisher.acked_count(),
+        publisher.published()
+    );
+
+    // What each window must hold: the acknowledged readings (all of them, as just asserted).
+    let acked = publisher.acked_flags();
+    let mut expected: BTreeMap<(String, i64), Expected> = BTreeMap::new();
+    for &(index, sensor, ts, v) in &sent {
+        if !acked[index] {
+            continue;
+        }
+        let start = ts.div_euclid(WINDOW_MS) * WINDOW_MS;
+        let e = expected
+            .entry((format!("s{sensor:02}"), start))
+            .or_insert(Expected {
+                count: 0,
+                sum: 0.0,
+                min: f64::INFINITY,
+                max: f64::NEG_INFINITY,
+            });
+        e.count += 1;
+        e.sum += v;
+        e.min = e.min.min(v);
+        e.max = e.max.max(v);
+    }
+    let quiet_last = ((a + QUIET_AFTER_MS - 1) / WINDOW_MS) * WINDOW_MS;
+    for sensor in QUIET_FROM..SENSORS {
+        assert!(
+            expected.contains_key(&(format!("s{sensor:02}"), quiet_last)),
+            "test bug: no last window for quiet sensor {sensor}"
+        );
+    }
+    assert_eq!(
+        expected.len(),
+        QUIET_FROM * (RUN_MS / WINDOW_MS) as usize
+            + (SENSORS - QUIET_FROM) * (QUIET_AFTER_MS / WINDOW_MS) as usize,
+        "test bug: unexpected number of windows"
+    );
+
+    // Exact values, every window, nothing else.
+    vm.force_flush().unwrap();
+    let series = vm.export("{__name__=~\"environment_.*\"}").unwrap();
+    for s in &series {
+        assert_eq!(
+            s.label("agg"),
+            Some("5s"),
+            "raw reading forwarded: {:?}",
+            s.labels
+        );
+    }
+    let actual = stored(&series);
+    let mut problems = Vec::new();
+    for (key, e) in &expected {
+        let want = Stored {
+            count: Some(e.count as f64),
+            mean: Some(e.sum / e.count as f64),
+            min: Some(e.min),
+            max: Some(e.max),
+            samples: 4,
+        };
+        match actual.get(key) {
+            None => problems.push(format!("window {key:?} missing (expected {e:?})")),
+            Some(got) if *got != want => {
+                problems.push(format!("window {key:?}: stored {got:?}, expected {want:?}"))
+            }
+            Some(_) => {}
+        }
+    }
+    for key in actual.keys() {
+        if !expected.contains_key(key) {
+            problems.push(format!("unexpected window {key:?}: {:?}", actual[key]));
+        }
+    }
+    // Timeliness: visible after end + grace, within the slack.
+    let first_seen = first_seen.into_inner().unwrap();
+    for (sensor, start) in expected.keys() {
+        let due = start + WINDOW_MS + GRACE_MS;
+        match first_seen.get(&(sensor.clone(), *start)) {
+            None => problems.push(format!(
+                "window ({sensor}, {start}) not visible while polling (due at {due}, polled until {})",
+                last_due + SLACK_MS + 2_000
+            )),
+            Some(&seen) if seen > due + SLACK_MS => problems.push(format!(
+                "window ({sensor}, {start}) visible {} ms after its end + grace (slack {SLACK_MS} ms)",
+                seen - due
+            )),
+            Some(&seen) if seen < due - EARLY_TOLERANCE_MS => problems.push(format!(
+                "window ({sensor}, {start}) visible {} ms before its end + grace",
+                due - seen
+            )),
+            Some(_) => {}
+        }
+    }
+    let late = metric_in(
+        &ureq::get(&format!("http://127.0.0.1:{http_port}/metrics"))
+            .call()
+            .map(|r| r.into_string().unwrap_or_default())
+            .unwrap_or_default(),
+        "readings_rejected_total",
+        &[("input", "env-load")],
+    );
+    if late != 0.0 {
+        problems.push(format!("{late} readings rejected"));
+    }
+    let shown = problems.len().min(30);
+    assert!(
+        problems.is_empty(),
+        "{} problems (first {shown}):\n{}\n--- gateway log ---\n{}",
+        problems.len(),
+        problems[..shown].join("\n"),
+        gateway.log_tail(30)
+    );
+    gateway.sigterm();
+    let status = gateway.wait_exit(Duration::from_secs(30)).unwrap();
+    assert!(status.success(), "exit {status}\n{}", gateway.log_tail(20));
+}
