@@ -10,8 +10,9 @@ each window, against what the broker itself can push to a trivial client.
 
 For each subscriber, in turn: a persistent session is made (the gateway connects once and is
 stopped with SIGTERM; `mosquitto_sub -c -E` subscribes and exits), N messages are published to its
-topic with 8 `mosquitto_pub -l -q 1` processes and queued by the broker, then the subscriber
-starts again and the drain is timed: for the gateway until VictoriaMetrics holds all N readings,
+topic at QoS 1 by a small client of the script's own that counts the broker's PUBACKs (all N
+must be acknowledged, i.e. queued for the session), then the subscriber starts again and the
+drain is timed: for the gateway until VictoriaMetrics holds all N readings,
 for mosquitto_sub until it has received N (`-C N`). CPU (user + sys) comes from `os.wait4`,
 peak RSS from the process's VmHWM in /proc. Also printed: the gateway's CPU µs per message, the
 broker's keep-alive timeouts and the gateway's connections during its drain (1 = it never lost
@@ -30,6 +31,8 @@ import os
 import re
 import shutil
 import signal
+import socket
+import struct
 import subprocess
 import sys
 import tempfile
@@ -62,18 +65,87 @@ def log_count(path, pattern):
         return 0
 
 
-def publish(port, files, topic_prefix):
-    """8 `mosquitto_pub -l -q 1` processes, one per sensor; each keeps its stdin open for 4 s after
-    its last line so that its last in-flight messages are acknowledged before it quits."""
-    procs = []
-    for s, path in enumerate(files):
-        cmd = (f"(cat {path}; sleep 4) | mosquitto_pub -p {port} -q 1 -l "
-               f"-t {topic_prefix}/bench/env/s{s} -i bench-pub{s}")
-        procs.append(subprocess.Popen(["bash", "-c", cmd]))
+def remaining_length(n):
+    """MQTT variable-length encoding of a remaining length."""
+    out = bytearray()
+    while True:
+        byte, n = n % 128, n // 128
+        out.append(byte | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def recv_exact(sock, n):
+    data = b""
+    while len(data) < n:
+        chunk = sock.recv(n - len(data))
+        if not chunk:
+            raise RuntimeError("the broker closed the connection")
+        data += chunk
+    return data
+
+
+def publish(port, files, topic_prefix, window=1000):
+    """Publishes every line of `files` (file s to `<topic_prefix>/bench/env/s<s>`, interleaved) at
+    QoS 1 over one MQTT 3.1.1 connection of its own (clean session, up to `window` messages in
+    flight) and returns (seconds, messages the broker acknowledged with a PUBACK). A tiny client
+    instead of `mosquitto_pub -l`, which quits with messages still queued inside it when its stdin
+    ends: only a PUBACK says the broker has queued a message for the stopped session."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=60)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    cid = f"bench-pub-{topic_prefix}".encode()
+    var = b"\x00\x04MQTT\x04\x02" + struct.pack(">H", 60)
+    body = var + struct.pack(">H", len(cid)) + cid
+    sock.sendall(b"\x10" + remaining_length(len(body)) + body)
+    connack = recv_exact(sock, 4)
+    if connack[0] != 0x20 or connack[3] != 0:
+        raise RuntimeError(f"CONNACK refused: {connack.hex()}")
+    handles = [open(path, "rb") for path in files]
+    topics = [f"{topic_prefix}/bench/env/s{s}".encode() for s in range(len(files))]
+
+    def messages():
+        for lines in zip(*handles):
+            for topic, line in zip(topics, lines):
+                yield topic, line.rstrip(b"\n")
+
+    it = messages()
     t0 = time.time()
-    for p in procs:
-        p.wait()
-    return time.time() - t0
+    in_flight, acked, pkid, done, rx = set(), 0, 0, False, b""
+    try:
+        while not done or in_flight:
+            out = bytearray()
+            while not done and len(in_flight) < window and (pkid % 65535 + 1) not in in_flight:
+                try:
+                    topic, payload = next(it)
+                except StopIteration:
+                    done = True
+                    break
+                pkid = pkid % 65535 + 1
+                head = struct.pack(">H", len(topic)) + topic + struct.pack(">H", pkid)
+                out += b"\x32" + remaining_length(len(head) + len(payload)) + head + payload
+                in_flight.add(pkid)
+            if out:
+                sock.sendall(out)
+            if not in_flight:
+                continue
+            data = sock.recv(1 << 16)
+            if not data:
+                raise RuntimeError("the broker closed the connection")
+            rx += data
+            # PUBACKs are 4 bytes (0x40 0x02 id id); nothing else comes on this connection.
+            while len(rx) >= 4:
+                if rx[0] == 0x40 and rx[1] == 2:
+                    in_flight.discard(struct.unpack(">H", rx[2:4])[0])
+                    acked += 1
+                    rx = rx[4:]
+                else:
+                    raise RuntimeError(f"unexpected packet from the broker: {rx[:8].hex()}")
+        sock.sendall(b"\xe0\x00")
+    finally:
+        sock.close()
+        for h in handles:
+            h.close()
+    return time.time() - t0, acked
 
 
 def hwm_mib(pid):
@@ -156,8 +228,10 @@ def drain_gateway(args, tmp, mq_port, mq_log, vm_url, files, n):
     gw.send_signal(signal.SIGTERM)
     wait4_rusage(gw, 30)
     # 2. The backlog.
-    pub_s = publish(mq_port, files, "city")
-    print(f"  gateway: {n} messages queued in {pub_s:.1f} s (with the publishers' 4 s wait)", flush=True)
+    pub_s, acked = publish(mq_port, files, "city")
+    print(f"  gateway: {acked} of {n} messages acknowledged by the broker in {pub_s:.1f} s", flush=True)
+    if acked != n:
+        raise RuntimeError(f"the broker acknowledged {acked} of {n} messages")
     # 3. The drain.
     connections_before = log_count(mq_log, conn_re)
     timeouts_before = log_count(mq_log, rf"Client {GATEWAY_ID} has exceeded timeout")
@@ -210,8 +284,10 @@ def drain_sub(args, mq_port, mq_log, files, n):
     # 1. The persistent session: subscribe, exit once the SUBACK is in (-E).
     subprocess.run(base + ["-E"], stdout=subprocess.DEVNULL, check=True, timeout=20)
     # 2. The backlog.
-    pub_s = publish(mq_port, files, "subq")
-    print(f"  mosquitto_sub: {n} messages queued in {pub_s:.1f} s (with the publishers' 4 s wait)", flush=True)
+    pub_s, acked = publish(mq_port, files, "subq")
+    print(f"  mosquitto_sub: {acked} of {n} messages acknowledged by the broker in {pub_s:.1f} s", flush=True)
+    if acked != n:
+        raise RuntimeError(f"the broker acknowledged {acked} of {n} messages")
     # 3. The drain: it exits after N messages (-C N).
     t0 = time.time()
     sub = subprocess.Popen(base + ["-C", str(n)], stdout=subprocess.DEVNULL)
