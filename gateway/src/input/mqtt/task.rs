@@ -89,14 +89,21 @@ pub async fn run(mut session: Session, mut w: Wiring, handoff: mpsc::Sender<Inbo
         session.connection_lost();
         m.connected.set(0.0);
         let _ = w.connected_tx.send(None);
+        let wait = backoff.next_wait();
+        let retry_in_ms = wait.as_millis() as u64;
         let why = match ended {
             Ended::Shutdown => break,
-            Ended::Lost(why) | Ended::Refused(why) => why,
+            Ended::Lost(why) => {
+                tracing::warn!(retry_in_ms, "{why}");
+                why
+            }
+            Ended::Refused(why) => {
+                tracing::error!(retry_in_ms, "{why}");
+                why
+            }
         };
         w.status.set(&w.name, false, Some(why.clone()));
         m.connection_errors.increment(1);
-        let wait = backoff.next_wait();
-        tracing::warn!(retry_in_ms = wait.as_millis() as u64, "{why}");
         // Wait, still taking results (they are stale now) so the committer never blocks on us.
         let until = tokio::time::Instant::now() + wait;
         loop {
