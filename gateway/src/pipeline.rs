@@ -170,11 +170,6 @@ pub fn count_rejected(input: &str, reason: &'static str) {
         .increment(1);
 }
 
-/// Counts a message an input received (`messages_received_total{input}`).
-pub fn count_received(input: &str) {
-    metrics::counter!("messages_received_total", "input" => input.to_owned()).increment(1);
-}
-
 /// Forwarding policy from `[output.influxdb]`.
 #[derive(Debug, Clone)]
 pub struct ForwarderConfig {

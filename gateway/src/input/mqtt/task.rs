@@ -29,7 +29,6 @@ use super::committer::Inbound;
 use super::connection::{self, Endpoint};
 use super::session::{Action, CloseReason, Completion, Session};
 use crate::backoff::Backoff;
-use crate::pipeline::count_received;
 
 /// Bytes asked of the socket per read.
 pub const READ_CHUNK: usize = 64 * 1024;
@@ -60,6 +59,8 @@ enum Ended {
 }
 
 struct Metrics {
+    /// `messages_received_total{input}`, looked up once rather than per message.
+    received: metrics::Counter,
     connected: metrics::Gauge,
     connection_errors: metrics::Counter,
     duplicates: metrics::Counter,
@@ -70,6 +71,7 @@ struct Metrics {
 /// Runs until shutdown.
 pub async fn run(mut session: Session, mut w: Wiring, handoff: mpsc::Sender<Inbound>) {
     let m = Metrics {
+        received: metrics::counter!("messages_received_total", "input" => w.name.clone()),
         connected: metrics::gauge!("mqtt_connected", "input" => w.name.clone()),
         connection_errors: metrics::counter!("mqtt_connection_errors_total", "input" => w.name.clone()),
         duplicates: metrics::counter!("mqtt_duplicates_total", "input" => w.name.clone()),
@@ -210,7 +212,7 @@ async fn serve(
                         }
                     }
                     Action::Deliver(d) => {
-                        count_received(&w.name);
+                        m.received.increment(1);
                         let inbound = Inbound {
                             generation: d.generation,
                             pkid: d.publish.pkid,
