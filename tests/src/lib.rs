@@ -19,6 +19,7 @@
 //! | [`FaultProxy`] | HTTP proxy in front of a real store that injects [`Fault`]s: delays, 500/429, hangs |
 //! | [`SensorSim`] | runs the real `sensor-sim run` (→ [`RunSummary`]) and `sensor-sim verify` (→ [`VerifyOutcome`]); [`ManifestCounts`] reads a manifest |
 //! | [`bin_path`], [`free_port`], [`wait_until`], [`HeavyTestLock`], [`gzip`] | small helpers |
+//! | [`http_get`], [`gateway_metrics`], [`metric_in`] | a GET with a timeout; a gateway's `/metrics`, and one metric summed from it |
 //!
 //! Set `IOC_E2E_KEEP_DIRS=1` to keep every server's and gateway's temp dir (config, log, data)
 //! after the test, for post-mortems.
@@ -261,6 +262,25 @@ pub fn now_ms() -> i64 {
 /// At most `max_chars` characters of `text` (for error messages).
 pub(crate) fn truncate(text: &str, max_chars: usize) -> String {
     text.chars().take(max_chars).collect()
+}
+
+/// `GET url` with a 5 s timeout: the HTTP status and body, or status 0 and the error's text when
+/// no HTTP answer came (connection refused, timeout).
+pub fn http_get(url: &str) -> (u16, String) {
+    match ureq::get(url).timeout(Duration::from_secs(5)).call() {
+        Ok(r) => (r.status(), r.into_string().unwrap_or_default()),
+        Err(ureq::Error::Status(code, r)) => (code, r.into_string().unwrap_or_default()),
+        Err(e) => (0, e.to_string()),
+    }
+}
+
+/// A gateway's `/metrics` text on `127.0.0.1:port`, empty unless it answers 200: feed it to
+/// [`metric_in`].
+pub fn gateway_metrics(port: u16) -> String {
+    match http_get(&format!("http://127.0.0.1:{port}/metrics")) {
+        (200, body) => body,
+        _ => String::new(),
+    }
 }
 
 /// Sum of the samples of metric `name` in Prometheus text whose labels include all of `labels`

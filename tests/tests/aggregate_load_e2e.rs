@@ -20,8 +20,8 @@
 //! - no reading was refused as late.
 
 use ioc_e2e::{
-    free_port, metric_in, now_ms, ExportedSeries, GatewayProcess, HeavyTestLock, Mosquitto,
-    MqttPublisher, VictoriaMetrics,
+    free_port, gateway_metrics, metric_in, now_ms, ExportedSeries, GatewayProcess, HeavyTestLock,
+    Mosquitto, MqttPublisher, VictoriaMetrics,
 };
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -294,10 +294,7 @@ fn every_window_closes_by_the_clock_under_sustained_load_with_exact_values() {
         }
     }
     let late = metric_in(
-        &ureq::get(&format!("http://127.0.0.1:{http_port}/metrics"))
-            .call()
-            .map(|r| r.into_string().unwrap_or_default())
-            .unwrap_or_default(),
+        &gateway_metrics(http_port),
         "readings_rejected_total",
         &[("input", "env-load")],
     );

@@ -38,8 +38,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use ioc_e2e::{
-    free_port, metric_in, GatewayProcess, HeavyTestLock, ManifestCounts, Mosquitto, RunOptions,
-    SensorSim, StoreApi, VictoriaMetrics,
+    free_port, gateway_metrics, metric_in, GatewayProcess, HeavyTestLock, ManifestCounts,
+    Mosquitto, RunOptions, SensorSim, StoreApi, VictoriaMetrics,
 };
 
 const GATEWAY_ID: &str = "backlog-gw";
@@ -92,14 +92,6 @@ listen = "127.0.0.1:{http}"
     let path = dir.join("gateway.toml");
     std::fs::write(&path, text).unwrap();
     path
-}
-
-fn metrics_text(http: u16) -> String {
-    ureq::get(&format!("http://127.0.0.1:{http}/metrics"))
-        .call()
-        .ok()
-        .and_then(|r| r.into_string().ok())
-        .unwrap_or_default()
 }
 
 /// `pm2_5` samples of this gateway in the store: one per message.
@@ -234,7 +226,7 @@ fn backlog_drains_exactly_once(max_inflight: u32, stations: usize, drain_timeout
         cpu_s: gateway.cpu_seconds().unwrap_or(f64::NAN),
         peak_rss_kib: gateway.peak_rss_kib().unwrap_or(0),
     };
-    let metrics = metrics_text(http);
+    let metrics = gateway_metrics(http);
     let drain_log = gateway.log()[log_before..].to_string();
     eprintln!(
         "max_inflight_messages {max_inflight}: {} of {n} readings stored {:.1} s after the restart = {:.0} msg/s; \

@@ -19,8 +19,8 @@
 use std::time::Duration;
 
 use ioc_e2e::{
-    free_port, metric_in, wait_until, GatewayProcess, HeavyTestLock, Mosquitto, MqttPublisher,
-    VictoriaMetrics,
+    free_port, gateway_metrics, metric_in, wait_until, GatewayProcess, HeavyTestLock, Mosquitto,
+    MqttPublisher, VictoriaMetrics,
 };
 use tempfile::TempDir;
 
@@ -137,10 +137,7 @@ listen = "127.0.0.1:{http}"
             &[("reason", "too_large_for_buffer")],
         )
     };
-    let metrics = ureq::get(&format!("http://127.0.0.1:{http}/metrics"))
-        .call()
-        .map(|r| r.into_string().unwrap_or_default())
-        .unwrap_or_default();
+    let metrics = gateway_metrics(http);
     assert!(
         arrived,
         "{} of {expected} readings stored\n{}",
@@ -176,10 +173,7 @@ listen = "127.0.0.1:{http}"
     gateway.wait_exit(Duration::from_secs(20)).unwrap();
     gateway.start_again().unwrap();
     std::thread::sleep(Duration::from_secs(3));
-    let metrics = ureq::get(&format!("http://127.0.0.1:{http}/metrics"))
-        .call()
-        .map(|r| r.into_string().unwrap_or_default())
-        .unwrap_or_default();
+    let metrics = gateway_metrics(http);
     assert_eq!(
         metric_in(&metrics, "messages_received_total", &[("input", "mqtt0")]),
         0.0,

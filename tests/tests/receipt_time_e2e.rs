@@ -22,8 +22,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use ioc_e2e::{
-    free_port, metric_in, now_ms, GatewayProcess, HeavyTestLock, Influx1, Mosquitto, MqttPublisher,
-    VictoriaMetrics,
+    free_port, gateway_metrics, metric_in, now_ms, GatewayProcess, HeavyTestLock, Influx1,
+    Mosquitto, MqttPublisher, VictoriaMetrics,
 };
 
 const GATEWAY_ID: &str = "receipt-gw";
@@ -115,12 +115,7 @@ fn publish_phase(broker: &Mosquitto, client_id: &str, base: u64) {
 }
 
 fn messages_received(http: u16) -> f64 {
-    let text = ureq::get(&format!("http://127.0.0.1:{http}/metrics"))
-        .call()
-        .ok()
-        .and_then(|r| r.into_string().ok())
-        .unwrap_or_default();
-    metric_in(&text, "messages_received_total", &[])
+    metric_in(&gateway_metrics(http), "messages_received_total", &[])
 }
 
 /// Per sensor id: (timestamp in ms, seq) of every stored `seq` reading of this gateway.

@@ -28,7 +28,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use ioc_e2e::{free_port, wait_until, GatewayProcess, HeavyTestLock, Mosquitto, MqttPublisher};
-use ioc_e2e::{metric_in, VictoriaMetrics};
+use ioc_e2e::{http_get, metric_in, VictoriaMetrics};
 use tempfile::TempDir;
 
 const TOPIC_FILTER: &str = "city/+/env/+";
@@ -194,12 +194,7 @@ impl Gateway {
     }
 
     fn get(&self, path: &str) -> (u16, String) {
-        let url = format!("http://127.0.0.1:{}{path}", self.http_port);
-        match ureq::get(&url).timeout(Duration::from_secs(5)).call() {
-            Ok(r) => (r.status(), r.into_string().unwrap_or_default()),
-            Err(ureq::Error::Status(code, r)) => (code, r.into_string().unwrap_or_default()),
-            Err(e) => (0, e.to_string()),
-        }
+        http_get(&format!("http://127.0.0.1:{}{path}", self.http_port))
     }
 
     fn metrics_text(&self) -> String {
@@ -426,11 +421,7 @@ fn run_disk_full(mode: DiskMode, gateway_id: &str, fs_dir: &Path) {
         std::thread::spawn(move || {
             let mut seen = std::collections::BTreeSet::new();
             while watching.load(std::sync::atomic::Ordering::Relaxed) {
-                let body = match ureq::get(&url).timeout(Duration::from_secs(2)).call() {
-                    Ok(r) => r.into_string().unwrap_or_default(),
-                    Err(ureq::Error::Status(_, r)) => r.into_string().unwrap_or_default(),
-                    Err(_) => String::new(),
-                };
+                let (_, body) = http_get(&url);
                 if let Ok(v) = serde_json::from_str::<serde_json::Value>(&body) {
                     for r in v["reasons"].as_array().into_iter().flatten() {
                         if let Some(code) = r["code"].as_str() {

@@ -25,8 +25,8 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use ioc_e2e::{
-    free_port, metric_in, wait_until, GatewayProcess, HeavyTestLock, Mosquitto, MqttPublisher,
-    VictoriaMetrics,
+    free_port, gateway_metrics, http_get, metric_in, wait_until, GatewayProcess, HeavyTestLock,
+    Mosquitto, MqttPublisher, VictoriaMetrics,
 };
 use tempfile::TempDir;
 
@@ -92,16 +92,11 @@ impl Drop for FrozenableFs {
 }
 
 fn get(port: u16, path: &str) -> (u16, String) {
-    let url = format!("http://127.0.0.1:{port}{path}");
-    match ureq::get(&url).timeout(Duration::from_secs(5)).call() {
-        Ok(r) => (r.status(), r.into_string().unwrap_or_default()),
-        Err(ureq::Error::Status(code, r)) => (code, r.into_string().unwrap_or_default()),
-        Err(e) => (0, e.to_string()),
-    }
+    http_get(&format!("http://127.0.0.1:{port}{path}"))
 }
 
 fn metric(port: u16, name: &str) -> f64 {
-    metric_in(&get(port, "/metrics").1, name, &[("input", "mqtt0")])
+    metric_in(&gateway_metrics(port), name, &[("input", "mqtt0")])
 }
 
 /// Message numbers stored in VictoriaMetrics, with how often each is there.
