@@ -14,19 +14,22 @@
 pub mod aggregate;
 pub mod app;
 pub mod backoff;
-pub mod buffer;
 pub mod buffercmd;
 pub mod clock;
 pub mod config;
-pub mod decode;
 pub mod http;
 pub mod input;
 pub mod limits;
 pub mod loglimit;
-pub mod model;
 pub mod output;
 pub mod pipeline;
 pub mod probe;
 pub mod spacer;
 pub mod status;
 pub mod statuscmd;
+
+// The pipeline's pure stages are crates of their own; these names keep `crate::model::Reading`
+// and friends reading as the pipeline they are.
+pub use ioc_buffer as buffer;
+pub use ioc_decode as decode;
+pub use ioc_model as model;

@@ -17,6 +17,10 @@ use serde::Deserialize;
 pub use locate::locate;
 pub use secret::{resolve_secret, Secret, SecretError};
 
+// The decoders' own specs, read from the config as they are.
+pub use ioc_decode::json::TimestampUnit;
+pub use ioc_decode::modbus::{RegisterSpec as ModbusRegisterConfig, RegisterType, WordOrder};
+
 /// The whole configuration file.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -105,28 +109,6 @@ pub enum PayloadFormat {
     Lpr,
     /// InfluxDB line protocol, one reading per line.
     Influx,
-}
-
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum TimestampUnit {
-    S,
-    #[default]
-    Ms,
-    Us,
-    Ns,
-}
-
-impl TimestampUnit {
-    /// Nanoseconds in one unit.
-    pub fn nanos(self) -> i64 {
-        match self {
-            TimestampUnit::S => 1_000_000_000,
-            TimestampUnit::Ms => 1_000_000,
-            TimestampUnit::Us => 1_000,
-            TimestampUnit::Ns => 1,
-        }
-    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -222,6 +204,20 @@ impl From<PriorityConfig> for crate::model::Priority {
 }
 
 impl MqttInputConfig {
+    /// How this input's JSON payloads map to readings.
+    pub fn json_mapping(&self) -> ioc_decode::json::JsonMapping {
+        ioc_decode::json::JsonMapping {
+            measurement: self.measurement_name().to_owned(),
+            topic_tags: ioc_decode::json::parse_topic_tags(
+                self.topic_tags.as_deref().unwrap_or(""),
+            ),
+            timestamp_field: self.timestamp_field.clone(),
+            timestamp_unit: self.timestamp_unit.unwrap_or_default(),
+            tag_keys: self.tag_keys.clone(),
+            static_tags: self.tags.clone(),
+        }
+    }
+
     /// The measurement readings of this input get (formats that name their own ignore it).
     pub fn measurement_name(&self) -> &str {
         match (&self.measurement, self.format) {
@@ -276,50 +272,6 @@ pub enum SerialProtocol {
     Sds011,
     ModbusRtu,
     Node,
-}
-
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum RegisterType {
-    #[default]
-    U16,
-    I16,
-    U32,
-    I32,
-    F32,
-}
-
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum WordOrder {
-    #[default]
-    Big,
-    Little,
-}
-
-/// One entry of a Modbus RTU register map.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ModbusRegisterConfig {
-    pub slave: u8,
-    /// 3 = holding registers, 4 = input registers.
-    pub function: u8,
-    pub address: u16,
-    #[serde(rename = "type", default)]
-    pub register_type: RegisterType,
-    #[serde(default)]
-    pub word_order: WordOrder,
-    #[serde(default = "default_scale")]
-    pub scale: f64,
-    #[serde(default)]
-    pub offset: f64,
-    pub field: String,
-    pub measurement: String,
-    pub sensor_id: Option<String>,
-}
-
-fn default_scale() -> f64 {
-    1.0
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -860,6 +860,10 @@ async fn modbus_session(
     let mut ctx = tokio_modbus::client::rtu::attach_slave(tap, Slave(1));
     let poll_interval = Duration::from_millis(cfg.poll_interval_ms.max(1));
     let request_timeout = modbus_request_timeout(poll_interval);
+    let port_tags = modbus::PortTags {
+        sensor_id: cfg.sensor_id.clone(),
+        tags: cfg.tags.clone(),
+    };
     let mut ticker = tokio::time::interval(poll_interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -881,7 +885,7 @@ async fn modbus_session(
             match outcome {
                 PollOutcome::Answer(words) => {
                     let (mut r, errors) =
-                        modbus::readings_from_answer(request, &words, cfg, now_ns());
+                        modbus::readings_from_answer(request, &words, &port_tags, now_ns());
                     for (field, e) in &errors {
                         count_modbus_error(port, &slave, ModbusFailure::Value);
                         tracing::warn!(

@@ -5,7 +5,7 @@
 //! dead-letter the lines the store refuses).
 
 pub mod influx;
-pub mod line_protocol;
+pub use ioc_model::line_protocol;
 
 pub use influx::{Api, Delivered, InfluxSink, InfluxSinkConfig, SinkError, WriteOutcome};
 pub use line_protocol::{encode, Flavor};

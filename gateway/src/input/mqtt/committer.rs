@@ -89,7 +89,7 @@ impl Committer {
                 .timestamp_unit
                 .unwrap_or(crate::config::TimestampUnit::Ns)
                 .nanos(),
-            mapping: JsonMapping::from_config(cfg),
+            mapping: cfg.json_mapping(),
             max_payload: cfg.max_payload_bytes,
             priority: cfg.priority.into(),
             ingest,

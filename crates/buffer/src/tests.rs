@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use super::record::HEADER_LEN;
 use super::segment::{list_segments, SegmentScanner, Step};
 use super::*;
-use crate::model::Priority;
+use ioc_model::Priority;
 
 const MIB: u64 = 1 << 20;
 

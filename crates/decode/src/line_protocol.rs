@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 
 use influxdb_line_protocol::{parse_lines, FieldValue as LpValue};
 
-use crate::model::{FieldValue, InvalidReading, Reading};
+use ioc_model::{FieldValue, InvalidReading, Reading};
 
 /// A line that could not be taken.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]

@@ -1,4 +1,4 @@
-//! Decoders: pure functions from bytes (or JSON) to validated [`crate::model::Reading`]s.
+//! Decoders: pure functions from bytes (or JSON) to validated [`ioc_model::Reading`]s.
 //! They know nothing of tokio, so they are easy to test, fuzz and share.
 
 pub mod camera;

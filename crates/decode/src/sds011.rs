@@ -22,7 +22,7 @@
 use std::collections::BTreeMap;
 
 use super::serial_frame::{BadFrame, DecodeEvent};
-use crate::model::{FieldValue, Reading};
+use ioc_model::{FieldValue, Reading};
 
 /// Bytes in one frame.
 pub const FRAME_LEN: usize = 10;

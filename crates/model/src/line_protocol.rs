@@ -21,7 +21,7 @@
 //! hundreds of zeros); integers get the `i` suffix, unsigned integers `u`; timestamps are in
 //! nanoseconds (send with `precision=ns`).
 
-use crate::model::{FieldValue, Reading};
+use crate::{FieldValue, Reading};
 use std::io::Write as _;
 
 /// Which dialect of line protocol to write.

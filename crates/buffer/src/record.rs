@@ -1,14 +1,14 @@
 //! The on-disk record: one group commit of one priority class, gzip'd, behind a checksummed header.
 //!
 //! This file is the only place that knows the byte layout (documented in the module docs of
-//! [`crate::buffer`]); everything else goes through [`encode`] and [`parse_header`]/[`crc_ok`].
+//! [`crate`]); everything else goes through [`encode`] and [`parse_header`]/[`crc_ok`].
 
 use std::io::Write;
 
 use flate2::write::GzEncoder;
 use flate2::Compression;
 
-use crate::model::Priority;
+use ioc_model::Priority;
 
 /// Sync marker at the start of every record; recovery resynchronises on it after corruption.
 pub(crate) const MAGIC: [u8; 4] = *b"IOCR";

@@ -14,7 +14,7 @@ use super::cursor::{self, LoadedCursor, Pos};
 use super::segment::{fsync_dir, list_segments, SegmentScanner, Step};
 use super::state::{class_dir_name, class_index, delete_files, ClassState, SegMeta, State};
 use super::{BufferError, RecoveryReport};
-use crate::model::Priority;
+use ioc_model::Priority;
 
 /// The result of recovery: the state to start from and the id the next new segment gets.
 pub(crate) struct Recovered {

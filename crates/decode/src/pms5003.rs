@@ -37,7 +37,7 @@
 use std::collections::BTreeMap;
 
 use super::serial_frame::{find_pair, BadFrame, DecodeEvent};
-use crate::model::{FieldValue, Reading};
+use ioc_model::{FieldValue, Reading};
 
 /// Bytes in one frame.
 pub const FRAME_LEN: usize = 32;

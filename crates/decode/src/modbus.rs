@@ -13,8 +13,61 @@
 
 use std::collections::BTreeMap;
 
-use crate::config::{ModbusRegisterConfig, RegisterType, SerialInputConfig, WordOrder};
-use crate::model::{FieldValue, Reading};
+use ioc_model::{FieldValue, Reading};
+
+/// How a register's words are read as a number (`type` of a register map entry).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RegisterType {
+    #[default]
+    U16,
+    I16,
+    U32,
+    I32,
+    F32,
+}
+
+/// Which word of a two-register value comes first.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WordOrder {
+    #[default]
+    Big,
+    Little,
+}
+
+/// One entry of a Modbus RTU register map (`[[inputs.serial.registers]]` in the config).
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegisterSpec {
+    pub slave: u8,
+    /// 3 = holding registers, 4 = input registers.
+    pub function: u8,
+    pub address: u16,
+    #[serde(rename = "type", default)]
+    pub register_type: RegisterType,
+    #[serde(default)]
+    pub word_order: WordOrder,
+    #[serde(default = "default_scale")]
+    pub scale: f64,
+    #[serde(default)]
+    pub offset: f64,
+    pub field: String,
+    pub measurement: String,
+    pub sensor_id: Option<String>,
+}
+
+fn default_scale() -> f64 {
+    1.0
+}
+
+/// What a port adds to every reading it decodes: its `sensor_id` (for entries without their
+/// own) and its static tags.
+#[derive(Debug, Clone, Default)]
+pub struct PortTags {
+    pub sensor_id: Option<String>,
+    pub tags: BTreeMap<String, String>,
+}
 
 /// Most registers one read request may ask for (Modbus limit for functions 3 and 4).
 pub const MAX_REGISTERS: u16 = 125;
@@ -114,13 +167,13 @@ pub struct ModbusRequest {
     pub address: u16,
     pub count: u16,
     /// The entries, each with its first register's index in the answer.
-    pub entries: Vec<(u16, ModbusRegisterConfig)>,
+    pub entries: Vec<(u16, RegisterSpec)>,
 }
 
 /// Groups a port's register map into as few read requests as possible (see the module docs).
 /// Requests are ordered by slave, function and address, so one slave's requests are adjacent.
-pub fn plan_requests(registers: &[ModbusRegisterConfig]) -> Vec<ModbusRequest> {
-    let mut sorted: Vec<&ModbusRegisterConfig> = registers.iter().collect();
+pub fn plan_requests(registers: &[RegisterSpec]) -> Vec<ModbusRequest> {
+    let mut sorted: Vec<&RegisterSpec> = registers.iter().collect();
     sorted.sort_by_key(|r| (r.slave, r.function, r.address));
     let mut out: Vec<ModbusRequest> = Vec::new();
     for r in sorted {
@@ -156,7 +209,7 @@ pub fn plan_requests(registers: &[ModbusRegisterConfig]) -> Vec<ModbusRequest> {
 pub fn readings_from_answer(
     request: &ModbusRequest,
     words: &[u16],
-    port: &SerialInputConfig,
+    port: &PortTags,
     timestamp_ns: i64,
 ) -> (Vec<Reading>, Vec<(String, RegisterError)>) {
     let mut by_series: BTreeMap<(String, Option<String>), Reading> = BTreeMap::new();
@@ -289,14 +342,8 @@ pub fn classify_unanswered(slave: u8, function: u8, received: &[u8]) -> ModbusFa
 mod tests {
     use super::*;
 
-    fn entry(
-        slave: u8,
-        function: u8,
-        address: u16,
-        ty: RegisterType,
-        field: &str,
-    ) -> ModbusRegisterConfig {
-        ModbusRegisterConfig {
+    fn entry(slave: u8, function: u8, address: u16, ty: RegisterType, field: &str) -> RegisterSpec {
+        RegisterSpec {
             slave,
             function,
             address,
@@ -376,15 +423,9 @@ mod tests {
             ),
             (1, 4, 1, 2)
         );
-        let port = SerialInputConfig {
-            name: None,
-            port: "/dev/null".into(),
-            baud: 9600,
-            protocol: crate::config::SerialProtocol::ModbusRtu,
+        let port = PortTags {
             sensor_id: Some("th-01".into()),
             tags: BTreeMap::from([("district".into(), "d1".into())]),
-            poll_interval_ms: 1000,
-            registers: vec![t, h],
         };
         // -5.3 degC, 61.2 %
         let (readings, errors) = readings_from_answer(&plan[0], &[(-53i16) as u16, 612], &port, 9);

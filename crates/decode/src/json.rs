@@ -17,10 +17,33 @@ use std::collections::BTreeMap;
 
 use serde_json::Value;
 
-use crate::config::{MqttInputConfig, TimestampUnit};
-use crate::model::{FieldValue, InvalidReading, Reading};
+use ioc_model::{FieldValue, InvalidReading, Reading};
 
-/// How one input maps its JSON payloads; built once from the input's config.
+/// The unit of a numeric timestamp in a payload (`timestamp_unit` in an input's config).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TimestampUnit {
+    S,
+    #[default]
+    Ms,
+    Us,
+    Ns,
+}
+
+impl TimestampUnit {
+    /// Nanoseconds in one unit.
+    pub fn nanos(self) -> i64 {
+        match self {
+            TimestampUnit::S => 1_000_000_000,
+            TimestampUnit::Ms => 1_000_000,
+            TimestampUnit::Us => 1_000,
+            TimestampUnit::Ns => 1,
+        }
+    }
+}
+
+/// How one input maps its JSON payloads; built once from the input's config (by the MQTT
+/// input).
 #[derive(Debug, Clone)]
 pub struct JsonMapping {
     pub measurement: String,
@@ -30,19 +53,6 @@ pub struct JsonMapping {
     pub timestamp_unit: TimestampUnit,
     pub tag_keys: Vec<String>,
     pub static_tags: BTreeMap<String, String>,
-}
-
-impl JsonMapping {
-    pub fn from_config(c: &MqttInputConfig) -> Self {
-        JsonMapping {
-            measurement: c.measurement_name().to_owned(),
-            topic_tags: parse_topic_tags(c.topic_tags.as_deref().unwrap_or("")),
-            timestamp_field: c.timestamp_field.clone(),
-            timestamp_unit: c.timestamp_unit.unwrap_or_default(),
-            tag_keys: c.tag_keys.clone(),
-            static_tags: c.tags.clone(),
-        }
-    }
 }
 
 /// Parses a Telegraf-style `a/_/b` pattern: `_` (or an empty level) skips that topic level.
@@ -241,7 +251,7 @@ fn to_nanos(value: &Value, unit: TimestampUnit) -> Option<i64> {
         Value::String(s) => s.clone(),
         _ => return None,
     };
-    crate::decode::camera::decimal_to_ns(&text, unit.nanos())
+    crate::camera::decimal_to_ns(&text, unit.nanos())
 }
 
 fn truncate(s: &str, max: usize) -> String {

@@ -23,7 +23,7 @@ use super::cursor::{self, Pos};
 use super::segment::{SegmentScanner, Step};
 use super::state::{class_dir_name, class_index, delete_files, Shared, CLASSES_URGENT_FIRST};
 use super::{BufferError, BufferStats};
-use crate::model::Priority;
+use ioc_model::Priority;
 
 /// A batch body stops growing past this many compressed bytes (one record may exceed it).
 const MAX_BATCH_BYTES: usize = 4 << 20;
@@ -611,7 +611,7 @@ mod tests {
     use std::time::Duration;
 
     use super::super::{open, BufferConfig};
-    use crate::model::Priority;
+    use ioc_model::Priority;
 
     fn lines(range: std::ops::Range<u32>) -> Vec<u8> {
         range

@@ -21,7 +21,7 @@ use super::lock::read_lock_pid;
 use super::record::RecordMeta;
 use super::segment::{list_segments, SegmentScanner, Step};
 use super::state::class_dir_name;
-use crate::model::Priority;
+use ioc_model::Priority;
 
 /// Largest uncompressed size of one record believed (records hold at most 512 KiB of line
 /// protocol, or one line of up to 4 MiB).
@@ -710,8 +710,8 @@ impl ExportPlan {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::buffer::record;
-    use crate::buffer::segment::segment_file_name;
+    use crate::record;
+    use crate::segment::segment_file_name;
 
     #[test]
     fn cursor_decoding_matches_what_the_gateway_stores() {

@@ -181,7 +181,7 @@ impl SegmentScanner {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::Priority;
+    use ioc_model::Priority;
     use std::io::Write;
 
     #[test]

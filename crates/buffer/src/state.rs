@@ -17,7 +17,7 @@ use tokio::sync::watch;
 use super::cursor::Pos;
 use super::segment::segment_file_name;
 use super::BufferStats;
-use crate::model::Priority;
+use ioc_model::Priority;
 
 /// Granularity of the per-segment time index used for "age of the oldest unsent record".
 const TIME_INDEX_STEP: u64 = 64 * 1024;

@@ -20,7 +20,7 @@ use super::state::{
     class_dir_name, class_index, delete_files, unix_ms, SegMeta, Shared, CLASSES_URGENT_FIRST,
 };
 use super::{BufferError, BufferStats};
-use crate::model::Priority;
+use ioc_model::Priority;
 
 /// Appends waiting for the writer thread; a full channel makes `append` wait.
 const CHANNEL_CAPACITY: usize = 1024;
@@ -564,7 +564,7 @@ mod tests {
     use std::sync::atomic::Ordering;
 
     use super::super::{open, BufferConfig};
-    use crate::model::Priority;
+    use ioc_model::Priority;
 
     /// `count` lines of line protocol that gzip cannot shrink much (pseudo-random digits).
     fn noisy_lines(from: u64, count: u64) -> Vec<u8> {

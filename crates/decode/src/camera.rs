@@ -21,7 +21,7 @@ use std::collections::BTreeMap;
 
 use serde_json::{Map, Value};
 
-use crate::model::{FieldValue, InvalidReading, Reading};
+use ioc_model::{FieldValue, InvalidReading, Reading};
 
 /// Why a camera payload was rejected.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]

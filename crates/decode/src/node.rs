@@ -62,7 +62,7 @@ use ioc_wire::{
     encode_frame, Command, Frame, FrameDecoder, Header, Payload, WireError, MAX_ENCODED_LEN,
 };
 
-use crate::model::{FieldValue, InvalidReading, Reading};
+use ioc_model::{FieldValue, InvalidReading, Reading};
 
 /// Sequence numbers remembered behind the highest one, per node.
 pub const SEQ_WINDOW: u32 = 128;
