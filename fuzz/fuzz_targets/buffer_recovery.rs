@@ -6,8 +6,8 @@
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use ioc_gateway::buffer::{self, BufferConfig};
-use ioc_gateway::model::Priority;
+use ioc_buffer::{self as buffer, BufferConfig};
+use ioc_model::Priority;
 use libfuzzer_sys::fuzz_target;
 
 const SEGMENT: &str = "00000000000000000001.seg";

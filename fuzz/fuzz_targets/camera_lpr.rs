@@ -7,8 +7,7 @@ use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
     let tags = Default::default();
-    if let Ok(r) =
-        ioc_gateway::decode::camera::decode_lpr("plates", &tags, data, 1_700_000_000_000_000_000)
+    if let Ok(r) = ioc_decode::camera::decode_lpr("plates", &tags, data, 1_700_000_000_000_000_000)
     {
         common::check_readings(vec![r]);
     }

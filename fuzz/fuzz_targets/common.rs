@@ -1,14 +1,14 @@
 //! Shared by the fuzz targets: what every decoded reading must satisfy.
 
-use ioc_gateway::limits::Limits;
-use ioc_gateway::model::Reading;
-use ioc_gateway::output::{encode, Flavor};
+use ioc_model::limits::LimitChecker;
+use ioc_model::Reading;
+use ioc_model::{encode, Flavor};
 
 /// Every reading a decoder returns must be valid, encodable in both dialects, and go through
 /// the limits without panicking.
 #[allow(dead_code)]
 pub fn check_readings(readings: Vec<Reading>) {
-    let limits = Limits::default();
+    let limits = LimitChecker::default();
     for mut r in readings {
         if let Err(e) = r.validate() {
             panic!("decoder returned an invalid reading ({e}): {r:?}");

@@ -3,8 +3,8 @@
 #[path = "common.rs"]
 mod common;
 
-use ioc_gateway::config::TimestampUnit;
-use ioc_gateway::decode::json::{decode, parse_topic_tags, JsonMapping};
+use ioc_decode::json::TimestampUnit;
+use ioc_decode::json::{decode, parse_topic_tags, JsonMapping};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

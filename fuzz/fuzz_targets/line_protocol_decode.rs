@@ -12,11 +12,7 @@ fuzz_target!(|data: &[u8]| {
     };
     let unit_ns = [1, 1_000, 1_000_000, 1_000_000_000][usize::from(unit & 3)];
     let tags = [("gw_site".to_owned(), "x".to_owned())].into();
-    let (readings, _errors) = ioc_gateway::decode::line_protocol::decode(
-        &tags,
-        payload,
-        unit_ns,
-        1_700_000_000_000_000_000,
-    );
+    let (readings, _errors) =
+        ioc_decode::line_protocol::decode(&tags, payload, unit_ns, 1_700_000_000_000_000_000);
     common::check_readings(readings);
 });

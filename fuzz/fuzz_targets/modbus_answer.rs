@@ -7,15 +7,13 @@
 #[path = "common.rs"]
 mod common;
 
-use std::path::PathBuf;
-
-use ioc_gateway::config::{
-    ModbusRegisterConfig, RegisterType, SerialInputConfig, SerialProtocol, WordOrder,
+use ioc_decode::modbus::{
+    classify_unanswered, plan_requests, readings_from_answer, PortTags, RegisterSpec, RegisterType,
+    WordOrder,
 };
-use ioc_gateway::decode::modbus::{classify_unanswered, plan_requests, readings_from_answer};
 use libfuzzer_sys::fuzz_target;
 
-fn port() -> SerialInputConfig {
+fn port() -> (Vec<RegisterSpec>, PortTags) {
     let types = [
         RegisterType::U16,
         RegisterType::I16,
@@ -27,7 +25,7 @@ fn port() -> SerialInputConfig {
     let mut address = 0u16;
     for (i, ty) in types.iter().enumerate() {
         for order in [WordOrder::Big, WordOrder::Little] {
-            registers.push(ModbusRegisterConfig {
+            registers.push(RegisterSpec {
                 slave: 1,
                 function: if i % 2 == 0 { 3 } else { 4 },
                 address,
@@ -42,16 +40,11 @@ fn port() -> SerialInputConfig {
             address += 2;
         }
     }
-    SerialInputConfig {
-        name: Some("bus".into()),
-        port: PathBuf::from("/dev/null"),
-        baud: 9600,
-        protocol: SerialProtocol::ModbusRtu,
+    let port = PortTags {
         sensor_id: Some("bus-1".into()),
         tags: Default::default(),
-        poll_interval_ms: 1000,
-        registers,
-    }
+    };
+    (registers, port)
 }
 
 fuzz_target!(|data: &[u8]| {
@@ -63,8 +56,8 @@ fuzz_target!(|data: &[u8]| {
         .chunks(2)
         .map(|c| u16::from_be_bytes([c[0], c.get(1).copied().unwrap_or(0)]))
         .collect();
-    let port = port();
-    for request in plan_requests(&port.registers) {
+    let (registers, port) = port();
+    for request in plan_requests(&registers) {
         let (readings, _errors) =
             readings_from_answer(&request, &words, &port, 1_700_000_000_000_000_000);
         common::check_readings(readings);

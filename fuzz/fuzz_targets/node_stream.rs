@@ -4,7 +4,7 @@
 #[path = "common.rs"]
 mod common;
 
-use ioc_gateway::decode::node::NodeDecoder;
+use ioc_decode::node::NodeDecoder;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

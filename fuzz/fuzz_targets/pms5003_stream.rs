@@ -4,8 +4,8 @@
 #[path = "common.rs"]
 mod common;
 
-use ioc_gateway::decode::pms5003::{Pms5003Decoder, Pms5003Variant, FRAME_LEN};
-use ioc_gateway::decode::serial_frame::DecodeEvent;
+use ioc_decode::pms5003::{Pms5003Decoder, Pms5003Variant, FRAME_LEN};
+use ioc_decode::serial_frame::DecodeEvent;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -3,8 +3,8 @@
 #[path = "common.rs"]
 mod common;
 
-use ioc_gateway::decode::sds011::{Sds011Decoder, Sds011Frame, FRAME_LEN};
-use ioc_gateway::decode::serial_frame::DecodeEvent;
+use ioc_decode::sds011::{Sds011Decoder, Sds011Frame, FRAME_LEN};
+use ioc_decode::serial_frame::DecodeEvent;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
