@@ -33,7 +33,7 @@ pub struct Limits {
     logs: Mutex<HashMap<(String, &'static str), LogGate>>,
 }
 
-/// Counts one reading refused for `reason` (the `readings_rejected_total` metric).
+/// Counts a message or reading an input refused (`readings_rejected_total{input,reason}`).
 pub fn count_rejected(input: &str, reason: &'static str) {
     metrics::counter!("readings_rejected_total", "input" => input.to_owned(), "reason" => reason)
         .increment(1);

@@ -164,11 +164,9 @@ impl Ingest {
     }
 }
 
-/// Counts a message or reading an input refused (`readings_rejected_total{input,reason}`).
-pub fn count_rejected(input: &str, reason: &'static str) {
-    metrics::counter!("readings_rejected_total", "input" => input.to_owned(), "reason" => reason)
-        .increment(1);
-}
+/// Counts a message or reading an input refused (`readings_rejected_total{input,reason}`); the
+/// one counter the limits use too.
+pub use crate::limits::count_rejected;
 
 /// Forwarding policy from `[output.influxdb]`.
 #[derive(Debug, Clone)]
