@@ -4,12 +4,14 @@
 //! accepted reading to the live feed ([`LiveFeed`]). Both are cheap and never block an input:
 //! the live feed is a bounded broadcast channel that drops for slow watchers.
 //!
-//! Serial ports keep their state in the serial input's own process-wide registry
-//! ([`crate::input::serial::serial_port_statuses`]); [`merge_serial_ports`] folds it into the
-//! same per-input map, so readiness, `/api/sensors`, the live page and `status` see MQTT
-//! connections and serial ports alike.
+//! MQTT connections and serial ports report into the same [`StatusRegistry`] (the one the
+//! pipeline's [`crate::pipeline::Ingest`] carries): an MQTT input as an [`InputState`], a serial
+//! port as a [`SerialPortStatus`] with its frame counts. [`StatusRegistry::snapshot`] folds the
+//! ports into the per-input map ([`merge_serial_ports`]), so readiness, `/api/sensors`, the live
+//! page and `status` see both alike.
 
 use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
@@ -44,6 +46,28 @@ pub struct InputState {
     pub stalled: Option<String>,
 }
 
+/// What is known about one serial port, for health pages and `status`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SerialPortStatus {
+    /// The `port` label: the input's name, else its device path.
+    pub port: String,
+    pub path: PathBuf,
+    pub up: bool,
+    /// When the port went down (or, if it never opened, when the input started).
+    pub down_since: Option<SystemTime>,
+    /// When the port was last opened, while up.
+    pub up_since: Option<SystemTime>,
+    /// The last open/read error, while down.
+    pub last_error: Option<String>,
+    /// Frames (or Modbus answers) decoded since start.
+    pub good_frames: u64,
+    /// Bad frames / failed Modbus requests since start.
+    pub bad_frames: u64,
+    /// The same by reason: a frame reason label (`checksum`, `noise`, ...), or for Modbus
+    /// `slave=<id>,reason=<label>`.
+    pub bad_by_reason: BTreeMap<String, u64>,
+}
+
 /// What a serial port has decoded since start.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 pub struct SerialCounts {
@@ -69,7 +93,7 @@ fn unix_ms(t: SystemTime) -> u64 {
 /// MQTT input carry the same name, the port is keyed `serial:<label>` so neither hides the other.
 pub fn merge_serial_ports(
     inputs: &mut BTreeMap<String, InputState>,
-    ports: &[crate::input::serial::SerialPortStatus],
+    ports: &[SerialPortStatus],
     now_ms: u64,
 ) {
     for p in ports {
@@ -96,10 +120,11 @@ pub fn merge_serial_ports(
     }
 }
 
-/// Shared registry of input states, keyed by input name.
+/// Shared registry of input states: MQTT inputs keyed by input name, serial ports by port label.
 #[derive(Debug, Clone, Default)]
 pub struct StatusRegistry {
     inputs: Arc<Mutex<BTreeMap<String, InputState>>>,
+    ports: Arc<Mutex<BTreeMap<String, SerialPortStatus>>>,
 }
 
 fn now_ms() -> u64 {
@@ -149,9 +174,44 @@ impl StatusRegistry {
         }
     }
 
-    /// A copy of every input's state.
+    /// Registers a serial port as down since `now` (not yet opened), with no frames counted.
+    pub fn register_port(&self, port: &str, path: &Path, now: SystemTime) {
+        let mut map = self.ports.lock().unwrap_or_else(|e| e.into_inner());
+        map.insert(
+            port.to_owned(),
+            SerialPortStatus {
+                port: port.to_owned(),
+                path: path.to_path_buf(),
+                up: false,
+                down_since: Some(now),
+                up_since: None,
+                last_error: None,
+                good_frames: 0,
+                bad_frames: 0,
+                bad_by_reason: BTreeMap::new(),
+            },
+        );
+    }
+
+    /// Applies `f` to a registered serial port's state (nothing if `port` is not registered).
+    pub fn update_port(&self, port: &str, f: impl FnOnce(&mut SerialPortStatus)) {
+        let mut map = self.ports.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(s) = map.get_mut(port) {
+            f(s);
+        }
+    }
+
+    /// Every serial port's state, ordered by port label.
+    pub fn serial_ports(&self) -> Vec<SerialPortStatus> {
+        let map = self.ports.lock().unwrap_or_else(|e| e.into_inner());
+        map.values().cloned().collect()
+    }
+
+    /// A copy of every input's state, serial ports included ([`merge_serial_ports`]).
     pub fn snapshot(&self) -> BTreeMap<String, InputState> {
-        self.inputs.lock().map(|m| m.clone()).unwrap_or_default()
+        let mut inputs = self.inputs.lock().map(|m| m.clone()).unwrap_or_default();
+        merge_serial_ports(&mut inputs, &self.serial_ports(), now_ms());
+        inputs
     }
 }
 
@@ -262,7 +322,6 @@ impl Observers {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::input::serial::SerialPortStatus;
     use std::time::Duration;
 
     fn port(label: &str, up: bool) -> SerialPortStatus {

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use ioc_gateway::buffer::{self, BufferConfig};
 use ioc_gateway::config::{SerialInputConfig, SerialProtocol};
-use ioc_gateway::input::serial::{run_serial_input, serial_port_statuses};
+use ioc_gateway::input::serial::run_serial_input;
 use ioc_gateway::output::Flavor;
 use ioc_gateway::pipeline::Ingest;
 use nix::sys::resource::{getrusage, UsageWho};
@@ -200,14 +200,18 @@ fn serial_cpu_at_line_rate() {
         rt.spawn(run_serial_input(cfg, i, ingest.clone(), rx.clone()));
     }
     let frames = |prefix: &str| -> u64 {
-        serial_port_statuses()
+        ingest
+            .status()
+            .serial_ports()
             .iter()
             .filter(|s| s.port.starts_with(prefix))
             .map(|s| s.good_frames)
             .sum()
     };
     let bad = || -> u64 {
-        serial_port_statuses()
+        ingest
+            .status()
+            .serial_ports()
             .iter()
             .filter(|s| s.port.starts_with("cpu-"))
             .map(|s| s.bad_frames)

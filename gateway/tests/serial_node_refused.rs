@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 use ioc_gateway::buffer::{self, BufferConfig};
 use ioc_gateway::config::{SerialInputConfig, SerialProtocol};
 use ioc_gateway::decode::node::NodeDecoder;
-use ioc_gateway::input::serial::{run_serial_input, serial_port_statuses};
+use ioc_gateway::input::serial::run_serial_input;
 use ioc_gateway::output::Flavor;
 use ioc_gateway::pipeline::Ingest;
 use ioc_node_sim::{SimNode, SimNodeConfig};
@@ -173,7 +173,9 @@ async fn node_readings_refused_by_a_full_disk_are_resent_and_never_acked_early()
         tokio::spawn(async move { run_serial_input(port_cfg, 0, ingest, rx).await.unwrap() })
     };
     let up = Instant::now();
-    while !serial_port_statuses()
+    while !ingest
+        .status()
+        .serial_ports()
         .iter()
         .any(|s| s.port == "node-refused" && s.up)
     {

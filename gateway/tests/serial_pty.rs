@@ -17,7 +17,7 @@ use ioc_gateway::config::{
     ModbusRegisterConfig, RegisterType, SerialInputConfig, SerialProtocol, WordOrder,
 };
 use ioc_gateway::decode::modbus::{crc16, with_crc};
-use ioc_gateway::input::serial::{run_serial_input, serial_port_statuses, SerialPortStatus};
+use ioc_gateway::input::serial::{run_serial_input, SerialPortStatus};
 use ioc_gateway::output::Flavor;
 use ioc_gateway::pipeline::Ingest;
 use pty_common::{hex, pty, relink, PMS_1, PMS_2};
@@ -49,6 +49,25 @@ fn harness() -> Harness {
         ingest: Ingest::new(writer, "gw-test", Flavor::V2),
         shutdown,
         _dir: dir,
+    }
+}
+
+impl Harness {
+    fn status_opt(&self, port: &str) -> Option<SerialPortStatus> {
+        self.ingest
+            .status()
+            .serial_ports()
+            .into_iter()
+            .find(|s| s.port == port)
+    }
+
+    fn status(&self, port: &str) -> SerialPortStatus {
+        self.status_opt(port)
+            .unwrap_or_else(|| panic!("no status for {port}"))
+    }
+
+    fn is_up(&self, port: &str) -> bool {
+        self.status_opt(port).is_some_and(|s| s.up)
     }
 }
 
@@ -110,18 +129,6 @@ fn stream_cfg(name: &str, port: &Path, protocol: SerialProtocol) -> SerialInputC
     }
 }
 
-fn status_opt(port: &str) -> Option<SerialPortStatus> {
-    serial_port_statuses().into_iter().find(|s| s.port == port)
-}
-
-fn status(port: &str) -> SerialPortStatus {
-    status_opt(port).unwrap_or_else(|| panic!("no status for {port}"))
-}
-
-fn is_up(port: &str) -> bool {
-    status_opt(port).is_some_and(|s| s.up)
-}
-
 async fn wait_for(what: &str, within: Duration, mut f: impl FnMut() -> bool) {
     let deadline = Instant::now() + within;
     while !f() {
@@ -135,7 +142,7 @@ async fn pms5003_frames_with_noise_torn_and_corrupt_frames() {
     let mut h = harness();
     let mut p = pty();
     let task = h.start(stream_cfg("pms-a", &p.path, SerialProtocol::Pms5003), 0);
-    wait_for("port up", Duration::from_secs(5), || is_up("pms-a")).await;
+    wait_for("port up", Duration::from_secs(5), || h.is_up("pms-a")).await;
 
     let mut corrupt = hex(PMS_2);
     corrupt[20] ^= 0x40;
@@ -162,7 +169,7 @@ async fn pms5003_frames_with_noise_torn_and_corrupt_frames() {
             format!("{tags} {PMS_3_FIELDS}"),
         ]
     );
-    let s = status("pms-a");
+    let s = h.status("pms-a");
     assert_eq!(s.good_frames, 3);
     assert_eq!(
         s.bad_by_reason,
@@ -177,7 +184,7 @@ async fn pms5003_frames_with_noise_torn_and_corrupt_frames() {
     // A torn frame at the end of a burst is reported once the line is idle.
     p.master.write_all(&hex(PMS_1)[..20]).unwrap();
     wait_for("idle truncation", Duration::from_secs(3), || {
-        status("pms-a").bad_by_reason.get("truncated") == Some(&2)
+        h.status("pms-a").bad_by_reason.get("truncated") == Some(&2)
     })
     .await;
     h.no_more_lines(Duration::from_millis(300)).await;
@@ -196,7 +203,7 @@ async fn sds011_frames_skip_command_replies() {
     let mut cfg = stream_cfg("sds-a", &p.path, SerialProtocol::Sds011);
     cfg.tags.clear();
     let task = h.start(cfg, 1);
-    wait_for("port up", Duration::from_secs(5), || is_up("sds-a")).await;
+    wait_for("port up", Duration::from_secs(5), || h.is_up("sds-a")).await;
 
     let mut bad = hex(SDS_CAPTURE);
     bad[4] = 0x77;
@@ -219,10 +226,10 @@ async fn sds011_frames_skip_command_replies() {
         ]
     );
     wait_for("bad checksum counted", Duration::from_secs(2), || {
-        status("sds-a").bad_frames == 3
+        h.status("sds-a").bad_frames == 3
     })
     .await;
-    let s = status("sds-a");
+    let s = h.status("sds-a");
     assert_eq!(s.good_frames, 2);
     assert_eq!(
         s.bad_by_reason,
@@ -248,10 +255,11 @@ async fn a_port_missing_at_start_that_vanishes_and_comes_back() {
 
     // Missing at start: down, with a reason and a time.
     wait_for("down status", Duration::from_secs(2), || {
-        status_opt("pms-hotplug").is_some_and(|s| s.last_error.is_some())
+        h.status_opt("pms-hotplug")
+            .is_some_and(|s| s.last_error.is_some())
     })
     .await;
-    let s = status("pms-hotplug");
+    let s = h.status("pms-hotplug");
     assert!(!s.up);
     assert!(s.down_since.is_some());
     assert!(
@@ -262,7 +270,7 @@ async fn a_port_missing_at_start_that_vanishes_and_comes_back() {
     // Plugged in.
     let mut first = pty();
     relink(&link, &first.path);
-    wait_for("port up", Duration::from_secs(5), || is_up("pms-hotplug")).await;
+    wait_for("port up", Duration::from_secs(5), || h.is_up("pms-hotplug")).await;
     first.master.write_all(&hex(PMS_1)).unwrap();
     let tags =
         "air_quality,district=dong-xoai,gateway=gw-test,model=pms5003,sensor_id=pms-hotplug-sensor";
@@ -278,10 +286,10 @@ async fn a_port_missing_at_start_that_vanishes_and_comes_back() {
     drop(first);
     std::fs::remove_file(&link).unwrap();
     wait_for("port down", Duration::from_secs(5), || {
-        !is_up("pms-hotplug")
+        !h.is_up("pms-hotplug")
     })
     .await;
-    let s = status("pms-hotplug");
+    let s = h.status("pms-hotplug");
     assert!(s.down_since.is_some());
     assert!(
         s.last_error.as_deref().unwrap_or("").contains("lost"),
@@ -292,7 +300,7 @@ async fn a_port_missing_at_start_that_vanishes_and_comes_back() {
     let mut second = pty();
     relink(&link, &second.path);
     wait_for("port up again", Duration::from_secs(10), || {
-        is_up("pms-hotplug")
+        h.is_up("pms-hotplug")
     })
     .await;
     let reopened_after = unplugged.elapsed();
@@ -468,7 +476,7 @@ async fn modbus_bus_with_good_dead_garbling_and_refusing_slaves() {
         "environment,cabinet=c7,gateway=gw-test,sensor_id=th-5 humidity=45.5,temperature=28.7";
     assert_eq!(lines, vec![one, five, one, five]);
 
-    let s = status("rs485-a");
+    let s = h.status("rs485-a");
     for reason in [
         "slave=2,reason=timeout",
         "slave=3,reason=bad_crc",
@@ -568,7 +576,7 @@ async fn node_frames_become_readings_and_are_acked_on_the_port() {
     let mut cfg = stream_cfg("node-a", &p.path, SerialProtocol::Node);
     cfg.baud = 115_200;
     let task = h.start(cfg, 5);
-    wait_for("port up", Duration::from_secs(5), || is_up("node-a")).await;
+    wait_for("port up", Duration::from_secs(5), || h.is_up("node-a")).await;
 
     // What the gateway writes back, decoded on the node side.
     let mut reader = p.master.try_clone().unwrap();
@@ -638,7 +646,7 @@ async fn node_frames_become_readings_and_are_acked_on_the_port() {
     }
     assert_eq!(acked_up_to, Some(1));
     assert!(resend_requested);
-    let s = status("node-a");
+    let s = h.status("node-a");
     assert_eq!(s.good_frames, 3);
     assert!(s.bad_frames >= 2, "garbage and a corrupt frame: {s:?}");
     h.shutdown.send(true).unwrap();

@@ -42,8 +42,7 @@ use tokio_stream::wrappers::ReceiverStream;
 
 use crate::buffer::BufferStats;
 use crate::config::{resolve_secret, HttpSection, Secret, SecretError};
-use crate::input::serial::serial_port_statuses;
-use crate::status::{merge_serial_ports, InputState, Observers, StoreSnapshot};
+use crate::status::{InputState, Observers, StoreSnapshot};
 use board::{Board, LiveEvent};
 use readiness::{Readiness, ReadinessInput};
 
@@ -221,9 +220,7 @@ impl AppState {
     }
 
     fn raw_inputs(&self) -> BTreeMap<String, InputState> {
-        let mut inputs = self.observers.inputs.snapshot();
-        merge_serial_ports(&mut inputs, &serial_port_statuses(), now_ms());
-        inputs
+        self.observers.inputs.snapshot()
     }
 
     fn store(&self) -> StoreSnapshot {

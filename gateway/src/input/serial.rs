@@ -16,7 +16,7 @@
 //!
 //! A port missing at start, or vanishing (read/write error, end of file: a USB adapter
 //! unplugged), is reopened with exponential backoff (0.2 s doubling to 30 s); the logs say which
-//! port is down and since when, and so do [`serial_port_statuses`] and the metrics. Nothing of
+//! port is down and since when, and so do the status registry ([`StatusRegistry::serial_ports`]) and the metrics. Nothing of
 //! this touches the other inputs.
 //!
 //! # Node acks: only for what is durable
@@ -59,7 +59,7 @@
 pub use crate::spacer::SeriesSpacer;
 use std::collections::BTreeMap;
 use std::io;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context as TaskContext, Poll};
@@ -82,6 +82,8 @@ use crate::decode::sds011::{Sds011Decoder, Sds011Frame};
 use crate::decode::serial_frame::DecodeEvent;
 use crate::model::{Priority, Reading};
 use crate::pipeline::Ingest;
+pub use crate::status::SerialPortStatus;
+use crate::status::StatusRegistry;
 
 /// First reopen delay after a port is lost or missing.
 pub const BACKOFF_START: Duration = Duration::from_millis(200);
@@ -100,46 +102,6 @@ pub enum SerialInputError {
     NoRegisters { port: String },
 }
 
-// ---------------------------------------------------------------------------------------------
-// Status registry for health endpoints.
-
-/// What is known about one serial port, for health pages and `status`.
-#[derive(Debug, Clone, PartialEq)]
-pub struct SerialPortStatus {
-    /// The `port` label: the input's name, else its device path.
-    pub port: String,
-    pub path: PathBuf,
-    pub up: bool,
-    /// When the port went down (or, if it never opened, when the input started).
-    pub down_since: Option<SystemTime>,
-    /// When the port was last opened, while up.
-    pub up_since: Option<SystemTime>,
-    /// The last open/read error, while down.
-    pub last_error: Option<String>,
-    /// Frames (or Modbus answers) decoded since start.
-    pub good_frames: u64,
-    /// Bad frames / failed Modbus requests since start.
-    pub bad_frames: u64,
-    /// The same by reason: a frame reason label (`checksum`, `noise`, ...), or for Modbus
-    /// `slave=<id>,reason=<label>`.
-    pub bad_by_reason: BTreeMap<String, u64>,
-}
-
-static STATUS: Mutex<BTreeMap<String, SerialPortStatus>> = Mutex::new(BTreeMap::new());
-
-/// A snapshot of every serial port's status, ordered by port label.
-pub fn serial_port_statuses() -> Vec<SerialPortStatus> {
-    let map = STATUS.lock().unwrap_or_else(|e| e.into_inner());
-    map.values().cloned().collect()
-}
-
-fn update_status(port: &str, f: impl FnOnce(&mut SerialPortStatus)) {
-    let mut map = STATUS.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some(s) = map.get_mut(port) {
-        f(s);
-    }
-}
-
 fn unix_seconds(t: SystemTime) -> f64 {
     t.duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs_f64())
@@ -150,31 +112,20 @@ fn unix_seconds(t: SystemTime) -> f64 {
 struct PortHealth {
     port: String,
     down_since: Option<SystemTime>,
+    status: StatusRegistry,
 }
 
 impl PortHealth {
-    fn new(port: &str, path: &Path) -> Self {
+    fn new(port: &str, path: &Path, status: StatusRegistry) -> Self {
         let now = SystemTime::now();
-        STATUS.lock().unwrap_or_else(|e| e.into_inner()).insert(
-            port.to_owned(),
-            SerialPortStatus {
-                port: port.to_owned(),
-                path: path.to_path_buf(),
-                up: false,
-                down_since: Some(now),
-                up_since: None,
-                last_error: None,
-                good_frames: 0,
-                bad_frames: 0,
-                bad_by_reason: BTreeMap::new(),
-            },
-        );
+        status.register_port(port, path, now);
         metrics::gauge!("serial_port_up", "port" => port.to_owned()).set(0.0);
         metrics::gauge!("serial_port_down_since_seconds", "port" => port.to_owned())
             .set(unix_seconds(now));
         PortHealth {
             port: port.to_owned(),
             down_since: Some(now),
+            status,
         }
     }
 
@@ -185,7 +136,7 @@ impl PortHealth {
         }
         metrics::gauge!("serial_port_up", "port" => self.port.clone()).set(1.0);
         metrics::gauge!("serial_port_down_since_seconds", "port" => self.port.clone()).set(0.0);
-        update_status(&self.port, |s| {
+        self.status.update_port(&self.port, |s| {
             s.up = true;
             s.down_since = None;
             s.up_since = Some(SystemTime::now());
@@ -209,7 +160,7 @@ impl PortHealth {
         metrics::gauge!("serial_port_down_since_seconds", "port" => self.port.clone())
             .set(since_unix);
         let error = error.to_owned();
-        update_status(&self.port, |s| {
+        self.status.update_port(&self.port, |s| {
             s.up = false;
             s.down_since = Some(since);
             s.up_since = None;
@@ -481,7 +432,7 @@ impl BadFrameLog {
     }
 }
 
-fn count_frames(port: &str, out: &StreamOutput) {
+fn count_frames(port: &str, status: &StatusRegistry, out: &StreamOutput) {
     if out.node_frames_lost > 0 {
         metrics::counter!("node_frames_lost_total", "port" => port.to_owned())
             .increment(out.node_frames_lost);
@@ -517,7 +468,7 @@ fn count_frames(port: &str, out: &StreamOutput) {
     }
     let (good, bad) = (out.good, out.bad.len() as u64);
     if good > 0 || bad > 0 {
-        update_status(port, |s| {
+        status.update_port(port, |s| {
             s.good_frames += good;
             s.bad_frames += bad;
             for reason in &out.bad {
@@ -580,7 +531,7 @@ async fn run_port(
     if stream_decoder.is_none() && plan.is_empty() {
         return Err(SerialInputError::NoRegisters { port });
     }
-    let mut health = PortHealth::new(&port, &cfg.port);
+    let mut health = PortHealth::new(&port, &cfg.port, ingest.status().clone());
     let mut backoff = BACKOFF_START;
     loop {
         if *shutdown.borrow() {
@@ -766,7 +717,7 @@ async fn stream_session(
             Ok(Err(e)) => return SessionEnd::Lost(e.to_string()),
         }
         spacer.space(&mut out.readings);
-        count_frames(port, &out);
+        count_frames(port, ingest.status(), &out);
         bad_log.note(port, &out, Instant::now());
         let readings = std::mem::take(&mut out.readings);
         if matches!(decoder, StreamDecoder::Node(_)) {
@@ -887,7 +838,7 @@ async fn modbus_session(
                     let (mut r, errors) =
                         modbus::readings_from_answer(request, &words, &port_tags, now_ns());
                     for (field, e) in &errors {
-                        count_modbus_error(port, &slave, ModbusFailure::Value);
+                        count_modbus_error(port, ingest.status(), &slave, ModbusFailure::Value);
                         tracing::warn!(
                             port,
                             slave = request.slave,
@@ -896,12 +847,12 @@ async fn modbus_session(
                         );
                     }
                     if !r.is_empty() {
-                        update_status(port, |s| s.good_frames += 1);
+                        ingest.status().update_port(port, |s| s.good_frames += 1);
                     }
                     readings.append(&mut r);
                 }
                 PollOutcome::Failed(failure, detail) => {
-                    count_modbus_error(port, &slave, failure);
+                    count_modbus_error(port, ingest.status(), &slave, failure);
                     tracing::warn!(
                         port,
                         slave = request.slave,
@@ -922,7 +873,7 @@ async fn modbus_session(
     }
 }
 
-fn count_modbus_error(port: &str, slave: &str, failure: ModbusFailure) {
+fn count_modbus_error(port: &str, status: &StatusRegistry, slave: &str, failure: ModbusFailure) {
     metrics::counter!(
         "modbus_errors_total",
         "port" => port.to_owned(),
@@ -930,7 +881,7 @@ fn count_modbus_error(port: &str, slave: &str, failure: ModbusFailure) {
         "reason" => failure.label()
     )
     .increment(1);
-    update_status(port, |s| {
+    status.update_port(port, |s| {
         s.bad_frames += 1;
         *s.bad_by_reason
             .entry(format!("slave={slave},reason={}", failure.label()))
