@@ -148,7 +148,7 @@ pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> anyhow::Res
         );
         inputs.spawn(async move { fut.await.map_err(anyhow::Error::from) });
     }
-    crate::input::spawn_serial_inputs(&config, &ingest, &shutdown, &mut inputs);
+    crate::input::spawn_serial_inputs(&config.inputs.serial, &ingest, &shutdown, &mut inputs);
     tracing::info!(
         gateway = %config.gateway.id,
         mqtt_inputs = config.inputs.mqtt.len(),

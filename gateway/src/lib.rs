@@ -24,6 +24,7 @@ pub mod loglimit;
 pub mod output;
 pub mod pipeline;
 pub mod probe;
+pub mod secret;
 pub mod spacer;
 pub mod status;
 pub mod statuscmd;

@@ -15,22 +15,18 @@ pub use ioc_model::limits::{
 };
 use ioc_model::Reading;
 
+use crate::loglimit::LogLimiter;
+
 /// The shortest time between two warnings for the same input and reason.
 pub const LOG_INTERVAL: Duration = Duration::from_secs(10);
-
-/// Rate limiting of the warning for one input and reason.
-#[derive(Debug)]
-struct LogGate {
-    last: Instant,
-    suppressed: u64,
-}
 
 /// The limits of all inputs, shared by all inputs (inside `Ingest`), with their counting and
 /// logging.
 #[derive(Debug, Default)]
 pub struct Limits {
     checker: LimitChecker,
-    logs: Mutex<HashMap<(String, &'static str), LogGate>>,
+    /// One rate limit per input and reason.
+    logs: Mutex<HashMap<(String, &'static str), LogLimiter>>,
 }
 
 /// Counts a message or reading an input refused (`readings_rejected_total{input,reason}`).
@@ -90,26 +86,12 @@ impl Limits {
     fn warn(&self, input: &str, reason: &'static str, reading: &Reading, msg: &str) -> bool {
         let suppressed = {
             let mut logs = self.logs.lock().unwrap_or_else(|p| p.into_inner());
-            let now = Instant::now();
-            match logs.get_mut(&(input.to_owned(), reason)) {
-                Some(gate) if now.duration_since(gate.last) < LOG_INTERVAL => {
-                    gate.suppressed += 1;
-                    return false;
-                }
-                Some(gate) => {
-                    gate.last = now;
-                    std::mem::take(&mut gate.suppressed)
-                }
-                None => {
-                    logs.insert(
-                        (input.to_owned(), reason),
-                        LogGate {
-                            last: now,
-                            suppressed: 0,
-                        },
-                    );
-                    0
-                }
+            let gate = logs
+                .entry((input.to_owned(), reason))
+                .or_insert_with(|| LogLimiter::new(1, LOG_INTERVAL));
+            match gate.admit(Instant::now()) {
+                Some(suppressed) => suppressed,
+                None => return false,
             }
         };
         let sensor = sensor_of(reading);

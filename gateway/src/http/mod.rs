@@ -41,9 +41,12 @@ use tokio::sync::{broadcast, mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 
 use crate::buffer::BufferStats;
-use crate::config::{resolve_secret, HttpSection, Secret, SecretError};
+use crate::secret::{resolve_secret, Secret, SecretError};
+
+pub mod config;
 use crate::status::{InputState, Observers, StoreSnapshot};
 use board::{Board, LiveEvent};
+pub use config::HttpSection;
 use readiness::{Readiness, ReadinessInput};
 
 const INDEX_HTML: &str = include_str!("assets/index.html");

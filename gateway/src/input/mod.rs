@@ -3,12 +3,12 @@ pub mod mqtt;
 
 /// Starts one task per `[[inputs.serial]]` port.
 pub fn spawn_serial_inputs(
-    config: &crate::config::Config,
+    ports: &[serial::SerialInputConfig],
     ingest: &crate::pipeline::Ingest,
     shutdown: &tokio::sync::watch::Receiver<bool>,
     set: &mut tokio::task::JoinSet<anyhow::Result<()>>,
 ) {
-    for (i, cfg) in config.inputs.serial.iter().enumerate() {
+    for (i, cfg) in ports.iter().enumerate() {
         let fut = serial::run_serial_input(cfg.clone(), i, ingest.clone(), shutdown.clone());
         set.spawn(async move { fut.await.map_err(anyhow::Error::from) });
     }

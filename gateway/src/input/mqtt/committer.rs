@@ -26,12 +26,12 @@ use bytes::Bytes;
 use rumqttc::mqttbytes::QoS;
 use tokio::sync::{mpsc, watch};
 
+use super::config::{PayloadFormat, RawReadings};
 use super::session::Completion;
 use super::MqttInputConfig;
 use crate::aggregate::Aggregator;
 use crate::backoff::Backoff;
 use crate::buffer::BufferError;
-use crate::config::{PayloadFormat, RawReadings};
 use crate::decode::json::{self, JsonMapping};
 use crate::decode::{camera, line_protocol};
 use crate::model::{Priority, Reading};
@@ -87,7 +87,7 @@ impl Committer {
             format: cfg.format,
             line_unit_ns: cfg
                 .timestamp_unit
-                .unwrap_or(crate::config::TimestampUnit::Ns)
+                .unwrap_or(ioc_decode::json::TimestampUnit::Ns)
                 .nanos(),
             mapping: cfg.json_mapping(),
             max_payload: cfg.max_payload_bytes,

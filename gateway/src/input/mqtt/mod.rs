@@ -34,9 +34,11 @@ use rumqttc::mqttbytes::QoS;
 use tokio::sync::{mpsc, watch};
 use tracing::Instrument;
 
-pub use crate::config::MqttInputConfig;
-use crate::config::{parse_mqtt_url, resolve_secret};
+pub mod config;
 use crate::pipeline::Ingest;
+use crate::secret::resolve_secret;
+use config::parse_mqtt_url;
+pub use config::MqttInputConfig;
 
 /// Messages handed to the committer and not yet committed, at most.
 pub const MAX_OUTSTANDING: usize = 8192;

@@ -36,11 +36,14 @@
 //! Secrets: the token and password are held in [`Secret`], whose `Debug`/`Display` print `***`;
 //! the authorization header is marked sensitive, and URLs with credentials in them are refused.
 
+pub mod config;
+
+use crate::backoff::{Backoff, Jitter};
+use crate::loglimit::LogLimiter;
 use crate::output::line_protocol::Flavor;
 use flate2::read::MultiGzDecoder;
 use flate2::write::GzEncoder;
 use flate2::Compression;
-use rand::Rng;
 use reqwest::header::{HeaderValue, AUTHORIZATION, CONTENT_ENCODING, CONTENT_TYPE, RETRY_AFTER};
 use reqwest::{StatusCode, Url};
 use std::fmt;
@@ -65,13 +68,23 @@ const MAX_ERROR_BODY: usize = 2048;
 pub const FAILURE_LOG_INTERVAL: Duration = Duration::from_secs(60);
 
 /// Rate limit of the store-failure log lines: one line per kind of failure per
-/// [`FAILURE_LOG_INTERVAL`], saying how many attempts failed since the last line.
-#[derive(Debug, Default)]
+/// [`FAILURE_LOG_INTERVAL`] (a new kind at once), saying how many attempts failed since the
+/// last line.
+#[derive(Debug)]
 struct FailureLog {
     kind: Option<&'static str>,
-    last_logged: Option<Instant>,
-    failed_since_logged: u64,
+    lines: LogLimiter,
     failed_since_success: u64,
+}
+
+impl Default for FailureLog {
+    fn default() -> Self {
+        FailureLog {
+            kind: None,
+            lines: LogLimiter::new(1, FAILURE_LOG_INTERVAL),
+            failed_since_success: 0,
+        }
+    }
 }
 
 impl FailureLog {
@@ -79,17 +92,12 @@ impl FailureLog {
     /// is due now.
     fn failure(&mut self, kind: &'static str, now: Instant) -> Option<u64> {
         self.failed_since_success += 1;
-        self.failed_since_logged += 1;
-        let due = self.kind != Some(kind)
-            || self
-                .last_logged
-                .is_none_or(|at| now.duration_since(at) >= FAILURE_LOG_INTERVAL);
-        if !due {
-            return None;
+        if self.kind != Some(kind) {
+            self.kind = Some(kind);
+            self.lines.open(now);
         }
-        self.kind = Some(kind);
-        self.last_logged = Some(now);
-        Some(std::mem::take(&mut self.failed_since_logged))
+        // The attempts held back, and this one.
+        self.lines.admit(now).map(|held| held + 1)
     }
 
     /// An accepted write: `Some(failed attempts)` when the store had been failing.
@@ -130,7 +138,7 @@ fn describe_transport(store: &str, reason: &str, timeout: bool) -> (&'static str
 }
 
 /// Tokens and passwords: the config module's type, whose `Debug`/`Display` never print the value.
-pub use crate::config::Secret;
+pub use crate::secret::Secret;
 
 /// Which write API the store speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -516,7 +524,7 @@ impl InfluxSink {
         shutdown: &mut watch::Receiver<bool>,
         delivered: &mut Delivered,
     ) -> Result<Settled, SinkError> {
-        let mut attempt: u32 = 0;
+        let mut backoff = self.retry_backoff();
         loop {
             let result = tokio::select! {
                 biased;
@@ -552,7 +560,7 @@ impl InfluxSink {
                     };
                     metrics::counter!("output_batches_failed_total", "reason" => reason)
                         .increment(1);
-                    let delay = retry_after.unwrap_or_else(|| self.backoff(attempt));
+                    let delay = backoff.next_wait_or(retry_after);
                     if let Some(failed) = self.failure_due(reason) {
                         tracing::warn!(status, error = %message, retry_in = ?delay, failed_attempts = failed,
                             "store did not take the batch; will retry (said again every 60 s while it goes on)");
@@ -563,7 +571,7 @@ impl InfluxSink {
                 Ok(WriteOutcome::Unauthorized { status, message }) => {
                     metrics::counter!("output_batches_failed_total", "reason" => "unauthorized")
                         .increment(1);
-                    let delay = self.backoff(attempt);
+                    let delay = backoff.next_wait();
                     if let Some(failed) = self.failure_due("unauthorized") {
                         tracing::error!(status, error = %message, url = %self.write_url, retry_in = ?delay,
                             failed_attempts = failed,
@@ -576,7 +584,7 @@ impl InfluxSink {
                 Ok(WriteOutcome::Misconfigured { status, message }) => {
                     metrics::counter!("output_batches_failed_total", "reason" => "misconfigured")
                         .increment(1);
-                    let delay = self.backoff(attempt);
+                    let delay = backoff.next_wait();
                     if let Some(failed) = self.failure_due("misconfigured") {
                         tracing::error!(status, error = %message, url = %self.write_url, retry_in = ?delay,
                             failed_attempts = failed,
@@ -592,7 +600,7 @@ impl InfluxSink {
                     let label = if timeout { "timeout" } else { "connection" };
                     metrics::counter!("output_batches_failed_total", "reason" => label)
                         .increment(1);
-                    let delay = self.backoff(attempt);
+                    let delay = backoff.next_wait();
                     let (kind, what) = describe_transport(&self.store_authority, &reason, timeout);
                     if let Some(failed) = self.failure_due(kind) {
                         if kind == "dns" {
@@ -614,8 +622,12 @@ impl InfluxSink {
                 _ = shutdown.wait_for(|stop| *stop) => return Err(SinkError::Shutdown),
                 () = tokio::time::sleep(delay) => {}
             }
-            attempt = attempt.saturating_add(1);
         }
+    }
+
+    /// The wait between attempts at one body: full jitter, because many gateways share a store.
+    fn retry_backoff(&self) -> Backoff {
+        Backoff::new(self.backoff_initial, self.backoff_max).with_jitter(Jitter::Full)
     }
 
     fn failure_log(&self) -> std::sync::MutexGuard<'_, FailureLog> {
@@ -631,17 +643,6 @@ impl InfluxSink {
         if let Some(o) = &self.observer {
             o.failed(error);
         }
-    }
-
-    /// Full jitter: a uniform delay between 0 and `min(backoff_max, backoff_initial * 2^attempt)`.
-    fn backoff(&self, attempt: u32) -> Duration {
-        let ceiling = self
-            .backoff_initial
-            .checked_mul(1u32 << attempt.min(20))
-            .unwrap_or(self.backoff_max)
-            .min(self.backoff_max);
-        let nanos = u64::try_from(ceiling.as_nanos()).unwrap_or(u64::MAX);
-        Duration::from_nanos(rand::thread_rng().gen_range(0..=nanos))
     }
 
     /// Bisects a refused batch: halves are re-sent until each refused line stands alone, then
@@ -1099,11 +1100,12 @@ mod tests {
         config.backoff_initial = Duration::from_millis(100);
         config.backoff_max = Duration::from_secs(1);
         let sink = InfluxSink::new(config).unwrap();
-        for attempt in [0, 1, 3, 10, 40, u32::MAX] {
-            let ceiling =
-                Duration::from_millis(100 * (1u64 << attempt.min(20))).min(Duration::from_secs(1));
-            for _ in 0..50 {
-                assert!(sink.backoff(attempt) <= ceiling);
+        for _ in 0..50 {
+            let mut backoff = sink.retry_backoff();
+            for attempt in 0..45u32 {
+                let ceiling = Duration::from_millis(100 * (1u64 << attempt.min(20)))
+                    .min(Duration::from_secs(1));
+                assert!(backoff.next_wait() <= ceiling);
             }
         }
     }

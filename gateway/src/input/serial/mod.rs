@@ -73,8 +73,10 @@ use tokio_modbus::Slave;
 use tokio_serial::{DataBits, FlowControl, Parity, SerialPortBuilderExt, SerialStream, StopBits};
 use tracing::Instrument;
 
+use crate::backoff::{Backoff, Jitter};
 use crate::clock::now_ns;
-use crate::config::{SerialInputConfig, SerialProtocol};
+use crate::loglimit::LogLimiter;
+pub mod config;
 use crate::decode::modbus::{self, classify_unanswered, ModbusFailure, ModbusRequest};
 use crate::decode::node::{NodeDecoder, Pending};
 use crate::decode::pms5003::{Pms5003Decoder, Pms5003Variant};
@@ -84,6 +86,7 @@ use crate::model::{Priority, Reading};
 use crate::pipeline::Ingest;
 pub use crate::status::SerialPortStatus;
 use crate::status::StatusRegistry;
+pub use config::{SerialInputConfig, SerialProtocol};
 
 /// First reopen delay after a port is lost or missing.
 pub const BACKOFF_START: Duration = Duration::from_millis(200);
@@ -392,11 +395,21 @@ pub const BAD_FRAME_LOG_INTERVAL: Duration = Duration::from_secs(60);
 /// The rate-limited warning about bad frames on one port: the first bad frame is reported at
 /// once, then at most one summary per [`BAD_FRAME_LOG_INTERVAL`], with the counts by reason
 /// since the previous line.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct BadFrameLog {
-    last: Option<Instant>,
+    lines: LogLimiter,
     good: u64,
     bad: BTreeMap<&'static str, u64>,
+}
+
+impl Default for BadFrameLog {
+    fn default() -> Self {
+        BadFrameLog {
+            lines: LogLimiter::new(1, BAD_FRAME_LOG_INTERVAL),
+            good: 0,
+            bad: BTreeMap::new(),
+        }
+    }
 }
 
 impl BadFrameLog {
@@ -406,13 +419,10 @@ impl BadFrameLog {
         for reason in &out.bad {
             *self.bad.entry(reason).or_default() += 1;
         }
-        if self.bad.is_empty()
-            || self
-                .last
-                .is_some_and(|t| now.saturating_duration_since(t) < BAD_FRAME_LOG_INTERVAL)
-        {
+        if self.bad.is_empty() {
             return None;
         }
+        self.lines.admit(now)?;
         let total: u64 = self.bad.values().sum();
         let reasons: Vec<String> = self.bad.iter().map(|(r, n)| format!("{r}={n}")).collect();
         let summary = format!(
@@ -425,7 +435,6 @@ impl BadFrameLog {
             "{summary}: check the wiring, baud rate and protocol (said at most every {} s)",
             BAD_FRAME_LOG_INTERVAL.as_secs()
         );
-        self.last = Some(now);
         self.good = 0;
         self.bad.clear();
         Some(summary)
@@ -532,7 +541,8 @@ async fn run_port(
         return Err(SerialInputError::NoRegisters { port });
     }
     let mut health = PortHealth::new(&port, &cfg.port, ingest.status().clone());
-    let mut backoff = BACKOFF_START;
+    // A local device: nobody else to meet on reconnect, so no jitter.
+    let mut backoff = Backoff::new(BACKOFF_START, BACKOFF_CAP).with_jitter(Jitter::None);
     loop {
         if *shutdown.borrow() {
             return Ok(());
@@ -540,7 +550,7 @@ async fn run_port(
         match open_port(&cfg.port, cfg.baud) {
             Ok(stream) => {
                 health.up();
-                backoff = BACKOFF_START;
+                backoff.reset();
                 let end = match stream_decoder.as_mut() {
                     Some(decoder) => {
                         decoder.reset();
@@ -559,9 +569,8 @@ async fn run_port(
         }
         tokio::select! {
             _ = wait_shutdown(shutdown) => return Ok(()),
-            _ = tokio::time::sleep(backoff) => {}
+            _ = tokio::time::sleep(backoff.next_wait()) => {}
         }
-        backoff = (backoff * 2).min(BACKOFF_CAP);
     }
 }
 
@@ -609,11 +618,22 @@ pub const NODE_COMMIT_BACKOFF_START: Duration = Duration::from_millis(200);
 pub const NODE_COMMIT_BACKOFF_CAP: Duration = Duration::from_secs(5);
 
 /// Node readings the buffer refused: when to offer the next ones, and how long after that.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct NodeCommitBackoff {
     /// While set and in the future, node readings are dropped unacknowledged without a try.
     until: Option<Instant>,
-    next: Option<Duration>,
+    /// The local disk is the only peer: no jitter.
+    backoff: Backoff,
+}
+
+impl Default for NodeCommitBackoff {
+    fn default() -> Self {
+        NodeCommitBackoff {
+            until: None,
+            backoff: Backoff::new(NODE_COMMIT_BACKOFF_START, NODE_COMMIT_BACKOFF_CAP)
+                .with_jitter(Jitter::None),
+        }
+    }
 }
 
 impl NodeCommitBackoff {
@@ -622,15 +642,14 @@ impl NodeCommitBackoff {
     }
 
     fn refused(&mut self, now: Instant) -> Duration {
-        let wait = self.next.unwrap_or(NODE_COMMIT_BACKOFF_START);
+        let wait = self.backoff.next_wait();
         self.until = Some(now + wait);
-        self.next = Some((wait * 2).min(NODE_COMMIT_BACKOFF_CAP));
         wait
     }
 
     fn worked(&mut self) {
         self.until = None;
-        self.next = None;
+        self.backoff.reset();
     }
 }
 

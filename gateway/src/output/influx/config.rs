@@ -1,0 +1,86 @@
+//! The `[output.influxdb]` section: which store, which API and credentials, how batches are
+//! sized and timed, with the checks the output makes on its own section.
+
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum InfluxApi {
+    V1,
+    #[default]
+    V2,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InfluxConfig {
+    pub url: String,
+    #[serde(default)]
+    pub api: InfluxApi,
+    pub org: Option<String>,
+    pub bucket: Option<String>,
+    /// v1 only.
+    pub database: Option<String>,
+    pub token_env: Option<String>,
+    pub token_file: Option<PathBuf>,
+    /// v1 basic auth.
+    pub username: Option<String>,
+    pub password_env: Option<String>,
+    pub password_file: Option<PathBuf>,
+    pub ca_file: Option<PathBuf>,
+    #[serde(default)]
+    pub insecure_skip_verify: bool,
+    #[serde(default = "default_batch_max_lines")]
+    pub batch_max_lines: u32,
+    #[serde(default = "default_flush_interval")]
+    pub flush_interval_ms: u64,
+    #[serde(default = "default_timeout")]
+    pub timeout_ms: u64,
+}
+
+fn default_batch_max_lines() -> u32 {
+    5000
+}
+fn default_flush_interval() -> u64 {
+    1000
+}
+fn default_timeout() -> u64 {
+    10_000
+}
+
+impl InfluxConfig {
+    /// Checks the store's section; the error's key is relative to `[output.influxdb]`.
+    pub fn validate(&self) -> Result<(), (String, String)> {
+        let bad = |key: &str, msg: String| Err((key.to_owned(), msg));
+        match self.url.split_once("://").map(|(scheme, _)| scheme) {
+            Some("http") | Some("https") => {}
+            _ => {
+                return bad(
+                    "url",
+                    format!("must be an http:// or https:// URL, got {:?}", self.url),
+                )
+            }
+        }
+        match self.api {
+            InfluxApi::V2 => {
+                if self.bucket.as_deref().is_none_or(str::is_empty) {
+                    return bad("bucket", "api = \"v2\" needs a bucket".into());
+                }
+            }
+            InfluxApi::V1 => {
+                if self.database.as_deref().is_none_or(str::is_empty) {
+                    return bad("database", "api = \"v1\" needs a database".into());
+                }
+            }
+        }
+        if self.token_env.is_some() && self.token_file.is_some() {
+            return bad("token_env", "set token_env or token_file, not both".into());
+        }
+        if self.batch_max_lines == 0 {
+            return bad("batch_max_lines", "must be above 0".into());
+        }
+        Ok(())
+    }
+}
