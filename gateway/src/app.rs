@@ -1,19 +1,34 @@
 //! Starts and stops a whole gateway from a [`Config`]: buffer, output, inputs, shutdown.
 //!
-//! Shutdown order on SIGTERM/SIGINT: inputs stop taking messages and commit what they hold
-//! (their acks follow), the buffer writer flushes and stops, the forwarder abandons its
-//! in-flight batch (it stays in the buffer and is re-sent next time).
+//! Shutdown order on SIGTERM/SIGINT (or when an input fails to start), each stage with its own
+//! deadline so a hung disk or a slow HTTP client cannot keep the process up for ever:
+//! 1. inputs stop taking messages and commit what they hold, their acks follow
+//!    ([`INPUTS_DEADLINE`]; an input still busy then is aborted, its unacked messages are
+//!    redelivered by the broker or resent by the node);
+//! 2. the buffer writer flushes and stops ([`BUFFER_DEADLINE`]);
+//! 3. the forwarder abandons its in-flight batch, which stays in the buffer and is re-sent next
+//!    time ([`FORWARDER_DEADLINE`]);
+//! 4. the HTTP server stops, live streams end ([`HTTP_DEADLINE`]).
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use tokio::sync::watch;
 
 use crate::buffer::{self, BufferConfig};
 use crate::config::{resolve_secret, Config, InfluxApi};
 use crate::output::{Api, InfluxSink, InfluxSinkConfig};
 use crate::pipeline::{run_forwarder, ForwarderConfig, Ingest};
+use crate::shutdown::Shutdown;
+
+/// How long the inputs get to commit and acknowledge what they hold.
+pub const INPUTS_DEADLINE: Duration = Duration::from_secs(15);
+/// How long the buffer writer gets to flush its last group to disk.
+pub const BUFFER_DEADLINE: Duration = Duration::from_secs(10);
+/// How long the forwarder gets to put down its in-flight batch.
+pub const FORWARDER_DEADLINE: Duration = Duration::from_secs(5);
+/// How long the HTTP server gets to finish its responses.
+pub const HTTP_DEADLINE: Duration = Duration::from_secs(5);
 
 /// Builds the sink's settings from `[output.influxdb]`, resolving secrets.
 pub fn sink_config(config: &Config) -> anyhow::Result<InfluxSinkConfig> {
@@ -46,8 +61,9 @@ pub fn sink_config(config: &Config) -> anyhow::Result<InfluxSinkConfig> {
     Ok(s)
 }
 
-/// Runs the gateway until `shutdown` turns true (the binary wires it to SIGTERM/SIGINT).
-pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
+/// Runs the gateway until `shutdown` is triggered (the binary wires it to SIGTERM/SIGINT), then
+/// stops it in order (see the module docs).
+pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
     let data_dir = config.gateway.data_dir.clone();
     std::fs::create_dir_all(&data_dir)
         .with_context(|| format!("cannot create data_dir {}", data_dir.display()))?;
@@ -83,7 +99,11 @@ pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> anyhow::Res
     );
     // HTTP before the inputs. A busy port does not stop the gateway: collecting and forwarding
     // readings matters more than its status page; the error says what to change.
-    let (http_stop_tx, http_stop_rx) = watch::channel(false);
+    // Each stage has its own signal: the inputs' stops with the whole, the others are stopped
+    // in order once the stage before them has finished.
+    let inputs_stop = shutdown.child();
+    let forwarder_stop = Shutdown::new();
+    let http_stop = Shutdown::new();
     let token = if config.http.enabled {
         crate::http::resolve_token(&config.http)?
     } else {
@@ -111,7 +131,7 @@ pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> anyhow::Res
             observers.clone(),
             crate::http::install_metrics_recorder(),
             settings,
-            http_stop_rx,
+            http_stop.clone(),
         )))
     } else {
         None
@@ -125,7 +145,6 @@ pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> anyhow::Res
     )
     .with_limits(config.limits.clone());
 
-    let (fwd_stop_tx, fwd_stop_rx) = watch::channel(false);
     let forwarder = tokio::spawn(run_forwarder(
         reader,
         sink,
@@ -134,7 +153,7 @@ pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> anyhow::Res
             flush_interval: Duration::from_millis(config.output.influxdb.flush_interval_ms),
         },
         observers.store.clone(),
-        fwd_stop_rx,
+        forwarder_stop.clone(),
     ));
 
     let mut inputs = tokio::task::JoinSet::new();
@@ -144,11 +163,11 @@ pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> anyhow::Res
             i,
             ingest.clone(),
             data_dir.clone(),
-            shutdown.clone(),
+            inputs_stop.clone(),
         );
         inputs.spawn(async move { fut.await.map_err(anyhow::Error::from) });
     }
-    crate::input::spawn_serial_inputs(&config.inputs.serial, &ingest, &shutdown, &mut inputs);
+    crate::input::spawn_serial_inputs(&config.inputs.serial, &ingest, &inputs_stop, &mut inputs);
     tracing::info!(
         gateway = %config.gateway.id,
         mqtt_inputs = config.inputs.mqtt.len(),
@@ -156,45 +175,107 @@ pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> anyhow::Res
         "gateway running"
     );
 
+    // Runs until told to stop, or until an input fails: a broken input (bad TLS files,
+    // secrets) is a setup error, so the gateway stops cleanly and says so. No inputs at all, or
+    // all ended on their own: the backlog is still forwarded until told to stop.
     let mut failure = None;
-    while let Some(res) = inputs.join_next().await {
-        match res {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => {
-                tracing::error!("input failed: {e:#}");
-                failure.get_or_insert(e);
+    loop {
+        tokio::select! {
+            res = inputs.join_next(), if !inputs.is_empty() => {
+                if let Some(res) = res {
+                    note_input_end(res, &mut failure);
+                }
+                if failure.is_some() {
+                    break;
+                }
             }
-            Err(e) => {
-                tracing::error!("input task panicked: {e}");
-                failure.get_or_insert(anyhow::anyhow!("input task panicked: {e}"));
-            }
-        }
-        if failure.is_some() && !*shutdown.borrow() {
-            // A broken input (bad TLS files, secrets) is a setup error: stop cleanly and say so.
-            break;
+            () = shutdown.wait() => break,
         }
     }
-    if failure.is_none() {
-        // No inputs at all, or all ended on their own: keep forwarding the backlog until told to stop.
-        let mut stop = shutdown.clone();
-        let _ = stop.wait_for(|s| *s).await;
+
+    // 1. Inputs.
+    inputs_stop.trigger();
+    let inputs_done = tokio::time::timeout(INPUTS_DEADLINE, async {
+        while let Some(res) = inputs.join_next().await {
+            note_input_end(res, &mut failure);
+        }
+    })
+    .await;
+    if inputs_done.is_err() {
+        tracing::warn!(
+            still_running = inputs.len(),
+            "inputs did not stop within {} s; aborted, their unacknowledged messages will be redelivered",
+            INPUTS_DEADLINE.as_secs()
+        );
+        inputs.shutdown().await;
     }
-    inputs.shutdown().await;
     drop(ingest);
-    writer.shutdown().await;
-    let _ = fwd_stop_tx.send(true);
-    let _ = forwarder.await;
-    let _ = http_stop_tx.send(true);
+    // 2. The buffer.
+    if tokio::time::timeout(BUFFER_DEADLINE, writer.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::error!(
+            "the buffer did not finish writing within {} s (disk hung?); what it had not made durable was never acknowledged",
+            BUFFER_DEADLINE.as_secs()
+        );
+    }
+    // 3. The forwarder.
+    forwarder_stop.trigger();
+    stop_within("forwarder", forwarder, FORWARDER_DEADLINE).await;
+    // 4. The HTTP server.
+    http_stop.trigger();
     if let Some(task) = http_task {
-        match task.await {
-            Ok(Err(e)) => tracing::warn!("{e}"),
-            Err(e) => tracing::warn!("HTTP server task failed: {e}"),
-            Ok(Ok(())) => {}
+        match stop_within("HTTP server", task, HTTP_DEADLINE).await {
+            Some(Err(e)) => tracing::warn!("{e}"),
+            Some(Ok(())) | None => {}
         }
     }
     tracing::info!("gateway stopped; buffer flushed");
     match failure {
         Some(e) => Err(e),
         None => Ok(()),
+    }
+}
+
+/// Records how an input task ended; the first failure is kept.
+fn note_input_end(
+    res: Result<anyhow::Result<()>, tokio::task::JoinError>,
+    failure: &mut Option<anyhow::Error>,
+) {
+    match res {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            tracing::error!("input failed: {e:#}");
+            failure.get_or_insert(e);
+        }
+        Err(e) => {
+            tracing::error!("input task panicked: {e}");
+            failure.get_or_insert(anyhow::anyhow!("input task panicked: {e}"));
+        }
+    }
+}
+
+/// Waits up to `deadline` for a task that was told to stop, aborting it after that. Its
+/// result, if it finished.
+async fn stop_within<T>(
+    what: &str,
+    mut task: tokio::task::JoinHandle<T>,
+    deadline: Duration,
+) -> Option<T> {
+    match tokio::time::timeout(deadline, &mut task).await {
+        Ok(Ok(result)) => Some(result),
+        Ok(Err(e)) => {
+            tracing::warn!("{what} task failed: {e}");
+            None
+        }
+        Err(_) => {
+            tracing::warn!(
+                "{what} did not stop within {} s; aborted",
+                deadline.as_secs()
+            );
+            task.abort();
+            None
+        }
     }
 }

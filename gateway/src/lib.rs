@@ -25,6 +25,7 @@ pub mod output;
 pub mod pipeline;
 pub mod probe;
 pub mod secret;
+pub mod shutdown;
 pub mod spacer;
 pub mod status;
 pub mod statuscmd;

@@ -251,13 +251,14 @@ fn run(path: PathBuf) -> anyhow::Result<()> {
         .build()
         .context("cannot start the async runtime")?;
     runtime.block_on(async move {
-        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let shutdown = ioc_gateway::shutdown::Shutdown::new();
+        let on_signal = shutdown.clone();
         tokio::spawn(async move {
             wait_for_signal().await;
             tracing::info!("shutdown requested: stopping inputs and flushing the buffer");
-            let _ = stop_tx.send(true);
+            on_signal.trigger();
         });
-        ioc_gateway::app::run(config, stop_rx).await
+        ioc_gateway::app::run(config, shutdown).await
     })
 }
 

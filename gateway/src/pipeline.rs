@@ -9,6 +9,7 @@ use std::sync::Arc;
 use crate::buffer::{BufferError, BufferWriter};
 use crate::model::{Priority, Reading};
 use crate::output::{encode, Flavor};
+use crate::shutdown::Shutdown;
 use crate::status::{LiveFeed, StatusRegistry};
 
 /// Shared by all inputs; cheap to clone.
@@ -185,7 +186,7 @@ pub async fn run_forwarder(
     sink: Arc<crate::output::InfluxSink>,
     cfg: ForwarderConfig,
     store: crate::status::StoreState,
-    mut shutdown: tokio::sync::watch::Receiver<bool>,
+    shutdown: Shutdown,
 ) {
     use crate::output::SinkError;
     use std::time::{Duration, Instant};
@@ -199,13 +200,13 @@ pub async fn run_forwarder(
             {
                 tokio::select! {
                     _ = tokio::time::sleep(cfg.flush_interval - since) => {}
-                    _ = shutdown.wait_for(|s| *s) => return,
+                    _ = shutdown.wait() => return,
                 }
             }
         }
         let batch = tokio::select! {
             b = reader.next_batch(cfg.batch_max_lines) => b,
-            _ = shutdown.wait_for(|s| *s) => return,
+            _ = shutdown.wait() => return,
         };
         let batch = match batch {
             Ok(b) => b,
@@ -213,7 +214,7 @@ pub async fn run_forwarder(
                 tracing::error!("cannot read the buffer: {e}; retrying in 1 s");
                 tokio::select! {
                     _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
-                    _ = shutdown.wait_for(|s| *s) => return,
+                    _ = shutdown.wait() => return,
                 }
             }
         };
@@ -238,7 +239,7 @@ pub async fn run_forwarder(
                     tracing::error!("batch not delivered: {e}; retrying in 5 s");
                     tokio::select! {
                         _ = tokio::time::sleep(Duration::from_secs(5)) => {}
-                        _ = shutdown.wait_for(|s| *s) => return,
+                        _ = shutdown.wait() => return,
                     }
                 }
             }
@@ -247,7 +248,7 @@ pub async fn run_forwarder(
             tracing::error!("cannot record the store's confirmation: {e}; retrying in 1 s");
             tokio::select! {
                 _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                _ = shutdown.wait_for(|s| *s) => return,
+                _ = shutdown.wait() => return,
             }
         }
     }

@@ -9,6 +9,7 @@
 mod http_common;
 mod pty_common;
 
+use ioc_gateway::shutdown::Shutdown;
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::time::Duration;
@@ -88,7 +89,8 @@ async fn serial_port_state_in_readyz_api_and_status() {
         poll_interval_ms: 5000,
         registers: vec![],
     };
-    let (stop_serial, stop_rx) = tokio::sync::watch::channel(false);
+    let stop_serial = Shutdown::new();
+    let stop_rx = stop_serial.clone();
     let serial_task = tokio::spawn(run_serial_input(cfg, 0, ingest, stop_rx));
 
     // Up: two good frames and a corrupt one; the port shows up with its counts.
@@ -243,7 +245,7 @@ async fn serial_port_state_in_readyz_api_and_status() {
         "{text}"
     );
 
-    stop_serial.send(true).unwrap();
+    stop_serial.trigger();
     tokio::time::timeout(Duration::from_secs(2), serial_task)
         .await
         .unwrap()

@@ -14,13 +14,13 @@ use ioc_gateway::output::influx::{
     Api, InfluxSink, InfluxSinkConfig, SinkError, WriteOutcome, DEAD_LETTER_FILE,
 };
 use ioc_gateway::output::line_protocol::{encode, Flavor};
+use ioc_gateway::shutdown::Shutdown;
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-use tokio::sync::watch;
 
 /// A server process that is killed when the test ends.
 struct Server {
@@ -320,7 +320,7 @@ async fn influxdb_1x_stores_a_multi_member_batch_exactly() {
     let readings = tricky_readings(40, 1_700_000_000_123_456_789, 1_000_003_007);
     let lines = encode_lines(&readings, sink.flavor());
     let body = multi_member(&lines, 7);
-    let (_tx, shutdown) = watch::channel(false);
+    let shutdown = Shutdown::new();
     let delivered = sink.deliver(&body, 40, &shutdown).await.unwrap();
     // A freshly started InfluxDB may answer the first write with a retryable error (the sink
     // then retries); what matters is that the whole batch went in at once, unsplit.
@@ -351,7 +351,7 @@ async fn influxdb_1x_bad_line_is_dead_lettered_and_good_lines_stored() {
     let bad_line = "env,sensor_id=bad pm2_5=abc 1700000000000000100";
     lines.insert(5, format!("{bad_line}\n").into_bytes());
     let body = multi_member(&lines, 3);
-    let (_tx, shutdown) = watch::channel(false);
+    let shutdown = Shutdown::new();
     assert!(matches!(
         sink.write(&body, 10).await.unwrap(),
         WriteOutcome::BadBatch { status: 400, ref message } if message.contains("invalid boolean")
@@ -461,7 +461,7 @@ async fn victoria_metrics_stores_a_multi_member_batch_exactly() {
     let readings = tricky_readings(40, 1_700_000_000_123_000_000, 1_003_000_000);
     let lines = encode_lines(&readings, sink.flavor());
     let body = multi_member(&lines, 7);
-    let (_tx, shutdown) = watch::channel(false);
+    let shutdown = Shutdown::new();
     let delivered = sink.deliver(&body, 40, &shutdown).await.unwrap();
     // A retryable first answer from a store that just started is allowed; no split, no loss.
     assert_eq!(delivered.lines_sent, 40, "{delivered:?}");
@@ -677,7 +677,7 @@ async fn victoria_metrics_oversized_line_is_dead_lettered_and_the_rest_stored() 
         .field("text", FieldValue::Str("x".repeat(300 * 1024)));
     lines.splice(4..4, encode_lines(&[huge], Flavor::V2));
     let body = multi_member(&lines, 5);
-    let (_tx, shutdown) = watch::channel(false);
+    let shutdown = Shutdown::new();
     let delivered = sink.deliver(&body, 13, &shutdown).await.unwrap();
     assert_eq!(delivered.lines_sent, 12);
     assert_eq!(delivered.lines_dead_lettered, 1);

@@ -9,13 +9,13 @@ use flate2::Compression;
 use ioc_gateway::output::influx::{
     Api, Delivered, InfluxSink, InfluxSinkConfig, Secret, SinkError, WriteOutcome, DEAD_LETTER_FILE,
 };
+use ioc_gateway::shutdown::Shutdown;
 use std::io::{Read, Write};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
 
 /// One request as the fake store saw it.
 #[derive(Debug, Clone)]
@@ -185,8 +185,8 @@ fn config(url: String, dir: &std::path::Path) -> InfluxSinkConfig {
     config
 }
 
-fn no_shutdown() -> (watch::Sender<bool>, watch::Receiver<bool>) {
-    watch::channel(false)
+fn no_shutdown() -> Shutdown {
+    Shutdown::new()
 }
 
 #[tokio::test]
@@ -241,7 +241,7 @@ async fn server_errors_are_retried_until_accepted() {
     let dir = tempfile::tempdir().unwrap();
     let sink = InfluxSink::new(config(store.url(), dir.path())).unwrap();
     let (lines, body) = batch(10, 4, &[]);
-    let (_tx, rx) = no_shutdown();
+    let rx = no_shutdown();
     let delivered = sink.deliver(&body, 10, &rx).await.unwrap();
     assert_eq!(
         delivered,
@@ -274,7 +274,7 @@ async fn retry_after_of_a_429_is_honoured() {
     let dir = tempfile::tempdir().unwrap();
     let sink = InfluxSink::new(config(store.url(), dir.path())).unwrap();
     let (_, body) = batch(2, 2, &[]);
-    let (_tx, rx) = no_shutdown();
+    let rx = no_shutdown();
     let started = Instant::now();
     let delivered = sink.deliver(&body, 2, &rx).await.unwrap();
     let elapsed = started.elapsed();
@@ -304,7 +304,7 @@ async fn a_stalled_store_times_out_and_is_retried() {
         matches!(err, SinkError::Transport { timeout: true, .. }),
         "{err:?}"
     );
-    let (_tx, rx) = no_shutdown();
+    let rx = no_shutdown();
     let started = Instant::now();
     let delivered = sink.deliver(&body, 2, &rx).await.unwrap();
     assert_eq!(
@@ -342,7 +342,7 @@ async fn a_refused_connection_is_retried_until_the_store_is_up() {
         let store = FakeStore::serve(listener, Arc::new(|_, _| no_content()));
         *seen_for_starter.lock().unwrap() = Some(store);
     });
-    let (_tx, rx) = no_shutdown();
+    let rx = no_shutdown();
     let delivered = sink.deliver(&body, 5, &rx).await.unwrap();
     assert_eq!(delivered.lines_sent, 5);
     assert!(delivered.requests >= 2, "{delivered:?}");
@@ -369,7 +369,7 @@ async fn bad_lines_are_split_out_and_dead_lettered() {
     let dead_dir = dir.path().join("dead");
     let sink = InfluxSink::new(config(store.url(), &dead_dir)).unwrap();
     let (lines, body) = batch(20, 3, &[3, 4, 17]);
-    let (_tx, rx) = no_shutdown();
+    let rx = no_shutdown();
     let delivered = sink.deliver(&body, 20, &rx).await.unwrap();
     assert_eq!(delivered.lines_sent, 17);
     assert_eq!(delivered.lines_dead_lettered, 3);
@@ -417,7 +417,7 @@ async fn a_batch_of_one_bad_line_is_dead_lettered_at_once() {
     let dir = tempfile::tempdir().unwrap();
     let sink = InfluxSink::new(config(store.url(), dir.path())).unwrap();
     let (lines, body) = batch(1, 1, &[0]);
-    let (_tx, rx) = no_shutdown();
+    let rx = no_shutdown();
     let delivered = sink.deliver(&body, 1, &rx).await.unwrap();
     assert_eq!(
         delivered,
@@ -454,7 +454,7 @@ async fn unauthorized_is_retried_and_never_dead_lettered() {
             message: "authorization failed".into()
         }
     );
-    let (_tx, rx) = no_shutdown();
+    let rx = no_shutdown();
     let delivered = sink.deliver(&body, 4, &rx).await.unwrap();
     assert_eq!(
         delivered,
@@ -473,10 +473,11 @@ async fn shutdown_ends_a_delivery_that_cannot_finish() {
     let dir = tempfile::tempdir().unwrap();
     let sink = InfluxSink::new(config(store.url(), dir.path())).unwrap();
     let (_, body) = batch(2, 2, &[]);
-    let (tx, rx) = watch::channel(false);
+    let tx = Shutdown::new();
+    let rx = tx.clone();
     tokio::spawn(async move {
         tokio::time::sleep(Duration::from_millis(200)).await;
-        tx.send(true).unwrap();
+        tx.trigger();
     });
     let started = Instant::now();
     let err = sink.deliver(&body, 2, &rx).await.unwrap_err();
@@ -490,7 +491,8 @@ async fn shutdown_ends_a_delivery_that_cannot_finish() {
 
     // Already shut down: no request at all. A stalled request is abandoned too.
     let before = store.seen().len();
-    let (_tx, stopped) = watch::channel(true);
+    let stopped = Shutdown::new();
+    stopped.trigger();
     assert!(matches!(
         sink.deliver(&body, 2, &stopped).await,
         Err(SinkError::Shutdown)
@@ -499,10 +501,11 @@ async fn shutdown_ends_a_delivery_that_cannot_finish() {
 
     let stalling = FakeStore::start(|_, _| Reply::Stall).await;
     let sink = InfluxSink::new(config(stalling.url(), dir.path())).unwrap();
-    let (tx, rx) = watch::channel(false);
+    let tx = Shutdown::new();
+    let rx = tx.clone();
     tokio::spawn(async move {
         tokio::time::sleep(Duration::from_millis(200)).await;
-        tx.send(true).unwrap();
+        tx.trigger();
     });
     let started = Instant::now();
     assert!(matches!(

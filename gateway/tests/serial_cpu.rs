@@ -14,6 +14,7 @@
 //! PMS5003 frames/s, thirty times a real sensor's rate) and 11 520 bytes/s at 115 200 baud for
 //! node frames (drained of the gateway's acks).
 
+use ioc_gateway::shutdown::Shutdown;
 use std::collections::BTreeMap;
 use std::io::{BufRead, Read, Write};
 use std::path::PathBuf;
@@ -178,7 +179,8 @@ fn serial_cpu_at_line_rate() {
         .unwrap();
     let (writer, _reader, _) = buffer::open(BufferConfig::new(dir.path(), 1 << 30)).unwrap();
     let ingest = Ingest::new(writer, "gw-cpu", Flavor::V2);
-    let (tx, rx) = tokio::sync::watch::channel(false);
+    let tx = Shutdown::new();
+    let rx = tx.clone();
     let mut names = Vec::new();
     for (i, (kind, path)) in ports.iter().enumerate() {
         let name = format!("cpu-{kind}-{i}");
@@ -233,7 +235,7 @@ fn serial_cpu_at_line_rate() {
         frames("cpu-node"),
         bad(),
     );
-    let _ = tx.send(true);
+    tx.trigger();
     let stats = ingest.writer().stats();
     let cpu = c1 - c0;
     let pms_ports = ports.iter().filter(|(k, _)| k == "pms").count();

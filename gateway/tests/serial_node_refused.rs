@@ -15,6 +15,7 @@
 
 mod pty_common;
 
+use ioc_gateway::shutdown::Shutdown;
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -167,7 +168,8 @@ async fn node_readings_refused_by_a_full_disk_are_resent_and_never_acked_early()
         poll_interval_ms: 5000,
         registers: vec![],
     };
-    let (shutdown, rx) = tokio::sync::watch::channel(false);
+    let shutdown = Shutdown::new();
+    let rx = shutdown.clone();
     let task = {
         let ingest = ingest.clone();
         tokio::spawn(async move { run_serial_input(port_cfg, 0, ingest, rx).await.unwrap() })
@@ -341,7 +343,7 @@ async fn node_readings_refused_by_a_full_disk_are_resent_and_never_acked_early()
     );
     assert_eq!(got, expected);
 
-    shutdown.send(true).unwrap();
+    shutdown.trigger();
     tokio::time::timeout(Duration::from_secs(3), task)
         .await
         .unwrap()

@@ -6,6 +6,7 @@
 
 mod pty_common;
 
+use ioc_gateway::shutdown::Shutdown;
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{Read, Write};
@@ -36,14 +37,14 @@ const SDS_CAPTURE: &str = "aa c0 09 00 09 00 58 d9 43 ab";
 struct Harness {
     reader: BufferReader,
     ingest: Ingest,
-    shutdown: tokio::sync::watch::Sender<bool>,
+    shutdown: Shutdown,
     _dir: tempfile::TempDir,
 }
 
 fn harness() -> Harness {
     let dir = tempfile::tempdir().unwrap();
     let (writer, reader, _) = buffer::open(BufferConfig::new(dir.path(), 64 << 20)).unwrap();
-    let (shutdown, _) = tokio::sync::watch::channel(false);
+    let shutdown = Shutdown::new();
     Harness {
         reader,
         ingest: Ingest::new(writer, "gw-test", Flavor::V2),
@@ -74,7 +75,7 @@ impl Harness {
 impl Harness {
     fn start(&self, cfg: SerialInputConfig, index: usize) -> tokio::task::JoinHandle<()> {
         let ingest = self.ingest.clone();
-        let rx = self.shutdown.subscribe();
+        let rx = self.shutdown.clone();
         tokio::spawn(async move {
             run_serial_input(cfg, index, ingest, rx).await.unwrap();
         })
@@ -189,7 +190,7 @@ async fn pms5003_frames_with_noise_torn_and_corrupt_frames() {
     .await;
     h.no_more_lines(Duration::from_millis(300)).await;
 
-    h.shutdown.send(true).unwrap();
+    h.shutdown.trigger();
     tokio::time::timeout(Duration::from_secs(2), task)
         .await
         .unwrap()
@@ -239,7 +240,7 @@ async fn sds011_frames_skip_command_replies() {
             ("checksum".to_string(), 1),
         ])
     );
-    h.shutdown.send(true).unwrap();
+    h.shutdown.trigger();
     tokio::time::timeout(Duration::from_secs(2), task)
         .await
         .unwrap()
@@ -310,7 +311,7 @@ async fn a_port_missing_at_start_that_vanishes_and_comes_back() {
         vec![format!("{tags} {PMS_3_FIELDS}")]
     );
     assert!(reopened_after < Duration::from_secs(10));
-    h.shutdown.send(true).unwrap();
+    h.shutdown.trigger();
     tokio::time::timeout(Duration::from_secs(2), task)
         .await
         .unwrap()
@@ -492,7 +493,7 @@ async fn modbus_bus_with_good_dead_garbling_and_refusing_slaves() {
     let requests = seen.lock().unwrap().clone();
     assert_eq!(requests[0], hex("01 04 00 01 00 02 20 0b"));
     assert!(requests.iter().all(|r| r[4..6] == [0, 2]));
-    h.shutdown.send(true).unwrap();
+    h.shutdown.trigger();
     tokio::time::timeout(Duration::from_secs(3), task)
         .await
         .unwrap()
@@ -537,7 +538,7 @@ async fn shipped_xy_md02_map_parses_and_polls() {
             "environment,district={district},gateway=gw-test,sensor_id={sensor} humidity=58,temperature=23.1"
         )]
     );
-    h.shutdown.send(true).unwrap();
+    h.shutdown.trigger();
     tokio::time::timeout(Duration::from_secs(3), task)
         .await
         .unwrap()
@@ -649,7 +650,7 @@ async fn node_frames_become_readings_and_are_acked_on_the_port() {
     let s = h.status("node-a");
     assert_eq!(s.good_frames, 3);
     assert!(s.bad_frames >= 2, "garbage and a corrupt frame: {s:?}");
-    h.shutdown.send(true).unwrap();
+    h.shutdown.trigger();
     tokio::time::timeout(Duration::from_secs(2), task)
         .await
         .unwrap()

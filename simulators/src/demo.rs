@@ -432,10 +432,10 @@ pub async fn run_demo(opts: DemoOptions) -> anyhow::Result<()> {
     let config = ioc_gateway::config::Config::parse(&config_path, &text)
         .map_err(|e| anyhow::anyhow!("demo config: {e}"))?;
 
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let mut gateway = tokio::spawn(ioc_gateway::app::run(config, stop_rx));
+    let stop = ioc_gateway::shutdown::Shutdown::new();
+    let mut gateway = tokio::spawn(ioc_gateway::app::run(config, stop.clone()));
     if !wait_for_http(http_listen, Duration::from_secs(15)).await {
-        let _ = stop_tx.send(true);
+        stop.trigger();
         match tokio::time::timeout(Duration::from_secs(5), &mut gateway).await {
             Ok(Ok(Err(e))) => bail!("the gateway did not start: {e:#}"),
             _ => {
@@ -542,7 +542,7 @@ pub async fn run_demo(opts: DemoOptions) -> anyhow::Result<()> {
         };
     }
     println!("stopping: flushing the gateway's buffer…");
-    let _ = stop_tx.send(true);
+    stop.trigger();
     match gateway.await {
         Ok(res) => res?,
         Err(e) => bail!("gateway task failed: {e}"),

@@ -37,11 +37,12 @@ use axum::{Json, Router};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
-use tokio::sync::{broadcast, mpsc, watch};
+use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 
 use crate::buffer::BufferStats;
 use crate::secret::{resolve_secret, Secret, SecretError};
+use crate::shutdown::Shutdown;
 
 pub mod config;
 use crate::status::{InputState, Observers, StoreSnapshot};
@@ -187,7 +188,7 @@ struct AppState {
     settings: HttpSettings,
     disk_errors: Mutex<DiskErrorWatch>,
     live_clients: AtomicUsize,
-    shutdown: watch::Receiver<bool>,
+    shutdown: Shutdown,
 }
 
 type Shared = Arc<AppState>;
@@ -374,7 +375,7 @@ impl HttpServer {
         observers: Observers,
         metrics: PrometheusHandle,
         settings: HttpSettings,
-        shutdown: watch::Receiver<bool>,
+        shutdown: Shutdown,
     ) -> Result<(), HttpError> {
         let board = Board::new(settings.max_sensors);
         let state = Arc::new(AppState {
@@ -395,10 +396,10 @@ impl HttpServer {
             auth = state.token.is_some(),
             "HTTP server listening (live page, /metrics, /healthz, /readyz)"
         );
-        let mut stop = shutdown;
+        let stop = shutdown;
         let result = axum::serve(self.listener, router(state))
             .with_graceful_shutdown(async move {
-                let _ = stop.wait_for(|s| *s).await;
+                stop.wait().await;
             })
             .await
             .map_err(HttpError::Serve);
@@ -415,7 +416,7 @@ pub async fn serve(
     observers: Observers,
     metrics: PrometheusHandle,
     settings: HttpSettings,
-    shutdown: watch::Receiver<bool>,
+    shutdown: Shutdown,
 ) -> Result<(), HttpError> {
     HttpServer::bind(listen)
         .await?
@@ -427,7 +428,7 @@ pub async fn serve(
 async fn run_board(
     mut feed: broadcast::Receiver<Arc<crate::status::LiveReading>>,
     board: Board,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: Shutdown,
 ) {
     loop {
         tokio::select! {
@@ -439,12 +440,12 @@ async fn run_board(
                 Err(broadcast::error::RecvError::Lagged(n)) => board.lagged(n),
                 Err(broadcast::error::RecvError::Closed) => return,
             },
-            _ = shutdown.wait_for(|s| *s) => return,
+            _ = shutdown.wait() => return,
         }
     }
 }
 
-async fn run_upkeep(state: Shared, mut shutdown: watch::Receiver<bool>) {
+async fn run_upkeep(state: Shared, shutdown: Shutdown) {
     let mut tick = tokio::time::interval(UPKEEP_INTERVAL);
     loop {
         tokio::select! {
@@ -452,7 +453,7 @@ async fn run_upkeep(state: Shared, mut shutdown: watch::Receiver<bool>) {
                 state.metrics.run_upkeep();
                 let _ = state.buffer_stats();
             }
-            _ = shutdown.wait_for(|s| *s) => return,
+            _ = shutdown.wait() => return,
         }
     }
 }
@@ -630,7 +631,7 @@ async fn api_live(State(state): State<Shared>, Query(q): Query<LiveQuery>) -> Re
     let with_status = matches!(q.status.as_deref(), Some("1" | "true" | "yes"));
     let (tx, rx) = mpsc::channel::<Result<Event, Infallible>>(LIVE_CLIENT_QUEUE);
     let mut feed = state.observers.live.subscribe();
-    let mut shutdown = state.shutdown.clone();
+    let shutdown = state.shutdown.clone();
     tokio::spawn(async move {
         let mut status_tick = tokio::time::interval(STATUS_EVENT_INTERVAL);
         loop {
@@ -651,7 +652,7 @@ async fn api_live(State(state): State<Shared>, Query(q): Query<LiveQuery>) -> Re
                 _ = status_tick.tick(), if with_status => {
                     Event::default().event("status").json_data(guard.0.status_json()).ok()
                 }
-                _ = shutdown.wait_for(|s| *s) => return,
+                _ = shutdown.wait() => return,
                 _ = tx.closed() => return,
             };
             let Some(event) = event else { continue };
@@ -659,7 +660,7 @@ async fn api_live(State(state): State<Shared>, Query(q): Query<LiveQuery>) -> Re
             // instead of queueing here: memory stays bounded by the feed's capacity.
             tokio::select! {
                 sent = tx.send(Ok(event)) => if sent.is_err() { return },
-                _ = shutdown.wait_for(|s| *s) => return,
+                _ = shutdown.wait() => return,
             }
         }
     });

@@ -1,11 +1,12 @@
 //! Inputs: transport only (MQTT connections, serial ports); decoding lives in [`crate::decode`].
+use crate::shutdown::Shutdown;
 pub mod mqtt;
 
 /// Starts one task per `[[inputs.serial]]` port.
 pub fn spawn_serial_inputs(
     ports: &[serial::SerialInputConfig],
     ingest: &crate::pipeline::Ingest,
-    shutdown: &tokio::sync::watch::Receiver<bool>,
+    shutdown: &Shutdown,
     set: &mut tokio::task::JoinSet<anyhow::Result<()>>,
 ) {
     for (i, cfg) in ports.iter().enumerate() {

@@ -2,6 +2,7 @@
 //! port, and small HTTP helpers.
 #![allow(dead_code)]
 
+use ioc_gateway::shutdown::Shutdown;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,7 +12,6 @@ use ioc_gateway::config::Secret;
 use ioc_gateway::http::{install_metrics_recorder, HttpError, HttpServer, HttpSettings};
 use ioc_gateway::model::{FieldValue, Reading};
 use ioc_gateway::status::Observers;
-use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 pub struct TestGateway {
@@ -19,7 +19,7 @@ pub struct TestGateway {
     pub observers: Observers,
     pub writer: BufferWriter,
     pub reader: BufferReader,
-    stop: watch::Sender<bool>,
+    stop: Shutdown,
     task: Option<JoinHandle<Result<(), HttpError>>>,
     _dir: tempfile::TempDir,
 }
@@ -33,7 +33,8 @@ impl TestGateway {
         let observers = Observers::new("gw-test".to_owned(), writer.clone());
         let server = HttpServer::bind("127.0.0.1:0").await.unwrap();
         let addr = server.local_addr();
-        let (stop, stop_rx) = watch::channel(false);
+        let stop = Shutdown::new();
+        let stop_rx = stop.clone();
         let task = tokio::spawn(server.run(
             token.map(Secret::new),
             observers.clone(),
@@ -70,7 +71,7 @@ impl TestGateway {
 
     /// Stops the server and checks it ended cleanly and promptly.
     pub async fn stop(mut self) {
-        self.stop.send(true).unwrap();
+        self.stop.trigger();
         if let Some(task) = self.task.take() {
             tokio::time::timeout(Duration::from_secs(5), task)
                 .await

@@ -37,6 +37,7 @@ use tracing::Instrument;
 pub mod config;
 use crate::pipeline::Ingest;
 use crate::secret::resolve_secret;
+use crate::shutdown::Shutdown;
 use config::parse_mqtt_url;
 pub use config::MqttInputConfig;
 
@@ -64,7 +65,7 @@ pub async fn run_mqtt_input(
     index: usize,
     ingest: Ingest,
     data_dir: std::path::PathBuf,
-    shutdown: watch::Receiver<bool>,
+    shutdown: Shutdown,
 ) -> Result<(), MqttInputError> {
     let name = cfg.name.clone().unwrap_or_else(|| format!("mqtt{index}"));
     let span = tracing::info_span!("mqtt", input = %name, url = %cfg.url);
@@ -78,7 +79,7 @@ async fn run(
     name: String,
     ingest: Ingest,
     data_dir: std::path::PathBuf,
-    shutdown: watch::Receiver<bool>,
+    shutdown: Shutdown,
 ) -> Result<(), MqttInputError> {
     let setup = |message: String| MqttInputError::Setup {
         input: name.clone(),

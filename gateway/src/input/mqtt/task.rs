@@ -29,6 +29,7 @@ use super::committer::Inbound;
 use super::connection::{self, Endpoint};
 use super::session::{Action, CloseReason, Completion, Session};
 use crate::backoff::Backoff;
+use crate::shutdown::Shutdown;
 
 /// Bytes asked of the socket per read.
 pub const READ_CHUNK: usize = 64 * 1024;
@@ -45,7 +46,7 @@ pub struct Wiring {
     /// When the current broker session began (None while disconnected).
     pub connected_tx: watch::Sender<Option<Instant>>,
     pub status: crate::status::StatusRegistry,
-    pub shutdown: watch::Receiver<bool>,
+    pub shutdown: Shutdown,
 }
 
 /// How one connection ended.
@@ -82,7 +83,7 @@ pub async fn run(mut session: Session, mut w: Wiring, handoff: mpsc::Sender<Inbo
     // The only sender: dropping it on shutdown closes the hand-off, so the committer finishes
     // what it holds and stops.
     let mut handoff = Some(handoff);
-    let mut shutting_down = *w.shutdown.borrow();
+    let mut shutting_down = w.shutdown.is_triggered();
     while !shutting_down {
         let ended = match connection::open(&w.endpoint).await {
             Ok(stream) => serve(&mut session, &mut w, &m, &mut handoff, stream, &mut backoff).await,
@@ -119,10 +120,10 @@ pub async fn run(mut session: Session, mut w: Wiring, handoff: mpsc::Sender<Inbo
                     }
                     None => { shutting_down = true; break; }
                 },
-                _ = w.shutdown.changed() => { shutting_down = true; break; }
+                _ = w.shutdown.wait() => { shutting_down = true; break; }
             }
         }
-        shutting_down |= *w.shutdown.borrow();
+        shutting_down |= w.shutdown.is_triggered();
     }
     // Not connected (or done): let the committer finish what it holds, briefly.
     handoff.take();
@@ -302,7 +303,7 @@ async fn serve(
                 Err(e) => return Ended::Lost(format!("broker connection lost: {e}")),
             },
             _ = tick.tick() => pending = session.tick(Instant::now()),
-            _ = w.shutdown.changed(), if shutdown_deadline.is_none() => {
+            _ = w.shutdown.wait(), if shutdown_deadline.is_none() => {
                 session.begin_shutdown();
                 // Closing the hand-off lets the committer finish what it holds and stop.
                 handoff.take();

@@ -66,7 +66,6 @@ use std::task::{Context as TaskContext, Poll};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
-use tokio::sync::watch;
 use tokio_modbus::client::{Context as ModbusContext, Reader};
 use tokio_modbus::slave::SlaveContext;
 use tokio_modbus::Slave;
@@ -76,6 +75,7 @@ use tracing::Instrument;
 use crate::backoff::{Backoff, Jitter};
 use crate::clock::now_ns;
 use crate::loglimit::LogLimiter;
+use crate::shutdown::Shutdown;
 pub mod config;
 use crate::decode::modbus::{self, classify_unanswered, ModbusFailure, ModbusRequest};
 use crate::decode::node::{NodeDecoder, Pending};
@@ -520,11 +520,11 @@ pub async fn run_serial_input(
     cfg: SerialInputConfig,
     index: usize,
     ingest: Ingest,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: Shutdown,
 ) -> Result<(), SerialInputError> {
     let port = port_label(&cfg);
     let span = tracing::info_span!("serial", input = index, port = %port);
-    run_port(cfg, port, ingest, &mut shutdown)
+    run_port(cfg, port, ingest, &shutdown)
         .instrument(span)
         .await
 }
@@ -533,7 +533,7 @@ async fn run_port(
     cfg: SerialInputConfig,
     port: String,
     ingest: Ingest,
-    shutdown: &mut watch::Receiver<bool>,
+    shutdown: &Shutdown,
 ) -> Result<(), SerialInputError> {
     let mut stream_decoder = StreamDecoder::for_port(&cfg);
     let plan = modbus::plan_requests(&cfg.registers);
@@ -544,7 +544,7 @@ async fn run_port(
     // A local device: nobody else to meet on reconnect, so no jitter.
     let mut backoff = Backoff::new(BACKOFF_START, BACKOFF_CAP).with_jitter(Jitter::None);
     loop {
-        if *shutdown.borrow() {
+        if shutdown.is_triggered() {
             return Ok(());
         }
         match open_port(&cfg.port, cfg.baud) {
@@ -568,20 +568,8 @@ async fn run_port(
             Err(e) => health.down(&format!("cannot open {}: {e}", cfg.port.display())),
         }
         tokio::select! {
-            _ = wait_shutdown(shutdown) => return Ok(()),
+            _ = shutdown.wait() => return Ok(()),
             _ = tokio::time::sleep(backoff.next_wait()) => {}
-        }
-    }
-}
-
-/// Resolves once shutdown is requested (or can no longer be, the sender being gone).
-async fn wait_shutdown(rx: &mut watch::Receiver<bool>) {
-    loop {
-        if *rx.borrow_and_update() {
-            return;
-        }
-        if rx.changed().await.is_err() {
-            return;
         }
     }
 }
@@ -705,7 +693,7 @@ async fn stream_session(
     decoder: &mut StreamDecoder,
     port: &str,
     ingest: &Ingest,
-    shutdown: &mut watch::Receiver<bool>,
+    shutdown: &Shutdown,
 ) -> SessionEnd {
     let mut buf = vec![0u8; 4096];
     let mut out = StreamOutput::default();
@@ -715,7 +703,7 @@ async fn stream_session(
     loop {
         out.clear();
         let read = tokio::select! {
-            _ = wait_shutdown(shutdown) => return SessionEnd::Shutdown,
+            _ = shutdown.wait() => return SessionEnd::Shutdown,
             r = tokio::time::timeout(IDLE_FLUSH, stream.read(&mut buf)) => r,
         };
         match read {
@@ -820,7 +808,7 @@ async fn modbus_session(
     plan: &[ModbusRequest],
     port: &str,
     ingest: &Ingest,
-    shutdown: &mut watch::Receiver<bool>,
+    shutdown: &Shutdown,
 ) -> SessionEnd {
     let received = Arc::new(Mutex::new(Vec::new()));
     let tap = TapStream {
@@ -838,12 +826,12 @@ async fn modbus_session(
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
-            _ = wait_shutdown(shutdown) => return SessionEnd::Shutdown,
+            _ = shutdown.wait() => return SessionEnd::Shutdown,
             _ = ticker.tick() => {}
         }
         let mut readings = Vec::new();
         for request in plan {
-            if *shutdown.borrow() {
+            if shutdown.is_triggered() {
                 commit(port, ingest, readings).await;
                 return SessionEnd::Shutdown;
             }

@@ -41,6 +41,7 @@ pub mod config;
 use crate::backoff::{Backoff, Jitter};
 use crate::loglimit::LogLimiter;
 use crate::output::line_protocol::Flavor;
+use crate::shutdown::Shutdown;
 use flate2::read::MultiGzDecoder;
 use flate2::write::GzEncoder;
 use flate2::Compression;
@@ -51,7 +52,6 @@ use std::io::{Read, Write};
 use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::io::AsyncWriteExt;
-use tokio::sync::watch;
 
 /// Name of the dead-letter file inside [`InfluxSinkConfig::dead_letter_dir`].
 pub const DEAD_LETTER_FILE: &str = "dead-letter.lp";
@@ -473,8 +473,7 @@ impl InfluxSink {
     /// batch is fully handled — every line either accepted by the store or appended to the
     /// dead-letter file — or when shutdown is requested.
     ///
-    /// `shutdown`: a `tokio::sync::watch` channel whose value turns `true` to request shutdown (a
-    /// dropped sender counts as a request too). On shutdown the in-flight request is abandoned
+    /// `shutdown`: the forwarder's stop signal. On shutdown the in-flight request is abandoned
     /// and [`SinkError::Shutdown`] is returned: the caller must keep the batch and send it again
     /// later (the store may already hold some of its lines; re-sending them is idempotent). If
     /// shutdown is already requested when called, no request is made.
@@ -485,12 +484,11 @@ impl InfluxSink {
         &self,
         body_gz: &[u8],
         lines: u32,
-        shutdown: &watch::Receiver<bool>,
+        shutdown: &Shutdown,
     ) -> Result<Delivered, SinkError> {
-        let mut shutdown = shutdown.clone();
         let mut delivered = Delivered::default();
         let result = match self
-            .send_until_settled(body_gz, lines, &mut shutdown, &mut delivered)
+            .send_until_settled(body_gz, lines, shutdown, &mut delivered)
             .await?
         {
             Settled::Accepted => {
@@ -504,7 +502,7 @@ impl InfluxSink {
                     lines,
                     "the store refused the batch; splitting it to find the bad lines"
                 );
-                self.split_and_deliver(body_gz, status, message, &mut shutdown, &mut delivered)
+                self.split_and_deliver(body_gz, status, message, shutdown, &mut delivered)
                     .await
                     .map(|()| delivered)
             }
@@ -521,14 +519,14 @@ impl InfluxSink {
         &self,
         body_gz: &[u8],
         lines: u32,
-        shutdown: &mut watch::Receiver<bool>,
+        shutdown: &Shutdown,
         delivered: &mut Delivered,
     ) -> Result<Settled, SinkError> {
         let mut backoff = self.retry_backoff();
         loop {
             let result = tokio::select! {
                 biased;
-                _ = shutdown.wait_for(|stop| *stop) => return Err(SinkError::Shutdown),
+                _ = shutdown.wait() => return Err(SinkError::Shutdown),
                 result = self.write(body_gz, lines) => result,
             };
             delivered.requests += 1;
@@ -619,7 +617,7 @@ impl InfluxSink {
             metrics::counter!("output_retries_total").increment(1);
             tokio::select! {
                 biased;
-                _ = shutdown.wait_for(|stop| *stop) => return Err(SinkError::Shutdown),
+                _ = shutdown.wait() => return Err(SinkError::Shutdown),
                 () = tokio::time::sleep(delay) => {}
             }
         }
@@ -652,7 +650,7 @@ impl InfluxSink {
         body_gz: &[u8],
         status: u16,
         message: String,
-        shutdown: &mut watch::Receiver<bool>,
+        shutdown: &Shutdown,
         delivered: &mut Delivered,
     ) -> Result<(), SinkError> {
         let text = match decompress(body_gz) {
