@@ -1,4 +1,4 @@
-//! CPU cost of the serial input at full line rate (the figure issue 3 asks for). Ignored by
+//! CPU cost of the serial input at full line rate, a measurement. Ignored by
 //! default; run it in release mode:
 //!
 //! ```text

@@ -1,6 +1,6 @@
 //! `sensor-sim` driven from end-to-end tests: play a scenario into a real broker with
 //! `sensor-sim run`, then let `sensor-sim verify` say whether the store holds exactly what the
-//! broker acknowledged (issue 5: every end-to-end test runs through the simulator and its verdict).
+//! broker acknowledged (every end-to-end test runs through the simulator and its verdict).
 //!
 //! Why it exists: the tests should exercise the very binaries a technician uses at commissioning,
 //! not a second, test-only publisher and checker. This module only runs them and reads what they

@@ -1,4 +1,4 @@
-//! Whole-city end-to-end tests (issue 5): the scenarios in `config/scenarios/` — `district-rush-hour`
+//! A whole city's traffic arrives whole: the scenarios in `config/scenarios/` — `district-rush-hour`
 //! and `faulty-field` — played by the real `sensor-sim run` into a real mosquitto, through the real
 //! `ioc-gateway` (inputs env, traffic, frigate and lpr, mapped as the simulators README says the
 //! manifest assumes) into VictoriaMetrics (`api = "v2"`) or InfluxDB 1.x (`api = "v1"`), and judged by

@@ -1,4 +1,4 @@
-//! The one-command demo (issue 5), run as the README says: `sensor-sim demo`, here with a temp
+//! The one-command demo works as the README says: `sensor-sim demo`, here with a temp
 //! `--dir` and free ports so it cannot clash with anything on the machine.
 //!
 //! - Without a store (`--store` naming a port nothing listens on): it prints where to look,
@@ -8,7 +8,7 @@
 //! - Both stop cleanly within seconds on SIGINT (Ctrl-C) and SIGTERM (systemd, `kill`).
 //!
 //! Time from spawn to the printed addresses and to the first live reading are printed, not
-//! asserted tightly (the issue's bound, a minute, is asserted).
+//! asserted tightly (only a generous bound, a minute, is asserted).
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
@@ -22,7 +22,7 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use serde_json::Value;
 
-/// The issue's promise: the demo shows live readings within a minute.
+/// The README's promise: the demo shows live readings within a minute.
 const WITHIN_A_MINUTE: Duration = Duration::from_secs(60);
 
 /// A running `sensor-sim demo` with its output collected line by line.

@@ -1,4 +1,4 @@
-//! End-to-end tests of issue 6 ("camera events, traffic data and urgent-first delivery"): real
+//! Camera events and traffic data are stored exactly, and urgent events are delivered first: real
 //! mosquitto → `ioc-gateway run` (a real process) → real InfluxDB 1.x / VictoriaMetrics, every point
 //! read back and compared with exact tags, values and timestamps.
 //!

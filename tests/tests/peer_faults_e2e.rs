@@ -1,4 +1,5 @@
-//! Faults of the peers (issue 8, item 6) against the real `ioc-gateway` binary, a real mosquitto
+//! The gateway rides out its peers' faults (a slow, failing or hanging store, a garbage-spewing
+//! serial port, a store name that does not resolve) without losing or doubling a message, against the real `ioc-gateway` binary, a real mosquitto
 //! and a real VictoriaMetrics:
 //!
 //! 1. **A store slow to accept**: a [`FaultProxy`] holds every write 2.5 s before passing it to

@@ -1,4 +1,5 @@
-//! Reliability end-to-end tests of issue 8 (items 4, 5 and the DNS part of 6), run against the real
+//! A full disk, a power cut and a store name that does not resolve lose nothing but what is
+//! counted as lost, run against the real
 //! `ioc-gateway` binary, a real mosquitto and a real VictoriaMetrics:
 //!
 //! - **Disk full**: the gateway's data dir on a 4 MiB tmpfs (when `mount -t tmpfs` is allowed,

@@ -1,4 +1,4 @@
-//! Security end to end (issue 8): a real mosquitto with TLS (certificates made here with the
+//! The gateway refuses the wrong credentials and certificates, and never shows a secret: a real mosquitto with TLS (certificates made here with the
 //! `openssl` CLI: a CA, a server certificate for 127.0.0.1/localhost, an expired one, an unrelated
 //! second CA, a client certificate for mutual TLS) and a password file (`mosquitto_passwd -b`).
 //! The real `ioc-gateway` binary must refuse a wrong password, an unknown CA and an expired

@@ -1,4 +1,4 @@
-//! Memory while the store is down for a long run at full input rate (issue 8), a measurement,
+//! Memory stays bounded while the store is down for a long run at full input rate: a measurement,
 //! not part of the default run (`#[ignore]`: it takes minutes):
 //!
 //! ```sh

@@ -1,15 +1,16 @@
-//! End-to-end tests of issue 2 ("the gateway's spine"): real mosquitto → `ioc-gateway run` (a real
+//! Every reading published at QoS 1 is stored exactly once, with exact tags, values and times,
+//! through crashes, store outages and broker restarts: real mosquitto → `ioc-gateway run` (a real
 //! process) → real VictoriaMetrics / InfluxDB 1.x, checked by reading every point back with exact tags,
 //! values and timestamps.
 //!
 //! The volume, crash, outage and broker-restart tests publish with the real `sensor-sim run` (an
 //! environment-only scenario written by the test) and take the real `sensor-sim verify` as their
-//! verdict (issue 5); each also checks what `verify` does not (the exact label set, nothing stored
+//! verdict; each also checks what `verify` does not (the exact label set, nothing stored
 //! beyond the manifest, InfluxDB's nanosecond times and field types), and one shows the verdict
 //! failing on a tampered manifest and on an empty store. The bad-input and string/tag tests publish
 //! hand-made payloads with [`MqttPublisher`] and read the store back themselves.
 //!
-//! Written against the contract of issue 2: `ioc-gateway run --config FILE`, `ioc-gateway check-config
+//! Written against the gateway's documented contract: `ioc-gateway run --config FILE`, `ioc-gateway check-config
 //! FILE`, the TOML keys of `[gateway]`, `[[inputs.mqtt]]`, `[output.influxdb]`, `[buffer]`, topics
 //! `city/<district>/env/<sensor_id>` with `topic_tags = "_/district/_/sensor_id"`, JSON numbers as float
 //! fields, VictoriaMetrics series `environment_<field>{district,sensor_id,gateway}`.
@@ -84,7 +85,7 @@ impl EnvReading {
 }
 
 // ---------------------------------------------------------------------------------------------------
-// Gateway config (the contract of issue 2).
+// Gateway config (the documented contract).
 // ---------------------------------------------------------------------------------------------------
 
 enum Store<'a> {
@@ -302,7 +303,7 @@ fn assert_victoria_holds_exactly(
 // ---------------------------------------------------------------------------------------------------
 
 // ---------------------------------------------------------------------------------------------------
-// Runs through `sensor-sim run` and judged by `sensor-sim verify` (issue 5).
+// Runs through `sensor-sim run` and judged by `sensor-sim verify`.
 // ---------------------------------------------------------------------------------------------------
 
 /// The environment-only scenario these tests play: `stations` stations spread over districts
@@ -1067,7 +1068,7 @@ fn check_config_accepts_the_contract_example() {
     let output = check_config(&path).unwrap();
     assert!(
         output.status.success(),
-        "check-config rejected the example of issue 2: {}",
+        "check-config rejected the documented example: {}",
         String::from_utf8_lossy(&output.stderr)
     );
 }
