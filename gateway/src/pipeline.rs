@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use crate::buffer::{BufferError, BufferWriter};
 use crate::model::{Priority, Reading};
-use crate::output::{encode, Flavor};
+use crate::model::{encode, Flavor};
 use crate::shutdown::Shutdown;
 use crate::status::{LiveFeed, StatusRegistry};
 

@@ -328,7 +328,7 @@ async fn process_group(
                                 tracing::warn!(topic = %msg.topic, "reading rejected: {e}");
                             }
                         } else if a.raw_log.is_some() {
-                            crate::output::encode(&r, c.ingest.flavor(), &mut raw);
+                            crate::model::encode(&r, c.ingest.flavor(), &mut raw);
                         }
                     }
                 }
