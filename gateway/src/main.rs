@@ -53,7 +53,7 @@ enum Command {
         #[arg(long)]
         baud: Option<u32>,
         #[arg(long, value_enum, default_value = "auto")]
-        protocol: ioc_gateway::probe::ProbeProtocol,
+        protocol: ioc_gateway::cli::probe::ProbeProtocol,
         /// Give up if nothing decodes within this many seconds.
         #[arg(long, default_value_t = 10)]
         seconds: u64,
@@ -90,7 +90,7 @@ enum BufferCommand {
         output: PathBuf,
         /// Which priority class to export.
         #[arg(long, value_enum, default_value = "all")]
-        class: ioc_gateway::buffercmd::ClassChoice,
+        class: ioc_gateway::cli::buffer::ClassChoice,
         /// Also export what the store already acknowledged but is still on disk.
         #[arg(long)]
         include_acked: bool,
@@ -110,8 +110,8 @@ struct BufferSourceArgs {
 }
 
 impl BufferSourceArgs {
-    fn source(self) -> ioc_gateway::buffercmd::BufferSource {
-        use ioc_gateway::buffercmd::BufferSource;
+    fn source(self) -> ioc_gateway::cli::buffer::BufferSource {
+        use ioc_gateway::cli::buffer::BufferSource;
         match (self.config, self.data_dir) {
             (Some(config), _) => BufferSource::Config(config),
             (None, Some(dir)) => BufferSource::DataDir(dir),
@@ -176,7 +176,7 @@ fn main() -> ExitCode {
                 .build()
                 .map_err(anyhow::Error::from)
                 .and_then(|rt| {
-                    rt.block_on(ioc_gateway::probe::probe(port, baud, protocol, seconds))
+                    rt.block_on(ioc_gateway::cli::probe::probe(port, baud, protocol, seconds))
                 });
             match result {
                 Ok(true) => ExitCode::SUCCESS,
@@ -200,7 +200,7 @@ fn main() -> ExitCode {
 }
 
 fn buffer(command: BufferCommand) -> ExitCode {
-    use ioc_gateway::buffercmd;
+    use ioc_gateway::cli::buffer as buffercmd;
     let result = match command {
         BufferCommand::Stats { source, json } => {
             buffercmd::stats(&source.source(), json, buffercmd::stderr_is_terminal())
@@ -238,7 +238,7 @@ fn status(url: &str, token_env: Option<&str>) -> anyhow::Result<String> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    runtime.block_on(ioc_gateway::statuscmd::status(url, token))
+    runtime.block_on(ioc_gateway::cli::status::status(url, token))
 }
 
 fn run(path: PathBuf) -> anyhow::Result<()> {
