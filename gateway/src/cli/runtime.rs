@@ -14,7 +14,7 @@ const GATEWAY_WORKER_THREADS: usize = 2;
 pub enum Kind {
     /// One thread, the caller's: for a command that blocks on one future.
     CurrentThread,
-    /// The running gateway: a multi-thread runtime with [`GATEWAY_WORKER_THREADS`] workers.
+    /// The running gateway: a multi-thread runtime with two workers.
     Gateway,
 }
 
