@@ -14,7 +14,7 @@
 pub mod aggregate;
 pub mod app;
 pub mod backoff;
-pub mod buffercmd;
+pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod http;
@@ -23,12 +23,10 @@ pub mod limits;
 pub mod loglimit;
 pub mod output;
 pub mod pipeline;
-pub mod probe;
 pub mod secret;
 pub mod shutdown;
 pub mod spacer;
 pub mod status;
-pub mod statuscmd;
 
 // The pipeline's pure stages are crates of their own; these names keep `crate::model::Reading`
 // and friends reading as the pipeline they are.

@@ -7,8 +7,8 @@
 use std::sync::Arc;
 
 use crate::buffer::{BufferError, BufferWriter};
-use crate::model::{Priority, Reading};
 use crate::model::{encode, Flavor};
+use crate::model::{Priority, Reading};
 use crate::shutdown::Shutdown;
 use crate::status::{LiveFeed, StatusRegistry};
 

@@ -444,14 +444,14 @@ async fn status_command_prints_a_summary_without_secrets() {
     wait_for_sensors(&gw, Some(TOKEN), |b| b["sensors_total"] == 1).await;
     let base = format!("http://{}", gw.addr);
 
-    let err = ioc_gateway::statuscmd::status(&base, None)
+    let err = ioc_gateway::cli::status::status(&base, None)
         .await
         .unwrap_err();
     assert_eq!(
         err.to_string(),
         format!("the gateway at {base} requires a token: pass --token-env VAR naming a variable that holds it")
     );
-    let text = ioc_gateway::statuscmd::status(&format!("{base}/"), Some(Secret::new(TOKEN)))
+    let text = ioc_gateway::cli::status::status(&format!("{base}/"), Some(Secret::new(TOKEN)))
         .await
         .unwrap();
     println!("{text}");
@@ -499,7 +499,7 @@ async fn status_command_prints_a_summary_without_secrets() {
     assert!(!text.contains("hunter2") && !text.contains(TOKEN), "{text}");
     gw.stop().await;
 
-    let err = ioc_gateway::statuscmd::status(&base, None)
+    let err = ioc_gateway::cli::status::status(&base, None)
         .await
         .unwrap_err();
     assert!(

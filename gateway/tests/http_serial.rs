@@ -172,7 +172,7 @@ async fn serial_port_state_in_readyz_api_and_status() {
 
     // `status` says the same.
     let base = format!("http://{}", gw.addr);
-    let text = ioc_gateway::statuscmd::status(&base, None).await.unwrap();
+    let text = ioc_gateway::cli::status::status(&base, None).await.unwrap();
     println!("{text}");
     let lines: Vec<&str> = text.lines().collect();
     assert!(
@@ -228,7 +228,7 @@ async fn serial_port_state_in_readyz_api_and_status() {
         (code, ready),
         (200, json!({"ready": true, "reasons": [], "warnings": []}))
     );
-    let text = ioc_gateway::statuscmd::status(&base, None).await.unwrap();
+    let text = ioc_gateway::cli::status::status(&base, None).await.unwrap();
     println!("{text}");
     assert!(
         text.starts_with(&format!("gateway gw-test at {base}: READY (up ")),

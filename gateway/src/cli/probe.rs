@@ -17,6 +17,8 @@ use std::time::Duration;
 use tokio::io::AsyncReadExt;
 use tokio::time::Instant;
 
+use super::exit::Exit;
+use super::runtime::{self, Kind};
 use crate::clock::now_ns;
 use crate::config::{SerialInputConfig, SerialProtocol};
 use crate::input::serial::{open_port, StreamDecoder, StreamOutput};
@@ -77,6 +79,22 @@ fn decoder_for(protocol: SerialProtocol, port: &Path) -> Option<StreamDecoder> {
         registers: Vec::new(),
     };
     StreamDecoder::for_port(&cfg)
+}
+
+/// `probe`: [`probe`] on a runtime of its own; [`Exit::Failure`] if nothing decoded,
+/// [`Exit::BadInput`] (the error on stderr) if the port cannot be opened.
+pub fn execute(port: PathBuf, baud: Option<u32>, protocol: ProbeProtocol, seconds: u64) -> Exit {
+    let result = runtime::build(Kind::CurrentThread)
+        .map_err(anyhow::Error::from)
+        .and_then(|rt| rt.block_on(probe(port, baud, protocol, seconds)));
+    match result {
+        Ok(true) => Exit::Success,
+        Ok(false) => Exit::Failure,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            Exit::BadInput
+        }
+    }
 }
 
 /// Listens on `port` for `seconds` in total (split over the baud rates tried), printing what

@@ -12,6 +12,7 @@ use std::fs::File;
 use std::io::{self, BufWriter, IsTerminal};
 use std::path::{Path, PathBuf};
 
+use super::exit::Exit;
 use crate::buffer::inspect::{self, BufferStatsReport, ClassStats, ExportSummary, InspectError};
 use crate::config::{Config, ConfigError};
 use crate::model::Priority;
@@ -43,14 +44,15 @@ pub enum BufferCmdError {
 }
 
 impl BufferCmdError {
-    /// 2 for what the user must fix (config, missing directory, output path), 1 for I/O trouble.
-    pub fn exit_code(&self) -> u8 {
+    /// [`Exit::BadInput`] for what the user must fix (config, missing directory, output path),
+    /// [`Exit::Failure`] for I/O trouble.
+    pub fn exit_code(&self) -> Exit {
         match self {
             BufferCmdError::Config(_)
             | BufferCmdError::Inspect(InspectError::NotFound(_) | InspectError::NoBuffer(_))
             | BufferCmdError::Output { .. }
-            | BufferCmdError::OutputInsideBuffer { .. } => 2,
-            BufferCmdError::Inspect(_) | BufferCmdError::Json(_) => 1,
+            | BufferCmdError::OutputInsideBuffer { .. } => Exit::BadInput,
+            BufferCmdError::Inspect(_) | BufferCmdError::Json(_) => Exit::Failure,
         }
     }
 
@@ -451,4 +453,41 @@ pub fn export(
 /// Whether stderr is a terminal (progress bars only there).
 pub fn stderr_is_terminal() -> bool {
     io::stderr().is_terminal()
+}
+
+/// `buffer stats`, printed to stdout (progress on a terminal's stderr); the exit status.
+pub fn execute_stats(source: &BufferSource, json: bool) -> Exit {
+    exit_for(stats(source, json, stderr_is_terminal()).map(|text| print!("{text}")))
+}
+
+/// `buffer export` to `output` (`-`: stdout), its summary to stderr; the exit status.
+pub fn execute_export(
+    source: &BufferSource,
+    class: ClassChoice,
+    include_acked: bool,
+    output: &Path,
+) -> Exit {
+    exit_for(
+        export(
+            source,
+            class,
+            include_acked,
+            &ExportTarget::parse(output),
+            stderr_is_terminal(),
+        )
+        .map(|summary| eprintln!("{}", summary_line(&summary))),
+    )
+}
+
+/// The exit status of a finished buffer command, its error (if any) printed to stderr.
+fn exit_for(result: Result<(), BufferCmdError>) -> Exit {
+    match result {
+        Ok(()) => Exit::Success,
+        // `export | head`: the reader has what it wanted.
+        Err(e) if e.is_broken_pipe() => Exit::Success,
+        Err(e) => {
+            eprintln!("error: {e}");
+            e.exit_code()
+        }
+    }
 }

@@ -13,10 +13,33 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use serde_json::Value;
 
+use super::exit::Exit;
+use super::runtime::{self, Kind};
 use crate::config::Secret;
 
 /// How many of the stalest sensors are listed.
 const STALEST_SHOWN: usize = 5;
+
+/// `status`: the summary of the gateway at `url` on stdout, with the token from the environment
+/// variable `token_env` if given; the error on stderr.
+pub fn execute(url: &str, token_env: Option<&str>) -> Exit {
+    match status_blocking(url, token_env) {
+        Ok(text) => {
+            print!("{text}");
+            Exit::Success
+        }
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            Exit::Failure
+        }
+    }
+}
+
+fn status_blocking(url: &str, token_env: Option<&str>) -> anyhow::Result<String> {
+    let token = crate::config::resolve_secret("--token-env", token_env, None)?;
+    let runtime = runtime::build(Kind::CurrentThread)?;
+    runtime.block_on(status(url, token))
+}
 
 /// Fetches `/api/sensors` and `/readyz` from the gateway at `url` and returns the summary.
 pub async fn status(url: &str, token: Option<Secret>) -> anyhow::Result<String> {

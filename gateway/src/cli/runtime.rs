@@ -1,0 +1,58 @@
+//! The one place the binary builds its async runtime.
+//!
+//! The one-shot commands (`status`, `probe`) wait on a single future and need no worker
+//! threads; `run` carries inputs, the forwarder and the HTTP API at once and gets two workers
+//! (the gateways this is built for have two cores).
+
+use tokio::runtime::{Builder, Runtime};
+
+/// Worker threads of the gateway's runtime.
+const GATEWAY_WORKER_THREADS: usize = 2;
+
+/// Which runtime a subcommand needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// One thread, the caller's: for a command that blocks on one future.
+    CurrentThread,
+    /// The running gateway: a multi-thread runtime with two workers.
+    Gateway,
+}
+
+/// The runtime could not be started.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot start the async runtime")]
+pub struct RuntimeError(#[source] std::io::Error);
+
+/// Builds a runtime of `kind` with I/O and timers enabled.
+pub fn build(kind: Kind) -> Result<Runtime, RuntimeError> {
+    let mut builder = match kind {
+        Kind::CurrentThread => Builder::new_current_thread(),
+        Kind::Gateway => {
+            let mut builder = Builder::new_multi_thread();
+            builder.worker_threads(GATEWAY_WORKER_THREADS);
+            builder
+        }
+    };
+    builder.enable_all().build().map_err(RuntimeError)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_kind_gives_its_runtime() {
+        use tokio::runtime::RuntimeFlavor;
+        let current = build(Kind::CurrentThread).unwrap();
+        assert_eq!(
+            current.handle().runtime_flavor(),
+            RuntimeFlavor::CurrentThread
+        );
+        let gateway = build(Kind::Gateway).unwrap();
+        assert_eq!(
+            gateway.handle().runtime_flavor(),
+            RuntimeFlavor::MultiThread
+        );
+        assert_eq!(gateway.metrics().num_workers(), GATEWAY_WORKER_THREADS);
+    }
+}
