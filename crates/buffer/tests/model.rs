@@ -27,7 +27,7 @@
 //! 3. **Acked data never comes back**: records passed by the cursor are gone from the model, so a
 //!    read or recovery that returns them fails; records acked out of order must come back.
 //! 4. **A failed append is an error and loses nothing else**: with "disk full" armed, a non-empty
-//!    append fails with [`BufferError::is_disk_full`] and its data never appears. The documented
+//!    append fails with `BufferError::is_disk_full` and its data never appears. The documented
 //!    full-disk policy drops the one oldest segment (normal class first) to make room; that loss
 //!    must show in `dropped_oldest_lines` and must be exactly the oldest unacked records, which
 //!    the model then forgets. With a large bound nothing else is ever dropped.
@@ -47,9 +47,9 @@
 use std::collections::VecDeque;
 use std::fmt;
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use ioc_buffer::{open, Batch, BufferConfig, BufferError, BufferReader, BufferWriter};
+use ioc_buffer::{open, Batch, BufferConfig, BufferReader, BufferWriter};
 use ioc_model::Priority;
 use proptest::prelude::*;
 use proptest::sample::Index;
@@ -63,8 +63,6 @@ const SMALL_BOUND: u64 = 6 << 10;
 const READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long to wait for a batch the model says cannot exist.
 const NOTHING_TIMEOUT: Duration = Duration::from_millis(10);
-/// How long a reopen waits for the buffer dropped before it to release the directory lock.
-const LOCK_RELEASE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Most steps in a case, lines in an append and bytes in a line (with its newline).
 const MAX_STEPS: usize = 40;
 const MAX_LINES: u8 = 4;
@@ -482,22 +480,10 @@ impl Case {
 
     /// Opens the buffer and checks what recovery found against the model.
     fn reopen(&mut self, torn_bytes: u64) -> Result<(), String> {
-        let started = Instant::now();
-        let (writer, reader, report) = loop {
-            // After a crash, the dropped buffer's writer thread lets go of the directory lock
-            // once it notices its channel closed; `open` waits 2 s for that, which a loaded
-            // machine has been seen to exceed. Give it longer; a lock that is never released
-            // still fails here.
-            match open(self.cfg.clone()) {
-                Err(BufferError::InUse { .. }) if started.elapsed() < LOCK_RELEASE_TIMEOUT => {
-                    eprintln!(
-                        "reopen: directory still locked after {:?}",
-                        started.elapsed()
-                    );
-                }
-                other => break other.map_err(|e| format!("reopen failed: {e}"))?,
-            }
-        };
+        // After a crash the dropped buffer's writer thread is still letting go of the directory
+        // lock; `open` promises to wait for a buffer of this same process that is closing.
+        let (writer, reader, report) =
+            open(self.cfg.clone()).map_err(|e| format!("reopen failed: {e}"))?;
         self.model.reopened();
         check!(
             report.unsent_lines == self.model.total_unsent_lines(),
