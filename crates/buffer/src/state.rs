@@ -236,8 +236,9 @@ pub(crate) struct Shared {
     /// The directory lock: released when the writer thread, the writers and the reader are all
     /// gone (they share this value).
     _dir_lock: Option<super::lock::DirLock>,
-    /// Test hook: the next this-many segment writes fail as if the disk were full.
-    #[cfg(test)]
+    /// Test hook: the next this-many segment writes fail as if the disk were full. Compiled
+    /// only into this crate's unit tests and builds with the `fault-injection` feature.
+    #[cfg(any(test, feature = "fault-injection"))]
     pub injected_write_faults: AtomicU64,
 }
 
@@ -251,14 +252,14 @@ impl Shared {
             committed,
             disk_failing: std::sync::atomic::AtomicBool::new(false),
             _dir_lock: dir_lock,
-            #[cfg(test)]
+            #[cfg(any(test, feature = "fault-injection"))]
             injected_write_faults: AtomicU64::new(0),
         }
     }
 
-    /// A simulated write error, if a test asked for one (never outside tests).
+    /// A simulated write error, if a test asked for one (never outside test builds).
     pub fn take_injected_fault(&self) -> Option<std::io::Error> {
-        #[cfg(test)]
+        #[cfg(any(test, feature = "fault-injection"))]
         {
             let left = self.injected_write_faults.load(Ordering::Relaxed);
             if left > 0 {

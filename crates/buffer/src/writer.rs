@@ -134,6 +134,18 @@ impl BufferWriter {
     pub fn stats(&self) -> BufferStats {
         self.shared.stats()
     }
+
+    /// Test hook, only with the `fault-injection` feature (which only this crate's own
+    /// dev-dependency turns on): the next `writes` segment writes fail as if the disk were full
+    /// (`ErrorKind::StorageFull`), and the buffer then does what it does on a real full disk.
+    /// Replaces any count armed before. Not part of the buffer's API.
+    #[cfg(feature = "fault-injection")]
+    #[doc(hidden)]
+    pub fn inject_write_faults(&self, writes: u64) {
+        self.shared
+            .injected_write_faults
+            .store(writes, Ordering::Relaxed);
+    }
 }
 
 /// Starts the writer thread.
