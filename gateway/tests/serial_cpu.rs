@@ -75,19 +75,18 @@ fn serial_cpu_writer() {
     let mut handles = Vec::new();
     let mut keep = Vec::new();
     for i in 0..pms_ports + node_ports {
-        let pair = nix::pty::openpty(None, None).unwrap();
-        let mut t = nix::sys::termios::tcgetattr(&pair.slave).unwrap();
-        nix::sys::termios::cfmakeraw(&mut t);
-        nix::sys::termios::tcsetattr(&pair.slave, nix::sys::termios::SetArg::TCSANOW, &t).unwrap();
-        let path = nix::unistd::ttyname(&pair.slave).unwrap();
+        let ioc_e2e::Pty {
+            mut master,
+            slave,
+            path,
+        } = ioc_e2e::pty();
         let node = i >= pms_ports;
         println!(
             "PTY {} {}",
             if node { "node" } else { "pms" },
             path.display()
         );
-        keep.push(pair.slave);
-        let mut master = std::fs::File::from(pair.master);
+        keep.push(slave);
         if node {
             let mut drain = master.try_clone().unwrap();
             std::thread::spawn(move || {

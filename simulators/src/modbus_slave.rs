@@ -29,7 +29,7 @@ use std::os::fd::AsRawFd;
 use std::str::FromStr;
 use std::time::{Duration, Instant};
 
-use ioc_gateway::decode::modbus::{crc16, with_crc};
+use ioc_frames::modbus::{check_crc, request_len, with_crc, RequestLen};
 use thiserror::Error;
 
 use crate::models::env::EnvStation;
@@ -438,14 +438,10 @@ impl RequestFramer {
         self.buf.extend_from_slice(bytes);
         let mut out = Vec::new();
         loop {
-            let len = match self.buf.get(1) {
-                None => break,
-                Some(1..=6) => 8,
-                Some(15 | 16) => match self.buf.get(6) {
-                    Some(n) => 9 + usize::from(*n),
-                    None => break,
-                },
-                Some(_) => {
+            let len = match request_len(&self.buf) {
+                RequestLen::Incomplete => break,
+                RequestLen::Bytes(n) => n,
+                RequestLen::UnknownFunction => {
                     // not a function this bus can delimit: treat the byte as noise
                     self.buf.remove(0);
                     continue;
@@ -454,8 +450,7 @@ impl RequestFramer {
             let Some(frame) = self.buf.get(..len) else {
                 break;
             };
-            let (body, crc) = frame.split_at(len - 2);
-            if crc16(body).to_le_bytes() == [crc[0], crc[1]] {
+            if check_crc(frame).is_ok() {
                 out.push(frame.to_vec());
                 self.buf.drain(..len);
             } else {
@@ -583,11 +578,10 @@ pub fn unix_ms() -> i64 {
 mod tests {
     use super::*;
 
+    use ioc_frames::modbus::crc16;
+
     fn read_req(slave: u8, function: u8, address: u16, count: u16) -> Vec<u8> {
-        let mut b = vec![slave, function];
-        b.extend(address.to_be_bytes());
-        b.extend(count.to_be_bytes());
-        with_crc(b)
+        ioc_frames::modbus::read_request(slave, function, address, count).to_vec()
     }
 
     fn bus(slaves: &str, faults: &str) -> ModbusBus {

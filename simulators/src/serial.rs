@@ -7,7 +7,8 @@
 //! [`open_pty`] creates a raw-mode pseudo-terminal whose slave path the gateway opens like a
 //! USB serial adapter.
 //!
-//! Frame formats (public datasheets):
+//! Frame formats (public datasheets) are `ioc_frames::{pms5003, sds011}`, the codec the gateway
+//! decodes with:
 //! - PMS5003, 32 bytes: `42 4d`, length `00 1c`, 13 big-endian u16 data words (PM1.0/2.5/10 at
 //!   CF=1, the same under atmospheric conditions, particle counts >0.3/0.5/1/2.5/5/10 µm per
 //!   0.1 L, reserved), then a u16 sum of the first 30 bytes.
@@ -19,6 +20,7 @@ use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::PathBuf;
 use std::str::FromStr;
 
+use ioc_frames::{pms5003, sds011};
 use thiserror::Error;
 
 use crate::models::env::EnvStation;
@@ -60,8 +62,7 @@ pub struct Pms5003Reading {
 
 /// Encodes a PMS5003 frame.
 pub fn pms5003_frame(r: &Pms5003Reading) -> [u8; 32] {
-    let words = [
-        28u16,
+    pms5003::encode(&[
         r.cf1.pm1_0,
         r.cf1.pm2_5,
         r.cf1.pm10,
@@ -75,65 +76,59 @@ pub fn pms5003_frame(r: &Pms5003Reading) -> [u8; 32] {
         r.counts[4],
         r.counts[5],
         r.reserved,
-    ];
-    let mut frame = [0u8; 32];
-    frame[0] = 0x42;
-    frame[1] = 0x4d;
-    for (i, w) in words.iter().enumerate() {
-        frame[2 + 2 * i..4 + 2 * i].copy_from_slice(&w.to_be_bytes());
-    }
-    let sum: u16 = frame[..30]
-        .iter()
-        .map(|b| u16::from(*b))
-        .fold(0u16, u16::wrapping_add);
-    frame[30..].copy_from_slice(&sum.to_be_bytes());
-    frame
+    ])
 }
 
 /// Encodes an SDS011 data frame; concentrations in tenths of µg/m³.
 pub fn sds011_frame(pm2_5_tenths: u16, pm10_tenths: u16, device_id: u16) -> [u8; 10] {
-    let mut frame = [0xaa, 0xc0, 0, 0, 0, 0, 0, 0, 0, 0xab];
-    frame[2..4].copy_from_slice(&pm2_5_tenths.to_le_bytes());
-    frame[4..6].copy_from_slice(&pm10_tenths.to_le_bytes());
-    frame[6..8].copy_from_slice(&device_id.to_be_bytes());
-    frame[8] = frame[2..8].iter().fold(0u8, |a, b| a.wrapping_add(*b));
-    frame
+    sds011::encode(&sds011::Frame::Data(sds011::Measurement {
+        pm2_5_tenths,
+        pm10_tenths,
+        device_id: device_id.to_be_bytes(),
+    }))
 }
+
+/// The names of a PMS5003 frame's first twelve data words, as the gateway reports them.
+const PMS5003_FIELDS: [&str; 12] = [
+    "pm1_0_cf1",
+    "pm2_5_cf1",
+    "pm10_cf1",
+    "pm1_0",
+    "pm2_5",
+    "pm10",
+    "n0_3",
+    "n0_5",
+    "n1_0",
+    "n2_5",
+    "n5_0",
+    "n10",
+];
 
 /// The fields the gateway decodes from an intact frame (measurement `air_quality`, tag
 /// `model` = `pms5003` / `sds011`): PMS5003 `pm1_0_cf1`, `pm2_5_cf1`, `pm10_cf1`, `pm1_0`,
 /// `pm2_5`, `pm10` (µg/m³) and `n0_3` … `n10` (per 0.1 L); SDS011 `pm2_5`, `pm10` (raw / 10).
 /// Empty if `frame` is not a whole frame of `device`.
 pub fn frame_fields(device: SerialDevice, frame: &[u8]) -> BTreeMap<String, f64> {
-    let word = |i: usize| -> Option<f64> {
-        let b = frame.get(i..i + 2)?;
-        Some(f64::from(u16::from_be_bytes([b[0], b[1]])))
-    };
-    let names: &[(&str, usize)] = match device {
-        SerialDevice::Pms5003 if frame.len() == 32 => &[
-            ("pm1_0_cf1", 4),
-            ("pm2_5_cf1", 6),
-            ("pm10_cf1", 8),
-            ("pm1_0", 10),
-            ("pm2_5", 12),
-            ("pm10", 14),
-            ("n0_3", 16),
-            ("n0_5", 18),
-            ("n1_0", 20),
-            ("n2_5", 22),
-            ("n5_0", 24),
-            ("n10", 26),
-        ],
-        SerialDevice::Sds011 if frame.len() == 10 => {
-            let le = |i: usize| f64::from(u16::from_le_bytes([frame[i], frame[i + 1]])) / 10.0;
-            return BTreeMap::from([("pm2_5".into(), le(2)), ("pm10".into(), le(4))]);
-        }
-        _ => &[],
-    };
-    names
-        .iter()
-        .filter_map(|(n, i)| Some(((*n).to_owned(), word(*i)?)))
-        .collect()
+    match device {
+        SerialDevice::Pms5003 => match <&[u8; pms5003::FRAME_LEN]>::try_from(frame) {
+            Ok(frame) => PMS5003_FIELDS
+                .iter()
+                .zip(pms5003::data_words(frame))
+                .map(|(name, word)| ((*name).to_owned(), f64::from(word)))
+                .collect(),
+            Err(_) => BTreeMap::new(),
+        },
+        SerialDevice::Sds011 => match *frame {
+            [_, _, a, b, c, d, e, f, _, _] => {
+                let m = sds011::Measurement::from_data(&[a, b, c, d, e, f]);
+                BTreeMap::from([
+                    ("pm2_5".into(), f64::from(m.pm2_5_tenths) / 10.0),
+                    ("pm10".into(), f64::from(m.pm10_tenths) / 10.0),
+                ])
+            }
+            _ => BTreeMap::new(),
+        },
+    }
 }
 
 /// Probabilities, per frame, of each line fault.
@@ -495,18 +490,12 @@ mod tests {
     }
 
     fn pms_ok(f: &[u8]) -> bool {
-        f.len() == 32 && f[0] == 0x42 && f[1] == 0x4d && {
-            let sum: u16 = f[..30].iter().map(|b| u16::from(*b)).sum();
-            sum.to_be_bytes() == [f[30], f[31]]
-        }
+        <&[u8; 32]>::try_from(f).is_ok_and(|f| pms5003::parse(f).is_ok())
     }
 
     fn sds_ok(f: &[u8]) -> bool {
-        f.len() == 10
-            && f[0] == 0xaa
-            && f[1] == 0xc0
-            && f[9] == 0xab
-            && f[2..8].iter().fold(0u8, |a, b| a.wrapping_add(*b)) == f[8]
+        <&[u8; 10]>::try_from(f)
+            .is_ok_and(|f| matches!(sds011::parse(f), Ok(sds011::Frame::Data(_))))
     }
 
     #[test]

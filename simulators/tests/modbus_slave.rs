@@ -6,7 +6,7 @@
 use std::sync::mpsc;
 use std::time::Duration;
 
-use ioc_gateway::decode::modbus::{crc16, with_crc};
+use ioc_frames::modbus::{crc16, with_crc};
 use sensor_sim::modbus_slave::{
     parse_slaves, serve_pty, Exchange, ModbusBus, ServeLimits, ILLEGAL_DATA_ADDRESS,
 };
@@ -15,6 +15,19 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_modbus::client::Reader;
 use tokio_modbus::slave::SlaveContext;
 use tokio_modbus::{ExceptionCode, Slave};
+
+/// Opens the pty's terminal side as the gateway opens a serial port: 9600 8N1, raw, no flow
+/// control.
+fn open_port(path: &std::path::Path) -> tokio_serial::SerialStream {
+    use tokio_serial::{DataBits, FlowControl, Parity, SerialPortBuilderExt, StopBits};
+    tokio_serial::new(path.to_string_lossy(), 9600)
+        .data_bits(DataBits::Eight)
+        .parity(Parity::None)
+        .stop_bits(StopBits::One)
+        .flow_control(FlowControl::None)
+        .open_native_async()
+        .unwrap()
+}
 
 /// Starts the bus on a new pty in a thread; returns the pty path and the exchanges it makes.
 fn start_bus(
@@ -68,7 +81,7 @@ fn words_of(ex: &Exchange) -> Vec<u16> {
 async fn each_fault_mode_does_what_it_claims_to_a_real_master() {
     let (path, exchanges, bus) =
         start_bus(3, "1,2:dead,3:bad_crc,4:exception,5:noise,6:slow", "", 7);
-    let port = ioc_gateway::input::serial::open_port(&path, 9600).unwrap();
+    let port = open_port(&path);
     let mut ctx = tokio_modbus::client::rtu::attach_slave(port, Slave(1));
     let timeout = Duration::from_millis(300);
     let next = || exchanges.recv_timeout(Duration::from_secs(5)).unwrap();
@@ -162,7 +175,7 @@ async fn transcript(seed: u64, requests: &[Vec<u8>]) -> Vec<u8> {
         "bad_crc=0.2,exception=0.2,timeout=0.1,noise=0.2",
         requests.len() as u64,
     );
-    let mut port = ioc_gateway::input::serial::open_port(&path, 9600).unwrap();
+    let mut port = open_port(&path);
     let mut wire = Vec::new();
     for req in requests {
         port.write_all(req).await.unwrap();

@@ -2,9 +2,9 @@
 //! faulty PMS5003 / SDS011 stream is decoded, in order, with the values the manifest records,
 //! and no faulty frame becomes a reading — whatever pieces the bytes arrive in.
 
-use ioc_gateway::decode::pms5003::Pms5003Decoder;
-use ioc_gateway::decode::sds011::{Sds011Decoder, Sds011Frame};
-use ioc_gateway::decode::serial_frame::DecodeEvent;
+use ioc_decode::pms5003::Pms5003Decoder;
+use ioc_decode::sds011::{Sds011Decoder, Sds011Frame};
+use ioc_decode::serial_frame::DecodeEvent;
 use sensor_sim::serial::{frame_fields, LineFault, SerialDevice, SerialStream};
 
 fn check(device: SerialDevice, seed: u64, piece: usize) {
@@ -30,7 +30,7 @@ fn check(device: SerialDevice, seed: u64, piece: usize) {
             for e in events {
                 if let DecodeEvent::Frame(f) = e {
                     let r = f.to_reading(
-                        ioc_gateway::decode::pms5003::Pms5003Variant::Standard,
+                        ioc_decode::pms5003::Pms5003Variant::Standard,
                         None,
                         &Default::default(),
                         0,
@@ -71,10 +71,10 @@ fn check(device: SerialDevice, seed: u64, piece: usize) {
     );
 }
 
-fn field_f64(v: &ioc_gateway::model::FieldValue) -> f64 {
+fn field_f64(v: &ioc_model::FieldValue) -> f64 {
     match v {
-        ioc_gateway::model::FieldValue::Float(f) => *f,
-        ioc_gateway::model::FieldValue::Int(i) => *i as f64,
+        ioc_model::FieldValue::Float(f) => *f,
+        ioc_model::FieldValue::Int(i) => *i as f64,
         other => panic!("unexpected field {other:?}"),
     }
 }

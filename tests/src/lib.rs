@@ -20,6 +20,8 @@
 //! | [`SensorSim`] | runs the real `sensor-sim run` (→ [`RunSummary`]) and `sensor-sim verify` (→ [`VerifyOutcome`]); [`ManifestCounts`] reads a manifest |
 //! | [`bin_path`], [`free_port`], [`wait_until`], [`HeavyTestLock`], [`gzip`] | small helpers |
 //! | [`http_get`], [`gateway_metrics`], [`metric_in`] | a GET with a timeout; a gateway's `/metrics`, and one metric summed from it |
+//! | [`pty()`] ([`Pty`]) | a raw pseudo-terminal pair standing in for a USB serial adapter |
+//! | [`pms5003_oracle`] | a hand-written PMS5003 encoder independent of `ioc-frames`, to build the frames tests feed the gateway |
 //!
 //! Set `IOC_E2E_KEEP_DIRS=1` to keep every server's and gateway's temp dir (config, log, data)
 //! after the test, for post-mortems.
@@ -49,7 +51,9 @@ mod gateway;
 mod influx;
 mod mosquitto;
 mod mqtt;
+pub mod pms5003_oracle;
 mod proxy;
+mod pty;
 mod server;
 mod sim;
 mod victoria;
@@ -60,6 +64,7 @@ pub use influx::Influx1;
 pub use mosquitto::Mosquitto;
 pub use mqtt::{MqttPublisher, MqttSubscriber, ReceivedMessage};
 pub use proxy::{Fault, FaultProxy, ProxiedRequest};
+pub use pty::{pty, Pty};
 pub use sim::{
     ManifestCounts, RunOptions, RunSummary, RunningSim, SensorSim, StoreApi, VerifyCounts,
     VerifyOutcome,

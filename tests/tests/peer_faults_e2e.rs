@@ -27,9 +27,10 @@
 //! in about 11-22 s each. Figures (peak RSS, CPU, request counts, recovery times) are printed,
 //! and asserted only as generous guards; counts that the test fully determines are exact.
 
+use ioc_e2e::pms5003_oracle::{pms5003_checksum, pms5003_frame, Pms5003Values};
 use ioc_e2e::{
-    free_port, metric_in, rss_kib, wait_until, Fault, FaultProxy, GatewayProcess, HeavyTestLock,
-    Mosquitto, MqttPublisher, ProxiedRequest, VictoriaMetrics,
+    free_port, metric_in, pty, rss_kib, wait_until, Fault, FaultProxy, GatewayProcess,
+    HeavyTestLock, Mosquitto, MqttPublisher, ProxiedRequest, VictoriaMetrics,
 };
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -698,28 +699,6 @@ fn store_500_then_429_then_hang_is_retried_with_backoff_and_nothing_is_lost() {
 // 3. A serial port spewing garbage at full rate.
 // ---------------------------------------------------------------------------------------------
 
-struct Pty {
-    master: File,
-    slave: OwnedFd,
-    path: PathBuf,
-}
-
-fn pty() -> Pty {
-    use nix::sys::termios::{cfmakeraw, tcgetattr, tcsetattr, SetArg};
-    let pair = nix::pty::openpty(None, None).unwrap();
-    for fd in [&pair.master, &pair.slave] {
-        let mut t = tcgetattr(fd).unwrap();
-        cfmakeraw(&mut t);
-        tcsetattr(fd, SetArg::TCSANOW, &t).unwrap();
-    }
-    let path = nix::unistd::ttyname(&pair.slave).unwrap();
-    Pty {
-        master: File::from(pair.master),
-        slave: pair.slave,
-        path,
-    }
-}
-
 /// Bytes waiting to be read on the terminal side (what the gateway has not read yet).
 fn unread_bytes(slave: &OwnedFd) -> i32 {
     let mut n: nix::libc::c_int = 0;
@@ -758,14 +737,12 @@ impl Rng {
 
 /// A valid PMS5003 frame carrying `seq` (n0_3 = seq, pm2_5 = seq % 1000, pm10 = seq % 997).
 fn good_frame(seq: u16) -> [u8; 32] {
-    use ioc_gateway::decode::pms5003::{encode, Pms5003Frame};
-    encode(&Pms5003Frame {
-        pm1_0: 1,
-        pm2_5: seq % 1000,
-        pm10: seq % 997,
-        n0_3: seq,
+    // built with the harness's independent encoder, not the codec the gateway decodes with
+    pms5003_frame(&Pms5003Values {
+        atmospheric: [1, seq % 1000, seq % 997],
+        counts: [seq, 0, 0, 0, 0, 0],
         reserved: 0x9700,
-        ..Pms5003Frame::default()
+        ..Pms5003Values::default()
     })
 }
 
@@ -806,7 +783,7 @@ impl GarbageStream {
         for b in &mut frame[4..30] {
             *b = rng.safe_byte();
         }
-        let sum = ioc_gateway::decode::pms5003::checksum(&frame[..30]);
+        let sum = pms5003_checksum(&frame[..30]);
         let mut wrong = sum.wrapping_add(1 + rng.below(1000) as u16);
         while wrong.to_be_bytes().contains(&0x42) {
             wrong = wrong.wrapping_add(1);

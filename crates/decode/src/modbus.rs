@@ -254,28 +254,9 @@ pub fn readings_from_answer(
     (by_series.into_values().collect(), errors)
 }
 
-/// CRC-16/MODBUS (poly 0xA001 reflected, init 0xFFFF), sent low byte first.
-pub fn crc16(data: &[u8]) -> u16 {
-    let mut crc: u16 = 0xffff;
-    for b in data {
-        crc ^= u16::from(*b);
-        for _ in 0..8 {
-            crc = if crc & 1 != 0 {
-                (crc >> 1) ^ 0xa001
-            } else {
-                crc >> 1
-            };
-        }
-    }
-    crc
-}
-
-/// Appends the CRC (low byte first) to an RTU frame body.
-pub fn with_crc(mut frame: Vec<u8>) -> Vec<u8> {
-    let crc = crc16(&frame);
-    frame.extend(crc.to_le_bytes());
-    frame
-}
+/// CRC-16/MODBUS and RTU framing: the byte layer, shared with the simulators
+/// (`ioc_frames::modbus`).
+pub use ioc_frames::modbus::{crc16, with_crc};
 
 /// Why a request got no usable answer. [`label`](Self::label) is the `reason` label of
 /// `modbus_errors_total{port,slave,reason}`.
@@ -314,18 +295,13 @@ impl ModbusFailure {
 pub fn classify_unanswered(slave: u8, function: u8, received: &[u8]) -> ModbusFailure {
     match received {
         [] => ModbusFailure::Timeout,
-        [s, f, rest @ ..] if *s == slave && (*f == function || *f == function | 0x80) => {
+        [s, f, ..] if *s == slave && (*f == function || *f == function | 0x80) => {
             // A read answer is slave, function, byte count, data, CRC; an exception is
             // slave, function | 0x80, code, CRC. Check the CRC over the length it claims.
-            let len = if *f == function {
-                rest.first().map(|n| 3 + usize::from(*n) + 2)
-            } else {
-                Some(5)
-            };
+            let len = ioc_frames::modbus::answer_len(function, received);
             match len.and_then(|n| received.get(..n)) {
                 Some(frame) => {
-                    let (body, crc) = frame.split_at(frame.len() - 2);
-                    if crc16(body).to_le_bytes() != [crc[0], crc[1]] {
+                    if ioc_frames::modbus::check_crc(frame).is_err() {
                         ModbusFailure::BadCrc
                     } else {
                         ModbusFailure::Garbled

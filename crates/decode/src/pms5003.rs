@@ -33,18 +33,25 @@
 //! frame followed by a good one: decoding resumes at that header, so the good frame is kept),
 //! otherwise a [`BadFrame::Checksum`]. Bytes before a header are [`BadFrame::Noise`].
 //! The internal buffer never holds more than one frame between calls.
+//!
+//! The byte layout itself (start bytes, length field, words, checksum) is `ioc_frames::pms5003`,
+//! shared with the sensor-node firmware and the simulators; this module streams and makes
+//! readings.
 
 use std::collections::BTreeMap;
 
 use super::serial_frame::{find_pair, BadFrame, DecodeEvent};
+use ioc_frames::pms5003 as layout;
 use ioc_model::{FieldValue, Reading};
 
+/// The 16-bit sum of `bytes` (the PMS5003 checksum of bytes 0..30).
+pub use ioc_frames::pms5003::checksum;
 /// Bytes in one frame.
-pub const FRAME_LEN: usize = 32;
-/// The frame's start bytes.
-pub const HEADER: [u8; 2] = [0x42, 0x4d];
+pub use ioc_frames::pms5003::FRAME_LEN;
 /// The only length field value of a PMS5003 / PMS7003 / PMS5003T frame.
-pub const LENGTH_FIELD: u16 = 28;
+pub use ioc_frames::pms5003::LENGTH_FIELD;
+/// The frame's start bytes.
+pub use ioc_frames::pms5003::START as HEADER;
 
 /// The 13 data words of one frame, as sent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -88,7 +95,7 @@ impl Pms5003Variant {
 }
 
 impl Pms5003Frame {
-    fn words(&self) -> [u16; 13] {
+    fn words(&self) -> layout::DataWords {
         [
             self.pm1_0_cf1,
             self.pm2_5_cf1,
@@ -106,7 +113,7 @@ impl Pms5003Frame {
         ]
     }
 
-    fn from_words(w: [u16; 13]) -> Self {
+    fn from_words(w: layout::DataWords) -> Self {
         let [pm1_0_cf1, pm2_5_cf1, pm10_cf1, pm1_0, pm2_5, pm10, n0_3, n0_5, n1_0, n2_5, n5_0, n10, reserved] =
             w;
         Pms5003Frame {
@@ -180,44 +187,24 @@ impl Pms5003Frame {
     }
 }
 
-/// The 16-bit sum of `bytes` (the PMS5003 checksum of bytes 0..30).
-pub fn checksum(bytes: &[u8]) -> u16 {
-    bytes
-        .iter()
-        .fold(0u16, |acc, b| acc.wrapping_add(u16::from(*b)))
-}
-
 /// The 32 bytes a sensor sends for `frame`.
 pub fn encode(frame: &Pms5003Frame) -> [u8; FRAME_LEN] {
-    let mut out = [0u8; FRAME_LEN];
-    out[..2].copy_from_slice(&HEADER);
-    out[2..4].copy_from_slice(&LENGTH_FIELD.to_be_bytes());
-    for (i, w) in frame.words().iter().enumerate() {
-        let at = 4 + 2 * i;
-        out[at..at + 2].copy_from_slice(&w.to_be_bytes());
-    }
-    let sum = checksum(&out[..30]);
-    out[30..].copy_from_slice(&sum.to_be_bytes());
-    out
+    layout::encode(&frame.words())
 }
 
 /// Decodes one complete frame (header, length and checksum checked).
 pub fn decode_frame(bytes: &[u8; FRAME_LEN]) -> Result<Pms5003Frame, BadFrame> {
-    if bytes[..2] != HEADER {
-        return Err(BadFrame::Noise);
+    Ok(Pms5003Frame::from_words(layout::parse(bytes)?))
+}
+
+impl From<layout::FrameError> for BadFrame {
+    fn from(e: layout::FrameError) -> Self {
+        match e {
+            layout::FrameError::Start => BadFrame::Noise,
+            layout::FrameError::Length(_) => BadFrame::Length,
+            layout::FrameError::Checksum { .. } => BadFrame::Checksum,
+        }
     }
-    if u16::from_be_bytes([bytes[2], bytes[3]]) != LENGTH_FIELD {
-        return Err(BadFrame::Length);
-    }
-    if checksum(&bytes[..30]) != u16::from_be_bytes([bytes[30], bytes[31]]) {
-        return Err(BadFrame::Checksum);
-    }
-    let mut words = [0u16; 13];
-    for (i, w) in words.iter_mut().enumerate() {
-        let at = 4 + 2 * i;
-        *w = u16::from_be_bytes([bytes[at], bytes[at + 1]]);
-    }
-    Ok(Pms5003Frame::from_words(words))
 }
 
 /// Streaming decoder: feed it whatever the port returned, in order.
@@ -287,8 +274,8 @@ impl Pms5003Decoder {
             }
             let Some(frame) = rest.get(..FRAME_LEN) else {
                 // A header and the length field already tell a bad length: report it at once.
-                if let Some(len) = rest.get(2..4) {
-                    if u16::from_be_bytes([len[0], len[1]]) != LENGTH_FIELD {
+                if let Some(len) = layout::length_field(rest) {
+                    if len != LENGTH_FIELD {
                         self.flush_skipped(out);
                         self.skip(2, BadFrame::Length);
                         pos += 2;

@@ -18,20 +18,25 @@
 //! [`BadFrame::Truncated`] if another header starts inside it (decoding resumes there, so a good
 //! frame after a torn one is kept), else [`BadFrame::Tail`] / [`BadFrame::Checksum`]. Other bytes
 //! are [`BadFrame::Noise`]. The internal buffer never holds more than one frame between calls.
+//!
+//! The byte layout itself is `ioc_frames::sds011`, shared with the simulators; this module
+//! streams and makes readings.
 
 use std::collections::BTreeMap;
 
 use super::serial_frame::{BadFrame, DecodeEvent};
+use ioc_frames::sds011 as layout;
 use ioc_model::{FieldValue, Reading};
 
-/// Bytes in one frame.
-pub const FRAME_LEN: usize = 10;
-pub const HEAD: u8 = 0xaa;
-pub const TAIL: u8 = 0xab;
+/// Low byte of the sum of the six data bytes.
+pub use ioc_frames::sds011::checksum;
 /// Command byte of a measurement frame.
-pub const CMD_DATA: u8 = 0xc0;
+pub use ioc_frames::sds011::CMD_DATA;
 /// Command byte of a reply to a command.
-pub const CMD_REPLY: u8 = 0xc5;
+pub use ioc_frames::sds011::CMD_REPLY;
+/// Bytes in one frame.
+pub use ioc_frames::sds011::FRAME_LEN;
+pub use ioc_frames::sds011::{HEAD, TAIL};
 
 /// One measurement frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -80,60 +85,54 @@ impl Sds011Data {
     }
 }
 
-/// Low byte of the sum of the six data bytes.
-pub fn checksum(data: &[u8]) -> u8 {
-    data.iter().fold(0u8, |acc, b| acc.wrapping_add(*b))
+impl From<layout::Measurement> for Sds011Data {
+    fn from(m: layout::Measurement) -> Self {
+        Sds011Data {
+            pm2_5_tenths: m.pm2_5_tenths,
+            pm10_tenths: m.pm10_tenths,
+            device_id: m.device_id,
+        }
+    }
+}
+
+impl From<&Sds011Frame> for layout::Frame {
+    fn from(frame: &Sds011Frame) -> Self {
+        match frame {
+            Sds011Frame::Data(d) => layout::Frame::Data(layout::Measurement {
+                pm2_5_tenths: d.pm2_5_tenths,
+                pm10_tenths: d.pm10_tenths,
+                device_id: d.device_id,
+            }),
+            Sds011Frame::Reply(data) => layout::Frame::Reply(*data),
+        }
+    }
+}
+
+impl From<layout::FrameError> for BadFrame {
+    fn from(e: layout::FrameError) -> Self {
+        match e {
+            layout::FrameError::Header => BadFrame::Noise,
+            layout::FrameError::Tail => BadFrame::Tail,
+            layout::FrameError::Checksum { .. } => BadFrame::Checksum,
+        }
+    }
 }
 
 /// The 10 bytes a sensor sends for `frame`.
 pub fn encode(frame: &Sds011Frame) -> [u8; FRAME_LEN] {
-    let (cmd, data) = match frame {
-        Sds011Frame::Data(d) => {
-            let [a, b] = d.pm2_5_tenths.to_le_bytes();
-            let [c, e] = d.pm10_tenths.to_le_bytes();
-            (CMD_DATA, [a, b, c, e, d.device_id[0], d.device_id[1]])
-        }
-        Sds011Frame::Reply(data) => (CMD_REPLY, *data),
-    };
-    let mut out = [0u8; FRAME_LEN];
-    out[0] = HEAD;
-    out[1] = cmd;
-    out[2..8].copy_from_slice(&data);
-    out[8] = checksum(&data);
-    out[9] = TAIL;
-    out
+    layout::encode(&frame.into())
 }
 
 /// Decodes one complete frame.
 pub fn decode_frame(b: &[u8; FRAME_LEN]) -> Result<Sds011Frame, BadFrame> {
-    if b[0] != HEAD || !matches!(b[1], CMD_DATA | CMD_REPLY) {
-        return Err(BadFrame::Noise);
-    }
-    if b[9] != TAIL {
-        return Err(BadFrame::Tail);
-    }
-    let mut data = [0u8; 6];
-    data.copy_from_slice(&b[2..8]);
-    if checksum(&data) != b[8] {
-        return Err(BadFrame::Checksum);
-    }
-    Ok(if b[1] == CMD_DATA {
-        Sds011Frame::Data(Sds011Data {
-            pm2_5_tenths: u16::from_le_bytes([data[0], data[1]]),
-            pm10_tenths: u16::from_le_bytes([data[2], data[3]]),
-            device_id: [data[4], data[5]],
-        })
-    } else {
-        Sds011Frame::Reply(data)
+    Ok(match layout::parse(b)? {
+        layout::Frame::Data(m) => Sds011Frame::Data(m.into()),
+        layout::Frame::Reply(data) => Sds011Frame::Reply(data),
     })
 }
 
-fn is_header(b: &[u8]) -> bool {
-    matches!(b, [HEAD, CMD_DATA | CMD_REPLY, ..])
-}
-
 fn find_header(b: &[u8]) -> Option<usize> {
-    b.windows(2).position(is_header)
+    b.windows(2).position(layout::is_header)
 }
 
 /// Streaming decoder: feed it whatever the port returned, in order.
@@ -222,7 +221,7 @@ impl Sds011Decoder {
     pub fn flush(&mut self, out: &mut Vec<DecodeEvent<Sds011Frame>>) {
         self.flush_noise(out);
         if !self.buf.is_empty() {
-            let reason = if self.buf.len() >= 2 && is_header(&self.buf) {
+            let reason = if self.buf.len() >= 2 && layout::is_header(&self.buf) {
                 BadFrame::Truncated
             } else {
                 BadFrame::Noise

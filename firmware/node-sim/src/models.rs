@@ -14,7 +14,7 @@ use std::sync::Arc;
 use embedded_hal::i2c::{ErrorKind as I2cErrorKind, NoAcknowledgeSource, Operation};
 use embedded_io::ErrorKind as IoErrorKind;
 use ioc_node::noise::AdcChannel;
-use ioc_node::pms5003::{self, CMD_PASSIVE_MODE, CMD_READ_PASSIVE};
+use ioc_node::pms5003::{CMD_PASSIVE_MODE, CMD_READ_PASSIVE};
 use ioc_node::sht3x::{crc8, MEASURE_HIGH_REPEATABILITY};
 
 /// Simulated milliseconds since the node booted, shared by all models of one node.
@@ -211,10 +211,7 @@ impl Pms5003Model {
 
     /// A valid 32-byte data frame with these atmospheric PM values (CF=1 equal to them).
     pub fn frame(pm1_0: u16, pm2_5: u16, pm10: u16, particles: [u16; 6]) -> [u8; 32] {
-        let mut f = [0u8; 32];
-        f[..2].copy_from_slice(&pms5003::START);
-        f[2..4].copy_from_slice(&28u16.to_be_bytes());
-        let words = [
+        ioc_frames::pms5003::encode(&[
             pm1_0,
             pm2_5,
             pm10,
@@ -228,13 +225,7 @@ impl Pms5003Model {
             particles[4],
             particles[5],
             0x9700,
-        ];
-        for (i, w) in words.iter().enumerate() {
-            f[4 + 2 * i..6 + 2 * i].copy_from_slice(&w.to_be_bytes());
-        }
-        let sum = pms5003::checksum(&f[..30]);
-        f[30..].copy_from_slice(&sum.to_be_bytes());
-        f
+        ])
     }
 
     fn on_command(&mut self, cmd: &[u8]) {

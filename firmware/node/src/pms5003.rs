@@ -2,37 +2,32 @@
 //!
 //! Exists so the node can run the sensor in passive mode (it answers only when asked, so the
 //! node decides the sample rate and the fan/laser can sleep between samples) and validate its
-//! 32-byte data frames:
-//!
-//! | bytes | content                                                        |
-//! |-------|----------------------------------------------------------------|
-//! | 0..2  | start `0x42 0x4D`                                              |
-//! | 2..4  | frame length, big-endian, always 28 (= 2*13 data + 2 check)    |
-//! | 4..30 | 13 big-endian words: PM1.0/2.5/10 CF=1, PM1.0/2.5/10 atmospheric, 6 particle counts, reserved |
-//! | 30..32| check: 16-bit sum of bytes 0..30, big-endian                   |
-//!
-//! Commands are `42 4D CMD DATAH DATAL LRCH LRCL` with LRC the 16-bit sum of the first five
-//! bytes; mode changes and sleep/wake are answered by an 8-byte frame of length 4, which
-//! [`Pms5003::read_frame`] skips.
+//! 32-byte data frames. The byte layout (start `42 4D`, length field 28, 13 big-endian data
+//! words, 16-bit sum) and the 7-byte commands `42 4D CMD DATAH DATAL LRCH LRCL` are
+//! `ioc_frames::pms5003`, shared with the gateway's decoder and the simulators; mode changes and
+//! sleep/wake are answered by an 8-byte frame of length 4, which [`Pms5003::read_frame`] skips.
 
 use embedded_io::{Read, ReadExactError, Write};
+use ioc_frames::pms5003::{self as layout, command, FrameError};
 
-/// Start bytes of every frame.
-pub const START: [u8; 2] = [0x42, 0x4D];
+/// 16-bit sum of `bytes` (the PMS5003 check code).
+pub use ioc_frames::pms5003::checksum;
 /// Length of a data frame, bytes.
-pub const FRAME_LEN: usize = 32;
+pub use ioc_frames::pms5003::FRAME_LEN;
+/// Start bytes of every frame.
+pub use ioc_frames::pms5003::START;
 /// Length field of a data frame.
-pub const DATA_LENGTH_FIELD: u16 = 28;
+pub const DATA_LENGTH_FIELD: u16 = layout::LENGTH_FIELD;
 /// Change to passive mode.
-pub const CMD_PASSIVE_MODE: [u8; 7] = [0x42, 0x4D, 0xE1, 0x00, 0x00, 0x01, 0x70];
+pub const CMD_PASSIVE_MODE: [u8; 7] = command(layout::CMD_CHANGE_MODE, 0);
 /// Change to active mode.
-pub const CMD_ACTIVE_MODE: [u8; 7] = [0x42, 0x4D, 0xE1, 0x00, 0x01, 0x01, 0x71];
+pub const CMD_ACTIVE_MODE: [u8; 7] = command(layout::CMD_CHANGE_MODE, 1);
 /// Request one data frame in passive mode.
-pub const CMD_READ_PASSIVE: [u8; 7] = [0x42, 0x4D, 0xE2, 0x00, 0x00, 0x01, 0x71];
+pub const CMD_READ_PASSIVE: [u8; 7] = command(layout::CMD_READ_PASSIVE, 0);
 /// Sleep (fan and laser off).
-pub const CMD_SLEEP: [u8; 7] = [0x42, 0x4D, 0xE4, 0x00, 0x00, 0x01, 0x73];
+pub const CMD_SLEEP: [u8; 7] = command(layout::CMD_SLEEP_WAKE, 0);
 /// Wake up (the sensor needs ~30 s before readings are stable).
-pub const CMD_WAKE: [u8; 7] = [0x42, 0x4D, 0xE4, 0x00, 0x01, 0x01, 0x74];
+pub const CMD_WAKE: [u8; 7] = command(layout::CMD_SLEEP_WAKE, 1);
 /// Bytes skipped while looking for a start sequence before giving up.
 pub const MAX_SYNC_BYTES: usize = 96;
 
@@ -84,48 +79,46 @@ pub struct PmsReading {
     pub particles: [u16; 6],
 }
 
-/// 16-bit sum of `bytes` (the PMS5003 check code).
-pub fn checksum(bytes: &[u8]) -> u16 {
-    bytes
-        .iter()
-        .fold(0u16, |sum, &b| sum.wrapping_add(u16::from(b)))
+impl<E> From<FrameError> for Pms5003Error<E> {
+    fn from(e: FrameError) -> Self {
+        match e {
+            FrameError::Start => Pms5003Error::NoStart,
+            FrameError::Length(l) => Pms5003Error::BadLength(l),
+            FrameError::Checksum { expected, computed } => {
+                Pms5003Error::Checksum { expected, computed }
+            }
+        }
+    }
+}
+
+impl PmsReading {
+    fn from_words(w: &layout::DataWords) -> Self {
+        PmsReading {
+            pm1_0_cf1: w[layout::PM1_0_CF1],
+            pm2_5_cf1: w[layout::PM2_5_CF1],
+            pm10_cf1: w[layout::PM10_CF1],
+            pm1_0: w[layout::PM1_0],
+            pm2_5: w[layout::PM2_5],
+            pm10: w[layout::PM10],
+            particles: [
+                w[layout::N0_3],
+                w[layout::N0_5],
+                w[layout::N1_0],
+                w[layout::N2_5],
+                w[layout::N5_0],
+                w[layout::N10],
+            ],
+        }
+    }
 }
 
 /// Validate and decode a complete 32-byte data frame.
 pub fn parse_frame(frame: &[u8; FRAME_LEN]) -> Result<PmsReading, Pms5003Error<()>> {
-    let word = |i: usize| u16::from_be_bytes([frame[i], frame[i + 1]]);
-    if frame[..2] != START {
-        return Err(Pms5003Error::NoStart);
-    }
-    let length = word(2);
-    if length != DATA_LENGTH_FIELD {
-        return Err(Pms5003Error::BadLength(length));
-    }
-    let expected = word(30);
-    let computed = checksum(&frame[..30]);
-    if expected != computed {
-        return Err(Pms5003Error::Checksum { expected, computed });
-    }
-    Ok(PmsReading {
-        pm1_0_cf1: word(4),
-        pm2_5_cf1: word(6),
-        pm10_cf1: word(8),
-        pm1_0: word(10),
-        pm2_5: word(12),
-        pm10: word(14),
-        particles: [word(16), word(18), word(20), word(22), word(24), word(26)],
-    })
+    parse(frame)
 }
 
-fn retag<E>(e: Pms5003Error<()>) -> Pms5003Error<E> {
-    match e {
-        Pms5003Error::Io(()) | Pms5003Error::UnexpectedEof => Pms5003Error::UnexpectedEof,
-        Pms5003Error::NoStart => Pms5003Error::NoStart,
-        Pms5003Error::BadLength(l) => Pms5003Error::BadLength(l),
-        Pms5003Error::Checksum { expected, computed } => {
-            Pms5003Error::Checksum { expected, computed }
-        }
-    }
+fn parse<E>(frame: &[u8; FRAME_LEN]) -> Result<PmsReading, Pms5003Error<E>> {
+    Ok(PmsReading::from_words(&layout::parse(frame)?))
 }
 
 /// A PMS5003 on a UART. The UART's `read` should time out (return an error) on a real board,
@@ -185,9 +178,9 @@ impl<S: Read + Write> Pms5003<S> {
                 frame[..2].copy_from_slice(&START);
                 self.serial.read_exact(&mut frame[2..4])?;
                 let length = u16::from_be_bytes([frame[2], frame[3]]);
-                if length == 4 {
+                if length == layout::ANSWER_LENGTH_FIELD {
                     // answer to a mode/sleep command: 4 more bytes, then keep looking
-                    let mut answer = [0u8; 4];
+                    let mut answer = [0u8; layout::ANSWER_LEN - 4];
                     self.serial.read_exact(&mut answer)?;
                     previous = None;
                     continue;
@@ -196,7 +189,7 @@ impl<S: Read + Write> Pms5003<S> {
                     return Err(Pms5003Error::BadLength(length));
                 }
                 self.serial.read_exact(&mut frame[4..])?;
-                return parse_frame(&frame).map_err(retag);
+                return parse(&frame);
             }
             skipped += 1;
             if skipped > MAX_SYNC_BYTES {

@@ -2,33 +2,11 @@
 //! stable symlink, and PMS5003 frames captured from a real sensor.
 #![allow(dead_code)]
 
-use std::fs::File;
-use std::os::fd::OwnedFd;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use nix::sys::termios::{cfmakeraw, tcgetattr, tcsetattr, SetArg};
-
-/// One pseudo-terminal pair: the test holds the master (the "sensor" side) and keeps the slave
-/// open so the line stays up until the pair is dropped.
-pub struct Pty {
-    pub master: File,
-    _slave: OwnedFd,
-    pub path: PathBuf,
-}
-
-/// A raw pseudo-terminal pair.
-pub fn pty() -> Pty {
-    let pair = nix::pty::openpty(None, None).unwrap();
-    let mut t = tcgetattr(&pair.slave).unwrap();
-    cfmakeraw(&mut t);
-    tcsetattr(&pair.slave, SetArg::TCSANOW, &t).unwrap();
-    let path = nix::unistd::ttyname(&pair.slave).unwrap();
-    Pty {
-        master: File::from(pair.master),
-        _slave: pair.slave,
-        path,
-    }
-}
+/// A raw pseudo-terminal pair from the test harness (one helper for these tests and the
+/// end-to-end ones).
+pub use ioc_e2e::pty;
 
 /// Points the symlink `link` at `target` (a stable device path, as udev gives a USB adapter),
 /// atomically replacing what it pointed to.
