@@ -226,9 +226,8 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
     // 4. The HTTP server.
     http_stop.trigger();
     if let Some(task) = http_task {
-        match stop_within("HTTP server", task, HTTP_DEADLINE).await {
-            Some(Err(e)) => tracing::warn!("{e}"),
-            Some(Ok(())) | None => {}
+        if let Some(Err(e)) = stop_within("HTTP server", task, HTTP_DEADLINE).await {
+            tracing::warn!("{e}");
         }
     }
     tracing::info!("gateway stopped; buffer flushed");
