@@ -52,6 +52,7 @@ mod mqtt;
 mod proxy;
 mod server;
 mod sim;
+pub mod steps;
 mod victoria;
 
 pub use fake_broker::{BrokerLog, FakeBroker, Script};
