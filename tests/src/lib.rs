@@ -56,6 +56,7 @@ mod proxy;
 mod pty;
 mod server;
 mod sim;
+pub mod steps;
 mod victoria;
 
 pub use fake_broker::{BrokerLog, FakeBroker, Script};

@@ -19,11 +19,16 @@
 //!   than that plus a small slack (observed by polling the store during the run);
 //! - no reading was refused as late.
 
+use ioc_e2e::steps::{
+    given_a_gateway_subscribed, then_the_broker_acked_everything,
+    when_stopped_then_it_exits_cleanly,
+};
 use ioc_e2e::{
     free_port, gateway_metrics, metric_in, now_ms, ExportedSeries, GatewayProcess, HeavyTestLock,
     Mosquitto, MqttPublisher, VictoriaMetrics,
 };
 use std::collections::BTreeMap;
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
@@ -95,9 +100,47 @@ fn every_window_closes_by_the_clock_under_sustained_load_with_exact_values() {
     let broker = Mosquitto::start().unwrap();
     let vm = VictoriaMetrics::start().unwrap();
     let dir = tempfile::TempDir::new().unwrap();
-    let data_dir = dir.path().join("data");
-    std::fs::create_dir_all(&data_dir).unwrap();
     let http_port = free_port();
+    let mut gateway = given_a_gateway_aggregating_5s_windows(&broker, &vm, dir.path(), http_port);
+    let mut publisher = MqttPublisher::connect(&broker.url(), "e2e-pub-aggload").unwrap();
+    let schedule = Schedule::starting_soon();
+    let run = when_the_sensors_publish_while_the_store_is_polled(&mut publisher, &vm, &schedule);
+    assert!(
+        run.behind_ms < GRACE_MS / 2,
+        "the publisher fell {} ms behind its schedule: the machine is too loaded for this test",
+        run.behind_ms
+    );
+    then_the_broker_acked_everything(&publisher, Duration::from_secs(30));
+    let expected = expected_windows(&publisher.acked_flags(), &run.sent, &schedule);
+    let actual = then_only_aggregates_are_stored(&vm);
+    let mut problems = window_value_problems(&expected, &actual);
+    problems.extend(window_timeliness_problems(
+        &expected,
+        &run.first_seen,
+        &schedule,
+    ));
+    let late = metric_in(
+        &gateway_metrics(http_port),
+        "readings_rejected_total",
+        &[("input", "env-load")],
+    );
+    if late != 0.0 {
+        problems.push(format!("{late} readings rejected"));
+    }
+    then_there_are_no_problems(&problems, &gateway);
+    when_stopped_then_it_exits_cleanly(&mut gateway, Duration::from_secs(30));
+}
+
+/// Given: a gateway aggregating `city/+/env/+` of input `env-load` into `WINDOW_MS` windows with
+/// `GRACE_MS` grace, writing to `vm`, subscribed.
+fn given_a_gateway_aggregating_5s_windows(
+    broker: &Mosquitto,
+    vm: &VictoriaMetrics,
+    dir: &Path,
+    http_port: u16,
+) -> GatewayProcess {
+    let data_dir = dir.join("data");
+    std::fs::create_dir_all(&data_dir).unwrap();
     let client_id = "e2e-gw-aggload";
     let topic = "city/+/env/+";
     let config = format!(
@@ -115,30 +158,68 @@ fn every_window_closes_by_the_clock_under_sustained_load_with_exact_values() {
         GRACE_MS / 1000,
         vm.url(),
     );
-    let config_path = dir.path().join("gateway.toml");
+    let config_path = dir.join("gateway.toml");
     std::fs::write(&config_path, config).unwrap();
-    let before = broker.subscription_count(client_id, topic);
-    let mut gateway = GatewayProcess::spawn(&config_path).unwrap();
-    assert!(
-        broker.wait_for_subscription(client_id, topic, before, Duration::from_secs(20)),
-        "gateway did not subscribe\n{}",
-        gateway.log_tail(40)
-    );
-    let mut publisher = MqttPublisher::connect(&broker.url(), "e2e-pub-aggload").unwrap();
+    given_a_gateway_subscribed(broker, &config_path, &[(client_id, topic)])
+}
 
-    // Start on a window boundary at least 3 s away (the gateway waits 2 s after connecting before
-    // it closes windows by the clock).
-    let a = ((now_ms() + 3_000) / WINDOW_MS + 1) * WINDOW_MS;
-    let ticks = RUN_MS * RATE_PER_SENSOR / 1000;
-    let tick_ms = 1000 / RATE_PER_SENSOR;
-    let last_ts = a + ticks * tick_ms - 1;
-    let last_due = (last_ts / WINDOW_MS + 1) * WINDOW_MS + GRACE_MS;
+/// When the readings are published: from a window boundary `a`, one tick of `tick_ms` per
+/// reading per sensor for `RUN_MS`.
+struct Schedule {
+    a: i64,
+    ticks: i64,
+    tick_ms: i64,
+    /// When the last window is due (its end plus grace).
+    last_due: i64,
+}
 
-    // Poll the store while publishing: when each window first became visible (ms, after the
-    // export answered), and what was seen before its time.
+impl Schedule {
+    /// Starts on a window boundary at least 3 s away (the gateway waits 2 s after connecting
+    /// before it closes windows by the clock).
+    fn starting_soon() -> Schedule {
+        let a = ((now_ms() + 3_000) / WINDOW_MS + 1) * WINDOW_MS;
+        let ticks = RUN_MS * RATE_PER_SENSOR / 1000;
+        let tick_ms = 1000 / RATE_PER_SENSOR;
+        let last_ts = a + ticks * tick_ms - 1;
+        let last_due = (last_ts / WINDOW_MS + 1) * WINDOW_MS + GRACE_MS;
+        Schedule {
+            a,
+            ticks,
+            tick_ms,
+            last_due,
+        }
+    }
+
+    /// Until when the store is polled: the last window's time plus slack, and 2 s more.
+    fn polled_until(&self) -> i64 {
+        self.last_due + SLACK_MS + 2_000
+    }
+}
+
+/// What the publishing run did and saw.
+struct LoadRun {
+    /// (publish index, sensor, ts ms, value) of every reading published.
+    sent: Vec<(usize, usize, i64, f64)>,
+    /// When each (sensor, window start ms) first became visible in the store (ms, after the
+    /// export answered).
+    first_seen: BTreeMap<(String, i64), i64>,
+    /// How far the publisher fell behind its schedule at worst.
+    behind_ms: i64,
+}
+
+/// When: `SENSORS` sensors publish on the schedule (`QUIET_FROM..SENSORS` stop after
+/// `QUIET_AFTER_MS`), each sensor's clock a few ms apart from the others' within the tick, while
+/// the store is polled every `POLL_MS` until [`Schedule::polled_until`].
+fn when_the_sensors_publish_while_the_store_is_polled(
+    publisher: &mut MqttPublisher,
+    vm: &VictoriaMetrics,
+    schedule: &Schedule,
+) -> LoadRun {
+    let Schedule {
+        a, ticks, tick_ms, ..
+    } = *schedule;
     let first_seen: Mutex<BTreeMap<(String, i64), i64>> = Mutex::new(BTreeMap::new());
     let polling = AtomicBool::new(true);
-    // (publish index, sensor, ts ms, value)
     let mut sent: Vec<(usize, usize, i64, f64)> = Vec::with_capacity((ticks as usize) * SENSORS);
     let mut behind_ms = 0i64;
     std::thread::scope(|scope| {
@@ -186,28 +267,29 @@ fn every_window_closes_by_the_clock_under_sustained_load_with_exact_values() {
                 sent.push((index, sensor, ts, v));
             }
         }
-        // Keep polling until the last window's time plus slack has passed.
-        let stop_at = last_due + SLACK_MS + 2_000;
+        let stop_at = schedule.polled_until();
         while now_ms() < stop_at {
             std::thread::sleep(Duration::from_millis(200));
         }
         polling.store(false, Ordering::SeqCst);
     });
-    assert!(
-        behind_ms < GRACE_MS / 2,
-        "the publisher fell {behind_ms} ms behind its schedule: the machine is too loaded for this test"
-    );
-    assert!(
-        publisher.wait_all_acked(Duration::from_secs(30)),
-        "broker acked {} of {}",
-        publisher.acked_count(),
-        publisher.published()
-    );
+    LoadRun {
+        sent,
+        first_seen: first_seen.into_inner().unwrap(),
+        behind_ms,
+    }
+}
 
-    // What each window must hold: the acknowledged readings (all of them, as just asserted).
-    let acked = publisher.acked_flags();
+/// What each window must hold: the acknowledged readings of `sent` (`acked` by publish index).
+/// Checks the test itself: every quiet sensor has its last window, and the number of windows is
+/// what the schedule gives.
+fn expected_windows(
+    acked: &[bool],
+    sent: &[(usize, usize, i64, f64)],
+    schedule: &Schedule,
+) -> BTreeMap<(String, i64), Expected> {
     let mut expected: BTreeMap<(String, i64), Expected> = BTreeMap::new();
-    for &(index, sensor, ts, v) in &sent {
+    for &(index, sensor, ts, v) in sent {
         if !acked[index] {
             continue;
         }
@@ -225,7 +307,7 @@ fn every_window_closes_by_the_clock_under_sustained_load_with_exact_values() {
         e.min = e.min.min(v);
         e.max = e.max.max(v);
     }
-    let quiet_last = ((a + QUIET_AFTER_MS - 1) / WINDOW_MS) * WINDOW_MS;
+    let quiet_last = ((schedule.a + QUIET_AFTER_MS - 1) / WINDOW_MS) * WINDOW_MS;
     for sensor in QUIET_FROM..SENSORS {
         assert!(
             expected.contains_key(&(format!("s{sensor:02}"), quiet_last)),
@@ -238,8 +320,12 @@ fn every_window_closes_by_the_clock_under_sustained_load_with_exact_values() {
             + (SENSORS - QUIET_FROM) * (QUIET_AFTER_MS / WINDOW_MS) as usize,
         "test bug: unexpected number of windows"
     );
+    expected
+}
 
-    // Exact values, every window, nothing else.
+/// Then: every `environment_*` series in the store is an aggregate (`agg="5s"`): no raw reading
+/// was forwarded. Returns the windows stored.
+fn then_only_aggregates_are_stored(vm: &VictoriaMetrics) -> BTreeMap<(String, i64), Stored> {
     vm.force_flush().unwrap();
     let series = vm.export("{__name__=~\"environment_.*\"}").unwrap();
     for s in &series {
@@ -250,9 +336,17 @@ fn every_window_closes_by_the_clock_under_sustained_load_with_exact_values() {
             s.labels
         );
     }
-    let actual = stored(&series);
+    stored(&series)
+}
+
+/// Windows whose values differ from `expected` (count, mean, min, max, exactly 4 samples),
+/// expected windows missing, and windows stored that were not expected.
+fn window_value_problems(
+    expected: &BTreeMap<(String, i64), Expected>,
+    actual: &BTreeMap<(String, i64), Stored>,
+) -> Vec<String> {
     let mut problems = Vec::new();
-    for (key, e) in &expected {
+    for (key, e) in expected {
         let want = Stored {
             count: Some(e.count as f64),
             mean: Some(e.sum / e.count as f64),
@@ -273,14 +367,23 @@ fn every_window_closes_by_the_clock_under_sustained_load_with_exact_values() {
             problems.push(format!("unexpected window {key:?}: {:?}", actual[key]));
         }
     }
-    // Timeliness: visible after end + grace, within the slack.
-    let first_seen = first_seen.into_inner().unwrap();
+    problems
+}
+
+/// Windows that did not become visible after their end + grace within the slack: never seen
+/// while polling, seen too late, or seen too early.
+fn window_timeliness_problems(
+    expected: &BTreeMap<(String, i64), Expected>,
+    first_seen: &BTreeMap<(String, i64), i64>,
+    schedule: &Schedule,
+) -> Vec<String> {
+    let mut problems = Vec::new();
     for (sensor, start) in expected.keys() {
         let due = start + WINDOW_MS + GRACE_MS;
         match first_seen.get(&(sensor.clone(), *start)) {
             None => problems.push(format!(
                 "window ({sensor}, {start}) not visible while polling (due at {due}, polled until {})",
-                last_due + SLACK_MS + 2_000
+                schedule.polled_until()
             )),
             Some(&seen) if seen > due + SLACK_MS => problems.push(format!(
                 "window ({sensor}, {start}) visible {} ms after its end + grace (slack {SLACK_MS} ms)",
@@ -293,14 +396,11 @@ fn every_window_closes_by_the_clock_under_sustained_load_with_exact_values() {
             Some(_) => {}
         }
     }
-    let late = metric_in(
-        &gateway_metrics(http_port),
-        "readings_rejected_total",
-        &[("input", "env-load")],
-    );
-    if late != 0.0 {
-        problems.push(format!("{late} readings rejected"));
-    }
+    problems
+}
+
+/// Then: no problem at all (the first 30 are shown, with the gateway's log).
+fn then_there_are_no_problems(problems: &[String], gateway: &GatewayProcess) {
     let shown = problems.len().min(30);
     assert!(
         problems.is_empty(),
@@ -309,7 +409,4 @@ fn every_window_closes_by_the_clock_under_sustained_load_with_exact_values() {
         problems[..shown].join("\n"),
         gateway.log_tail(30)
     );
-    gateway.sigterm();
-    let status = gateway.wait_exit(Duration::from_secs(30)).unwrap();
-    assert!(status.success(), "exit {status}\n{}", gateway.log_tail(20));
 }

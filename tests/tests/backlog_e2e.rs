@@ -37,6 +37,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use ioc_e2e::steps::{given_a_gateway_subscribed, when_stopped_then_it_exits_cleanly};
 use ioc_e2e::{
     free_port, gateway_metrics, metric_in, GatewayProcess, HeavyTestLock, ManifestCounts,
     Mosquitto, RunOptions, SensorSim, StoreApi, VictoriaMetrics,
@@ -135,32 +136,62 @@ fn backlog_drains_exactly_once(max_inflight: u32, stations: usize, drain_timeout
     let dir = tempfile::tempdir().unwrap();
     let http = free_port();
     let config = write_config(dir.path(), &broker, &vm, http);
+    let mut gateway = given_a_stopped_gateway_with_a_persistent_session(&broker, &config);
+    let queued =
+        given_messages_queued_at_the_broker_for_its_session(&broker, dir.path(), stations, n);
+    eprintln!(
+        "max_inflight_messages {max_inflight}: {n} messages queued by sensor-sim in {:.1} s ({:.0} msg/s)",
+        queued.seconds, queued.rate
+    );
+    let drain = when_the_gateway_comes_back_and_drains_the_backlog(
+        &mut gateway,
+        &broker,
+        &vm,
+        http,
+        n,
+        drain_timeout,
+    );
+    drain.print(max_inflight, n);
+    then_the_drain_did_not_stall(&drain, &broker, max_inflight);
+    let found =
+        then_every_reading_is_stored_exactly_once_and_nothing_else(&queued, &vm, &gateway, n);
+    then_each_message_arrived_once_on_one_connection_without_a_warning(&drain, &broker, n);
+    when_stopped_then_it_exits_cleanly(&mut gateway, Duration::from_secs(30));
+    eprintln!(
+        "max_inflight_messages {max_inflight}: verify {found} found, 0 missing, 0 duplicates, 0 extra; test took {:.1} s",
+        total.elapsed().as_secs_f64()
+    );
+}
 
-    // 1. The gateway connects once: its persistent session and subscription now exist.
-    let mut gateway = GatewayProcess::spawn(&config).unwrap();
-    assert!(
-        broker.wait_for_subscription(GATEWAY_ID, FILTER, 0, Duration::from_secs(20)),
-        "the gateway did not subscribe:\n{}\n--- broker ---\n{}",
-        gateway.log_tail(30),
-        broker.log_tail(20)
-    );
-    gateway.sigterm();
-    let status = gateway.wait_exit(Duration::from_secs(30)).unwrap();
-    assert!(
-        status.success(),
-        "gateway exit {status}\n{}",
-        gateway.log_tail(30)
-    );
+/// Given: the gateway connected once (its persistent session and subscription now exist) and was
+/// stopped with SIGTERM, cleanly.
+fn given_a_stopped_gateway_with_a_persistent_session(
+    broker: &Mosquitto,
+    config: &Path,
+) -> GatewayProcess {
+    let mut gateway = given_a_gateway_subscribed(broker, config, &[(GATEWAY_ID, FILTER)]);
+    when_stopped_then_it_exits_cleanly(&mut gateway, Duration::from_secs(30));
+    gateway
+}
 
-    // 2. N QoS 1 messages queued at the broker for the stopped session.
-    let scenario = SensorSim::env_scenario(
-        dir.path(),
-        "backlog",
-        stations,
-        &["d0", "d1", "d2", "d3"],
-        1,
-    );
-    let manifest = dir.path().join("manifest.jsonl");
+/// What `sensor-sim run` queued at the broker.
+struct Queued {
+    manifest: PathBuf,
+    counts: ManifestCounts,
+    seconds: f64,
+    rate: f64,
+}
+
+/// Given: `n` QoS 1 messages (`stations` stations, 1 s apart from `SIM_START`) published by
+/// `sensor-sim run` and queued at the broker for the stopped session: every one acked, none lost.
+fn given_messages_queued_at_the_broker_for_its_session(
+    broker: &Mosquitto,
+    dir: &Path,
+    stations: usize,
+    n: u64,
+) -> Queued {
+    let scenario = SensorSim::env_scenario(dir, "backlog", stations, &["d0", "d1", "d2", "d3"], 1);
+    let manifest = dir.join("manifest.jsonl");
     let run = SensorSim::run(
         &scenario,
         &broker.url(),
@@ -184,12 +215,55 @@ fn backlog_drains_exactly_once(max_inflight: u32, stations: usize, drain_timeout
     );
     let counts = ManifestCounts::read(&manifest).unwrap();
     assert_eq!(counts.stored_points, n);
-    eprintln!(
-        "max_inflight_messages {max_inflight}: {n} messages queued by sensor-sim in {:.1} s ({:.0} msg/s)",
-        run.seconds, run.rate
-    );
+    Queued {
+        manifest,
+        counts,
+        seconds: run.seconds,
+        rate: run.rate,
+    }
+}
 
-    // 3. The gateway comes back: the drain, timed until the last reading is queryable.
+/// What one drain did: the figures, and what the gateway and the broker said meanwhile.
+struct DrainRun {
+    drain: Drain,
+    /// Why the drain stopped before every reading was stored, if it did.
+    stall: Option<String>,
+    metrics: String,
+    /// The gateway's log of the drain run only.
+    log: String,
+    broker_timeouts: usize,
+    connections: usize,
+    connection_errors: f64,
+}
+
+impl DrainRun {
+    /// Prints the drain rate, the gateway's CPU time per message and its peak RSS.
+    fn print(&self, max_inflight: u32, n: u64) {
+        let drain = &self.drain;
+        eprintln!(
+            "max_inflight_messages {max_inflight}: {} of {n} readings stored {:.1} s after the restart = {:.0} msg/s; \
+             gateway CPU {:.2} s ({:.1} µs/msg), peak RSS {:.1} MiB",
+            drain.messages,
+            drain.seconds,
+            drain.messages as f64 / drain.seconds,
+            drain.cpu_s,
+            drain.cpu_s * 1e6 / drain.messages.max(1) as f64,
+            drain.peak_rss_kib as f64 / 1024.0
+        );
+    }
+}
+
+/// When: the gateway starts again with the store up; the drain is timed until the last reading
+/// is queryable, and stops early when the gateway exits, nothing new is stored for 20 s, or
+/// `drain_timeout` passes.
+fn when_the_gateway_comes_back_and_drains_the_backlog(
+    gateway: &mut GatewayProcess,
+    broker: &Mosquitto,
+    vm: &VictoriaMetrics,
+    http: u16,
+    n: u64,
+    drain_timeout: Duration,
+) -> DrainRun {
     let log_before = gateway.log().len();
     let connections_before = broker.connection_count(GATEWAY_ID);
     let started = Instant::now();
@@ -198,7 +272,7 @@ fn backlog_drains_exactly_once(max_inflight: u32, stations: usize, drain_timeout
     let mut last_progress = Instant::now();
     let mut stall = None;
     loop {
-        let now_stored = stored_readings(&vm);
+        let now_stored = stored_readings(vm);
         if now_stored != stored {
             stored = now_stored;
             last_progress = Instant::now();
@@ -227,39 +301,53 @@ fn backlog_drains_exactly_once(max_inflight: u32, stations: usize, drain_timeout
         peak_rss_kib: gateway.peak_rss_kib().unwrap_or(0),
     };
     let metrics = gateway_metrics(http);
-    let drain_log = gateway.log()[log_before..].to_string();
-    eprintln!(
-        "max_inflight_messages {max_inflight}: {} of {n} readings stored {:.1} s after the restart = {:.0} msg/s; \
-         gateway CPU {:.2} s ({:.1} µs/msg), peak RSS {:.1} MiB",
-        drain.messages,
-        drain.seconds,
-        drain.messages as f64 / drain.seconds,
-        drain.cpu_s,
-        drain.cpu_s * 1e6 / drain.messages.max(1) as f64,
-        drain.peak_rss_kib as f64 / 1024.0
-    );
-    let broker_timeouts = broker.log_count(&format!("Client {GATEWAY_ID} has exceeded timeout"));
-    let drain_connections = broker.connection_count(GATEWAY_ID) - connections_before;
+    let log = gateway.log()[log_before..].to_string();
     let connection_errors = metric_in(
         &metrics,
         "mqtt_connection_errors_total",
         &[("input", "backlog")],
     );
-    if let Some(why) = stall {
+    DrainRun {
+        drain,
+        stall,
+        log,
+        broker_timeouts: broker.log_count(&format!("Client {GATEWAY_ID} has exceeded timeout")),
+        connections: broker.connection_count(GATEWAY_ID) - connections_before,
+        connection_errors,
+        metrics,
+    }
+}
+
+/// Then: the drain reached every reading (else it fails with what the broker and the gateway
+/// said).
+fn then_the_drain_did_not_stall(run: &DrainRun, broker: &Mosquitto, max_inflight: u32) {
+    if let Some(why) = &run.stall {
         panic!(
             "backlog drain stalled with max_inflight_messages {max_inflight}: {why}; \
-             broker keep-alive timeouts {broker_timeouts}, gateway connections {drain_connections}, \
-             mqtt_connection_errors_total {connection_errors}, messages_received_total {}\n\
+             broker keep-alive timeouts {}, gateway connections {}, \
+             mqtt_connection_errors_total {}, messages_received_total {}\n\
              --- gateway warnings ---\n{}\n--- broker log ---\n{}",
-            metric_in(&metrics, "messages_received_total", &[]),
-            warnings(&drain_log).join("\n"),
+            run.broker_timeouts,
+            run.connections,
+            run.connection_errors,
+            metric_in(&run.metrics, "messages_received_total", &[]),
+            warnings(&run.log).join("\n"),
             broker.log_tail(20)
         );
     }
+}
 
-    // 4. Exactly once, nothing else, no reconnect, no warning.
+/// Then: `sensor-sim verify` finds every one of the `n` readings, none missing, mismatched or
+/// duplicated, and the store holds no sample beyond the manifest's (of this gateway, or at all).
+/// Returns how many readings verify found.
+fn then_every_reading_is_stored_exactly_once_and_nothing_else(
+    queued: &Queued,
+    vm: &VictoriaMetrics,
+    gateway: &GatewayProcess,
+    n: u64,
+) -> u64 {
     let verdict = SensorSim::verify_until_passed(
-        &manifest,
+        &queued.manifest,
         &vm.url(),
         StoreApi::V2,
         &["--gateway-id", GATEWAY_ID],
@@ -280,7 +368,7 @@ fn backlog_drains_exactly_once(max_inflight: u32, stations: usize, drain_timeout
         (n, n, 0, 0, 0),
         "{verdict}"
     );
-    let expected_samples: u64 = counts.field_points["environment"].values().sum();
+    let expected_samples: u64 = queued.counts.field_points["environment"].values().sum();
     vm.force_flush().unwrap();
     let samples = vm
         .query_sum(
@@ -301,41 +389,39 @@ fn backlog_drains_exactly_once(max_inflight: u32, stations: usize, drain_timeout
         (expected_samples, expected_samples),
         "samples in the store (this gateway, all) vs the manifest: extra points"
     );
-    let received = metric_in(&metrics, "messages_received_total", &[]);
+    totals.found
+}
+
+/// Then: the gateway received exactly `n` messages (a redelivery would count twice), never lost
+/// its broker connection, the broker saw no keep-alive timeout and exactly one new connection of
+/// the gateway, and the gateway's log of the drain has no warning.
+fn then_each_message_arrived_once_on_one_connection_without_a_warning(
+    run: &DrainRun,
+    broker: &Mosquitto,
+    n: u64,
+) {
+    let received = metric_in(&run.metrics, "messages_received_total", &[]);
     assert_eq!(
         received, n as f64,
         "messages the gateway received in the drain run (a redelivery counts twice)"
     );
     assert_eq!(
-        connection_errors,
+        run.connection_errors,
         0.0,
         "the gateway lost its broker connection during the drain\n{}",
-        warnings(&drain_log).join("\n")
+        warnings(&run.log).join("\n")
     );
     assert_eq!(
-        (broker_timeouts, drain_connections),
+        (run.broker_timeouts, run.connections),
         (0, 1),
         "broker keep-alive timeouts, gateway connections during the drain\n--- broker log ---\n{}",
         broker.log_tail(20)
     );
-    let warned = warnings(&drain_log);
+    let warned = warnings(&run.log);
     assert!(
         warned.is_empty(),
         "the gateway warned during the drain:\n{}",
         warned.join("\n")
-    );
-
-    gateway.sigterm();
-    let status = gateway.wait_exit(Duration::from_secs(30)).unwrap();
-    assert!(
-        status.success(),
-        "gateway exit {status}\n{}",
-        gateway.log_tail(30)
-    );
-    eprintln!(
-        "max_inflight_messages {max_inflight}: verify {} found, 0 missing, 0 duplicates, 0 extra; test took {:.1} s",
-        totals.found,
-        total.elapsed().as_secs_f64()
     );
 }
 

@@ -28,6 +28,10 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use ioc_e2e::steps::{
+    given_a_gateway_subscribed, then_the_broker_acked_everything,
+    when_it_restarts_then_it_reconnects,
+};
 use ioc_e2e::{free_port, wait_until, GatewayProcess, HeavyTestLock, Mosquitto, MqttPublisher};
 use ioc_e2e::{http_get, metric_in, VictoriaMetrics};
 use tempfile::TempDir;
@@ -151,20 +155,8 @@ impl Gateway {
         let http_port = free_port();
         let config = dir.path().join("gateway.toml");
         std::fs::write(&config, config_text(setup, http_port)).unwrap();
-        let before = broker.subscription_count(setup.gateway_id, TOPIC_FILTER);
-        let mut process = GatewayProcess::spawn(&config).unwrap();
-        let subscribed = broker.wait_for_subscription(
-            setup.gateway_id,
-            TOPIC_FILTER,
-            before,
-            Duration::from_secs(20),
-        );
-        assert!(
-            subscribed,
-            "gateway did not subscribe (running: {}):\n{}",
-            process.is_running(),
-            process.log_tail(40)
-        );
+        let process =
+            given_a_gateway_subscribed(broker, &config, &[(setup.gateway_id, TOPIC_FILTER)]);
         Gateway {
             process,
             http_port,
@@ -181,17 +173,7 @@ impl Gateway {
     /// Starts the process again on the same data dir and waits until it is connected to the
     /// broker again (its session is persistent, so it need not subscribe again).
     fn restart_process(&mut self) {
-        let connected_before = self.process.log().matches("connected to broker").count();
-        self.process.start_again().unwrap();
-        let connected = wait_until(Duration::from_secs(20), || {
-            self.process.log().matches("connected to broker").count() > connected_before
-        });
-        assert!(
-            connected,
-            "gateway did not connect after restart (running: {}):\n{}",
-            self.process.is_running(),
-            self.process.log_tail(40)
-        );
+        when_it_restarts_then_it_reconnects(&mut self.process);
     }
 
     fn get(&self, path: &str) -> (u16, String) {
@@ -390,11 +372,45 @@ const AFTER_SPACE_MESSAGES: u64 = 5_000;
 const AFTER_STORE_MESSAGES: u64 = 1_000;
 
 fn run_disk_full(mode: DiskMode, gateway_id: &str, fs_dir: &Path) {
+    let mut run = given_a_gateway_buffering_with_the_store_down(mode, gateway_id, fs_dir);
+    let watcher = ReadyzWatcher::start(run.gateway.http_port);
+    when_the_disk_fills_and_beyond(&mut run);
+    let full = then_it_dropped_the_oldest_said_so_and_stayed_alive(&mut run);
+    then_readyz_reported_the_full_disk(&run, &full, watcher);
+    if mode == DiskMode::TmpfsEnospc {
+        when_space_returns_then_appends_resume_without_errors(&mut run, full.append_errors);
+    }
+    let dropped_lines = when_the_store_comes_back_onto_a_filesystem_full_to_the_brim(&mut run);
+    then_the_buffer_drains_and_frees_its_disk(&run);
+    when_new_messages_are_published_then_they_arrive(&mut run);
+    then_it_is_ready_again(&run);
+    then_every_acked_message_is_stored_or_inside_the_dropped_range(&mut run, dropped_lines);
+}
+
+/// One disk-full scenario: the servers, the gateway, and the messages published so far
+/// (`0..published`). Fields drop in order: the gateway goes before the servers.
+struct DiskFullRun {
+    mode: DiskMode,
+    fs_dir: PathBuf,
+    publisher: MqttPublisher,
+    gateway: Gateway,
+    vm: VictoriaMetrics,
+    _broker: Mosquitto,
+    published: u64,
+    started: Instant,
+}
+
+/// Given: on `fs_dir` (with a 2 MiB filler file on the tmpfs), a broker, a store that is down,
+/// and a gateway bounded by `max_disk_mb` (64 on the tmpfs, more than it holds; else 1).
+fn given_a_gateway_buffering_with_the_store_down(
+    mode: DiskMode,
+    gateway_id: &str,
+    fs_dir: &Path,
+) -> DiskFullRun {
     let started = Instant::now();
     let data_dir = fs_dir.join("data");
-    let filler = fs_dir.join("filler");
     if mode == DiskMode::TmpfsEnospc {
-        write_filler(&filler, 2 << 20);
+        write_filler(&fs_dir.join("filler"), 2 << 20);
     }
     let broker = Mosquitto::start().unwrap();
     let mut vm = VictoriaMetrics::start().unwrap();
@@ -408,43 +424,75 @@ fn run_disk_full(mode: DiskMode, gateway_id: &str, fs_dir: &Path) {
         segment_mb: None,
         batch_max_lines: 500,
     };
-    let mut gateway = Gateway::start(&setup, &broker);
-    let mut publisher =
-        MqttPublisher::connect(&broker.url(), &format!("{gateway_id}-pub")).unwrap();
+    let gateway = Gateway::start(&setup, &broker);
+    let publisher = MqttPublisher::connect(&broker.url(), &format!("{gateway_id}-pub")).unwrap();
+    DiskFullRun {
+        mode,
+        fs_dir: fs_dir.to_path_buf(),
+        publisher,
+        gateway,
+        vm,
+        _broker: broker,
+        published: 0,
+        started,
+    }
+}
 
-    // /readyz is watched during the fill: the disk reasons come and go with each drop-oldest
-    // (a drop makes room, the next appends fill it again), so whether one holds at the single
-    // moment after the fill depends on where the last append fell.
-    let watching = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
-    let watcher = {
-        let watching = watching.clone();
-        let url = format!("http://127.0.0.1:{}/readyz", gateway.http_port);
-        std::thread::spawn(move || {
-            let mut seen = std::collections::BTreeSet::new();
-            while watching.load(std::sync::atomic::Ordering::Relaxed) {
-                let (_, body) = http_get(&url);
-                if let Ok(v) = serde_json::from_str::<serde_json::Value>(&body) {
-                    for r in v["reasons"].as_array().into_iter().flatten() {
-                        if let Some(code) = r["code"].as_str() {
-                            seen.insert(code.to_owned());
+/// `/readyz` watched in the background during the fill: the disk reasons come and go with each
+/// drop-oldest (a drop makes room, the next appends fill it again), so whether one holds at the
+/// single moment after the fill depends on where the last append fell.
+struct ReadyzWatcher {
+    watching: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<BTreeSet<String>>,
+}
+
+impl ReadyzWatcher {
+    fn start(http_port: u16) -> ReadyzWatcher {
+        let watching = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let thread = {
+            let watching = watching.clone();
+            let url = format!("http://127.0.0.1:{http_port}/readyz");
+            std::thread::spawn(move || {
+                let mut seen = BTreeSet::new();
+                while watching.load(std::sync::atomic::Ordering::Relaxed) {
+                    let (_, body) = http_get(&url);
+                    if let Ok(v) = serde_json::from_str::<serde_json::Value>(&body) {
+                        for r in v["reasons"].as_array().into_iter().flatten() {
+                            if let Some(code) = r["code"].as_str() {
+                                seen.insert(code.to_owned());
+                            }
                         }
                     }
+                    std::thread::sleep(Duration::from_millis(10));
                 }
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            seen
-        })
-    };
+                seen
+            })
+        };
+        ReadyzWatcher { watching, thread }
+    }
 
-    // Fill the disk and go on.
+    /// Stops watching: every reason code seen meanwhile.
+    fn stop(self) -> BTreeSet<String> {
+        self.watching
+            .store(false, std::sync::atomic::Ordering::Relaxed);
+        self.thread.join().unwrap_or_default()
+    }
+}
+
+/// When: `FILL_MESSAGES` are published at full rate (far more than fits); the broker acks them
+/// all and the gateway makes every one durable (dropping the oldest for room).
+fn when_the_disk_fills_and_beyond(run: &mut DiskFullRun) {
+    let mode = run.mode;
     let fill_start = Instant::now();
-    publish_range(&mut publisher, 0..FILL_MESSAGES);
+    publish_range(&mut run.publisher, 0..FILL_MESSAGES);
+    run.published = FILL_MESSAGES;
     assert!(
-        publisher.wait_all_acked(Duration::from_secs(60)),
+        run.publisher.wait_all_acked(Duration::from_secs(60)),
         "broker acked only {} of {}",
-        publisher.acked_count(),
-        publisher.published()
+        run.publisher.acked_count(),
+        run.publisher.published()
     );
+    let gateway = &mut run.gateway;
     let all_durable = wait_until(Duration::from_secs(60), || {
         gateway.appended() >= FILL_MESSAGES
     });
@@ -457,6 +505,20 @@ fn run_disk_full(mode: DiskMode, gateway_id: &str, fs_dir: &Path) {
         gateway.process.log_tail(40)
     );
     assert_eq!(gateway.appended(), FILL_MESSAGES, "lines made durable");
+    eprintln!("[{mode:?}] filled in {fill_s:.1} s");
+}
+
+/// What the gateway counted while the disk was full.
+struct FullDisk {
+    append_errors: u64,
+    log: String,
+}
+
+/// Then: the gateway is alive and healthy, dropped the oldest (a part of the buffer per drop, not
+/// all of it) and logged it.
+fn then_it_dropped_the_oldest_said_so_and_stayed_alive(run: &mut DiskFullRun) -> FullDisk {
+    let mode = run.mode;
+    let gateway = &mut run.gateway;
     assert!(gateway.process.is_running(), "the gateway died");
     assert!(
         gateway.healthz_ok(),
@@ -467,7 +529,7 @@ fn run_disk_full(mode: DiskMode, gateway_id: &str, fs_dir: &Path) {
     let dropped_segments = gateway.metric("buffer_dropped_oldest_segments_total", &[]) as u64;
     let log = gateway.process.log();
     eprintln!(
-        "[{mode:?}] filled in {fill_s:.1} s: {FILL_MESSAGES} messages durable, {errors} append errors, \
+        "[{mode:?}] {FILL_MESSAGES} messages durable, {errors} append errors, \
          {dropped_segments} segments / {dropped_lines} lines dropped oldest"
     );
     assert!(dropped_lines > 0, "nothing dropped: the disk never filled");
@@ -484,13 +546,25 @@ fn run_disk_full(mode: DiskMode, gateway_id: &str, fs_dir: &Path) {
         "no drop-oldest log line:\n{}",
         gateway.process.log_tail(40)
     );
+    FullDisk {
+        append_errors: errors,
+        log,
+    }
+}
+
+/// Then: `/readyz` says 503 with `store_unreachable`, and gave the disk's reason during or right
+/// after the fill: on the tmpfs, append errors (ENOSPC, logged, with a warning that `max_disk_mb`
+/// exceeds the filesystem) or a nearly full buffer; under the configured bound, no append error
+/// and a nearly full buffer.
+fn then_readyz_reported_the_full_disk(run: &DiskFullRun, full: &FullDisk, watcher: ReadyzWatcher) {
+    let mode = run.mode;
+    let gateway = &run.gateway;
     // Right after the fill: the disk reasons below. `store_unreachable` needs data waiting for
     // `store_unreachable_after_s` (1 s) since start, and a fast fill gets here sooner than that:
     // it is awaited separately (the buffer's own fill level moves meanwhile, as drops and
     // sealing change it, so the two are not required at the same instant).
     let (status, mut codes, body) = gateway.readyz();
-    watching.store(false, std::sync::atomic::Ordering::Relaxed);
-    let seen_during_fill = watcher.join().unwrap_or_default();
+    let seen_during_fill = watcher.stop();
     eprintln!("[{mode:?}] /readyz while full: {status} {body}; reasons seen during the fill: {seen_during_fill:?}");
     codes.extend(seen_during_fill);
     let mut later = (0, Vec::new(), String::new());
@@ -500,6 +574,7 @@ fn run_disk_full(mode: DiskMode, gateway_id: &str, fs_dir: &Path) {
     });
     assert!(unreachable, "no store_unreachable: {}", later.2);
     assert_eq!(later.0, 503, "/readyz while the disk is full: {}", later.2);
+    let (errors, log) = (full.append_errors, &full.log);
     match mode {
         DiskMode::TmpfsEnospc => {
             assert!(errors > 0, "no append error on a full filesystem");
@@ -527,39 +602,53 @@ fn run_disk_full(mode: DiskMode, gateway_id: &str, fs_dir: &Path) {
             assert!(codes.iter().any(|c| c == "buffer_nearly_full"), "{body}");
         }
     }
+}
 
-    // Space returns: the filler goes (tmpfs), more messages are appended without errors.
-    let mut total = FILL_MESSAGES;
-    if mode == DiskMode::TmpfsEnospc {
-        std::fs::remove_file(&filler).unwrap();
-        let space_back = Instant::now();
-        publish_range(&mut publisher, total..total + AFTER_SPACE_MESSAGES);
-        total += AFTER_SPACE_MESSAGES;
-        assert!(publisher.wait_all_acked(Duration::from_secs(30)));
-        assert!(
-            wait_until(Duration::from_secs(30), || gateway.appended() >= total),
-            "appends did not resume after space came back: {} of {total}\n{}",
-            gateway.appended(),
-            gateway.process.log_tail(30)
-        );
-        let errors_after = gateway.metric("buffer_append_errors_total", &[]) as u64;
-        eprintln!(
-            "[{mode:?}] space back: {AFTER_SPACE_MESSAGES} messages durable in {:.2} s, append errors {errors} -> {errors_after}",
-            space_back.elapsed().as_secs_f64()
-        );
-        assert_eq!(errors_after, errors, "appends failed after space came back");
-    }
+/// When: the filler file goes (space returns) and `AFTER_SPACE_MESSAGES` more are published;
+/// then they are all durable, with no new append error.
+fn when_space_returns_then_appends_resume_without_errors(run: &mut DiskFullRun, errors: u64) {
+    let mode = run.mode;
+    std::fs::remove_file(run.fs_dir.join("filler")).unwrap();
+    let space_back = Instant::now();
+    let from = run.published;
+    let total = from + AFTER_SPACE_MESSAGES;
+    publish_range(&mut run.publisher, from..total);
+    run.published = total;
+    then_the_broker_acked_everything(&run.publisher, Duration::from_secs(30));
+    let gateway = &run.gateway;
+    assert!(
+        wait_until(Duration::from_secs(30), || gateway.appended() >= total),
+        "appends did not resume after space came back: {} of {total}\n{}",
+        gateway.appended(),
+        gateway.process.log_tail(30)
+    );
+    let errors_after = gateway.metric("buffer_append_errors_total", &[]) as u64;
+    eprintln!(
+        "[{mode:?}] space back: {AFTER_SPACE_MESSAGES} messages durable in {:.2} s, append errors {errors} -> {errors_after}",
+        space_back.elapsed().as_secs_f64()
+    );
+    assert_eq!(errors_after, errors, "appends failed after space came back");
+}
 
-    // The store comes back: the buffer drains, then new messages go straight through. On the
-    // tmpfs, another program has filled the filesystem to the last byte meanwhile: the buffer
-    // must still drain and free its disk (acknowledging needs a new cursor file).
-    let last_filler = fs_dir.join("filler-to-the-brim");
+/// When: (on the tmpfs, after another program filled the filesystem to the last byte, so
+/// acknowledging needs a new cursor file without room for it) the store comes back. Returns the
+/// lines dropped oldest by then.
+fn when_the_store_comes_back_onto_a_filesystem_full_to_the_brim(run: &mut DiskFullRun) -> u64 {
+    let mode = run.mode;
     if mode == DiskMode::TmpfsEnospc {
-        let left = fill_to_the_brim(&last_filler);
+        let left = fill_to_the_brim(&run.fs_dir.join("filler-to-the-brim"));
         eprintln!("[{mode:?}] filesystem filled to the brim by another file ({left} bytes)");
     }
-    let dropped_lines = gateway.metric("buffer_dropped_oldest_lines_total", &[]) as u64;
-    vm.start_again().unwrap();
+    let dropped_lines = run.gateway.metric("buffer_dropped_oldest_lines_total", &[]) as u64;
+    run.vm.start_again().unwrap();
+    dropped_lines
+}
+
+/// Then: the buffer drains and its delivered segments are deleted (what stays on disk is at most
+/// the segment being written); the brim filler then goes.
+fn then_the_buffer_drains_and_frees_its_disk(run: &DiskFullRun) {
+    let mode = run.mode;
+    let gateway = &run.gateway;
     let store_back = Instant::now();
     let drained = wait_until(Duration::from_secs(40), || {
         gateway.metric("buffer_readings", &[("class", "normal")]) == 0.0
@@ -571,12 +660,11 @@ fn run_disk_full(mode: DiskMode, gateway_id: &str, fs_dir: &Path) {
         "buffer did not drain after the store came back\n{}",
         gateway.process.log_tail(30)
     );
-    // Delivered segments are deleted: what stays on disk is at most the segment being written.
     let freed = wait_until(Duration::from_secs(10), || {
         gateway.metric("buffer_bytes", &[]) < 600_000.0
     });
     eprintln!(
-        "[{mode:?}] after the drain the buffer holds {} bytes on disk",
+        "[{mode:?}] drained in {drain_s:.1} s; after the drain the buffer holds {} bytes on disk",
         gateway.metric("buffer_bytes", &[])
     );
     assert!(
@@ -586,26 +674,38 @@ fn run_disk_full(mode: DiskMode, gateway_id: &str, fs_dir: &Path) {
         gateway.process.log_tail(30)
     );
     if mode == DiskMode::TmpfsEnospc {
-        std::fs::remove_file(&last_filler).unwrap();
+        std::fs::remove_file(run.fs_dir.join("filler-to-the-brim")).unwrap();
     }
-    publish_range(&mut publisher, total..total + AFTER_STORE_MESSAGES);
-    let first_new = total;
-    total += AFTER_STORE_MESSAGES;
-    assert!(publisher.wait_all_acked(Duration::from_secs(30)));
+}
+
+/// When: `AFTER_STORE_MESSAGES` new messages are published; then they reach the store.
+fn when_new_messages_are_published_then_they_arrive(run: &mut DiskFullRun) {
+    let mode = run.mode;
+    let first_new = run.published;
+    let total = first_new + AFTER_STORE_MESSAGES;
+    publish_range(&mut run.publisher, first_new..total);
+    run.published = total;
+    then_the_broker_acked_everything(&run.publisher, Duration::from_secs(30));
     let new_in = Instant::now();
     let arrived = wait_until(Duration::from_secs(30), || {
-        stored_numbers(&vm).0.range(first_new..total).count() as u64 == AFTER_STORE_MESSAGES
+        stored_numbers(&run.vm).0.range(first_new..total).count() as u64 == AFTER_STORE_MESSAGES
     });
     assert!(
         arrived,
         "new messages did not arrive\n{}",
-        gateway.process.log_tail(30)
+        run.gateway.process.log_tail(30)
     );
     eprintln!(
-        "[{mode:?}] store back: drained in {drain_s:.1} s; {AFTER_STORE_MESSAGES} new messages in the store {:.2} s after publishing",
+        "[{mode:?}] store back: {AFTER_STORE_MESSAGES} new messages in the store {:.2} s after publishing",
         new_in.elapsed().as_secs_f64()
     );
-    let (status, codes, body) = gateway.readyz();
+}
+
+/// Then: `/readyz` is 200 again, with neither `store_unreachable` nor `buffer_nearly_full`
+/// (appends succeed again, so `disk_errors` is gone with the rest).
+fn then_it_is_ready_again(run: &DiskFullRun) {
+    let mode = run.mode;
+    let (status, codes, body) = run.gateway.readyz();
     eprintln!("[{mode:?}] /readyz after recovery: {status} {body}");
     for gone in ["store_unreachable", "buffer_nearly_full"] {
         assert!(
@@ -613,25 +713,31 @@ fn run_disk_full(mode: DiskMode, gateway_id: &str, fs_dir: &Path) {
             "{gone} still reported: {body}"
         );
     }
-    // Appends succeed again, so `disk_errors` is gone with the rest: ready again.
     assert_eq!(status, 200, "[{mode:?}] not ready again: {body}");
+}
 
-    // Accounting: every acked message is in the store, or inside the dropped range.
-    let flags = publisher.acked_flags();
+/// Then: the broker acked every message; nothing was dropped after the store came back; every
+/// acked message is stored once, or inside the range counted as dropped, exactly. The forwarder
+/// held the first batch in memory while its segment was dropped; it reached the store when it
+/// came back. So the lost messages are exactly `k..dropped_lines` for the `k` lines of that
+/// batch: contiguous, and ending where the dropped count says.
+fn then_every_acked_message_is_stored_or_inside_the_dropped_range(
+    run: &mut DiskFullRun,
+    dropped_lines: u64,
+) {
+    let (mode, total) = (run.mode, run.published);
+    let flags = run.publisher.acked_flags();
     assert_eq!(flags.len() as u64, total);
     assert!(flags.iter().all(|f| *f), "broker did not ack everything");
-    let dropped_after = gateway.metric("buffer_dropped_oldest_lines_total", &[]) as u64;
+    let dropped_after = run.gateway.metric("buffer_dropped_oldest_lines_total", &[]) as u64;
     assert_eq!(
         dropped_after, dropped_lines,
         "drops after the store came back"
     );
-    let (stored, doubled) = stored_numbers(&vm);
+    let (stored, doubled) = stored_numbers(&run.vm);
     assert_eq!(doubled, 0, "a message stored twice");
     assert!(stored.iter().all(|n| *n < total), "unknown numbers stored");
     let missing: Vec<u64> = (0..total).filter(|n| !stored.contains(n)).collect();
-    // The forwarder held the first batch in memory while its segment was dropped; it reached the
-    // store when it came back. So the lost messages are exactly `k..dropped_lines` for the `k`
-    // lines of that batch: contiguous, and ending where the dropped count says.
     let k = missing.first().copied().unwrap_or(dropped_lines);
     eprintln!(
         "[{mode:?}] {total} acked, {} stored, {} missing ({}), {dropped_lines} counted as dropped; \
@@ -639,8 +745,8 @@ fn run_disk_full(mode: DiskMode, gateway_id: &str, fs_dir: &Path) {
         stored.len(),
         missing.len(),
         ranges(missing.iter().copied()),
-        gateway.process.peak_rss_kib().unwrap_or(0),
-        started.elapsed().as_secs_f64()
+        run.gateway.process.peak_rss_kib().unwrap_or(0),
+        run.started.elapsed().as_secs_f64()
     );
     let expected_missing: Vec<u64> = (k..dropped_lines).collect();
     assert_eq!(
@@ -652,7 +758,7 @@ fn run_disk_full(mode: DiskMode, gateway_id: &str, fs_dir: &Path) {
         k <= 4096,
         "in-flight batch of {k} lines is larger than one group commit"
     );
-    assert!(gateway.process.is_running());
+    assert!(run.gateway.process.is_running());
 }
 
 #[test]
@@ -868,12 +974,39 @@ fn segment_files(dir: &Path) -> Vec<PathBuf> {
 #[test]
 fn power_cut_damage_drops_exactly_the_damaged_records_and_reports_them() {
     let _heavy = HeavyTestLock::acquire();
-    let started = Instant::now();
+    let mut cut = given_readings_buffered_after_an_ack_cursor_with_the_store_down();
+    when_the_power_goes(&mut cut);
+    let damage = given_a_data_dir_damaged_as_by_a_power_cut(&cut);
+    let restart = when_the_power_and_the_store_come_back(&mut cut);
+    then_exactly_the_intact_records_arrive_once(&cut, &damage, restart);
+    then_the_damage_is_counted_and_logged_where_it_was(&mut cut, &damage);
+    when_the_broker_comes_back_then_only_the_unacknowledged_tail_returns(&mut cut, &damage);
+}
+
+/// Delivered before the outage, so the buffer has an ack cursor.
+const POWER_CUT_DELIVERED: u64 = 1_000;
+/// Buffered while the store is down (about three 1 MiB segments).
+const POWER_CUT_BUFFERED: u64 = 45_000;
+
+/// The power-cut scenario: servers, gateway, and where its buffer lies on disk.
+struct PowerCut {
+    gateway: Gateway,
+    vm: VictoriaMetrics,
+    broker: Mosquitto,
+    class_dir: PathBuf,
+    cursor_path: PathBuf,
+    started: Instant,
+    _dir: TempDir,
+}
+
+/// Given: a gateway (1 MiB segments) that delivered `POWER_CUT_DELIVERED` readings (so an ack
+/// cursor exists), then buffered `POWER_CUT_BUFFERED` more, every one durable, with the store
+/// down.
+fn given_readings_buffered_after_an_ack_cursor_with_the_store_down() -> PowerCut {
     const GATEWAY_ID: &str = "rel-power";
-    /// Delivered before the outage, so the buffer has an ack cursor.
-    const M: u64 = 1_000;
-    /// Buffered while the store is down (about three 1 MiB segments).
-    const N: u64 = 45_000;
+    const M: u64 = POWER_CUT_DELIVERED;
+    const N: u64 = POWER_CUT_BUFFERED;
+    let started = Instant::now();
     let dir = TempDir::new().unwrap();
     let data_dir = dir.path().join("data");
     let broker = Mosquitto::start().unwrap();
@@ -887,7 +1020,7 @@ fn power_cut_damage_drops_exactly_the_damaged_records_and_reports_them() {
         segment_mb: Some(1),
         batch_max_lines: 5000,
     };
-    let mut gateway = Gateway::start(&setup, &broker);
+    let gateway = Gateway::start(&setup, &broker);
     let mut publisher = MqttPublisher::connect(&broker.url(), "rel-power-pub").unwrap();
 
     // Phase 0: delivered and acked.
@@ -904,7 +1037,7 @@ fn power_cut_damage_drops_exactly_the_damaged_records_and_reports_them() {
     let cursor_path = class_dir.join("ack.cursor");
     assert!(cursor_path.is_file(), "no ack cursor after delivery");
 
-    // Phase 1: the store goes down, N readings are buffered, then the power goes.
+    // Phase 1: the store goes down, N readings are buffered.
     vm.stop();
     publish_range(&mut publisher, M..M + N);
     assert!(publisher.wait_all_acked(Duration::from_secs(60)));
@@ -915,15 +1048,56 @@ fn power_cut_damage_drops_exactly_the_damaged_records_and_reports_them() {
         M + N,
         gateway.process.log_tail(30)
     );
-    gateway.process.kill9();
-    // The broker stays away until the buffer is checked: messages whose PUBACK had not left the
-    // gateway at the kill are redelivered by it (at-least-once), which would mix with what
-    // recovery kept. They are checked at the end.
-    let mut broker = broker;
-    broker.stop();
+    PowerCut {
+        gateway,
+        vm,
+        broker,
+        class_dir,
+        cursor_path,
+        started,
+        _dir: dir,
+    }
+}
 
+/// When: the gateway is killed with SIGKILL. The broker stays away until the buffer is checked:
+/// messages whose PUBACK had not left the gateway at the kill are redelivered by it
+/// (at-least-once), which would mix with what recovery kept. They are checked at the end.
+fn when_the_power_goes(cut: &mut PowerCut) {
+    cut.gateway.process.kill9();
+    cut.broker.stop();
+}
+
+/// One damaged spot: (segment index, what, byte range reported as dropped, numbers lost).
+struct DamagedSpot {
+    segment: usize,
+    what: &'static str,
+    from: u64,
+    to: u64,
+    numbers: Vec<u64>,
+}
+
+/// What the power cut did to the buffer, and what must survive it.
+struct Damage {
+    segments: Vec<PathBuf>,
+    spots: Vec<DamagedSpot>,
+    /// Readings in damaged records.
+    lost: BTreeSet<u64>,
+    /// Readings in intact records.
+    intact: BTreeSet<u64>,
+    /// Lines in intact records.
+    intact_lines: u64,
+    /// Bytes recovery must report as dropped.
+    expected_dropped: u64,
+}
+
+/// Given: the buffer holds exactly every message, record by record; then it is damaged as a
+/// power cut does: a flipped bit in a sealed segment after the cursor, a zero-filled tail of
+/// another, a torn last record, and a half-written ack cursor.
+fn given_a_data_dir_damaged_as_by_a_power_cut(cut: &PowerCut) -> Damage {
+    const M: u64 = POWER_CUT_DELIVERED;
+    const N: u64 = POWER_CUT_BUFFERED;
     // What is on disk, record by record.
-    let segments = segment_files(&class_dir);
+    let segments = segment_files(&cut.class_dir);
     assert!(
         segments.len() >= 3,
         "need 3 segments to damage, got {}",
@@ -940,69 +1114,21 @@ fn power_cut_damage_drops_exactly_the_damaged_records_and_reports_them() {
         (0..M + N).collect::<BTreeSet<u64>>(),
         "the buffer does not hold exactly every message"
     );
-    let cursor = std::fs::read(&cursor_path).unwrap();
+    let cursor = std::fs::read(&cut.cursor_path).unwrap();
     assert_eq!(cursor.len(), 28);
     let cursor_offset = u64::from_le_bytes(cursor[16..24].try_into().unwrap());
 
-    // The damage. (segment index, what, byte range reported as dropped, numbers lost)
-    let mut damage: Vec<(usize, &str, u64, u64, Vec<u64>)> = Vec::new();
-    {
-        // A flipped bit in a record in the middle of the first (sealed) segment, after the cursor.
-        let candidates: Vec<usize> = (0..records[0].len())
-            .filter(|&i| records[0][i].offset >= cursor_offset && i + 1 < records[0].len())
-            .collect();
-        assert!(
-            !candidates.is_empty(),
-            "no record after the cursor in the middle of the first segment"
-        );
-        let victim = records[0][candidates[candidates.len() / 2]].clone();
-        let mut bytes = std::fs::read(&segments[0]).unwrap();
-        let at = usize::try_from(victim.offset + 32 + (victim.len - 32) / 2).unwrap();
-        bytes[at] ^= 0x10;
-        std::fs::write(&segments[0], &bytes).unwrap();
-        damage.push((
-            0,
-            "bit flip",
-            victim.offset,
-            victim.offset + victim.len,
-            victim.numbers,
-        ));
-    }
-    {
-        // A zero-filled tail (ext4 after a crash: the size was committed, the data was not): the
-        // last record of the second (sealed) segment is zeros, up to the next 4 KiB.
-        let victim = records[1].last().unwrap().clone();
-        let mut bytes = std::fs::read(&segments[1]).unwrap();
-        let end = bytes.len().div_ceil(4096) * 4096;
-        bytes.resize(end, 0);
-        bytes[usize::try_from(victim.offset).unwrap()..].fill(0);
-        std::fs::write(&segments[1], &bytes).unwrap();
-        damage.push((
-            1,
-            "zero-filled tail",
-            victim.offset,
-            end as u64,
-            victim.numbers,
-        ));
-    }
-    {
-        // The last segment cut in the middle of its last record (a torn write).
-        let last = segments.len() - 1;
-        let victim = records[last].last().unwrap().clone();
-        let cut = victim.offset + 32 + (victim.len - 32) / 2;
-        let file = std::fs::OpenOptions::new()
-            .write(true)
-            .open(&segments[last])
-            .unwrap();
-        file.set_len(cut).unwrap();
-        damage.push((last, "torn last record", victim.offset, cut, victim.numbers));
-    }
+    let spots = vec![
+        flip_a_bit_after_the_cursor(&segments[0], &records[0], cursor_offset),
+        zero_fill_the_tail(&segments[1], &records[1]),
+        tear_the_last_record(&segments, &records),
+    ];
     // A half-written ack cursor: everything still on disk is sent again (never lost).
-    std::fs::write(&cursor_path, &cursor[..13]).unwrap();
-    for (seg, _, from, _, _) in &damage {
-        records[*seg].retain(|r| r.offset != *from);
+    std::fs::write(&cut.cursor_path, &cursor[..13]).unwrap();
+    for spot in &spots {
+        records[spot.segment].retain(|r| r.offset != spot.from);
     }
-    let lost: BTreeSet<u64> = damage.iter().flat_map(|d| d.4.clone()).collect();
+    let lost: BTreeSet<u64> = spots.iter().flat_map(|d| d.numbers.clone()).collect();
     let intact: BTreeSet<u64> = records
         .iter()
         .flatten()
@@ -1013,34 +1139,123 @@ fn power_cut_damage_drops_exactly_the_damaged_records_and_reports_them() {
         .flatten()
         .map(|r| r.numbers.len() as u64)
         .sum();
-    let expected_dropped: u64 = damage.iter().map(|d| d.3 - d.2).sum();
-    for (seg, what, from, to, numbers) in &damage {
+    let expected_dropped: u64 = spots.iter().map(|d| d.to - d.from).sum();
+    for spot in &spots {
         eprintln!(
-            "power cut: {what} in {}: bytes {from}..{to} ({} bytes, {} readings: {})",
-            segments[*seg].file_name().unwrap().to_string_lossy(),
-            to - from,
-            numbers.len(),
-            ranges(numbers.iter().copied())
+            "power cut: {} in {}: bytes {}..{} ({} bytes, {} readings: {})",
+            spot.what,
+            segments[spot.segment]
+                .file_name()
+                .unwrap()
+                .to_string_lossy(),
+            spot.from,
+            spot.to,
+            spot.to - spot.from,
+            spot.numbers.len(),
+            ranges(spot.numbers.iter().copied())
         );
     }
     assert!(!lost.is_empty() && lost.is_disjoint(&intact));
     assert_eq!(intact.len() as u64 + lost.len() as u64, M + N);
+    Damage {
+        segments,
+        spots,
+        lost,
+        intact,
+        intact_lines,
+        expected_dropped,
+    }
+}
 
-    // Power back, store up: the gateway starts, reports the damage and sends every intact record.
-    vm.start_again().unwrap();
-    let restart = Instant::now();
-    gateway.process.start_again().unwrap();
+/// A flipped bit in a record in the middle of the first (sealed) segment, after the cursor.
+fn flip_a_bit_after_the_cursor(
+    segment: &Path,
+    records: &[DiskRecord],
+    cursor_offset: u64,
+) -> DamagedSpot {
+    let candidates: Vec<usize> = (0..records.len())
+        .filter(|&i| records[i].offset >= cursor_offset && i + 1 < records.len())
+        .collect();
     assert!(
-        wait_until(Duration::from_secs(20), || gateway.healthz_ok()),
-        "/healthz after recovery\n{}",
-        gateway.process.log_tail(30)
+        !candidates.is_empty(),
+        "no record after the cursor in the middle of the first segment"
     );
+    let victim = records[candidates[candidates.len() / 2]].clone();
+    let mut bytes = std::fs::read(segment).unwrap();
+    let at = usize::try_from(victim.offset + 32 + (victim.len - 32) / 2).unwrap();
+    bytes[at] ^= 0x10;
+    std::fs::write(segment, &bytes).unwrap();
+    DamagedSpot {
+        segment: 0,
+        what: "bit flip",
+        from: victim.offset,
+        to: victim.offset + victim.len,
+        numbers: victim.numbers,
+    }
+}
+
+/// A zero-filled tail (ext4 after a crash: the size was committed, the data was not): the last
+/// record of the second (sealed) segment is zeros, up to the next 4 KiB.
+fn zero_fill_the_tail(segment: &Path, records: &[DiskRecord]) -> DamagedSpot {
+    let victim = records.last().unwrap().clone();
+    let mut bytes = std::fs::read(segment).unwrap();
+    let end = bytes.len().div_ceil(4096) * 4096;
+    bytes.resize(end, 0);
+    bytes[usize::try_from(victim.offset).unwrap()..].fill(0);
+    std::fs::write(segment, &bytes).unwrap();
+    DamagedSpot {
+        segment: 1,
+        what: "zero-filled tail",
+        from: victim.offset,
+        to: end as u64,
+        numbers: victim.numbers,
+    }
+}
+
+/// The last segment cut in the middle of its last record (a torn write).
+fn tear_the_last_record(segments: &[PathBuf], records: &[Vec<DiskRecord>]) -> DamagedSpot {
+    let last = segments.len() - 1;
+    let victim = records[last].last().unwrap().clone();
+    let cut = victim.offset + 32 + (victim.len - 32) / 2;
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&segments[last])
+        .unwrap();
+    file.set_len(cut).unwrap();
+    DamagedSpot {
+        segment: last,
+        what: "torn last record",
+        from: victim.offset,
+        to: cut,
+        numbers: victim.numbers,
+    }
+}
+
+/// When: power is back with the store up: the gateway starts on the damaged data dir (the broker
+/// still away) and is healthy. Returns when it was started.
+fn when_the_power_and_the_store_come_back(cut: &mut PowerCut) -> Instant {
+    cut.vm.start_again().unwrap();
+    let restart = Instant::now();
+    cut.gateway.process.start_again().unwrap();
+    assert!(
+        wait_until(Duration::from_secs(20), || cut.gateway.healthz_ok()),
+        "/healthz after recovery\n{}",
+        cut.gateway.process.log_tail(30)
+    );
+    restart
+}
+
+/// Then: the store holds exactly the intact readings, none twice, each intact line was sent
+/// exactly once since the restart (VictoriaMetrics counts rows per field), and recovery counted
+/// exactly the damaged bytes as dropped.
+fn then_exactly_the_intact_records_arrive_once(cut: &PowerCut, damage: &Damage, restart: Instant) {
+    let (gateway, vm, intact) = (&cut.gateway, &cut.vm, &damage.intact);
     let all_in = wait_until(Duration::from_secs(40), || {
-        stored_numbers(&vm).0.len() == intact.len()
+        stored_numbers(vm).0.len() == intact.len()
             && gateway.metric("buffer_unsent_lines", &[]) == 0.0
     });
     let recover_s = restart.elapsed().as_secs_f64();
-    let (stored, doubled) = stored_numbers(&vm);
+    let (stored, doubled) = stored_numbers(vm);
     assert!(
         all_in,
         "{} of {} intact readings arrived\n{}",
@@ -1065,41 +1280,51 @@ fn power_cut_damage_drops_exactly_the_damaged_records_and_reports_them() {
         "the store does not hold exactly the intact records"
     );
     let dropped_metric = gateway.metric("buffer_recovery_dropped_bytes_total", &[]) as u64;
-    let rows = vm_influx_rows(&vm);
+    let rows = vm_influx_rows(vm);
+    let (expected_dropped, intact_lines) = (damage.expected_dropped, damage.intact_lines);
     eprintln!(
         "power cut: {} intact readings in the store {recover_s:.1} s after the restart; {} lost; \
          {dropped_metric} bytes dropped by recovery (expected {expected_dropped}); VictoriaMetrics got {rows} rows \
          for {intact_lines} intact lines; peak RSS {} KiB; total {:.1} s",
         stored.len(),
-        lost.len(),
+        damage.lost.len(),
         gateway.process.peak_rss_kib().unwrap_or(0),
-        started.elapsed().as_secs_f64()
+        cut.started.elapsed().as_secs_f64()
     );
     assert_eq!(
         dropped_metric, expected_dropped,
         "buffer_recovery_dropped_bytes_total"
     );
-    // Each intact line sent exactly once since the restart (VictoriaMetrics counts rows per field).
     assert_eq!(
         rows,
         intact_lines * FIELDS_PER_MESSAGE,
         "rows received since the restart"
     );
+}
 
-    // The log says what was dropped, where.
+/// Then: the log says what was dropped, where (one line per damaged spot, a summary with the
+/// bytes dropped, the cursor fallback), and the gateway runs on.
+fn then_the_damage_is_counted_and_logged_where_it_was(cut: &mut PowerCut, damage: &Damage) {
+    let gateway = &mut cut.gateway;
     let log = gateway.process.log();
-    for (seg, what, from, to, _) in &damage {
-        let expected = format!("segment={} from={from} to={to}", segments[*seg].display());
+    for spot in &damage.spots {
+        let expected = format!(
+            "segment={} from={} to={}",
+            damage.segments[spot.segment].display(),
+            spot.from,
+            spot.to
+        );
         assert!(
             log.lines()
                 .any(|l| l.contains("buffer recovery: skipping damaged bytes")
                     && l.contains(&expected)),
-            "no recovery log line for the {what} ({expected}):\n{}",
+            "no recovery log line for the {} ({expected}):\n{}",
+            spot.what,
             gateway.process.log_tail(40)
         );
     }
     assert!(
-        log.contains(&format!("dropped_bytes={expected_dropped}")),
+        log.contains(&format!("dropped_bytes={}", damage.expected_dropped)),
         "no summary line"
     );
     assert!(
@@ -1107,12 +1332,19 @@ fn power_cut_damage_drops_exactly_the_damaged_records_and_reports_them() {
         "cursor fallback not logged"
     );
     assert!(gateway.process.is_running());
+}
 
-    // The broker comes back and redelivers what the gateway had not acknowledged when it was
-    // killed: the newest messages, so some readings of the torn last record may come back that
-    // way (never a reading the gateway had acknowledged).
+/// When: the broker comes back and redelivers what the gateway had not acknowledged when it was
+/// killed: the newest messages, so some readings of the torn last record may come back that way.
+/// Then: nothing was appended while the broker was away, the redelivery settles, and what came
+/// back is a tail of the lost readings, never one the gateway had acknowledged, never twice.
+fn when_the_broker_comes_back_then_only_the_unacknowledged_tail_returns(
+    cut: &mut PowerCut,
+    damage: &Damage,
+) {
+    let gateway = &cut.gateway;
     assert_eq!(gateway.appended(), 0, "appends while the broker was away");
-    broker.start_again().unwrap();
+    cut.broker.start_again().unwrap();
     assert!(
         wait_until(Duration::from_secs(20), || gateway
             .process
@@ -1128,15 +1360,16 @@ fn power_cut_damage_drops_exactly_the_damaged_records_and_reports_them() {
     });
     assert!(settled, "redelivery did not settle");
     let redelivered = gateway.appended();
-    let (after, doubled) = stored_numbers(&vm);
+    let (after, doubled) = stored_numbers(&cut.vm);
     assert_eq!(doubled, 0);
-    let back: BTreeSet<u64> = after.difference(&intact).copied().collect();
+    let (lost, intact) = (&damage.lost, &damage.intact);
+    let back: BTreeSet<u64> = after.difference(intact).copied().collect();
     eprintln!(
         "power cut: the broker redelivered {redelivered} unacknowledged messages; {} of the lost readings came back that way ({})",
         back.len(),
         ranges(back.iter().copied())
     );
-    assert!(back.is_subset(&lost), "unknown readings arrived");
+    assert!(back.is_subset(lost), "unknown readings arrived");
     if let Some(&first) = back.first() {
         let suffix: BTreeSet<u64> = lost.range(first..).copied().collect();
         assert_eq!(

@@ -178,14 +178,34 @@ fn pms5003_and_modbus_bus_from_sensor_sim_pass_verify() {
     let pms_manifest = dir.path().join("pms.jsonl");
     let bus_manifest = dir.path().join("bus.jsonl");
     let http_port = free_port();
+    let pms = given_a_pms5003_stream_with_noise_corrupt_and_torn_frames(dir.path(), &pms_manifest);
+    let bus =
+        given_a_modbus_bus_with_a_dead_a_bad_crc_and_an_exception_slave(dir.path(), &bus_manifest);
+    let mut gateway = given_a_gateway_reading_both(dir.path(), &vm, http_port, &pms, &bus);
+    when_both_simulators_finish_then_they_sent_every_fault(pms, bus);
+    for (name, manifest) in [("pms5003", &pms_manifest), ("xy-md02", &bus_manifest)] {
+        then_verify_passes(name, manifest, &vm, &gateway);
+    }
+    then_every_good_pms5003_frame_is_stored(&vm, &pms_manifest);
+    then_slave_1_is_stored_and_the_faulty_slaves_are_not(&vm, &bus_manifest);
+    then_the_gateway_counts_each_fault_per_slave(http_port);
+    then_verify_fails_on_a_tampered_manifest(dir.path(), &bus_manifest, &vm);
+    gateway.sigterm();
+    gateway.wait_exit(Duration::from_secs(10)).unwrap();
+    println!("serial e2e (pms5003 + modbus) took {:?}", started.elapsed());
+}
 
-    // PMS5003 at 10 frames/s, 150 frames, with noise, corrupt and torn frames. With --manifest
-    // it starts streaming once the gateway has opened the pty. Frames that pile up in one read
-    // while the gateway commits get distinct times (input::serial::SeriesSpacer); before that,
-    // they shared one and the store kept one point of them (found by this test at 10 frames/s).
-    let pms = SerialSim::spawn(
+/// Given: a PMS5003 at 10 frames/s, 150 frames, with noise, corrupt and torn frames. With
+/// --manifest it starts streaming once the gateway has opened the pty. Frames that pile up in one
+/// read while the gateway commits get distinct times (input::serial::SeriesSpacer); before that,
+/// they shared one and the store kept one point of them (found by this test at 10 frames/s).
+fn given_a_pms5003_stream_with_noise_corrupt_and_torn_frames(
+    dir: &Path,
+    manifest: &Path,
+) -> SerialSim {
+    SerialSim::spawn(
         "pms5003",
-        dir.path(),
+        dir,
         &[
             "--device",
             "pms5003",
@@ -202,13 +222,19 @@ fn pms5003_and_modbus_bus_from_sensor_sim_pass_verify() {
             "--tag",
             "district=d1",
             "--manifest",
-            pms_manifest.to_str().unwrap(),
+            manifest.to_str().unwrap(),
         ],
-    );
-    // Four XY-MD02 on one bus: 1 good, 2 dead, 3 bad CRC, 4 exception; 64 requests = 16 polls.
-    let bus = SerialSim::spawn(
+    )
+}
+
+/// Given: four XY-MD02 on one bus: 1 good, 2 dead, 3 bad CRC, 4 exception; 64 requests = 16 polls.
+fn given_a_modbus_bus_with_a_dead_a_bad_crc_and_an_exception_slave(
+    dir: &Path,
+    manifest: &Path,
+) -> SerialSim {
+    SerialSim::spawn(
         "xy-md02",
-        dir.path(),
+        dir,
         &[
             "--device",
             "xy-md02",
@@ -221,9 +247,20 @@ fn pms5003_and_modbus_bus_from_sensor_sim_pass_verify() {
             "--tag",
             "district=d1",
             "--manifest",
-            bus_manifest.to_str().unwrap(),
+            manifest.to_str().unwrap(),
         ],
-    );
+    )
+}
+
+/// Given: a gateway with a PMS5003 input on `pms`'s pty and a Modbus RTU input polling
+/// temperature and humidity of slaves 1..=4 every 400 ms on `bus`'s pty.
+fn given_a_gateway_reading_both(
+    dir: &Path,
+    vm: &VictoriaMetrics,
+    http_port: u16,
+    pms: &SerialSim,
+    bus: &SerialSim,
+) -> GatewayProcess {
     let mut registers = String::new();
     for slave in 1..=4 {
         registers.push_str(&format!(
@@ -270,9 +307,13 @@ tags = {{ district = "d1" }}
         pms_port = pms.pty.display(),
         bus_port = bus.pty.display(),
     );
-    let config = write_config(dir.path(), &vm, Some(http_port), &inputs);
-    let mut gateway = GatewayProcess::spawn(&config).unwrap();
+    let config = write_config(dir, vm, Some(http_port), &inputs);
+    GatewayProcess::spawn(&config).unwrap()
+}
 
+/// When: both simulators finish (within 40 s each); then the PMS5003 stream had noise, checksum
+/// and torn-frame faults and dropped no byte, and the bus carried all 64 requests for our slaves.
+fn when_both_simulators_finish_then_they_sent_every_fault(pms: SerialSim, bus: SerialSim) {
     let pms_summary = pms.finish(Duration::from_secs(40));
     let bus_summary = bus.finish(Duration::from_secs(40));
     println!("sensor-sim pms5003: {pms_summary:?}");
@@ -286,95 +327,108 @@ tags = {{ district = "d1" }}
     }
     assert_eq!(pms_summary[0]["dropped_bytes"], 0);
     assert_eq!(bus_summary[0]["for_our_slaves"], 64);
+}
 
-    // The verdict, for both manifests.
-    let store = vm.url();
-    for (name, manifest) in [("pms5003", &pms_manifest), ("xy-md02", &bus_manifest)] {
-        let verdict = SensorSim::verify_until_passed(
-            manifest,
-            &store,
-            StoreApi::V2,
-            &["--gateway-id", GATEWAY_ID],
-            Duration::from_secs(20),
-            Duration::from_secs(8),
-        )
-        .unwrap();
-        println!("verify {name}:\n{}", verdict.report);
-        if !verdict.passed() {
-            // what the store and the manifest hold, to tell a gateway problem from a verify one
-            for series in vm.export(r#"{__name__="air_quality_pm2_5"}"#).unwrap() {
-                println!(
-                    "store pm2_5: {:?}",
-                    series
-                        .timestamps_ms
-                        .iter()
-                        .zip(&series.values)
-                        .collect::<Vec<_>>()
-                );
-            }
-            for e in manifest_entries(manifest) {
-                println!(
-                    "manifest: {} {} pm2_5={} n0_3={}",
-                    e["ts"], e["x"], e["f"]["pm2_5"], e["f"]["n0_3"]
-                );
-            }
+/// Then: `sensor-sim verify` passes on `manifest`: nothing missing, mismatched, duplicated or
+/// leaked, every expected reading found, and faulty frames were sent (and rejected). On a failure
+/// it prints what the store and the manifest hold, to tell a gateway problem from a verify one.
+fn then_verify_passes(name: &str, manifest: &Path, vm: &VictoriaMetrics, gateway: &GatewayProcess) {
+    let verdict = SensorSim::verify_until_passed(
+        manifest,
+        &vm.url(),
+        StoreApi::V2,
+        &["--gateway-id", GATEWAY_ID],
+        Duration::from_secs(20),
+        Duration::from_secs(8),
+    )
+    .unwrap();
+    println!("verify {name}:\n{}", verdict.report);
+    if !verdict.passed() {
+        for series in vm.export(r#"{__name__="air_quality_pm2_5"}"#).unwrap() {
+            println!(
+                "store pm2_5: {:?}",
+                series
+                    .timestamps_ms
+                    .iter()
+                    .zip(&series.values)
+                    .collect::<Vec<_>>()
+            );
         }
-        assert!(
-            verdict.passed(),
-            "{name}: {}\n{}",
-            verdict.report,
-            gateway.log_tail(40)
-        );
-        let c = verdict.counts();
-        assert_eq!(
-            (c.missing, c.mismatched, c.duplicates, c.leaked),
-            (0, 0, 0, 0)
-        );
-        assert!(c.expected > 0 && c.found == c.expected, "{name}: {c:?}");
-        assert!(
-            c.rejected_sent > 0,
-            "{name}: no faulty frames were sent: {c:?}"
-        );
+        for e in manifest_entries(manifest) {
+            println!(
+                "manifest: {} {} pm2_5={} n0_3={}",
+                e["ts"], e["x"], e["f"]["pm2_5"], e["f"]["n0_3"]
+            );
+        }
     }
+    assert!(
+        verdict.passed(),
+        "{name}: {}\n{}",
+        verdict.report,
+        gateway.log_tail(40)
+    );
+    let c = verdict.counts();
+    assert_eq!(
+        (c.missing, c.mismatched, c.duplicates, c.leaked),
+        (0, 0, 0, 0)
+    );
+    assert!(c.expected > 0 && c.found == c.expected, "{name}: {c:?}");
+    assert!(
+        c.rejected_sent > 0,
+        "{name}: no faulty frames were sent: {c:?}"
+    );
+}
 
-    // Spot checks straight from the manifest and the store.
-    let pms_entries = manifest_entries(&pms_manifest);
+/// Selector of series `<measurement>_<field>` of `sensor` in district d1 from this gateway.
+fn series_selector(measurement: &str, field: &str, sensor: &str) -> String {
+    format!(
+        r#"{{__name__="{measurement}_{field}",sensor_id="{sensor}",district="d1",gateway="{GATEWAY_ID}"}}"#
+    )
+}
+
+/// `values` sorted, to compare as multisets: frames the gateway read in one chunk share a
+/// millisecond, and the store returns such points in any order (`verify` checks the order).
+fn sorted(mut values: Vec<f64>) -> Vec<f64> {
+    values.sort_by(f64::total_cmp);
+    values
+}
+
+/// Then (spot checks straight from the manifest and the store): all 150 frames are in the
+/// manifest, good or faulty, and the store holds exactly the good ones' values in every field, in
+/// one series labelled `model="pms5003"`.
+fn then_every_good_pms5003_frame_is_stored(vm: &VictoriaMetrics, manifest: &Path) {
+    let pms_entries = manifest_entries(manifest);
     let good = pms_entries.iter().filter(|e| e["x"] == "in_order").count();
     let bad = pms_entries
         .iter()
         .filter(|e| e["x"] == "rejected_in_order")
         .count();
     assert_eq!(good + bad, 150);
-    let sel = |m: &str, field: &str, sensor: &str| {
-        format!(
-            r#"{{__name__="{m}_{field}",sensor_id="{sensor}",district="d1",gateway="{GATEWAY_ID}"}}"#
-        )
-    };
-    // (as multisets: frames the gateway read in one chunk share a millisecond, and the store
-    // returns such points in any order; `verify` above checked the order)
-    let sorted = |mut v: Vec<f64>| {
-        v.sort_by(f64::total_cmp);
-        v
-    };
     for field in ["pm2_5", "pm10", "pm1_0_cf1", "n0_3", "n10"] {
         let want = manifest_values(&pms_entries, "pm-1", "in_order", field);
         // `verify` saw every point; a fresh export can still miss the newest few for a moment.
         let mut got = Vec::new();
         wait_until(Duration::from_secs(10), || {
-            got = values(&vm, &sel("air_quality", field, "pm-1"));
+            got = values(vm, &series_selector("air_quality", field, "pm-1"));
             got.len() >= want.len()
         });
         assert_eq!(sorted(got), sorted(want), "air_quality {field}");
     }
-    let series = vm.export(&sel("air_quality", "pm2_5", "pm-1")).unwrap();
+    let series = vm
+        .export(&series_selector("air_quality", "pm2_5", "pm-1"))
+        .unwrap();
     assert_eq!(series.len(), 1);
     assert_eq!(series[0].label("model"), Some("pms5003"));
     println!("pms5003: {good} frames stored in order, {bad} faulty frames rejected");
+}
 
-    let bus_entries = manifest_entries(&bus_manifest);
+/// Then: slave 1's answers (at least 10) are stored exactly; the dead, bad-CRC and exception
+/// slaves have no stored point, and each got its 16 requests.
+fn then_slave_1_is_stored_and_the_faulty_slaves_are_not(vm: &VictoriaMetrics, manifest: &Path) {
+    let bus_entries = manifest_entries(manifest);
     for field in ["temperature", "humidity"] {
         let want = manifest_values(&bus_entries, "th-1", "in_order", field);
-        let got = values(&vm, &sel("environment", field, "th-1"));
+        let got = values(vm, &series_selector("environment", field, "th-1"));
         assert!(want.len() >= 10, "{field}: only {} answers", want.len());
         assert_eq!(
             sorted(got.clone()),
@@ -385,7 +439,7 @@ tags = {{ district = "d1" }}
     }
     for slave in 2..=4 {
         let n = values(
-            &vm,
+            vm,
             &format!(r#"{{__name__=~"environment_.*",sensor_id="th-{slave}"}}"#),
         );
         assert!(n.is_empty(), "slave {slave} has stored points: {n:?}");
@@ -395,8 +449,12 @@ tags = {{ district = "d1" }}
             .count();
         assert_eq!(rejected, 16, "slave {slave} requests");
     }
-    // The gateway told the faults apart, and every request to slave 1 that did not fail gave
-    // one of the readings above (slave 1 times out only once the simulator has stopped).
+}
+
+/// Then: the gateway told the faults apart (timeouts of slave 2, bad CRCs of 3, exceptions of 4,
+/// at least 16 each, and no other reason for any slave), and every request to slave 1 that did not
+/// fail gave one of the readings stored (slave 1 times out only once the simulator has stopped).
+fn then_the_gateway_counts_each_fault_per_slave(http_port: u16) {
     let errors =
         |slave, reason| modbus_metric(http_port, "modbus_errors_total", slave, Some(reason));
     let (timeouts, bad_crc, exceptions) = (
@@ -421,11 +479,14 @@ tags = {{ district = "d1" }}
     ] {
         assert_eq!(errors(slave, reason), 0, "slave {slave} {reason}");
     }
+}
 
-    // The verdict can fail: a manifest that claims one value the store does not hold.
-    let tampered = dir.path().join("tampered.jsonl");
+/// Then: the verdict can fail: `verify` exits 1 on a manifest that claims one value the store
+/// does not hold, with that value counted as mismatched or missing.
+fn then_verify_fails_on_a_tampered_manifest(dir: &Path, manifest: &Path, vm: &VictoriaMetrics) {
+    let tampered = dir.join("tampered.jsonl");
     let mut changed = false;
-    let lines: Vec<String> = std::fs::read_to_string(&bus_manifest)
+    let lines: Vec<String> = std::fs::read_to_string(manifest)
         .unwrap()
         .lines()
         .map(|line| {
@@ -439,15 +500,11 @@ tags = {{ district = "d1" }}
         .collect();
     assert!(changed);
     std::fs::write(&tampered, lines.join("\n") + "\n").unwrap();
-    let verdict = SensorSim::verify(&tampered, &store, StoreApi::V2, &[]).unwrap();
+    let verdict = SensorSim::verify(&tampered, &vm.url(), StoreApi::V2, &[]).unwrap();
     assert_eq!(verdict.code, Some(1), "{}", verdict.report);
     let c = verdict.counts();
     assert_eq!(c.found + c.missing, c.expected, "{}", verdict.report);
     assert!(c.mismatched + c.missing >= 1, "{}", verdict.report);
-
-    gateway.sigterm();
-    gateway.wait_exit(Duration::from_secs(10)).unwrap();
-    println!("serial e2e (pms5003 + modbus) took {:?}", started.elapsed());
 }
 
 #[test]
