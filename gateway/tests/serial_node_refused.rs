@@ -18,8 +18,7 @@ mod pty_common;
 use ioc_gateway::shutdown::Shutdown;
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -35,51 +34,6 @@ use pty_common::pty;
 
 /// Simulated node time runs this many times faster than the wall clock.
 const SPEED: u64 = 2;
-
-/// A tmpfs mounted for one test; unmounted on `Drop` (lazily if something still holds it).
-struct Tmpfs {
-    path: PathBuf,
-}
-
-impl Tmpfs {
-    fn mount(path: &Path, size: &str) -> Result<Tmpfs, String> {
-        std::fs::create_dir_all(path).map_err(|e| e.to_string())?;
-        let output = Command::new("mount")
-            .args([
-                "-t",
-                "tmpfs",
-                "-o",
-                &format!("size={size},mode=0755"),
-                "tmpfs",
-            ])
-            .arg(path)
-            .output()
-            .map_err(|e| format!("cannot run mount: {e}"))?;
-        if output.status.success() {
-            Ok(Tmpfs {
-                path: path.to_path_buf(),
-            })
-        } else {
-            Err(format!(
-                "mount -t tmpfs failed ({}): {}",
-                output.status,
-                String::from_utf8_lossy(&output.stderr).trim()
-            ))
-        }
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let ok = Command::new("umount")
-            .arg(&self.path)
-            .status()
-            .is_ok_and(|s| s.success());
-        if !ok {
-            let _ = Command::new("umount").arg("-l").arg(&self.path).status();
-        }
-    }
-}
 
 /// Appends to `path` until the filesystem is full (called again, it takes what was freed).
 fn top_up(path: &Path) {
@@ -119,7 +73,7 @@ fn count(bodies: &[String], body: &str) -> usize {
 async fn node_readings_refused_by_a_full_disk_are_resent_and_never_acked_early() {
     let dir = tempfile::tempdir().unwrap();
     let mount_point = dir.path().join("fs");
-    let _fs = match Tmpfs::mount(&mount_point, "2m") {
+    let _fs = match ioc_e2e::Tmpfs::mount(&mount_point, "2m") {
         Ok(fs) => {
             println!("MODE: tmpfs (2 MiB at {})", mount_point.display());
             fs

@@ -57,6 +57,7 @@ mod pty;
 mod server;
 mod sim;
 pub mod steps;
+mod tmpfs;
 mod victoria;
 
 pub use fake_broker::{BrokerLog, FakeBroker, Script};
@@ -70,6 +71,7 @@ pub use sim::{
     ManifestCounts, RunOptions, RunSummary, RunningSim, SensorSim, StoreApi, VerifyCounts,
     VerifyOutcome,
 };
+pub use tmpfs::Tmpfs;
 pub use victoria::{ExportedSeries, VictoriaMetrics};
 
 use std::collections::HashSet;

@@ -25,7 +25,6 @@
 use std::collections::BTreeSet;
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use ioc_e2e::steps::{
@@ -284,52 +283,6 @@ fn ranges(numbers: impl IntoIterator<Item = u64>) -> String {
 // ---------------------------------------------------------------------------------------------------
 // A small filesystem.
 // ---------------------------------------------------------------------------------------------------
-
-/// A tmpfs mounted for one test; unmounted on `Drop` (lazily if something still holds it).
-struct Tmpfs {
-    path: PathBuf,
-}
-
-impl Tmpfs {
-    /// `mount -t tmpfs -o size=<size> tmpfs <path>`; `Err` with the reason when not allowed.
-    fn mount(path: &Path, size: &str) -> Result<Tmpfs, String> {
-        std::fs::create_dir_all(path).map_err(|e| e.to_string())?;
-        let output = Command::new("mount")
-            .args([
-                "-t",
-                "tmpfs",
-                "-o",
-                &format!("size={size},mode=0755"),
-                "tmpfs",
-            ])
-            .arg(path)
-            .output()
-            .map_err(|e| format!("cannot run mount: {e}"))?;
-        if output.status.success() {
-            Ok(Tmpfs {
-                path: path.to_path_buf(),
-            })
-        } else {
-            Err(format!(
-                "mount -t tmpfs failed ({}): {}",
-                output.status,
-                String::from_utf8_lossy(&output.stderr).trim()
-            ))
-        }
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let ok = Command::new("umount")
-            .arg(&self.path)
-            .status()
-            .is_ok_and(|s| s.success());
-        if !ok {
-            let _ = Command::new("umount").arg("-l").arg(&self.path).status();
-        }
-    }
-}
 
 /// Writes `path` until the filesystem is full; returns the bytes written.
 fn fill_to_the_brim(path: &Path) -> u64 {
@@ -766,7 +719,7 @@ fn disk_full_on_a_4mib_tmpfs_drops_oldest_reports_and_recovers() {
     let _heavy = HeavyTestLock::acquire();
     let dir = TempDir::new().unwrap();
     let mount_point = dir.path().join("fs");
-    match Tmpfs::mount(&mount_point, "4m") {
+    match ioc_e2e::Tmpfs::mount(&mount_point, "4m") {
         Ok(fs) => {
             eprintln!(
                 "MODE: tmpfs (4 MiB at {}), max_disk_mb = 64 > filesystem: ENOSPC path",
