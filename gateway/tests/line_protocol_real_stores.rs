@@ -18,138 +18,40 @@ use ioc_gateway::shutdown::Shutdown;
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::io::Write;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
-/// A server process that is killed when the test ends.
-struct Server {
-    child: Child,
-    url: String,
-    dir: tempfile::TempDir,
+/// A real InfluxDB 1.x (the test harness's) with the database `telemetry`.
+fn influx_store() -> ioc_e2e::Influx1 {
+    let store = ioc_e2e::Influx1::start().unwrap();
+    store.create_database("telemetry").unwrap();
+    store
 }
 
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap().port()
-}
-
-fn spawn(program: &str, package: &str, args: &[String], log: &Path) -> Child {
-    let log = std::fs::File::create(log).unwrap();
-    Command::new(program)
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
-        .unwrap_or_else(|e| {
-            panic!("cannot start {program} ({e}): install the Debian package `{package}` (.ci/run does)")
-        })
-}
-
-async fn wait_until_ready(client: &reqwest::Client, url: &str, server: &mut Server) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Ok(response) = client.get(url).send().await {
-            if response.status().is_success() {
-                return;
-            }
-        }
-        if let Ok(Some(status)) = server.child.try_wait() {
-            let log = std::fs::read_to_string(server.dir.path().join("log")).unwrap_or_default();
-            panic!("server exited with {status}:\n{log}");
-        }
-        assert!(Instant::now() < deadline, "{url} not ready after 30 s");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-/// `extra`: more flags, e.g. `-dedup.minScrapeInterval=1ms`.
-async fn start_victoria_metrics(extra: &[&str]) -> Server {
-    let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let args = vec![
-        format!("-storageDataPath={}", dir.path().join("data").display()),
-        format!("-httpListenAddr=127.0.0.1:{port}"),
-        "-retentionPeriod=100y".into(),
-        "-search.latencyOffset=0s".into(),
-        "-search.disableCache".into(),
-    ];
-    let args: Vec<String> = args
-        .into_iter()
-        .chain(extra.iter().map(|a| a.to_string()))
-        .collect();
-    let child = spawn(
-        "victoria-metrics",
-        "victoria-metrics",
-        &args,
-        &dir.path().join("log"),
-    );
-    let mut server = Server {
-        child,
-        url: format!("http://127.0.0.1:{port}"),
-        dir,
-    };
-    let health = format!("{}/health", server.url);
-    wait_until_ready(&reqwest::Client::new(), &health, &mut server).await;
-    server
-}
-
-/// `tls`: (certificate, key) PEM paths to serve HTTPS.
-async fn start_influxdb(tls: Option<(PathBuf, PathBuf)>) -> Server {
-    let dir = tempfile::tempdir().unwrap();
-    let (http_port, rpc_port) = (free_port(), free_port());
-    let d = dir.path().display();
-    let mut config = format!(
-        "reporting-disabled = true\nbind-address = \"127.0.0.1:{rpc_port}\"\n\
-         [meta]\n  dir = \"{d}/meta\"\n[data]\n  dir = \"{d}/data\"\n  wal-dir = \"{d}/wal\"\n\
-         [monitor]\n  store-enabled = false\n[http]\n  bind-address = \"127.0.0.1:{http_port}\"\n"
-    );
-    let scheme = match &tls {
-        Some((cert, key)) => {
-            config.push_str(&format!(
-                "  https-enabled = true\n  https-certificate = \"{}\"\n  https-private-key = \"{}\"\n",
-                cert.display(),
-                key.display()
-            ));
-            "https"
-        }
-        None => "http",
-    };
-    let config_path = dir.path().join("influxdb.conf");
-    std::fs::write(&config_path, config).unwrap();
-    let args = vec![
-        "run".into(),
-        "-config".into(),
-        config_path.display().to_string(),
-    ];
-    let child = spawn("influxd", "influxdb", &args, &dir.path().join("log"));
-    let mut server = Server {
-        child,
-        url: format!("{scheme}://127.0.0.1:{http_port}"),
-        dir,
-    };
+/// A real InfluxDB 1.x serving HTTPS with `cert`/`key`, with the database `telemetry` (created
+/// over HTTPS here: the harness's own client speaks plain HTTP).
+async fn influx_store_https(cert: &Path, key: &Path) -> ioc_e2e::Influx1 {
+    let store = ioc_e2e::Influx1::start_https(cert, key).unwrap();
     let client = reqwest::Client::builder()
         .danger_accept_invalid_certs(true)
         .build()
         .unwrap();
-    let ping = format!("{}/ping", server.url);
-    wait_until_ready(&client, &ping, &mut server).await;
-    let created = client
-        .post(format!("{}/query", server.url))
-        .form(&[("q", "CREATE DATABASE telemetry")])
-        .send()
-        .await
-        .unwrap();
-    assert!(created.status().is_success());
-    server
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let created = client
+            .post(format!("{}/query", store.url()))
+            .form(&[("q", "CREATE DATABASE telemetry")])
+            .send()
+            .await;
+        match created {
+            Ok(r) if r.status().is_success() => return store,
+            other => assert!(
+                Instant::now() < deadline,
+                "HTTPS InfluxDB not ready after 30 s: {other:?}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 fn gzip(bytes: &[u8]) -> Vec<u8> {
@@ -312,9 +214,9 @@ fn assert_influx_has_exactly(points: &InfluxPoints, readings: &[Reading]) {
 
 #[tokio::test]
 async fn influxdb_1x_stores_a_multi_member_batch_exactly() {
-    let store = start_influxdb(None).await;
+    let store = influx_store();
     let dead = tempfile::tempdir().unwrap();
-    let sink = sink(&store.url, Api::V1, dead.path());
+    let sink = sink(&store.url(), Api::V1, dead.path());
     assert_eq!(sink.flavor(), Flavor::V1);
     // Nanosecond timestamps that are not round in any unit.
     let readings = tricky_readings(40, 1_700_000_000_123_456_789, 1_000_003_007);
@@ -327,19 +229,19 @@ async fn influxdb_1x_stores_a_multi_member_batch_exactly() {
     assert_eq!(delivered.lines_sent, 40, "{delivered:?}");
     assert_eq!(delivered.lines_dead_lettered, 0, "{delivered:?}");
     assert!(delivered.requests >= 1, "{delivered:?}");
-    assert_influx_has_exactly(&influx_points(&store.url, MEASUREMENT).await, &readings);
+    assert_influx_has_exactly(&influx_points(&store.url(), MEASUREMENT).await, &readings);
 
     // A replay overwrites: same series and timestamps, no extra points.
     sink.deliver(&body, 40, &shutdown).await.unwrap();
-    assert_influx_has_exactly(&influx_points(&store.url, MEASUREMENT).await, &readings);
+    assert_influx_has_exactly(&influx_points(&store.url(), MEASUREMENT).await, &readings);
     assert!(!dead.path().join(DEAD_LETTER_FILE).exists());
 }
 
 #[tokio::test]
 async fn influxdb_1x_bad_line_is_dead_lettered_and_good_lines_stored() {
-    let store = start_influxdb(None).await;
+    let store = influx_store();
     let dead = tempfile::tempdir().unwrap();
-    let sink = sink(&store.url, Api::V1, dead.path());
+    let sink = sink(&store.url(), Api::V1, dead.path());
     let readings: Vec<Reading> = (0..9)
         .map(|i| {
             Reading::new("env", 1_700_000_000_000_000_001 + i)
@@ -359,7 +261,7 @@ async fn influxdb_1x_bad_line_is_dead_lettered_and_good_lines_stored() {
     let delivered = sink.deliver(&body, 10, &shutdown).await.unwrap();
     assert_eq!(delivered.lines_sent, 9);
     assert_eq!(delivered.lines_dead_lettered, 1);
-    assert_influx_has_exactly(&influx_points(&store.url, "env").await, &readings);
+    assert_influx_has_exactly(&influx_points(&store.url(), "env").await, &readings);
 
     let dead_letter = std::fs::read_to_string(dead.path().join(DEAD_LETTER_FILE)).unwrap();
     let dead_lines: Vec<&str> = dead_letter.lines().collect();
@@ -382,9 +284,9 @@ async fn influxdb_1x_bad_line_is_dead_lettered_and_good_lines_stored() {
 
 #[tokio::test]
 async fn influxdb_1x_wrong_database_is_not_a_bad_batch() {
-    let store = start_influxdb(None).await;
+    let store = influx_store();
     let dead = tempfile::tempdir().unwrap();
-    let mut config = InfluxSinkConfig::new(&store.url, Api::V1, dead.path());
+    let mut config = InfluxSinkConfig::new(store.url(), Api::V1, dead.path());
     config.database = "no_such_db".into();
     let sink = InfluxSink::new(config).unwrap();
     let lines = encode_lines(&tricky_readings(2, 1, 1), Flavor::V1);
@@ -453,9 +355,9 @@ async fn victoria_samples(url: &str, selector: &str) -> Vec<Sample> {
 
 #[tokio::test]
 async fn victoria_metrics_stores_a_multi_member_batch_exactly() {
-    let store = start_victoria_metrics(&[]).await;
+    let store = ioc_e2e::VictoriaMetrics::start_with_flags(&[]).unwrap();
     let dead = tempfile::tempdir().unwrap();
-    let sink = sink(&store.url, Api::V2, dead.path());
+    let sink = sink(&store.url(), Api::V2, dead.path());
     assert_eq!(sink.write_url().path(), "/api/v2/write");
     // VictoriaMetrics keeps milliseconds: use millisecond-aligned nanosecond timestamps.
     let readings = tricky_readings(40, 1_700_000_000_123_000_000, 1_003_000_000);
@@ -488,7 +390,7 @@ async fn victoria_metrics_stores_a_multi_member_batch_exactly() {
         }
     }
     expected.sort_by(|a, b| (&a.0, &a.1, a.2).cmp(&(&b.0, &b.1, b.2)));
-    let got = victoria_samples(&store.url, "{gateway=\"bp-gw-001\"}").await;
+    let got = victoria_samples(&store.url(), "{gateway=\"bp-gw-001\"}").await;
     assert_eq!(got.len(), expected.len());
     for (g, w) in got.iter().zip(&expected) {
         assert_eq!((&g.0, &g.1, g.2), (&w.0, &w.1, w.2));
@@ -496,99 +398,21 @@ async fn victoria_metrics_stores_a_multi_member_batch_exactly() {
     }
 }
 
-/// A CA and a server certificate for 127.0.0.1, made with the `openssl` command.
-fn make_certificates(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
-    let run = |args: &[&str]| {
-        let output = Command::new("openssl")
-            .args(args)
-            .current_dir(dir)
-            .output()
-            .expect("openssl");
-        assert!(
-            output.status.success(),
-            "openssl {args:?}: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-    };
-    let ec = [
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:prime256v1",
-        "-nodes",
-    ];
-    run(&[
-        &["req", "-x509"][..],
-        &ec,
-        &[
-            "-keyout",
-            "ca.key",
-            "-out",
-            "ca.pem",
-            "-days",
-            "2",
-            "-subj",
-            "/CN=ioc test CA",
-            "-addext",
-            "basicConstraints=critical,CA:TRUE",
-            "-addext",
-            "keyUsage=critical,keyCertSign,cRLSign",
-        ],
-    ]
-    .concat());
-    run(&[
-        &["req"][..],
-        &ec,
-        &[
-            "-keyout",
-            "server.key",
-            "-out",
-            "server.csr",
-            "-subj",
-            "/CN=127.0.0.1",
-        ],
-    ]
-    .concat());
-    std::fs::write(
-        dir.join("ext.cnf"),
-        "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n",
-    )
-    .unwrap();
-    run(&[
-        "x509",
-        "-req",
-        "-in",
-        "server.csr",
-        "-CA",
-        "ca.pem",
-        "-CAkey",
-        "ca.key",
-        "-CAcreateserial",
-        "-out",
-        "server.pem",
-        "-days",
-        "2",
-        "-extfile",
-        "ext.cnf",
-    ]);
-    (
-        dir.join("ca.pem"),
-        dir.join("server.pem"),
-        dir.join("server.key"),
-    )
-}
-
 #[tokio::test]
 async fn https_with_a_ca_file_and_only_with_it() {
-    let certs = tempfile::tempdir().unwrap();
-    let (ca, cert, key) = make_certificates(certs.path());
-    let store = start_influxdb(Some((cert, key))).await;
-    assert!(store.url.starts_with("https://"));
+    let pki = ioc_e2e::Pki::new().unwrap();
+    let (ca, cert, key) = (
+        pki.path("ca.pem"),
+        pki.path("server.pem"),
+        pki.path("server.key"),
+    );
+    let store = influx_store_https(&cert, &key).await;
+    assert!(store.url().starts_with("https://"));
     let dead = tempfile::tempdir().unwrap();
     let readings = tricky_readings(3, 1_700_000_000_000_000_000, 1);
     let body = multi_member(&encode_lines(&readings, Flavor::V1), 2);
 
-    let mut config = InfluxSinkConfig::new(&store.url, Api::V1, dead.path());
+    let mut config = InfluxSinkConfig::new(store.url(), Api::V1, dead.path());
     config.database = "telemetry".into();
 
     // The built-in web roots do not know our CA: refused with a clear error.
@@ -607,7 +431,7 @@ async fn https_with_a_ca_file_and_only_with_it() {
     }
 
     // A CA file that is not PEM is a config error.
-    let not_pem = certs.path().join("not.pem");
+    let not_pem = pki.path("not.pem");
     std::fs::write(&not_pem, "hello").unwrap();
     let mut broken = config.clone();
     broken.ca_file = Some(not_pem);
@@ -637,7 +461,7 @@ async fn https_with_a_ca_file_and_only_with_it() {
         .build()
         .unwrap();
     let count: Value = client
-        .get(format!("{}/query", store.url))
+        .get(format!("{}/query", store.url()))
         .query(&[
             ("db", "telemetry"),
             ("q", "SELECT count(\"pm2_5\") FROM \"air quality,hcmc\""),
@@ -661,9 +485,10 @@ async fn victoria_metrics_oversized_line_is_dead_lettered_and_the_rest_stored() 
     // 256 KB limit gets a 400 and the rest of the request is dropped: splitting must recover it.
     // The lines before the big one were stored by the first attempt and are stored again by the
     // split: VictoriaMetrics keeps both copies unless it deduplicates, so run it as deployed.
-    let store = start_victoria_metrics(&["-dedup.minScrapeInterval=1ms"]).await;
+    let store =
+        ioc_e2e::VictoriaMetrics::start_with_flags(&["-dedup.minScrapeInterval=1ms"]).unwrap();
     let dead = tempfile::tempdir().unwrap();
-    let sink = sink(&store.url, Api::V2, dead.path());
+    let sink = sink(&store.url(), Api::V2, dead.path());
     let readings: Vec<Reading> = (0..12)
         .map(|i| {
             Reading::new("big", 1_700_000_000_000_000_000 + i * 1_000_000)
@@ -682,7 +507,7 @@ async fn victoria_metrics_oversized_line_is_dead_lettered_and_the_rest_stored() 
     assert_eq!(delivered.lines_sent, 12);
     assert_eq!(delivered.lines_dead_lettered, 1);
 
-    let got = victoria_samples(&store.url, "{__name__=\"big_v\"}").await;
+    let got = victoria_samples(&store.url(), "{__name__=\"big_v\"}").await;
     let expected: Vec<Sample> = readings
         .iter()
         .map(|r| {

@@ -13,6 +13,8 @@ use tempfile::TempDir;
 /// An influxd child process. Killed on `Drop`.
 pub struct Influx1 {
     http_port: u16,
+    /// `http`, or `https` when started with a certificate.
+    scheme: &'static str,
     server: ChildServer,
     agent: ureq::Agent,
     dir: TempDir,
@@ -21,14 +23,32 @@ pub struct Influx1 {
 impl Influx1 {
     /// Starts influxd with its HTTP API on a free loopback port (and its RPC bind address on another).
     pub fn start() -> Result<Self> {
+        Self::start_serving(None)
+    }
+
+    /// The same serving HTTPS with `cert` and `key` (PEM). Ready once its port accepts; the
+    /// harness's own queries ([`Influx1::query`], …) speak plain HTTP, so a test of an HTTPS
+    /// store talks to it with its own client.
+    pub fn start_https(cert: &Path, key: &Path) -> Result<Self> {
+        Self::start_serving(Some((cert, key)))
+    }
+
+    fn start_serving(tls: Option<(&Path, &Path)>) -> Result<Self> {
         let dir = crate::harness_temp_dir("ioc-e2e-influx-")?;
         let mut last_error = None;
         for _attempt in 0..3 {
             let http_port = free_port();
             let rpc_port = free_port();
             let config_path = dir.path().join("influxdb.conf");
-            std::fs::write(&config_path, config_text(dir.path(), http_port, rpc_port))
-                .map_err(|e| HarnessError::io("write influxdb.conf", e))?;
+            std::fs::write(
+                &config_path,
+                config_text(dir.path(), http_port, rpc_port, tls),
+            )
+            .map_err(|e| HarnessError::io("write influxdb.conf", e))?;
+            let probe = match tls {
+                None => ReadyProbe::Http(format!("http://127.0.0.1:{http_port}/ping")),
+                Some(_) => ReadyProbe::Tcp(http_port),
+            };
             let mut server = ChildServer::new(
                 "influxd",
                 "influxd",
@@ -38,7 +58,7 @@ impl Influx1 {
                     config_path.display().to_string(),
                 ],
                 dir.path().join("influxd.log"),
-                ReadyProbe::Http(format!("http://127.0.0.1:{http_port}/ping")),
+                probe,
             );
             match server.start(READY_TIMEOUT) {
                 Ok(()) => {
@@ -47,6 +67,7 @@ impl Influx1 {
                         .build();
                     return Ok(Influx1 {
                         http_port,
+                        scheme: if tls.is_some() { "https" } else { "http" },
                         server,
                         agent,
                         dir,
@@ -58,9 +79,10 @@ impl Influx1 {
         Err(last_error.unwrap_or_else(|| HarnessError::Timeout("influxd start".into())))
     }
 
-    /// `http://127.0.0.1:PORT` (the gateway's `[output.influxdb] url` with `api = "v1"`).
+    /// `http://127.0.0.1:PORT` (the gateway's `[output.influxdb] url` with `api = "v1"`), or
+    /// `https://…` when started with [`Influx1::start_https`].
     pub fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.http_port)
+        format!("{}://127.0.0.1:{}", self.scheme, self.http_port)
     }
 
     /// The HTTP port.
@@ -210,8 +232,16 @@ fn check_statement_errors(answer: &serde_json::Value) -> Result<()> {
     }
 }
 
-fn config_text(dir: &Path, http_port: u16, rpc_port: u16) -> String {
+fn config_text(dir: &Path, http_port: u16, rpc_port: u16, tls: Option<(&Path, &Path)>) -> String {
     let d = dir.display();
+    let https = match tls {
+        Some((cert, key)) => format!(
+            "  https-enabled = true\n  https-certificate = \"{}\"\n  https-private-key = \"{}\"\n",
+            cert.display(),
+            key.display()
+        ),
+        None => String::new(),
+    };
     format!(
         r#"reporting-disabled = true
 bind-address = "127.0.0.1:{rpc_port}"
@@ -231,7 +261,7 @@ bind-address = "127.0.0.1:{rpc_port}"
   bind-address = "127.0.0.1:{http_port}"
   log-enabled = false
   max-row-limit = 0
-
+{https}
 [continuous_queries]
   enabled = false
 

@@ -51,6 +51,7 @@ mod gateway;
 mod influx;
 mod mosquitto;
 mod mqtt;
+mod pki;
 pub mod pms5003_oracle;
 mod proxy;
 mod pty;
@@ -65,6 +66,7 @@ pub use gateway::{check_config, GatewayProcess};
 pub use influx::Influx1;
 pub use mosquitto::Mosquitto;
 pub use mqtt::{MqttPublisher, MqttSubscriber, ReceivedMessage};
+pub use pki::Pki;
 pub use proxy::{Fault, FaultProxy, ProxiedRequest};
 pub use pty::{pty, Pty};
 pub use sim::{

@@ -48,21 +48,28 @@ pub struct VictoriaMetrics {
 }
 
 impl VictoriaMetrics {
-    /// Starts VictoriaMetrics on a free loopback port with its data in a temp dir.
+    /// Starts VictoriaMetrics on a free loopback port with its data in a temp dir, deduplicating
+    /// samples of a series less than 1 ms apart (`-dedup.minScrapeInterval=1ms`), as a deployment
+    /// that relies on idempotent replays would.
     pub fn start() -> Result<Self> {
+        Self::start_with_flags(&["-dedup.minScrapeInterval=1ms"])
+    }
+
+    /// The same with `flags` instead of the deduplication flag (none: every sample is kept).
+    pub fn start_with_flags(flags: &[&str]) -> Result<Self> {
         let dir = crate::harness_temp_dir("ioc-e2e-vm-")?;
         let mut last_error = None;
         for _attempt in 0..3 {
             let port = free_port();
-            let args = vec![
+            let mut args = vec![
                 format!("-storageDataPath={}", dir.path().join("data").display()),
                 format!("-httpListenAddr=127.0.0.1:{port}"),
                 "-retentionPeriod=100y".into(),
                 "-search.latencyOffset=0s".into(),
                 "-search.disableCache".into(),
-                "-dedup.minScrapeInterval=1ms".into(),
                 "-loggerLevel=WARN".into(),
             ];
+            args.extend(flags.iter().map(|f| f.to_string()));
             let mut server = ChildServer::new(
                 "victoria-metrics",
                 "victoria-metrics",

@@ -40,134 +40,25 @@ fn try_run(dir: &Path, program: &str, args: &[&str]) -> (bool, String) {
     )
 }
 
-/// Keys and certificates for one test, in a temp dir.
+/// Keys and certificates for one test (the harness's [`ioc_e2e::Pki`]), and the broker's
+/// password file.
 struct Pki {
-    dir: tempfile::TempDir,
+    certs: ioc_e2e::Pki,
 }
 
 impl Pki {
     fn new() -> Pki {
-        let pki = Pki {
-            dir: tempfile::tempdir().unwrap(),
-        };
-        let d = pki.dir.path();
-        let ec = [
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-        ];
-        for ca in ["ca", "other-ca"] {
-            let (key, pem, subj) = (
-                format!("{ca}.key"),
-                format!("{ca}.pem"),
-                format!("/CN=ioc-e2e {ca}"),
-            );
-            let mut args = vec!["req", "-x509"];
-            args.extend(ec);
-            args.extend([
-                "-keyout",
-                &key,
-                "-out",
-                &pem,
-                "-days",
-                "30",
-                "-subj",
-                &subj,
-                "-addext",
-                "basicConstraints=critical,CA:TRUE",
-                "-addext",
-                "keyUsage=critical,keyCertSign,cRLSign",
-            ]);
-            run(d, "openssl", &args);
-        }
-        std::fs::write(
-            d.join("server.ext"),
-            "basicConstraints=CA:FALSE\nsubjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\nkeyUsage=critical,digitalSignature\n",
-        )
-        .unwrap();
-        std::fs::write(
-            d.join("client.ext"),
-            "basicConstraints=CA:FALSE\nextendedKeyUsage=clientAuth\nkeyUsage=critical,digitalSignature\n",
-        )
-        .unwrap();
-        for (name, cn) in [("server", "localhost"), ("client", "gw-client")] {
-            let mut args = vec!["req"];
-            args.extend(ec);
-            let key = format!("{name}.key");
-            let csr = format!("{name}.csr");
-            let subj = format!("/CN={cn}");
-            args.extend(["-keyout", &key, "-out", &csr, "-subj", &subj]);
-            run(d, "openssl", &args);
-            let pem = format!("{name}.pem");
-            let ext = format!("{name}.ext");
-            run(
-                d,
-                "openssl",
-                &[
-                    "x509",
-                    "-req",
-                    "-in",
-                    &csr,
-                    "-CA",
-                    "ca.pem",
-                    "-CAkey",
-                    "ca.key",
-                    "-CAcreateserial",
-                    "-days",
-                    "30",
-                    "-extfile",
-                    &ext,
-                    "-out",
-                    &pem,
-                ],
-            );
-        }
-        // An expired server certificate from the same CA, same key: `openssl ca` can set dates.
-        std::fs::write(d.join("index.txt"), "").unwrap();
-        std::fs::write(d.join("serial"), "1000\n").unwrap();
-        std::fs::create_dir_all(d.join("newcerts")).unwrap();
-        std::fs::write(
-            d.join("ca.cnf"),
-            "[ca]\ndefault_ca = test\n[test]\ndatabase = index.txt\nnew_certs_dir = newcerts\nserial = serial\ndefault_md = sha256\npolicy = any\nunique_subject = no\n[any]\ncommonName = supplied\n",
-        )
-        .unwrap();
+        let certs = ioc_e2e::Pki::new().unwrap();
         run(
-            d,
-            "openssl",
-            &[
-                "ca",
-                "-batch",
-                "-config",
-                "ca.cnf",
-                "-cert",
-                "ca.pem",
-                "-keyfile",
-                "ca.key",
-                "-in",
-                "server.csr",
-                "-out",
-                "expired.pem",
-                "-startdate",
-                "20200101000000Z",
-                "-enddate",
-                "20200201000000Z",
-                "-extfile",
-                "server.ext",
-                "-notext",
-            ],
-        );
-        run(
-            d,
+            certs.dir(),
             "mosquitto_passwd",
             &["-c", "-b", "passwd", USER, PASSWORD],
         );
-        pki
+        Pki { certs }
     }
 
     fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
+        self.certs.path(name)
     }
 
     /// A broker with TLS on its listener (serving `server_cert`), the password file, no
@@ -194,7 +85,7 @@ impl Pki {
         // A broker serving an expired certificate refuses this client too: then nothing is
         // published, and the test rests on the gateway refusing the broker.
         let (ok, output) = try_run(
-            self.dir.path(),
+            self.certs.dir(),
             "mosquitto_pub",
             &[
                 "-h",
