@@ -15,7 +15,9 @@ use std::time::Duration;
 
 use anyhow::Context;
 
-use crate::buffer::{self, BufferConfig};
+use tokio::task::{JoinHandle, JoinSet};
+
+use crate::buffer::{self, BufferConfig, BufferReader, BufferWriter};
 use crate::config::{resolve_secret, Config, InfluxApi};
 use crate::output::{Api, InfluxSink, InfluxSinkConfig};
 use crate::pipeline::{run_forwarder, ForwarderConfig, Ingest};
@@ -64,78 +66,21 @@ pub fn sink_config(config: &Config) -> anyhow::Result<InfluxSinkConfig> {
 /// Runs the gateway until `shutdown` is triggered (the binary wires it to SIGTERM/SIGINT), then
 /// stops it in order (see the module docs).
 pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
-    let data_dir = config.gateway.data_dir.clone();
-    std::fs::create_dir_all(&data_dir)
-        .with_context(|| format!("cannot create data_dir {}", data_dir.display()))?;
-    let mut bcfg = BufferConfig::new(
-        data_dir.join("buffer"),
-        config.buffer.max_disk_mb.saturating_mul(1 << 20),
-    );
-    if let Some(mb) = config.buffer.segment_mb {
-        bcfg.segment_bytes = mb.saturating_mul(1 << 20);
-    }
-    let (writer, reader, report) = tokio::task::spawn_blocking(move || buffer::open(bcfg))
-        .await
-        .context("buffer recovery task failed")?
-        .context("cannot open the buffer")?;
-    if report.dropped_bytes > 0 {
-        tracing::warn!(
-            dropped_bytes = report.dropped_bytes,
-            damaged_ranges = report.dropped_records_hint,
-            "buffer recovery dropped damaged or torn data (power cut?); every intact record was kept"
-        );
-    }
-    tracing::info!(
-        segments = report.segments,
-        unsent_lines = report.unsent_lines,
-        "buffer recovered"
-    );
-
+    let (writer, reader) = open_buffer(&config).await?;
     let observers = crate::status::Observers::new(config.gateway.id.clone(), writer.clone());
     let sink = Arc::new(
         InfluxSink::new(sink_config(&config)?)
             .context("cannot set up the output")?
             .with_observer(observers.store.clone()),
     );
-    // HTTP before the inputs. A busy port does not stop the gateway: collecting and forwarding
-    // readings matters more than its status page; the error says what to change.
     // Each stage has its own signal: the inputs' stops with the whole, the others are stopped
     // in order once the stage before them has finished.
     let inputs_stop = shutdown.child();
     let forwarder_stop = Shutdown::new();
     let http_stop = Shutdown::new();
-    let token = if config.http.enabled {
-        crate::http::resolve_token(&config.http)?
-    } else {
-        None
-    };
-    let server = if config.http.enabled {
-        match crate::http::HttpServer::bind(&config.http.listen).await {
-            Ok(server) => Some(server),
-            Err(e) => {
-                tracing::error!("{e}; running WITHOUT /healthz, /metrics and the live page");
-                None
-            }
-        }
-    } else {
-        None
-    };
-    let http_task = if let Some(server) = server {
-        let mut settings = crate::http::HttpSettings::new(
-            Duration::from_secs(config.http.store_unreachable_after_s),
-            config.buffer.max_disk_mb.saturating_mul(1 << 20),
-        );
-        settings.buffer_dir = Some(data_dir.join("buffer"));
-        Some(tokio::spawn(server.run(
-            token,
-            observers.clone(),
-            crate::http::install_metrics_recorder(),
-            settings,
-            http_stop.clone(),
-        )))
-    } else {
-        None
-    };
+
+    // HTTP before the inputs.
+    let http_task = start_http(&config, &observers, &http_stop).await?;
     let ingest = Ingest::with_observers(
         writer.clone(),
         config.gateway.id.clone(),
@@ -144,7 +89,6 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
         observers.inputs.clone(),
     )
     .with_limits(config.limits.clone());
-
     let forwarder = tokio::spawn(run_forwarder(
         reader,
         sink,
@@ -155,19 +99,7 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
         observers.store.clone(),
         forwarder_stop.clone(),
     ));
-
-    let mut inputs = tokio::task::JoinSet::new();
-    for (i, m) in config.inputs.mqtt.iter().enumerate() {
-        let fut = crate::input::mqtt::run_mqtt_input(
-            m.clone(),
-            i,
-            ingest.clone(),
-            data_dir.clone(),
-            inputs_stop.clone(),
-        );
-        inputs.spawn(async move { fut.await.map_err(anyhow::Error::from) });
-    }
-    crate::input::spawn_serial_inputs(&config.inputs.serial, &ingest, &inputs_stop, &mut inputs);
+    let mut inputs = start_inputs(&config, &ingest, &inputs_stop);
     tracing::info!(
         gateway = %config.gateway.id,
         mqtt_inputs = config.inputs.mqtt.len(),
@@ -175,40 +107,11 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
         "gateway running"
     );
 
-    // Runs until told to stop, or until an input fails: a broken input (bad TLS files,
-    // secrets) is a setup error, so the gateway stops cleanly and says so. No inputs at all, or
-    // all ended on their own: the backlog is still forwarded until told to stop.
-    let mut failure = None;
-    loop {
-        tokio::select! {
-            res = inputs.join_next(), if !inputs.is_empty() => {
-                if let Some(res) = res {
-                    note_input_end(res, &mut failure);
-                }
-                if failure.is_some() {
-                    break;
-                }
-            }
-            () = shutdown.wait() => break,
-        }
-    }
+    let mut failure = until_stop_or_failure(&mut inputs, &shutdown).await;
 
     // 1. Inputs.
     inputs_stop.trigger();
-    let inputs_done = tokio::time::timeout(INPUTS_DEADLINE, async {
-        while let Some(res) = inputs.join_next().await {
-            note_input_end(res, &mut failure);
-        }
-    })
-    .await;
-    if inputs_done.is_err() {
-        tracing::warn!(
-            still_running = inputs.len(),
-            "inputs did not stop within {} s; aborted, their unacknowledged messages will be redelivered",
-            INPUTS_DEADLINE.as_secs()
-        );
-        inputs.shutdown().await;
-    }
+    stop_inputs(&mut inputs, &mut failure).await;
     drop(ingest);
     // 2. The buffer.
     if tokio::time::timeout(BUFFER_DEADLINE, writer.shutdown())
@@ -234,6 +137,132 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
     match failure {
         Some(e) => Err(e),
         None => Ok(()),
+    }
+}
+
+/// Creates `data_dir` and opens (recovers) the buffer in it, saying what recovery found.
+async fn open_buffer(config: &Config) -> anyhow::Result<(BufferWriter, BufferReader)> {
+    let data_dir = &config.gateway.data_dir;
+    std::fs::create_dir_all(data_dir)
+        .with_context(|| format!("cannot create data_dir {}", data_dir.display()))?;
+    let mut bcfg = BufferConfig::new(
+        data_dir.join("buffer"),
+        config.buffer.max_disk_mb.saturating_mul(1 << 20),
+    );
+    if let Some(mb) = config.buffer.segment_mb {
+        bcfg.segment_bytes = mb.saturating_mul(1 << 20);
+    }
+    let (writer, reader, report) = tokio::task::spawn_blocking(move || buffer::open(bcfg))
+        .await
+        .context("buffer recovery task failed")?
+        .context("cannot open the buffer")?;
+    if report.dropped_bytes > 0 {
+        tracing::warn!(
+            dropped_bytes = report.dropped_bytes,
+            damaged_ranges = report.dropped_records_hint,
+            "buffer recovery dropped damaged or torn data (power cut?); every intact record was kept"
+        );
+    }
+    tracing::info!(
+        segments = report.segments,
+        unsent_lines = report.unsent_lines,
+        "buffer recovered"
+    );
+    Ok((writer, reader))
+}
+
+/// Starts the HTTP server when enabled. A busy port does not stop the gateway: collecting and
+/// forwarding readings matters more than its status page; the error says what to change. A
+/// token that cannot be read does stop it (a setup error).
+async fn start_http(
+    config: &Config,
+    observers: &crate::status::Observers,
+    stop: &Shutdown,
+) -> anyhow::Result<Option<JoinHandle<Result<(), crate::http::HttpError>>>> {
+    if !config.http.enabled {
+        return Ok(None);
+    }
+    let token = crate::http::resolve_token(&config.http)?;
+    let server = match crate::http::HttpServer::bind(&config.http.listen).await {
+        Ok(server) => server,
+        Err(e) => {
+            tracing::error!("{e}; running WITHOUT /healthz, /metrics and the live page");
+            return Ok(None);
+        }
+    };
+    let mut settings = crate::http::HttpSettings::new(
+        Duration::from_secs(config.http.store_unreachable_after_s),
+        config.buffer.max_disk_mb.saturating_mul(1 << 20),
+    );
+    settings.buffer_dir = Some(config.gateway.data_dir.join("buffer"));
+    Ok(Some(tokio::spawn(server.run(
+        token,
+        observers.clone(),
+        crate::http::install_metrics_recorder(),
+        settings,
+        stop.clone(),
+    ))))
+}
+
+/// One task per MQTT input and per serial port, all stopped by `stop`.
+fn start_inputs(config: &Config, ingest: &Ingest, stop: &Shutdown) -> JoinSet<anyhow::Result<()>> {
+    let mut inputs = JoinSet::new();
+    for (i, m) in config.inputs.mqtt.iter().enumerate() {
+        let fut = crate::input::mqtt::run_mqtt_input(
+            m.clone(),
+            i,
+            ingest.clone(),
+            config.gateway.data_dir.clone(),
+            stop.clone(),
+        );
+        inputs.spawn(async move { fut.await.map_err(anyhow::Error::from) });
+    }
+    crate::input::spawn_serial_inputs(&config.inputs.serial, ingest, stop, &mut inputs);
+    inputs
+}
+
+/// Waits until told to stop, or until an input fails: a broken input (bad TLS files, secrets)
+/// is a setup error, so the gateway stops cleanly and says so. No inputs at all, or all ended
+/// on their own: the backlog is still forwarded until told to stop. The failure, if any.
+async fn until_stop_or_failure(
+    inputs: &mut JoinSet<anyhow::Result<()>>,
+    shutdown: &Shutdown,
+) -> Option<anyhow::Error> {
+    let mut failure = None;
+    loop {
+        tokio::select! {
+            res = inputs.join_next(), if !inputs.is_empty() => {
+                if let Some(res) = res {
+                    note_input_end(res, &mut failure);
+                }
+                if failure.is_some() {
+                    return failure;
+                }
+            }
+            () = shutdown.wait() => return failure,
+        }
+    }
+}
+
+/// Waits up to [`INPUTS_DEADLINE`] for the inputs, told to stop, to commit and acknowledge what
+/// they hold; aborts those still running then.
+async fn stop_inputs(
+    inputs: &mut JoinSet<anyhow::Result<()>>,
+    failure: &mut Option<anyhow::Error>,
+) {
+    let done = tokio::time::timeout(INPUTS_DEADLINE, async {
+        while let Some(res) = inputs.join_next().await {
+            note_input_end(res, failure);
+        }
+    })
+    .await;
+    if done.is_err() {
+        tracing::warn!(
+            still_running = inputs.len(),
+            "inputs did not stop within {} s; aborted, their unacknowledged messages will be redelivered",
+            INPUTS_DEADLINE.as_secs()
+        );
+        inputs.shutdown().await;
     }
 }
 
