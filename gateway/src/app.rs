@@ -99,7 +99,13 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
         observers.store.clone(),
         forwarder_stop.clone(),
     ));
-    let mut inputs = start_inputs(&config, &ingest, &inputs_stop);
+    let mut inputs = crate::input::spawn_inputs(
+        &config.inputs.mqtt,
+        &config.inputs.serial,
+        &ingest,
+        &config.gateway.data_dir,
+        &inputs_stop,
+    );
     tracing::info!(
         gateway = %config.gateway.id,
         mqtt_inputs = config.inputs.mqtt.len(),
@@ -204,23 +210,6 @@ async fn start_http(
     ))))
 }
 
-/// One task per MQTT input and per serial port, all stopped by `stop`.
-fn start_inputs(config: &Config, ingest: &Ingest, stop: &Shutdown) -> JoinSet<anyhow::Result<()>> {
-    let mut inputs = JoinSet::new();
-    for (i, m) in config.inputs.mqtt.iter().enumerate() {
-        let fut = crate::input::mqtt::run_mqtt_input(
-            m.clone(),
-            i,
-            ingest.clone(),
-            config.gateway.data_dir.clone(),
-            stop.clone(),
-        );
-        inputs.spawn(async move { fut.await.map_err(anyhow::Error::from) });
-    }
-    crate::input::spawn_serial_inputs(&config.inputs.serial, ingest, stop, &mut inputs);
-    inputs
-}
-
 /// Waits until told to stop, or until an input fails: a broken input (bad TLS files, secrets)
 /// is a setup error, so the gateway stops cleanly and says so. No inputs at all, or all ended
 /// on their own: the backlog is still forwarded until told to stop. The failure, if any.
@@ -286,11 +275,7 @@ fn note_input_end(
 
 /// Waits up to `deadline` for a task that was told to stop, aborting it after that. Its
 /// result, if it finished.
-async fn stop_within<T>(
-    what: &str,
-    mut task: tokio::task::JoinHandle<T>,
-    deadline: Duration,
-) -> Option<T> {
+async fn stop_within<T>(what: &str, mut task: JoinHandle<T>, deadline: Duration) -> Option<T> {
     match tokio::time::timeout(deadline, &mut task).await {
         Ok(Ok(result)) => Some(result),
         Ok(Err(e)) => {

@@ -1,17 +1,39 @@
 //! Inputs: transport only (MQTT connections, serial ports); decoding lives in [`crate::decode`].
-use crate::shutdown::Shutdown;
-pub mod mqtt;
 
-/// Starts one task per `[[inputs.serial]]` port.
-pub fn spawn_serial_inputs(
-    ports: &[serial::SerialInputConfig],
-    ingest: &crate::pipeline::Ingest,
+pub mod mqtt;
+pub mod serial;
+
+use std::path::Path;
+
+use tokio::task::JoinSet;
+
+use crate::pipeline::Ingest;
+use crate::shutdown::Shutdown;
+
+/// Starts one task per `[[inputs.mqtt]]` connection and per `[[inputs.serial]]` port, all
+/// committing through `ingest` and stopped by `shutdown`. MQTT inputs keep their session state
+/// under `data_dir`.
+pub fn spawn_inputs(
+    mqtt_inputs: &[mqtt::MqttInputConfig],
+    serial_ports: &[serial::SerialInputConfig],
+    ingest: &Ingest,
+    data_dir: &Path,
     shutdown: &Shutdown,
-    set: &mut tokio::task::JoinSet<anyhow::Result<()>>,
-) {
-    for (i, cfg) in ports.iter().enumerate() {
+) -> JoinSet<anyhow::Result<()>> {
+    let mut set = JoinSet::new();
+    for (i, cfg) in mqtt_inputs.iter().enumerate() {
+        let fut = mqtt::run_mqtt_input(
+            cfg.clone(),
+            i,
+            ingest.clone(),
+            data_dir.to_path_buf(),
+            shutdown.clone(),
+        );
+        set.spawn(async move { fut.await.map_err(anyhow::Error::from) });
+    }
+    for (i, cfg) in serial_ports.iter().enumerate() {
         let fut = serial::run_serial_input(cfg.clone(), i, ingest.clone(), shutdown.clone());
         set.spawn(async move { fut.await.map_err(anyhow::Error::from) });
     }
+    set
 }
-pub mod serial;
