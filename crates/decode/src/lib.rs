@@ -6,6 +6,7 @@ pub mod json;
 pub mod line_protocol;
 pub mod modbus;
 pub mod node;
+pub mod payload;
 pub mod pms5003;
 pub mod sds011;
 pub mod serial_frame;

@@ -26,15 +26,14 @@ use bytes::Bytes;
 use rumqttc::mqttbytes::QoS;
 use tokio::sync::{mpsc, watch};
 
-use super::config::{PayloadFormat, RawReadings};
+use super::config::RawReadings;
 use super::session::Completion;
 use super::MqttInputConfig;
 use crate::aggregate::Aggregator;
 use crate::backoff::Backoff;
 use crate::buffer::BufferError;
-use crate::decode::json::{self, JsonMapping};
-use crate::decode::{camera, line_protocol};
-use crate::model::{Priority, Reading};
+use crate::decode::payload::PayloadDecoder;
+use crate::model::Priority;
 use crate::pipeline::{count_rejected, Ingest};
 use crate::spacer::SeriesSpacer;
 
@@ -64,10 +63,7 @@ pub struct Inbound {
 /// How one input's messages become readings.
 pub struct Committer {
     pub name: String,
-    pub format: PayloadFormat,
-    /// Timestamp unit of line protocol payloads, in ns.
-    pub line_unit_ns: i64,
-    pub mapping: JsonMapping,
+    pub decoder: PayloadDecoder,
     pub max_payload: usize,
     pub priority: Priority,
     pub ingest: Ingest,
@@ -84,12 +80,7 @@ impl Committer {
     ) -> Self {
         Committer {
             name: name.to_owned(),
-            format: cfg.format,
-            line_unit_ns: cfg
-                .timestamp_unit
-                .unwrap_or(ioc_decode::json::TimestampUnit::Ns)
-                .nanos(),
-            mapping: cfg.json_mapping(),
+            decoder: PayloadDecoder::new(&cfg.payload_spec()),
             max_payload: cfg.max_payload_bytes,
             priority: cfg.priority.into(),
             ingest,
@@ -180,50 +171,6 @@ impl RawLog {
     }
 }
 
-/// Decodes one message with the input's format: the readings, and what was rejected and why.
-pub fn decode_payload(
-    c: &Committer,
-    topic: &str,
-    payload: &[u8],
-    now: i64,
-) -> (Vec<Reading>, Vec<(&'static str, String)>) {
-    let one = |r: Result<Reading, camera::CameraError>| match r {
-        Ok(r) => (vec![r], Vec::new()),
-        Err(e) => (Vec::new(), vec![(e.label(), e.to_string())]),
-    };
-    let tags = match json::topic_and_static_tags(&c.mapping, topic) {
-        Ok(t) => t,
-        Err(e) => return (Vec::new(), vec![(e.label(), e.to_string())]),
-    };
-    match c.format {
-        PayloadFormat::Json => match json::decode_with_tags(&c.mapping, &tags, payload, now) {
-            Ok(r) => (r, Vec::new()),
-            Err(e) => (Vec::new(), vec![(e.label(), e.to_string())]),
-        },
-        PayloadFormat::Frigate => one(camera::decode_frigate(
-            &c.mapping.measurement,
-            &tags,
-            payload,
-        )),
-        PayloadFormat::Lpr => one(camera::decode_lpr(
-            &c.mapping.measurement,
-            &tags,
-            payload,
-            now,
-        )),
-        PayloadFormat::Influx => {
-            let (r, errors) = line_protocol::decode(&tags, payload, c.line_unit_ns, now);
-            (
-                r,
-                errors
-                    .into_iter()
-                    .map(|e| (e.label(), e.to_string()))
-                    .collect(),
-            )
-        }
-    }
-}
-
 /// What one message contributed to the group's line protocol.
 #[derive(Debug, Clone, Copy)]
 struct Span {
@@ -310,8 +257,8 @@ async fn process_group(
                     "message rejected: payload larger than max_payload_bytes");
             }
         } else {
-            let (mut readings, errors) =
-                decode_payload(c, &msg.topic, &msg.payload, msg.received_ns);
+            let decoded = c.decoder.decode(&msg.topic, &msg.payload, msg.received_ns);
+            let mut readings = decoded.readings;
             c.spacer
                 .space_receipt_stamped(&mut readings, msg.received_ns);
             match &mut c.aggregation {
@@ -333,7 +280,11 @@ async fn process_group(
                     }
                 }
             }
-            for (label, message) in errors {
+            for crate::decode::payload::Rejection {
+                label,
+                reason: message,
+            } in decoded.rejected
+            {
                 count_rejected(&c.name, label);
                 if limiter.allow() {
                     tracing::warn!(topic = %msg.topic, reason = label, "message rejected: {message}");

@@ -7,20 +7,7 @@ use std::path::PathBuf;
 use ioc_decode::json::TimestampUnit;
 use serde::Deserialize;
 
-/// How an MQTT payload is turned into readings.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum PayloadFormat {
-    /// A flat or nested JSON object of fields (the default).
-    #[default]
-    Json,
-    /// Frigate NVR `frigate/events` messages (new/update/end with before/after).
-    Frigate,
-    /// Plate-recognition payloads (`plate`, `confidence`, `camera`, `time`).
-    Lpr,
-    /// InfluxDB line protocol, one reading per line.
-    Influx,
-}
+pub use ioc_decode::payload::PayloadFormat;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -115,27 +102,24 @@ impl From<PriorityConfig> for crate::model::Priority {
 }
 
 impl MqttInputConfig {
-    /// How this input's JSON payloads map to readings.
-    pub fn json_mapping(&self) -> ioc_decode::json::JsonMapping {
-        ioc_decode::json::JsonMapping {
-            measurement: self.measurement_name().to_owned(),
-            topic_tags: ioc_decode::json::parse_topic_tags(
-                self.topic_tags.as_deref().unwrap_or(""),
-            ),
+    /// What this input's config says about its payloads.
+    pub fn payload_spec(&self) -> ioc_decode::payload::PayloadSpec {
+        ioc_decode::payload::PayloadSpec {
+            format: self.format,
+            measurement: self.measurement.clone(),
+            topic_tags: self.topic_tags.clone(),
             timestamp_field: self.timestamp_field.clone(),
-            timestamp_unit: self.timestamp_unit.unwrap_or_default(),
+            timestamp_unit: self.timestamp_unit,
             tag_keys: self.tag_keys.clone(),
-            static_tags: self.tags.clone(),
+            tags: self.tags.clone(),
         }
     }
 
     /// The measurement readings of this input get (formats that name their own ignore it).
     pub fn measurement_name(&self) -> &str {
-        match (&self.measurement, self.format) {
-            (Some(m), _) => m,
-            (None, PayloadFormat::Frigate | PayloadFormat::Lpr) => "camera_event",
-            (None, _) => "",
-        }
+        self.measurement
+            .as_deref()
+            .unwrap_or_else(|| self.format.default_measurement())
     }
 }
 
@@ -174,7 +158,7 @@ impl MqttInputConfig {
             return bad("qos", format!("must be 0 or 1 (got {})", self.qos));
         }
         match (&self.measurement, self.format) {
-            (None, PayloadFormat::Json) => {
+            (None, f) if f.needs_measurement() => {
                 return bad(
                     "measurement",
                     "format \"json\" needs a measurement name".into(),
