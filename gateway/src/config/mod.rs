@@ -6,6 +6,7 @@
 //! `inputs.mqtt[0].qos`). Secrets never live in this file: the config names an environment
 //! variable or a file, and [`Secret`] never prints its value.
 
+mod env_subst;
 mod locate;
 
 use std::path::{Path, PathBuf};
@@ -164,14 +165,45 @@ impl Config {
         Self::parse(path, &text)
     }
 
-    /// Parses and validates config text; `path` is only used in error messages.
+    /// Parses and validates config text; `path` is only used in error messages. `${VAR}` and
+    /// `${VAR:-default}` are replaced from the environment first (see [`env_subst`]).
     pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
-        let config: Config = toml::from_str(text).map_err(|e| {
-            ConfigError::at(path, text, e.span(), None, e.message().trim().to_owned())
+        Self::parse_with_env(path, text, env_subst::from_env)
+    }
+
+    /// [`Config::parse`] with variables looked up by `lookup` instead of the environment.
+    pub fn parse_with_env(
+        path: &Path,
+        raw: &str,
+        lookup: impl Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
+        let text = env_subst::substitute(raw, lookup).map_err(|e| ConfigError::Invalid {
+            path: path.display().to_string(),
+            line: e.line,
+            key: None,
+            message: e.message,
+            snippet: raw_line(raw, e.line),
         })?;
-        config
-            .validate()
-            .map_err(|(key, message)| ConfigError::at(path, text, None, Some(key), message))?;
+        // Errors are located in the substituted text (same lines) but quote the file's own
+        // line, so a substituted secret is never printed.
+        let quote_raw = |mut e: ConfigError| {
+            if let ConfigError::Invalid { line, snippet, .. } = &mut e {
+                *snippet = raw_line(raw, *line);
+            }
+            e
+        };
+        let config: Config = toml::from_str(&text).map_err(|e| {
+            quote_raw(ConfigError::at(
+                path,
+                &text,
+                e.span(),
+                None,
+                e.message().trim().to_owned(),
+            ))
+        })?;
+        config.validate().map_err(|(key, message)| {
+            quote_raw(ConfigError::at(path, &text, None, Some(key), message))
+        })?;
         Ok(config)
     }
 
@@ -197,6 +229,14 @@ impl Config {
         self.limits.validate()?;
         Ok(())
     }
+}
+
+/// Line `line` (1-based) of `text`, trimmed, as error messages quote it.
+fn raw_line(text: &str, line: usize) -> Option<String> {
+    text.lines()
+        .nth(line.checked_sub(1)?)
+        .map(|l| l.trim().to_owned())
+        .filter(|l| !l.is_empty())
 }
 
 #[cfg(test)]

@@ -131,3 +131,67 @@ fn json_input_without_measurement_is_refused() {
         "{e}"
     );
 }
+
+fn with_env(text: &str, vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
+    let vars: Vec<(String, String)> = vars
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    Config::parse_with_env(Path::new("gw.toml"), text, move |name| {
+        vars.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone())
+    })
+}
+
+#[test]
+fn env_variables_fill_in_values_with_defaults() {
+    let text = GOOD
+        .replace("\"http://127.0.0.1:8086\"", "\"${INFLUX_URL}\"")
+        .replace(
+            "\"bp-gw-001\"\ndata_dir",
+            "\"${GATEWAY_ID:-cab-000}\"\ndata_dir",
+        );
+    let c = with_env(&text, &[("INFLUX_URL", "http://store.city:8428")]).unwrap();
+    assert_eq!(c.output.influxdb.url, "http://store.city:8428");
+    assert_eq!(c.gateway.id, "cab-000");
+}
+
+#[test]
+fn an_unset_variable_is_located_in_the_file() {
+    let text = GOOD.replace("\"http://127.0.0.1:8086\"", "\"${INFLUX_URL}\"");
+    let line = text
+        .lines()
+        .position(|l| l.contains("${INFLUX_URL}"))
+        .unwrap()
+        + 1;
+    let e = with_env(&text, &[]).unwrap_err().to_string();
+    assert!(e.starts_with(&format!("gw.toml:{line}: ")), "{e}");
+    assert!(e.contains("INFLUX_URL is not set"), "{e}");
+}
+
+#[test]
+fn errors_after_substitution_quote_the_raw_line_not_the_value() {
+    // A substituted value that makes the config invalid: the error is at its line and quotes
+    // the template, never the value.
+    let text = GOOD.replace("qos = 1", "qos = ${MQTT_QOS}");
+    let e = with_env(&text, &[("MQTT_QOS", "7")])
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("inputs.mqtt[0].qos"), "{e}");
+    assert!(e.contains("qos = ${MQTT_QOS}"), "{e}");
+    let text = GOOD.replace("org = \"ioc\"", "org = \"${ORG}\"\nbogus = \"${SECRET}\"");
+    let e = with_env(&text, &[("ORG", "ioc"), ("SECRET", "hunter2")])
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("bogus"), "{e}");
+    assert!(!e.contains("hunter2"), "{e}");
+}
+
+#[test]
+fn a_value_with_a_line_break_is_refused() {
+    let text = GOOD.replace("org = \"ioc\"", "org = \"${ORG}\"");
+    let e = with_env(&text, &[("ORG", "ioc\"\n[evil]")])
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("line break"), "{e}");
+    assert!(!e.contains("evil"), "{e}");
+}
