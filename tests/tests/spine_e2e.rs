@@ -1041,9 +1041,10 @@ fn assert_located_error(name: &str, text: &str, line: usize, key: &str) {
     std::fs::write(&path, text).unwrap();
     let output = check_config(&path).unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        !output.status.success(),
-        "{name}: check-config exited 0; stderr: {stderr}"
+    assert_eq!(
+        output.status.code(),
+        Some(78),
+        "{name}: check-config must exit 78 (EX_CONFIG); stderr: {stderr}"
     );
     let file = path.display().to_string();
     assert!(
@@ -1122,6 +1123,51 @@ fn check_config_fails_on_a_missing_file() {
     let dir = TempDir::new().unwrap();
     let path = dir.path().join("does-not-exist.toml");
     let output = check_config(&path).unwrap();
-    assert!(!output.status.success());
+    assert_eq!(output.status.code(), Some(78));
     assert!(String::from_utf8_lossy(&output.stderr).contains(&path.display().to_string()));
+}
+
+/// Exit codes tell a config problem (78, which the unit's `RestartPreventExitStatus=` keeps
+/// from restart-looping) from a mistyped command line (2, clap's).
+#[test]
+fn config_problems_exit_78_and_usage_errors_exit_2() {
+    let dir = TempDir::new().unwrap();
+    let run = |args: &[&str], env: &[(&str, &str)]| {
+        let mut cmd = std::process::Command::new(ioc_e2e::bin_path("ioc-gateway"));
+        cmd.args(args)
+            .stdin(std::process::Stdio::null())
+            .env_remove("INFLUX_TOKEN");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        cmd.output().unwrap()
+    };
+    // `run` on a file that does not validate.
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, VALID_CONFIG.replace("qos = 1\n", "qos = 7\n")).unwrap();
+    let out = run(&["run", "--config", bad.to_str().unwrap()], &[]);
+    assert_eq!(
+        out.status.code(),
+        Some(78),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // `run` on a valid file naming an environment variable that is not set.
+    let good = dir.path().join("good.toml");
+    let data = dir.path().join("data");
+    let text = VALID_CONFIG.replace("/tmp/ioc-e2e-unused", data.to_str().unwrap());
+    std::fs::write(&good, &text).unwrap();
+    assert!(check_config(&good).unwrap().status.success());
+    let token_env = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("token_env = \""))
+        .and_then(|rest| rest.split('"').next())
+        .expect("the example names a token_env");
+    let out = run(&["run", "--config", good.to_str().unwrap()], &[]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(78), "{stderr}");
+    assert!(stderr.contains(token_env), "{stderr}");
+    // A mistyped argument.
+    let out = run(&["run", "--confgi", good.to_str().unwrap()], &[]);
+    assert_eq!(out.status.code(), Some(2));
 }

@@ -44,12 +44,12 @@ pub enum BufferCmdError {
 }
 
 impl BufferCmdError {
-    /// [`Exit::BadInput`] for what the user must fix (config, missing directory, output path),
-    /// [`Exit::Failure`] for I/O trouble.
+    /// [`Exit::Config`] for a config that does not load, [`Exit::BadInput`] for other things
+    /// the user must fix (missing directory, output path), [`Exit::Failure`] for I/O trouble.
     pub fn exit_code(&self) -> Exit {
         match self {
-            BufferCmdError::Config(_)
-            | BufferCmdError::Inspect(InspectError::NotFound(_) | InspectError::NoBuffer(_))
+            BufferCmdError::Config(_) => Exit::Config,
+            BufferCmdError::Inspect(InspectError::NotFound(_) | InspectError::NoBuffer(_))
             | BufferCmdError::Output { .. }
             | BufferCmdError::OutputInsideBuffer { .. } => Exit::BadInput,
             BufferCmdError::Inspect(_) | BufferCmdError::Json(_) => Exit::Failure,

@@ -22,7 +22,7 @@ pub fn execute(path: &Path) -> Exit {
         }
         Err(e) => {
             eprintln!("error: {e}");
-            Exit::BadInput
+            Exit::Config
         }
     }
 }

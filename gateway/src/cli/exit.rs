@@ -7,7 +7,8 @@
 //! |------|----------------------|--------------------------------------------------------------------------|
 //! | 0    | [`Exit::Success`]    | `run` stopped cleanly after a signal; `check-config`: the file is valid; `status` printed its summary; `probe`: at least one frame decoded; `buffer stats` / `buffer export` finished, or the reader of the export went away (`export \| head`); `--help`, `--version` |
 //! | 1    | [`Exit::Failure`]    | `run` failed (config does not load, runtime, or the gateway stopped with an error); `status` failed (token variable, runtime, gateway unreachable or answering badly); `probe`: nothing decoded; `buffer`: I/O trouble reading the buffer, or JSON rendering |
-//! | 2    | [`Exit::BadInput`]   | bad command-line arguments (clap's own exit); `check-config`: the file is invalid; `probe`: the port cannot be opened (or no runtime); `buffer`: the config does not load, no buffer at the path, the output cannot be created or lies inside the buffer |
+//! | 2    | [`Exit::BadInput`]   | bad command-line arguments (clap's own exit); `probe`: the port cannot be opened (or no runtime); `buffer`: no buffer at the path, the output cannot be created or lies inside the buffer |
+//! | 78   | [`Exit::Config`]     | the config is unusable (`EX_CONFIG` of sysexits.h): `check-config` found a problem; `run` or `buffer` cannot load it; `run` cannot resolve a secret it names. The unit's `RestartPreventExitStatus=78` stops systemd from restart-looping on it |
 
 use std::process::ExitCode;
 
@@ -18,8 +19,10 @@ pub enum Exit {
     Success,
     /// 1: the command ran and failed, or found nothing.
     Failure,
-    /// 2: something the user gave cannot be used: arguments, the config, a path or port.
+    /// 2: something the user gave cannot be used: arguments, a path or port.
     BadInput,
+    /// 78 (`EX_CONFIG`): the configuration is unusable; restarting cannot help.
+    Config,
 }
 
 impl Exit {
@@ -29,6 +32,7 @@ impl Exit {
             Exit::Success => 0,
             Exit::Failure => 1,
             Exit::BadInput => 2,
+            Exit::Config => 78,
         }
     }
 }
@@ -46,8 +50,8 @@ mod tests {
     #[test]
     fn codes_are_the_documented_ones() {
         assert_eq!(
-            [Exit::Success, Exit::Failure, Exit::BadInput].map(Exit::code),
-            [0, 1, 2]
+            [Exit::Success, Exit::Failure, Exit::BadInput, Exit::Config].map(Exit::code),
+            [0, 1, 2, 78]
         );
     }
 }

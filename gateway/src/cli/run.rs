@@ -20,9 +20,21 @@ pub fn execute(path: &Path) -> Exit {
         Err(e) => {
             tracing::error!(target: LOG_TARGET, "{e:#}");
             eprintln!("error: {e:#}");
-            Exit::Failure
+            if is_config_problem(&e) {
+                Exit::Config
+            } else {
+                Exit::Failure
+            }
         }
     }
+}
+
+/// Whether `run` failed because of its configuration (the file, or a secret it names), which a
+/// restart cannot mend.
+fn is_config_problem(e: &anyhow::Error) -> bool {
+    e.chain().any(|cause| {
+        cause.is::<crate::config::ConfigError>() || cause.is::<crate::config::SecretError>()
+    })
 }
 
 fn run(path: &Path) -> anyhow::Result<()> {
