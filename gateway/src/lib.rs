@@ -14,6 +14,7 @@
 pub mod aggregate;
 pub mod app;
 pub mod backoff;
+pub mod build_info;
 pub mod cli;
 pub mod clock;
 pub mod config;

@@ -23,6 +23,9 @@ async fn token_required_on_every_route_but_healthz() {
     let (code, body) = get_json(&gw.url("/healthz"), None).await;
     assert_eq!(code, 200);
     assert_eq!(body["status"], "alive");
+    // Which build this box runs, without a token.
+    assert_eq!(body["version"], ioc_gateway::build_info::VERSION);
+    assert_eq!(body["commit"], ioc_gateway::build_info::COMMIT);
 
     for path in [
         "/",
@@ -110,6 +113,18 @@ async fn metrics_parse_and_counters_move_with_readings_and_rejects() {
     );
 
     let before = scrape(&gw).await;
+    assert_eq!(
+        sample_value(
+            &before,
+            "build_info",
+            &[
+                ("version", ioc_gateway::build_info::VERSION),
+                ("commit", ioc_gateway::build_info::COMMIT)
+            ]
+        ),
+        Some(1.0),
+        "build_info{{version,commit}} 1"
+    );
     let accepted = |s: &prometheus_parse::Scrape| {
         sample_value(s, "readings_accepted_total", &[("input", "metrics-in")]).unwrap_or(0.0)
     };

@@ -1171,3 +1171,33 @@ fn config_problems_exit_78_and_usage_errors_exit_2() {
     let out = run(&["run", "--confgi", good.to_str().unwrap()], &[]);
     assert_eq!(out.status.code(), Some(2));
 }
+
+/// `--version` names the commit the binary was built from, so a technician can tell which
+/// build a box runs.
+#[test]
+fn version_names_the_commit_it_was_built_from() {
+    let out = std::process::Command::new(ioc_e2e::bin_path("ioc-gateway"))
+        .arg("--version")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    let version = env!("CARGO_PKG_VERSION");
+    assert!(
+        text.starts_with(&format!("ioc-gateway {version} (commit ")),
+        "{text}"
+    );
+    let head = std::process::Command::new("git")
+        .args(["rev-parse", "--short=12", "HEAD"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output();
+    if let Ok(head) = head {
+        if head.status.success() && std::env::var_os("IOC_GATEWAY_COMMIT").is_none() {
+            let head = String::from_utf8_lossy(&head.stdout).trim().to_owned();
+            assert!(
+                text.contains(&format!("(commit {head})")),
+                "{text} vs HEAD {head}"
+            );
+        }
+    }
+}

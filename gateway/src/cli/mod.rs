@@ -25,7 +25,7 @@ use logging::LogFormat;
 #[derive(Debug, Parser)]
 #[command(
     name = "ioc-gateway",
-    version,
+    version = crate::build_info::LONG_VERSION,
     about = "Edge telemetry gateway for smart-city operations centres"
 )]
 pub struct Cli {

@@ -128,7 +128,7 @@ pub fn install_metrics_recorder() -> PrometheusHandle {
                 Ok(b) => b,
                 Err(_) => PrometheusBuilder::new(),
             };
-            match builder.install_recorder() {
+            let handle = match builder.install_recorder() {
                 Ok(handle) => handle,
                 Err(e) => {
                     tracing::warn!(
@@ -136,7 +136,9 @@ pub fn install_metrics_recorder() -> PrometheusHandle {
                     );
                     PrometheusBuilder::new().build_recorder().handle()
                 }
-            }
+            };
+            crate::build_info::record_metric();
+            handle
         })
         .clone()
 }
@@ -279,6 +281,10 @@ impl AppState {
         let max = self.effective_buffer_max(&buffer);
         json!({
             "gateway_id": self.observers.gateway_id,
+            "build": {
+                "version": crate::build_info::VERSION,
+                "commit": crate::build_info::COMMIT,
+            },
             "now_ms": now,
             "started_ms": self.observers.started_ms,
             "ready": ready,
@@ -535,6 +541,8 @@ async fn healthz(State(state): State<Shared>) -> Json<Value> {
     Json(json!({
         "status": "alive",
         "uptime_s": now_ms().saturating_sub(state.observers.started_ms) / 1000,
+        "version": crate::build_info::VERSION,
+        "commit": crate::build_info::COMMIT,
     }))
 }
 

@@ -266,6 +266,7 @@
 
   function renderStatus(st) {
     $('gateway-id').textContent = st.gateway_id || '';
+    if (st.build) $('build').textContent = st.build.version + ' (' + st.build.commit + ')';
     const ready = st.ready || { ready: false, reasons: [], warnings: [] };
     const warnings = ready.warnings || [];
     if (!ready.ready) setBadge($('ready'), 'NOT READY', 'bad');
