@@ -226,7 +226,7 @@ fn one(
 }
 
 /// Flattens nested objects with `_` and arrays by index; leaves scalars as they are.
-fn flatten(key: String, value: Value, out: &mut Vec<(String, Value)>) {
+pub(crate) fn flatten(key: String, value: Value, out: &mut Vec<(String, Value)>) {
     match value {
         Value::Object(obj) => {
             for (k, v) in obj {

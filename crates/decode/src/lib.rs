@@ -8,5 +8,6 @@ pub mod modbus;
 pub mod node;
 pub mod payload;
 pub mod pms5003;
+pub mod presets;
 pub mod sds011;
 pub mod serial_frame;

@@ -11,6 +11,7 @@ use ioc_model::Reading;
 use serde::Deserialize;
 
 use crate::json::{self, JsonMapping, TimestampUnit};
+use crate::presets::{self, PresetOutput};
 use crate::{camera, line_protocol};
 
 /// How a payload is turned into readings (`format` on an input).
@@ -26,6 +27,15 @@ pub enum PayloadFormat {
     Lpr,
     /// InfluxDB line protocol, one reading per line.
     Influx,
+    /// Plate Recognizer Stream/Snapshot webhooks and Snapshot API responses
+    /// ([`presets::platerecognizer`]).
+    PlateRecognizer,
+    /// OpenALPR `alpr_results` and `alpr_group` ([`presets::openalpr`]).
+    OpenAlpr,
+    /// ChirpStack v4 JSON uplink events ([`presets::chirpstack`]).
+    ChirpStack,
+    /// The Things Stack v3 uplink messages ([`presets::ttn`]).
+    Ttn,
 }
 
 impl PayloadFormat {
@@ -33,7 +43,11 @@ impl PayloadFormat {
     /// names its own).
     pub fn default_measurement(self) -> &'static str {
         match self {
-            PayloadFormat::Frigate | PayloadFormat::Lpr => "camera_event",
+            PayloadFormat::Frigate
+            | PayloadFormat::Lpr
+            | PayloadFormat::PlateRecognizer
+            | PayloadFormat::OpenAlpr => "camera_event",
+            PayloadFormat::ChirpStack | PayloadFormat::Ttn => presets::LORAWAN_MEASUREMENT,
             PayloadFormat::Json | PayloadFormat::Influx => "",
         }
     }
@@ -139,6 +153,17 @@ impl PayloadDecoder {
             },
             Err(e) => Decoded::refused(e.label(), e),
         };
+        let preset = |(readings, errors): PresetOutput| Decoded {
+            readings,
+            rejected: errors
+                .into_iter()
+                .map(|e| Rejection {
+                    label: e.label(),
+                    reason: e.to_string(),
+                })
+                .collect(),
+        };
+        let m = &self.json.measurement;
         match self.format {
             PayloadFormat::Json => {
                 match json::decode_with_tags(&self.json, &tags, payload, received_ns) {
@@ -174,6 +199,23 @@ impl PayloadDecoder {
                         .collect(),
                 }
             }
+            PayloadFormat::PlateRecognizer => preset(presets::platerecognizer::decode(
+                m,
+                &tags,
+                payload,
+                received_ns,
+            )),
+            PayloadFormat::OpenAlpr => {
+                preset(presets::openalpr::decode(m, &tags, payload, received_ns))
+            }
+            PayloadFormat::ChirpStack => preset(presets::chirpstack::decode(
+                m,
+                &tags,
+                source,
+                payload,
+                received_ns,
+            )),
+            PayloadFormat::Ttn => preset(presets::ttn::decode(m, &tags, payload, received_ns)),
         }
     }
 }
@@ -214,6 +256,77 @@ mod tests {
         let mut s = spec(PayloadFormat::Lpr);
         s.measurement = None;
         assert_eq!(PayloadDecoder::new(&s).measurement(), "camera_event");
+    }
+
+    #[test]
+    fn presets_are_dispatched_with_their_default_measurements() {
+        let fixture = |name: &str| {
+            std::fs::read(format!(
+                "{}/tests/fixtures/presets/{name}",
+                env!("CARGO_MANIFEST_DIR")
+            ))
+            .unwrap()
+        };
+        for (format, file, source, measurement) in [
+            (
+                PayloadFormat::PlateRecognizer,
+                "platerecognizer_stream_webhook.json",
+                "",
+                "camera_event",
+            ),
+            (
+                PayloadFormat::OpenAlpr,
+                "openalpr_alprd_group.json",
+                "",
+                "camera_event",
+            ),
+            (
+                PayloadFormat::ChirpStack,
+                "chirpstack_up_object.json",
+                "application/a/device/a84041000181c0de/event/up",
+                "lorawan",
+            ),
+            (
+                PayloadFormat::Ttn,
+                "ttn_uplink_docs.json",
+                "v3/app1@ttn/devices/dev1/up",
+                "lorawan",
+            ),
+        ] {
+            let d = PayloadDecoder::new(&PayloadSpec {
+                format,
+                tags: BTreeMap::from([("city".to_owned(), "dx".to_owned())]),
+                ..PayloadSpec::default()
+            });
+            let out = d.decode(source, &fixture(file), 5);
+            assert!(out.rejected.is_empty(), "{format:?}: {:?}", out.rejected);
+            assert_eq!(out.readings.len(), 1, "{format:?}");
+            assert_eq!(out.readings[0].measurement, measurement);
+            assert_eq!(out.readings[0].tags["city"], "dx");
+        }
+        let d = PayloadDecoder::new(&PayloadSpec {
+            format: PayloadFormat::ChirpStack,
+            ..PayloadSpec::default()
+        });
+        let out = d.decode("application/a/device/b/event/status", b"{}", 5);
+        assert_eq!(out.rejected[0].label, "not_an_uplink");
+    }
+
+    #[test]
+    fn preset_names_in_config() {
+        #[derive(Deserialize)]
+        struct F {
+            format: PayloadFormat,
+        }
+        for (name, format) in [
+            ("platerecognizer", PayloadFormat::PlateRecognizer),
+            ("openalpr", PayloadFormat::OpenAlpr),
+            ("chirpstack", PayloadFormat::ChirpStack),
+            ("ttn", PayloadFormat::Ttn),
+        ] {
+            let f: F = serde_json::from_str(&format!(r#"{{"format":"{name}"}}"#)).unwrap();
+            assert_eq!(f.format, format);
+        }
     }
 
     #[test]
