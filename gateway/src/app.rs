@@ -55,6 +55,8 @@ pub fn sink_config(config: &Config) -> anyhow::Result<InfluxSinkConfig> {
         o.password_file.as_deref(),
     )?;
     s.ca_file = o.ca_file.clone();
+    s.client_cert_file = o.client_cert_file.clone();
+    s.client_key_file = o.client_key_file.clone();
     s.insecure_skip_verify = o.insecure_skip_verify;
     s.request_timeout = Duration::from_millis(o.timeout_ms.max(100));
     // Retry at least every 5 s: when the store comes back after an outage, urgent events must

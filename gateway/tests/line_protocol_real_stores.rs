@@ -399,7 +399,7 @@ async fn victoria_metrics_stores_a_multi_member_batch_exactly() {
 }
 
 #[tokio::test]
-async fn https_with_a_ca_file_and_only_with_it() {
+async fn https_trusts_the_system_store_plus_a_ca_file() {
     let pki = ioc_e2e::Pki::new().unwrap();
     let (ca, cert, key) = (
         pki.path("ca.pem"),
@@ -415,7 +415,7 @@ async fn https_with_a_ca_file_and_only_with_it() {
     let mut config = InfluxSinkConfig::new(store.url(), Api::V1, dead.path());
     config.database = "telemetry".into();
 
-    // The built-in web roots do not know our CA: refused with a clear error.
+    // The system's trust store does not know our CA: refused with a clear error.
     let untrusting = InfluxSink::new(config.clone()).unwrap();
     match untrusting.write(&body, 3).await {
         Err(SinkError::Transport {
@@ -437,7 +437,9 @@ async fn https_with_a_ca_file_and_only_with_it() {
     broken.ca_file = Some(not_pem);
     assert!(matches!(
         InfluxSink::new(broken),
-        Err(SinkError::CaFileInvalid { .. })
+        Err(SinkError::Tls(
+            ioc_gateway::tls::TlsError::NoCertificate { .. }
+        ))
     ));
 
     let mut trusting = config.clone();
