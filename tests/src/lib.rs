@@ -62,7 +62,7 @@ mod tmpfs;
 mod victoria;
 
 pub use fake_broker::{BrokerLog, FakeBroker, Script};
-pub use gateway::{check_config, GatewayProcess};
+pub use gateway::{check_config, check_config_with, GatewayProcess};
 pub use influx::Influx1;
 pub use mosquitto::Mosquitto;
 pub use mqtt::{MqttPublisher, MqttSubscriber, ReceivedMessage};

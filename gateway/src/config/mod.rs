@@ -8,6 +8,7 @@
 
 mod env_subst;
 mod locate;
+pub mod preflight;
 
 use std::path::{Path, PathBuf};
 
@@ -163,6 +164,29 @@ impl Config {
             source,
         })?;
         Self::parse(path, &text)
+    }
+
+    /// [`Config::load`], and the problems [`preflight::check`] finds (what `run` would fail on),
+    /// each located at its line like a config error.
+    pub fn load_and_preflight(path: &Path) -> Result<(Config, Vec<ConfigError>), ConfigError> {
+        let raw = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        let config = Self::parse(path, &raw)?;
+        // Located in the substituted text (it parsed), quoting the file's own line.
+        let text = env_subst::substitute(&raw, env_subst::from_env).unwrap_or_else(|_| raw.clone());
+        let problems = preflight::check(&config)
+            .into_iter()
+            .map(|p| {
+                let mut e = ConfigError::at(path, &text, None, Some(p.key), p.message);
+                if let ConfigError::Invalid { line, snippet, .. } = &mut e {
+                    *snippet = raw_line(&raw, *line);
+                }
+                e
+            })
+            .collect();
+        Ok((config, problems))
     }
 
     /// Parses and validates config text; `path` is only used in error messages. `${VAR}` and
