@@ -10,14 +10,17 @@ use std::collections::BTreeMap;
 use ioc_model::Reading;
 use serde::Deserialize;
 
+use crate::csv::{Csv, CsvConfig};
 use crate::json::{self, JsonMapping, TimestampUnit};
+use crate::mapping::{Mapping, MappingConfig};
 use crate::{camera, line_protocol};
 
 /// How a payload is turned into readings (`format` on an input).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum PayloadFormat {
-    /// A flat or nested JSON object of fields (the default).
+    /// A flat or nested JSON object of fields (the default), or, with a `mapping`, JSON read
+    /// as the mapping says ([`crate::mapping`]).
     #[default]
     Json,
     /// Frigate NVR `frigate/events` messages (new/update/end with before/after).
@@ -26,6 +29,8 @@ pub enum PayloadFormat {
     Lpr,
     /// InfluxDB line protocol, one reading per line.
     Influx,
+    /// Comma-separated rows, one reading per row ([`crate::csv`]).
+    Csv,
 }
 
 impl PayloadFormat {
@@ -34,13 +39,13 @@ impl PayloadFormat {
     pub fn default_measurement(self) -> &'static str {
         match self {
             PayloadFormat::Frigate | PayloadFormat::Lpr => "camera_event",
-            PayloadFormat::Json | PayloadFormat::Influx => "",
+            PayloadFormat::Json | PayloadFormat::Influx | PayloadFormat::Csv => "",
         }
     }
 
     /// Whether the config must name a measurement for this format.
     pub fn needs_measurement(self) -> bool {
-        matches!(self, PayloadFormat::Json)
+        matches!(self, PayloadFormat::Json | PayloadFormat::Csv)
     }
 }
 
@@ -60,13 +65,47 @@ pub struct Decoded {
 }
 
 impl Decoded {
-    fn refused(label: &'static str, reason: impl ToString) -> Self {
+    /// Adds a rejection for part of the payload (the rest is kept).
+    pub fn reject(&mut self, label: &'static str, reason: impl ToString) {
+        self.rejected.push(Rejection {
+            label,
+            reason: reason.to_string(),
+        });
+    }
+
+    pub(crate) fn refused(label: &'static str, reason: impl ToString) -> Self {
         Decoded {
             readings: Vec::new(),
             rejected: vec![Rejection {
                 label,
                 reason: reason.to_string(),
             }],
+        }
+    }
+}
+
+/// A payload config that cannot be used: the key (relative to the input's section, such as
+/// `mapping.fields.speed.path` or `csv.timezone`) and what is wrong, for `check-config`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{key}: {message}")]
+pub struct SpecError {
+    pub key: String,
+    pub message: String,
+}
+
+impl SpecError {
+    pub fn new(key: impl Into<String>, message: impl Into<String>) -> Self {
+        SpecError {
+            key: key.into(),
+            message: message.into(),
+        }
+    }
+
+    /// The same error with its key under `prefix` (`time_format` → `mapping.time_format`).
+    pub fn under(self, prefix: &str) -> Self {
+        SpecError {
+            key: format!("{prefix}.{}", self.key),
+            message: self.message,
         }
     }
 }
@@ -85,6 +124,10 @@ pub struct PayloadSpec {
     pub tag_keys: Vec<String>,
     /// Static tags added to every reading.
     pub tags: BTreeMap<String, String>,
+    /// For `json`: read the payload as this mapping says instead of flattening it.
+    pub mapping: Option<MappingConfig>,
+    /// For `csv`: how the rows are read (a header row and `,` without one).
+    pub csv: Option<CsvConfig>,
 }
 
 /// Turns one input's payloads into readings; built once per input.
@@ -94,15 +137,61 @@ pub struct PayloadDecoder {
     json: JsonMapping,
     /// Timestamp unit of line protocol payloads, in ns.
     line_unit_ns: i64,
+    /// `json` with a `mapping`.
+    mapping: Option<Mapping>,
+    /// `csv`.
+    csv: Option<Csv>,
 }
 
 impl PayloadDecoder {
-    pub fn new(spec: &PayloadSpec) -> Self {
+    /// Compiles an input's payload config; the error's key is relative to the input's section
+    /// (`mapping.fields.speed.path`, `csv.timezone`).
+    pub fn new(spec: &PayloadSpec) -> Result<Self, SpecError> {
         let measurement = spec
             .measurement
             .clone()
             .unwrap_or_else(|| spec.format.default_measurement().to_owned());
-        PayloadDecoder {
+        let mapping = match (&spec.mapping, spec.format) {
+            (None, _) => None,
+            (Some(m), PayloadFormat::Json) => {
+                for (key, set) in [
+                    ("timestamp_field", spec.timestamp_field.is_some()),
+                    ("timestamp_unit", spec.timestamp_unit.is_some()),
+                    ("tag_keys", !spec.tag_keys.is_empty()),
+                ] {
+                    if set {
+                        return Err(SpecError::new(
+                            key,
+                            "is not used with a mapping: say it in the mapping (time, time_format, tags)",
+                        ));
+                    }
+                }
+                Some(Mapping::compile(m, spec.measurement.as_deref()).map_err(|e| e.under("mapping"))?)
+            }
+            (Some(_), _) => {
+                return Err(SpecError::new(
+                    "mapping",
+                    "a mapping is only used with format = \"json\"",
+                ))
+            }
+        };
+        let csv = match (&spec.csv, spec.format) {
+            (c, PayloadFormat::Csv) => {
+                let Some(measurement) = spec.measurement.as_deref().filter(|m| !m.trim().is_empty()) else {
+                    return Err(SpecError::new("measurement", "format \"csv\" needs a measurement name"));
+                };
+                let cfg = c.clone().unwrap_or_default();
+                Some(Csv::compile(&cfg, measurement).map_err(|e| e.under("csv"))?)
+            }
+            (None, _) => None,
+            (Some(_), _) => {
+                return Err(SpecError::new(
+                    "csv",
+                    "a csv section is only used with format = \"csv\"",
+                ))
+            }
+        };
+        Ok(PayloadDecoder {
             format: spec.format,
             json: JsonMapping {
                 measurement,
@@ -113,7 +202,9 @@ impl PayloadDecoder {
                 static_tags: spec.tags.clone(),
             },
             line_unit_ns: spec.timestamp_unit.unwrap_or(TimestampUnit::Ns).nanos(),
-        }
+            mapping,
+            csv,
+        })
     }
 
     pub fn format(&self) -> PayloadFormat {
@@ -139,7 +230,14 @@ impl PayloadDecoder {
             },
             Err(e) => Decoded::refused(e.label(), e),
         };
+        if let Some(mapping) = &self.mapping {
+            return mapping.decode(&tags, payload, received_ns);
+        }
         match self.format {
+            PayloadFormat::Csv => match &self.csv {
+                Some(csv) => csv.decode(&tags, payload, received_ns),
+                None => Decoded::refused("no_csv_config", "format csv without its config"),
+            },
             PayloadFormat::Json => {
                 match json::decode_with_tags(&self.json, &tags, payload, received_ns) {
                     Ok(readings) => Decoded {
@@ -193,7 +291,7 @@ mod tests {
 
     #[test]
     fn json_takes_tags_from_the_topic() {
-        let d = PayloadDecoder::new(&spec(PayloadFormat::Json));
+        let d = PayloadDecoder::new(&spec(PayloadFormat::Json)).unwrap();
         let out = d.decode("city/d1/s7", br#"{"pm25": 12.5}"#, 1_000);
         assert!(out.rejected.is_empty(), "{:?}", out.rejected);
         assert_eq!(out.readings.len(), 1);
@@ -203,7 +301,7 @@ mod tests {
 
     #[test]
     fn a_short_topic_is_refused_with_its_label() {
-        let d = PayloadDecoder::new(&spec(PayloadFormat::Json));
+        let d = PayloadDecoder::new(&spec(PayloadFormat::Json)).unwrap();
         let out = d.decode("city", br#"{"pm25": 12.5}"#, 1_000);
         assert!(out.readings.is_empty());
         assert_eq!(out.rejected[0].label, "topic_mismatch");
@@ -213,14 +311,14 @@ mod tests {
     fn camera_formats_default_to_camera_event() {
         let mut s = spec(PayloadFormat::Lpr);
         s.measurement = None;
-        assert_eq!(PayloadDecoder::new(&s).measurement(), "camera_event");
+        assert_eq!(PayloadDecoder::new(&s).unwrap().measurement(), "camera_event");
     }
 
     #[test]
     fn line_protocol_keeps_good_lines_and_labels_bad_ones() {
         let mut s = spec(PayloadFormat::Influx);
         s.topic_tags = None;
-        let d = PayloadDecoder::new(&s);
+        let d = PayloadDecoder::new(&s).unwrap();
         let out = d.decode("", b"m v=1 1000\nnot line protocol\n", 5);
         assert_eq!(out.readings.len(), 1);
         assert_eq!(out.rejected.len(), 1);
