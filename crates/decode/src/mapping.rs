@@ -675,7 +675,15 @@ type FieldError = (&'static str, String);
 
 /// One configured field's value; `Ok(None)` for a sentinel.
 fn field_value(f: &Field, v: &Value) -> Result<Option<FieldValue>, FieldError> {
-    let raw = v.as_str();
+    // A sentinel is "no data" whatever the type: checked before the value must parse.
+    let dropped = match v {
+        Value::String(s) => f.drop_values.drops_text(s),
+        Value::Number(n) => n.as_f64().is_some_and(|x| f.drop_values.drops_number(x)),
+        _ => false,
+    };
+    if dropped {
+        return Ok(None);
+    }
     let not_number = || ("not_a_number", format!("{} is not a number", short(v)));
     match f.kind {
         FieldType::Float => {
@@ -685,7 +693,7 @@ fn field_value(f: &Field, v: &Value) -> Result<Option<FieldValue>, FieldError> {
                 _ => None,
             }
             .ok_or_else(not_number)?;
-            Ok((!f.drop_values.drops(raw, Some(n))).then_some(FieldValue::Float(n)))
+            Ok(Some(FieldValue::Float(n)))
         }
         FieldType::Int => {
             let n = match v {
@@ -696,7 +704,7 @@ fn field_value(f: &Field, v: &Value) -> Result<Option<FieldValue>, FieldError> {
                 _ => None,
             }
             .ok_or_else(|| ("not_a_number", format!("{} is not a whole number", short(v))))?;
-            Ok((!f.drop_values.drops(raw, Some(n as f64))).then_some(FieldValue::Int(n)))
+            Ok(Some(FieldValue::Int(n)))
         }
         FieldType::String => {
             let s = match v {
@@ -709,7 +717,7 @@ fn field_value(f: &Field, v: &Value) -> Result<Option<FieldValue>, FieldError> {
                     ))
                 }
             };
-            Ok((!f.drop_values.drops(Some(&s), None)).then_some(FieldValue::Str(s)))
+            Ok(Some(FieldValue::Str(s)))
         }
         FieldType::Bool => {
             let b = match v {
