@@ -323,4 +323,71 @@ mod tests {
         assert_eq!(out.readings.len(), 1);
         assert_eq!(out.rejected.len(), 1);
     }
+
+    #[test]
+    fn json_with_a_mapping_uses_it_and_keeps_topic_tags() {
+        let mut s = spec(PayloadFormat::Json);
+        s.mapping = Some(MappingConfig {
+            records: Some("/data".into()),
+            fields: [(
+                "speed".to_string(),
+                crate::mapping::FieldConfig::Path("/v".into()),
+            )]
+            .into(),
+            ..MappingConfig::default()
+        });
+        let d = PayloadDecoder::new(&s).unwrap();
+        let out = d.decode("city/d1/s7", br#"{"data": [{"v": "12.5"}, {"v": "x"}]}"#, 9);
+        assert_eq!(out.readings.len(), 1);
+        let r = &out.readings[0];
+        assert_eq!((r.measurement.as_str(), r.timestamp_ns), ("env", 9));
+        assert_eq!(r.tags["district"], "d1");
+        assert_eq!(r.fields["speed"], ioc_model::FieldValue::Float(12.5));
+        assert_eq!(out.rejected[0].label, "not_a_number");
+    }
+
+    #[test]
+    fn csv_is_a_format_and_needs_a_measurement() {
+        let mut s = spec(PayloadFormat::Csv);
+        s.topic_tags = None;
+        let d = PayloadDecoder::new(&s).unwrap();
+        let out = d.decode("", b"pm25,pm10\n12,30\n", 4);
+        assert_eq!(out.readings.len(), 1);
+        assert_eq!(out.readings[0].fields["pm10"], ioc_model::FieldValue::Float(30.0));
+        s.measurement = None;
+        assert_eq!(PayloadDecoder::new(&s).unwrap_err().key, "measurement");
+        let f: PayloadFormat = serde_json::from_str("\"csv\"").unwrap();
+        assert_eq!(f, PayloadFormat::Csv);
+    }
+
+    #[test]
+    fn spec_errors_name_the_key_under_the_input() {
+        let mut s = spec(PayloadFormat::Json);
+        s.mapping = Some(MappingConfig {
+            fields: [(
+                "speed".to_string(),
+                crate::mapping::FieldConfig::Path("/v".into()),
+            )]
+            .into(),
+            time: Some("/t".into()),
+            time_format: Some("%d/%m/%Y %H:%M".into()),
+            timezone: Some("Asia/Nowhere".into()),
+            ..MappingConfig::default()
+        });
+        assert_eq!(PayloadDecoder::new(&s).unwrap_err().key, "mapping.timezone");
+        s.timestamp_field = Some("ts".into());
+        assert_eq!(PayloadDecoder::new(&s).unwrap_err().key, "timestamp_field");
+        let mut c = spec(PayloadFormat::Csv);
+        c.csv = Some(CsvConfig {
+            separator: "ab".into(),
+            ..CsvConfig::default()
+        });
+        assert_eq!(PayloadDecoder::new(&c).unwrap_err().key, "csv.separator");
+        let mut wrong = spec(PayloadFormat::Influx);
+        wrong.csv = Some(CsvConfig::default());
+        assert_eq!(PayloadDecoder::new(&wrong).unwrap_err().key, "csv");
+        wrong.csv = None;
+        wrong.mapping = Some(MappingConfig::default());
+        assert_eq!(PayloadDecoder::new(&wrong).unwrap_err().key, "mapping");
+    }
 }
