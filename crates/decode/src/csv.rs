@@ -107,15 +107,13 @@ impl Csv {
     pub fn compile(cfg: &CsvConfig, measurement: &str) -> Result<Self, SpecError> {
         let separator = match cfg.separator.as_bytes() {
             [b] if b.is_ascii() && !matches!(b, b'"' | b'\n' | b'\r') => *b,
-            _ => {
-                return Err(SpecError::new(
-                    "separator",
-                    format!(
-                        "{:?} is not a separator: one ASCII character such as \",\", \";\" or \"\\t\"",
-                        cfg.separator
-                    ),
-                ))
-            }
+            _ => return Err(SpecError::new(
+                "separator",
+                format!(
+                    "{:?} is not a separator: one ASCII character such as \",\", \";\" or \"\\t\"",
+                    cfg.separator
+                ),
+            )),
         };
         if !cfg.header && cfg.columns.is_empty() {
             return Err(SpecError::new(
@@ -349,7 +347,10 @@ impl Csv {
             }
         }
         if let (Some(t), false) = (&self.time_column, time_seen) {
-            return Err(reject("missing_time", format!("time column {t:?} is empty")));
+            return Err(reject(
+                "missing_time",
+                format!("time column {t:?} is empty"),
+            ));
         }
         if reading.fields.is_empty() {
             return Err(reject("no_fields", "row has no usable cell".into()));

@@ -161,7 +161,10 @@ struct Field {
 #[derive(Debug, Clone)]
 enum Measurement {
     Literal(String),
-    Path { path: Path, fallback: Option<String> },
+    Path {
+        path: Path,
+        fallback: Option<String>,
+    },
 }
 
 /// A compiled mapping; built once per input.
@@ -295,25 +298,24 @@ impl Mapping {
                 (Some(groups), Some(levels))
             }
         };
-        let measurement = match (&cfg.measurement_path, &cfg.measurement, default_measurement) {
-            (Some(p), literal, default) => Measurement::Path {
-                path: record_path("measurement_path", p, levels)?,
-                fallback: literal.clone().or(default.map(str::to_owned)),
-            },
-            (None, literal, default) if literal.is_some() || default.is_some() => {
-                let m = literal.as_deref().or(default).unwrap_or_default();
-                if m.trim().is_empty() {
-                    return Err(SpecError::new("measurement", "must not be empty"));
+        let measurement =
+            match (&cfg.measurement_path, &cfg.measurement, default_measurement) {
+                (Some(p), literal, default) => Measurement::Path {
+                    path: record_path("measurement_path", p, levels)?,
+                    fallback: literal.clone().or(default.map(str::to_owned)),
+                },
+                (None, literal, default) if literal.is_some() || default.is_some() => {
+                    let m = literal.as_deref().or(default).unwrap_or_default();
+                    if m.trim().is_empty() {
+                        return Err(SpecError::new("measurement", "must not be empty"));
+                    }
+                    Measurement::Literal(m.to_owned())
                 }
-                Measurement::Literal(m.to_owned())
-            }
-            (None, _, _) => {
-                return Err(SpecError::new(
+                (None, _, _) => return Err(SpecError::new(
                     "measurement",
                     "a mapping needs a measurement (here or on the input) or a measurement_path",
-                ))
-            }
-        };
+                )),
+            };
         let mut tags = Vec::with_capacity(cfg.tags.len());
         for (name, path) in &cfg.tags {
             let key = format!("tags.{name}");
@@ -480,7 +482,10 @@ impl Mapping {
             None => received_ns,
             Some((path, format)) => match get(path) {
                 None => {
-                    out.reject("missing_time", format!("{at}time {:?} is missing", path.text));
+                    out.reject(
+                        "missing_time",
+                        format!("{at}time {:?} is missing", path.text),
+                    );
                     return;
                 }
                 Some(v) => match format.parse_json(v) {
@@ -505,7 +510,11 @@ impl Mapping {
                 }
                 Some(v) => out.reject(
                     "not_a_scalar",
-                    format!("{at}tag {name} at {:?} is not a single value: {}", path.text, short(v)),
+                    format!(
+                        "{at}tag {name} at {:?} is not a single value: {}",
+                        path.text,
+                        short(v)
+                    ),
                 ),
             }
         }
@@ -703,7 +712,12 @@ fn field_value(f: &Field, v: &Value) -> Result<Option<FieldValue>, FieldError> {
                 Value::String(s) => scalar::parse_int(s),
                 _ => None,
             }
-            .ok_or_else(|| ("not_a_number", format!("{} is not a whole number", short(v))))?;
+            .ok_or_else(|| {
+                (
+                    "not_a_number",
+                    format!("{} is not a whole number", short(v)),
+                )
+            })?;
             Ok(Some(FieldValue::Int(n)))
         }
         FieldType::String => {

@@ -166,7 +166,10 @@ impl PayloadDecoder {
                         ));
                     }
                 }
-                Some(Mapping::compile(m, spec.measurement.as_deref()).map_err(|e| e.under("mapping"))?)
+                Some(
+                    Mapping::compile(m, spec.measurement.as_deref())
+                        .map_err(|e| e.under("mapping"))?,
+                )
             }
             (Some(_), _) => {
                 return Err(SpecError::new(
@@ -177,8 +180,13 @@ impl PayloadDecoder {
         };
         let csv = match (&spec.csv, spec.format) {
             (c, PayloadFormat::Csv) => {
-                let Some(measurement) = spec.measurement.as_deref().filter(|m| !m.trim().is_empty()) else {
-                    return Err(SpecError::new("measurement", "format \"csv\" needs a measurement name"));
+                let Some(measurement) =
+                    spec.measurement.as_deref().filter(|m| !m.trim().is_empty())
+                else {
+                    return Err(SpecError::new(
+                        "measurement",
+                        "format \"csv\" needs a measurement name",
+                    ));
                 };
                 let cfg = c.clone().unwrap_or_default();
                 Some(Csv::compile(&cfg, measurement).map_err(|e| e.under("csv"))?)
@@ -311,7 +319,10 @@ mod tests {
     fn camera_formats_default_to_camera_event() {
         let mut s = spec(PayloadFormat::Lpr);
         s.measurement = None;
-        assert_eq!(PayloadDecoder::new(&s).unwrap().measurement(), "camera_event");
+        assert_eq!(
+            PayloadDecoder::new(&s).unwrap().measurement(),
+            "camera_event"
+        );
     }
 
     #[test]
@@ -353,7 +364,10 @@ mod tests {
         let d = PayloadDecoder::new(&s).unwrap();
         let out = d.decode("", b"pm25,pm10\n12,30\n", 4);
         assert_eq!(out.readings.len(), 1);
-        assert_eq!(out.readings[0].fields["pm10"], ioc_model::FieldValue::Float(30.0));
+        assert_eq!(
+            out.readings[0].fields["pm10"],
+            ioc_model::FieldValue::Float(30.0)
+        );
         s.measurement = None;
         assert_eq!(PayloadDecoder::new(&s).unwrap_err().key, "measurement");
         let f: PayloadFormat = serde_json::from_str("\"csv\"").unwrap();

@@ -77,7 +77,17 @@ mod tests {
         assert_eq!(parse_number(" 12.5 "), Some(12.5));
         assert_eq!(parse_number("-3e2"), Some(-300.0));
         assert_eq!(parse_number("+7"), Some(7.0));
-        for bad in ["", " ", "NaN", "inf", "-infinity", "12,5", "0x10", "1e999", "abc"] {
+        for bad in [
+            "",
+            " ",
+            "NaN",
+            "inf",
+            "-infinity",
+            "12,5",
+            "0x10",
+            "1e999",
+            "abc",
+        ] {
             assert_eq!(parse_number(bad), None, "{bad:?}");
         }
         assert_eq!(parse_int("42"), Some(42));

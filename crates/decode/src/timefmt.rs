@@ -128,8 +128,10 @@ impl TimeFormat {
     /// Reads a time from a JSON value: a number (Unix formats) or a string (any format).
     pub fn parse_json(&self, value: &Value) -> Result<i64, BadTime> {
         match (self, value) {
-            (TimeFormat::Unix(unit), Value::Number(n)) => decimal_to_ns(&n.to_string(), unit.nanos())
-                .ok_or_else(|| BadTime(format!("{n} is out of range for a Unix time"))),
+            (TimeFormat::Unix(unit), Value::Number(n)) => {
+                decimal_to_ns(&n.to_string(), unit.nanos())
+                    .ok_or_else(|| BadTime(format!("{n} is out of range for a Unix time")))
+            }
             (_, Value::String(s)) => self.parse_text(s),
             (_, other) => Err(BadTime(format!(
                 "expected {} but got {}",
@@ -152,9 +154,8 @@ impl TimeFormat {
             TimeFormat::Unix(unit) => decimal_to_ns(text, unit.nanos()).ok_or_else(bad),
             TimeFormat::Rfc3339 => rfc3339_to_ns(text).ok_or_else(bad),
             TimeFormat::Layout { layout, zone } => {
-                let tm = strtime::parse(layout, text.trim()).map_err(|e| {
-                    BadTime(format!("{:?}: {e}", crate::json::truncate(text, 64)))
-                })?;
+                let tm = strtime::parse(layout, text.trim())
+                    .map_err(|e| BadTime(format!("{:?}: {e}", crate::json::truncate(text, 64))))?;
                 let ts = if tm.timestamp().is_some() || tm.offset().is_some() {
                     tm.to_timestamp()
                 } else if tm.iana_time_zone().is_some() {
@@ -254,14 +255,29 @@ mod tests {
     #[test]
     fn unix_units_take_numbers_and_numeric_text() {
         let s = compile("unix_s", None);
-        assert_eq!(s.parse_json(&serde_json::json!(1_767_225_600)), Ok(1_767_225_600_000_000_000));
-        assert_eq!(s.parse_json(&serde_json::json!("1767225600.5")), Ok(1_767_225_600_500_000_000));
+        assert_eq!(
+            s.parse_json(&serde_json::json!(1_767_225_600)),
+            Ok(1_767_225_600_000_000_000)
+        );
+        assert_eq!(
+            s.parse_json(&serde_json::json!("1767225600.5")),
+            Ok(1_767_225_600_500_000_000)
+        );
         let ms = compile("unix_ms", None);
-        assert_eq!(ms.parse_json(&serde_json::json!(1_767_225_600_123u64)), Ok(1_767_225_600_123_000_000));
+        assert_eq!(
+            ms.parse_json(&serde_json::json!(1_767_225_600_123u64)),
+            Ok(1_767_225_600_123_000_000)
+        );
         let us = compile("unix_us", None);
-        assert_eq!(us.parse_text(" 1767225600000001 "), Ok(1_767_225_600_000_001_000));
+        assert_eq!(
+            us.parse_text(" 1767225600000001 "),
+            Ok(1_767_225_600_000_001_000)
+        );
         let ns = compile("unix_ns", None);
-        assert_eq!(ns.parse_text("1767225600000000001"), Ok(1_767_225_600_000_000_001));
+        assert_eq!(
+            ns.parse_text("1767225600000000001"),
+            Ok(1_767_225_600_000_000_001)
+        );
         assert!(s.parse_text("soon").is_err());
         assert!(s.parse_json(&serde_json::json!(true)).is_err());
         assert!(s.parse_json(&serde_json::json!(1e300)).is_err());
@@ -271,8 +287,14 @@ mod tests {
     fn rfc3339_with_any_offset() {
         let f = TimeFormat::compile(None, None).unwrap();
         // 2026-03-01T07:30:00+07:00 is 2026-03-01T00:30:00Z = 1772325000 s.
-        assert_eq!(f.parse_text("2026-03-01T07:30:00+07:00"), Ok(1_772_325_000_000_000_000));
-        assert_eq!(f.parse_text("2026-03-01T00:30:00.25Z"), Ok(1_772_325_000_250_000_000));
+        assert_eq!(
+            f.parse_text("2026-03-01T07:30:00+07:00"),
+            Ok(1_772_325_000_000_000_000)
+        );
+        assert_eq!(
+            f.parse_text("2026-03-01T00:30:00.25Z"),
+            Ok(1_772_325_000_250_000_000)
+        );
         assert!(f.parse_text("2026-03-01T07:30:00").is_err(), "no offset");
         assert!(f.parse_json(&serde_json::json!(1_772_325_000)).is_err());
     }
@@ -281,17 +303,32 @@ mod tests {
     fn local_layouts_use_the_configured_zone() {
         let f = compile("%d/%m/%Y %H:%M:%S", Some("Asia/Ho_Chi_Minh"));
         // Vietnam is UTC+7 all year.
-        assert_eq!(f.parse_text("01/03/2026 07:30:00"), Ok(1_772_325_000_000_000_000));
+        assert_eq!(
+            f.parse_text("01/03/2026 07:30:00"),
+            Ok(1_772_325_000_000_000_000)
+        );
         let utc = compile("%Y%m%d%H%M%S", Some("UTC"));
-        assert_eq!(utc.parse_text("20260301003000"), Ok(1_772_325_000_000_000_000));
+        assert_eq!(
+            utc.parse_text("20260301003000"),
+            Ok(1_772_325_000_000_000_000)
+        );
         // A layout with its own offset needs no zone, and the text's offset wins over one.
         let off = compile("%Y-%m-%d %H:%M:%S %z", None);
-        assert_eq!(off.parse_text("2026-03-01 07:30:00 +0700"), Ok(1_772_325_000_000_000_000));
+        assert_eq!(
+            off.parse_text("2026-03-01 07:30:00 +0700"),
+            Ok(1_772_325_000_000_000_000)
+        );
         let both = compile("%Y-%m-%d %H:%M:%S %z", Some("Europe/Berlin"));
-        assert_eq!(both.parse_text("2026-03-01 07:30:00 +0700"), Ok(1_772_325_000_000_000_000));
+        assert_eq!(
+            both.parse_text("2026-03-01 07:30:00 +0700"),
+            Ok(1_772_325_000_000_000_000)
+        );
         // Daylight saving: 2026-07-01 12:00 in Berlin is UTC+2.
         let berlin = compile("%Y-%m-%d %H:%M", Some("Europe/Berlin"));
-        assert_eq!(berlin.parse_text("2026-07-01 12:00"), Ok(1_782_900_000_000_000_000));
+        assert_eq!(
+            berlin.parse_text("2026-07-01 12:00"),
+            Ok(1_782_900_000_000_000_000)
+        );
         assert!(f.parse_text("2026-03-01 07:30:00").is_err());
         assert!(f.parse_text("31/02/2026 07:30:00").is_err());
     }
@@ -303,7 +340,11 @@ mod tests {
         assert!(e.message.contains("no UTC offset"), "{}", e.message);
         let e = err(Some("%d/%m/%Y %H:%M:%S"), Some("Asia/Saigon_City"));
         assert_eq!(e.key, "timezone");
-        assert!(e.message.contains("unknown time zone \"Asia/Saigon_City\""), "{}", e.message);
+        assert!(
+            e.message.contains("unknown time zone \"Asia/Saigon_City\""),
+            "{}",
+            e.message
+        );
         let e = err(Some("%d/%m/%Y %H:%M:%K"), Some("UTC"));
         assert_eq!(e.key, "time_format");
         assert!(e.message.contains("%K"), "{}", e.message);
@@ -320,6 +361,9 @@ mod tests {
     fn the_old_name_still_works_for_zones() {
         // The tz database keeps Asia/Saigon as a link: configs written with it keep working.
         let f = compile("%Y-%m-%d %H:%M:%S", Some("Asia/Saigon"));
-        assert_eq!(f.parse_text("2026-03-01 07:30:00"), Ok(1_772_325_000_000_000_000));
+        assert_eq!(
+            f.parse_text("2026-03-01 07:30:00"),
+            Ok(1_772_325_000_000_000_000)
+        );
     }
 }

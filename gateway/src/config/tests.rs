@@ -124,6 +124,18 @@ fn shipped_example_config_is_valid() {
 }
 
 #[test]
+fn shipped_payload_formats_example_is_valid() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/payload-formats.example.toml");
+    let c = Config::load(&path).unwrap();
+    assert_eq!(c.inputs.mqtt.len(), 2);
+    let mapping = c.inputs.mqtt[0].mapping.as_ref().unwrap();
+    assert_eq!(mapping.records.as_deref(), Some("/stations/*/links"));
+    assert_eq!(mapping.fields.len(), 4);
+    assert_eq!(c.inputs.mqtt[1].format, PayloadFormat::Csv);
+    assert_eq!(c.inputs.mqtt[1].csv.as_ref().unwrap().separator, ";");
+}
+
+#[test]
 fn json_input_without_measurement_is_refused() {
     let e = err(&GOOD.replace("measurement = \"environment\"\n", ""));
     assert!(
@@ -200,7 +212,10 @@ fn mapping_mistakes_name_file_line_and_key() {
         let e = err(&text);
         let line = line_with(&text, to);
         let head = format!("gw.toml:{line}: key `{key}`: ");
-        assert!(e.starts_with(&head), "{e}\nexpected it to start with {head}");
+        assert!(
+            e.starts_with(&head),
+            "{e}\nexpected it to start with {head}"
+        );
         assert!(e.contains(to), "the snippet quotes the line: {e}");
     }
     let e = err(&MAPPED.replace("timezone = \"Asia/Ho_Chi_Minh\"\n", ""));
@@ -213,7 +228,9 @@ fn mapping_mistakes_name_file_line_and_key() {
     let e = err(&MAPPED.replace("records = \"/data\"", "record = \"/data\""));
     let line = line_with(MAPPED, "records = \"/data\"");
     assert!(
-        e.starts_with(&format!("gw.toml:{line}: key `inputs.mqtt[0].mapping.record`")),
+        e.starts_with(&format!(
+            "gw.toml:{line}: key `inputs.mqtt[0].mapping.record`"
+        )),
         "{e}"
     );
 }
@@ -229,7 +246,9 @@ fn csv_mistakes_name_file_line_and_key() {
     let e = err(&text);
     let line = line_with(&text, "separator = \";;\"");
     assert!(
-        e.starts_with(&format!("gw.toml:{line}: key `inputs.mqtt[0].csv.separator`")),
+        e.starts_with(&format!(
+            "gw.toml:{line}: key `inputs.mqtt[0].csv.separator`"
+        )),
         "{e}"
     );
     let ok = text.replace("separator = \";;\"", "separator = \";\"");

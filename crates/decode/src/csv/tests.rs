@@ -12,8 +12,14 @@ fn compile_err(toml_text: &str) -> SpecError {
 
 fn reading(tags: &[(&str, &str)], fields: &[(&str, FieldValue)], ts: i64) -> Reading {
     let mut r = Reading::new("air", ts);
-    r.tags = tags.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-    r.fields = fields.iter().map(|(k, v)| (k.to_string(), v.clone())).collect();
+    r.tags = tags
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    r.fields = fields
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.clone()))
+        .collect();
     r
 }
 
@@ -25,7 +31,8 @@ fn labels(d: &Decoded) -> Vec<&'static str> {
 // watty62/abdn_air_quality data/big_dump/done/2017-08-30_sds011_sensor_5331.csv: `;`-separated,
 // a header row, UTC times without an offset, empty cells for what the sensor does not measure,
 // and (row 2) a row with no value at all.
-const SDS011_ARCHIVE: &str = "sensor_id;sensor_type;location;lat;lon;timestamp;P1;durP1;ratioP1;P2;durP2;ratioP2
+const SDS011_ARCHIVE: &str =
+    "sensor_id;sensor_type;location;lat;lon;timestamp;P1;durP1;ratioP1;P2;durP2;ratioP2
 5331;SDS011;2688;57.128;-2.130;2017-08-30T11:27:23;9.53;;;2.83;;
 5331;SDS011;2688;57.128;-2.130;2017-08-30T11:27:23;;;;;;
 5331;SDS011;2688;57.128;-2.130;2017-08-30T11:29:50;21.63;;;6.90;;
@@ -56,13 +63,25 @@ fn sensor_community_archive_rows_map_exactly() {
     assert_eq!(
         out.readings,
         vec![
-            reading(&tags, &[("P1", f(9.53)), ("P2", f(2.83))], 1_504_092_443_000_000_000),
-            reading(&tags, &[("P1", f(21.63)), ("P2", f(6.9))], 1_504_092_590_000_000_000),
+            reading(
+                &tags,
+                &[("P1", f(9.53)), ("P2", f(2.83))],
+                1_504_092_443_000_000_000
+            ),
+            reading(
+                &tags,
+                &[("P1", f(21.63)), ("P2", f(6.9))],
+                1_504_092_590_000_000_000
+            ),
         ]
     );
     // The row without values is refused on its line; the others are kept.
     assert_eq!(labels(&out), vec!["no_fields"]);
-    assert!(out.rejected[0].reason.starts_with("line 3: "), "{}", out.rejected[0].reason);
+    assert!(
+        out.rejected[0].reason.starts_with("line 3: "),
+        "{}",
+        out.rejected[0].reason
+    );
 }
 
 // Campbell Scientific TOA5 data rows, from the example in Campbell's LoggerNet manual (TOA5
@@ -73,8 +92,7 @@ fn sensor_community_archive_rows_map_exactly() {
 // a missing value.
 #[test]
 fn one_line_at_a_time_with_configured_columns_and_local_time() {
-    let c = csv(
-        r#"
+    let c = csv(r#"
 header = false
 columns = ["TIMESTAMP", "RECORD", "batt_volt_Min", "PTemp"]
 time_column = "TIMESTAMP"
@@ -82,31 +100,39 @@ time_format = "%Y-%m-%d %H:%M:%S"
 timezone = "Asia/Ho_Chi_Minh"
 skip_columns = ["RECORD"]
 drop_values = ["NAN", -99]
-"#,
-    );
+"#);
     let base = BTreeMap::new();
     // 2004-11-11 15:03:45 at UTC+7 is 08:03:45Z = 1100160225 s.
     assert_eq!(
         c.decode_line(&base, "\"2004-11-11 15:03:45\",0,13.7,24.92", 0),
         Ok(reading(
             &[],
-            &[("PTemp", FieldValue::Float(24.92)), ("batt_volt_Min", FieldValue::Float(13.7))],
+            &[
+                ("PTemp", FieldValue::Float(24.92)),
+                ("batt_volt_Min", FieldValue::Float(13.7))
+            ],
             1_100_160_225_000_000_000
         ))
     );
     assert_eq!(
-        c.decode_line(&base, "\"2004-11-11 15:04:00\",1,\"NAN\",-99", 0).map_err(|r| r.label),
+        c.decode_line(&base, "\"2004-11-11 15:04:00\",1,\"NAN\",-99", 0)
+            .map_err(|r| r.label),
         Err("no_fields")
     );
     assert_eq!(
-        c.decode_line(&base, "\"2004-11-11 15:04:00\",1,13.7,24.95,7", 0).map_err(|r| r.label),
+        c.decode_line(&base, "\"2004-11-11 15:04:00\",1,13.7,24.95,7", 0)
+            .map_err(|r| r.label),
         Err("extra_columns")
     );
     assert_eq!(
-        c.decode_line(&base, "\"11/11/2004 15:04\",1,13.7", 0).map_err(|r| r.label),
+        c.decode_line(&base, "\"11/11/2004 15:04\",1,13.7", 0)
+            .map_err(|r| r.label),
         Err("bad_time")
     );
-    assert_eq!(c.decode_line(&base, ",1,13.7", 0).map_err(|r| r.label), Err("missing_time"));
+    assert_eq!(
+        c.decode_line(&base, ",1,13.7", 0).map_err(|r| r.label),
+        Err("missing_time")
+    );
     // The same rows as one payload.
     let out = c.decode(
         &base,
@@ -128,17 +154,32 @@ fn strings_quotes_bom_and_receipt_time() {
         out.readings,
         vec![reading(
             &[("site", "Le Loi, gate 2")],
-            &[("level", FieldValue::Float(3.5)), ("state", FieldValue::Str("ok".into()))],
+            &[
+                ("level", FieldValue::Float(3.5)),
+                ("state", FieldValue::Str("ok".into()))
+            ],
             77
         )]
     );
     // A header without the time column, and a payload with only a header.
     let timed = csv("time_column = \"t\"");
-    assert_eq!(labels(&timed.decode(&BTreeMap::new(), b"a,b\n1,2\n", 0)), vec!["missing_time"]);
-    assert_eq!(labels(&c.decode(&BTreeMap::new(), b"site,level\n", 0)), vec!["no_fields"]);
-    assert_eq!(labels(&c.decode(&BTreeMap::new(), b"site,level\nx,\xff\n", 0)), vec!["not_utf8"]);
+    assert_eq!(
+        labels(&timed.decode(&BTreeMap::new(), b"a,b\n1,2\n", 0)),
+        vec!["missing_time"]
+    );
+    assert_eq!(
+        labels(&c.decode(&BTreeMap::new(), b"site,level\n", 0)),
+        vec!["no_fields"]
+    );
+    assert_eq!(
+        labels(&c.decode(&BTreeMap::new(), b"site,level\nx,\xff\n", 0)),
+        vec!["not_utf8"]
+    );
     // A column named like a store's reserved key is refused by the reading's own checks.
-    assert_eq!(labels(&c.decode(&BTreeMap::new(), b"time,level\n1,2\n", 0)), vec!["reserved_key"]);
+    assert_eq!(
+        labels(&c.decode(&BTreeMap::new(), b"time,level\n1,2\n", 0)),
+        vec!["reserved_key"]
+    );
 }
 
 #[test]
@@ -147,11 +188,31 @@ fn compile_errors_name_the_key() {
         ("separator = \";;\"", "separator", "one ASCII character"),
         ("separator = \"\\\"\"", "separator", "one ASCII character"),
         ("header = false", "columns", "must be named"),
-        ("columns = [\"a\", \"b\"]\ntime_column = \"t\"", "time_column", "not one of the columns"),
-        ("columns = [\"a\"]\ntag_columns = [\"b\"]", "tag_columns", "not one of the columns"),
-        ("time_format = \"unix_s\"", "time_format", "only used with time_column"),
-        ("time_column = \"t\"\ntime_format = \"%d/%m/%Y %H:%M\"", "timezone", "no UTC offset"),
-        ("time_column = \"t\"\ntime_format = \"%d/%m/%Y %H:%M\"\ntimezone = \"Asia/Hanoi_City\"", "timezone", "unknown time zone"),
+        (
+            "columns = [\"a\", \"b\"]\ntime_column = \"t\"",
+            "time_column",
+            "not one of the columns",
+        ),
+        (
+            "columns = [\"a\"]\ntag_columns = [\"b\"]",
+            "tag_columns",
+            "not one of the columns",
+        ),
+        (
+            "time_format = \"unix_s\"",
+            "time_format",
+            "only used with time_column",
+        ),
+        (
+            "time_column = \"t\"\ntime_format = \"%d/%m/%Y %H:%M\"",
+            "timezone",
+            "no UTC offset",
+        ),
+        (
+            "time_column = \"t\"\ntime_format = \"%d/%m/%Y %H:%M\"\ntimezone = \"Asia/Hanoi_City\"",
+            "timezone",
+            "unknown time zone",
+        ),
         ("columns = [\"a\", \"\"]", "columns[1]", "needs a name"),
     ] {
         let e = compile_err(text);

@@ -76,9 +76,16 @@ fn traffic_json_with_numbers_as_strings_and_local_times() {
         vec![
             reading(
                 "traffic_speed",
-                &[("borough", "Staten Island"), ("link_id", "4616212"), ("site", "nyc")],
                 &[
-                    ("link_name", FieldValue::Str("WSE N VICTORY BLVD - SOUTH AVENUE".into())),
+                    ("borough", "Staten Island"),
+                    ("link_id", "4616212"),
+                    ("site", "nyc")
+                ],
+                &[
+                    (
+                        "link_name",
+                        FieldValue::Str("WSE N VICTORY BLVD - SOUTH AVENUE".into())
+                    ),
                     ("speed_mph", FieldValue::Float(47.84)),
                     ("status", FieldValue::Int(0)),
                     ("travel_time_s", FieldValue::Int(66)),
@@ -87,7 +94,11 @@ fn traffic_json_with_numbers_as_strings_and_local_times() {
             ),
             reading(
                 "traffic_speed",
-                &[("borough", "Staten Island"), ("link_id", "4616210"), ("site", "nyc")],
+                &[
+                    ("borough", "Staten Island"),
+                    ("link_id", "4616210"),
+                    ("site", "nyc")
+                ],
                 &[
                     ("link_name", FieldValue::Str("Richmond Ave".into())),
                     ("speed_mph", FieldValue::Float(40.38)),
@@ -99,7 +110,11 @@ fn traffic_json_with_numbers_as_strings_and_local_times() {
             // -99 speed and travel time are dropped; status has its own (empty) drop_values.
             reading(
                 "traffic_speed",
-                &[("borough", "Staten Island"), ("link_id", "4616210"), ("site", "nyc")],
+                &[
+                    ("borough", "Staten Island"),
+                    ("link_id", "4616210"),
+                    ("site", "nyc")
+                ],
                 &[
                     ("link_name", FieldValue::Str("Richmond Ave".into())),
                     ("status", FieldValue::Int(-101)),
@@ -117,7 +132,8 @@ fn a_string_that_is_not_a_number_is_refused_naming_the_path() {
     let out = m.decode(&BTreeMap::new(), payload.as_bytes(), 0);
     assert_eq!(labels(&out), vec!["not_a_number"]);
     assert!(
-        out.rejected[0].reason.contains("speed_mph") && out.rejected[0].reason.contains("\"/speed\""),
+        out.rejected[0].reason.contains("speed_mph")
+            && out.rejected[0].reason.contains("\"/speed\""),
         "{}",
         out.rejected[0].reason
     );
@@ -175,7 +191,12 @@ timezone = "UTC"
     let r = |sensor: &str, kind: &str, loc: &str, vt: &str, v: f64| {
         reading(
             "air",
-            &[("location", loc), ("sensor_id", sensor), ("sensor_type", kind), ("value_type", vt)],
+            &[
+                ("location", loc),
+                ("sensor_id", sensor),
+                ("sensor_type", kind),
+                ("value_type", vt),
+            ],
             &[("value", FieldValue::Float(v))],
             t,
         )
@@ -240,12 +261,20 @@ time = "../timestamp"
     let r = |vt: &str, v: f64| {
         reading(
             "pms5003",
-            &[("city", "Nairobi"), ("count", "77"), ("node", "esp8266-11639153"), ("value_type", vt)],
+            &[
+                ("city", "Nairobi"),
+                ("count", "77"),
+                ("node", "esp8266-11639153"),
+                ("value_type", vt),
+            ],
             &[("value", FieldValue::Float(v))],
             t,
         )
     };
-    assert_eq!(out.readings, vec![r("P2", 9.0), r("P1", 9.0), r("P0", 3.75)]);
+    assert_eq!(
+        out.readings,
+        vec![r("P2", 9.0), r("P1", 9.0), r("P0", 3.75)]
+    );
 }
 
 // The World Air Quality Index feed (api.waqi.info/feed/...): the shape and values of the response
@@ -289,7 +318,10 @@ timezone = "Asia/Ho_Chi_Minh"
             "aqi",
             &[
                 ("dominant", "pm25"),
-                ("station", "Ho Chi Minh City US Consulate, Vietnam (Lãnh sự quán Hoa Kỳ, Hồ Chí Minh)"),
+                (
+                    "station",
+                    "Ho Chi Minh City US Consulate, Vietnam (Lãnh sự quán Hoa Kỳ, Hồ Chí Minh)"
+                ),
             ],
             &[
                 ("co_v", f(3.0)),
@@ -372,18 +404,36 @@ time = "/t"
     let out = m.decode(&BTreeMap::new(), payload, 0);
     assert_eq!(
         labels(&out),
-        vec!["missing_time", "bad_time", "not_a_bool", "no_fields", "not_a_scalar"]
+        vec![
+            "missing_time",
+            "bad_time",
+            "not_a_bool",
+            "no_fields",
+            "not_a_scalar"
+        ]
     );
-    assert!(out.rejected[0].reason.starts_with("record 1: "), "{}", out.rejected[0].reason);
+    assert!(
+        out.rejected[0].reason.starts_with("record 1: "),
+        "{}",
+        out.rejected[0].reason
+    );
     assert_eq!(
         out.readings,
         vec![
             // A missing tag path (`zone`) is skipped.
-            reading("env", &[("id", "a")], &[("pm25", FieldValue::Float(12.5))], 1_772_325_000_000_000_000),
+            reading(
+                "env",
+                &[("id", "a")],
+                &[("pm25", FieldValue::Float(12.5))],
+                1_772_325_000_000_000_000
+            ),
             reading(
                 "env",
                 &[],
-                &[("on", FieldValue::Bool(true)), ("pm25", FieldValue::Float(1.0))],
+                &[
+                    ("on", FieldValue::Bool(true)),
+                    ("pm25", FieldValue::Float(1.0))
+                ],
                 1_772_325_000_000_000_000
             ),
         ]
@@ -394,7 +444,12 @@ time = "/t"
         (b"{\"stations\": 7}", "missing_time"),
     ] {
         let out = m.decode(&BTreeMap::new(), payload, 0);
-        assert_eq!(labels(&out), vec![label], "{}", String::from_utf8_lossy(payload));
+        assert_eq!(
+            labels(&out),
+            vec![label],
+            "{}",
+            String::from_utf8_lossy(payload)
+        );
         assert!(out.readings.is_empty());
     }
     // An empty array is no data, not an error.
@@ -406,16 +461,33 @@ time = "/t"
 fn without_time_the_receipt_time_and_without_records_the_document() {
     let m = mapping("measurement = \"env\"\nfields = { v = \"/v\" }\ntags = { k = \"/k\" }");
     let out = m.decode(&BTreeMap::new(), br#"{"v": "1.5", "k": 7}"#, 42);
-    assert_eq!(out.readings, vec![reading("env", &[("k", "7")], &[("v", FieldValue::Float(1.5))], 42)]);
+    assert_eq!(
+        out.readings,
+        vec![reading(
+            "env",
+            &[("k", "7")],
+            &[("v", FieldValue::Float(1.5))],
+            42
+        )]
+    );
     let out = m.decode(&BTreeMap::new(), br#"[{"v": 1}, {"v": 2}]"#, 42);
     assert_eq!(out.readings.len(), 2);
 }
 
 #[test]
 fn measurement_path_with_a_fallback() {
-    let m = mapping("measurement_path = \"/kind\"\nmeasurement = \"other\"\nfields = { v = \"/v\" }");
-    let out = m.decode(&BTreeMap::new(), br#"[{"kind": "noise", "v": 1}, {"v": 2}, {"kind": 3, "v": 4}]"#, 0);
-    let names: Vec<&str> = out.readings.iter().map(|r| r.measurement.as_str()).collect();
+    let m =
+        mapping("measurement_path = \"/kind\"\nmeasurement = \"other\"\nfields = { v = \"/v\" }");
+    let out = m.decode(
+        &BTreeMap::new(),
+        br#"[{"kind": "noise", "v": 1}, {"v": 2}, {"kind": 3, "v": 4}]"#,
+        0,
+    );
+    let names: Vec<&str> = out
+        .readings
+        .iter()
+        .map(|r| r.measurement.as_str())
+        .collect();
     assert_eq!(names, vec!["noise", "other"]);
     assert_eq!(labels(&out), vec!["missing_measurement"]);
 }
@@ -423,13 +495,21 @@ fn measurement_path_with_a_fallback() {
 #[test]
 fn pointers_follow_rfc6901_escapes_and_indexes() {
     let m = mapping("measurement = \"m\"\nfields = { a = \"/a~1b\", t = \"/m~0n\", first = \"/list/0\", bad = \"/list/01\" }");
-    let out = m.decode(&BTreeMap::new(), br#"{"a/b": 1, "m~n": 2, "list": [3, 4]}"#, 0);
+    let out = m.decode(
+        &BTreeMap::new(),
+        br#"{"a/b": 1, "m~n": 2, "list": [3, 4]}"#,
+        0,
+    );
     assert_eq!(
         out.readings,
         vec![reading(
             "m",
             &[],
-            &[("a", FieldValue::Float(1.0)), ("first", FieldValue::Float(3.0)), ("t", FieldValue::Float(2.0))],
+            &[
+                ("a", FieldValue::Float(1.0)),
+                ("first", FieldValue::Float(3.0)),
+                ("t", FieldValue::Float(2.0))
+            ],
             0
         )]
     );
@@ -458,8 +538,12 @@ fn compile_errors_name_the_key() {
     let cfg: MappingConfig = toml::from_str("fields = { v = \"/v\" }").unwrap();
     assert_eq!(Mapping::compile(&cfg, None).unwrap_err().key, "measurement");
     let bad = toml::from_str::<MappingConfig>("fields = { v = { path = \"/v\", kind = \"int\" } }");
-    assert!(bad.unwrap_err().to_string().contains("unknown field `kind`"));
-    let bad = toml::from_str::<MappingConfig>("fields = { v = { path = \"/v\", type = \"double\" } }");
+    assert!(bad
+        .unwrap_err()
+        .to_string()
+        .contains("unknown field `kind`"));
+    let bad =
+        toml::from_str::<MappingConfig>("fields = { v = { path = \"/v\", type = \"double\" } }");
     assert!(bad.unwrap_err().to_string().contains("double"));
     let bad = toml::from_str::<MappingConfig>("field = { v = \"/v\" }");
     assert!(bad.is_err());
@@ -487,7 +571,8 @@ fn arbitrary_json() -> impl proptest::strategy::Strategy<Value = Value> {
         Just(Value::Null),
         any::<bool>().prop_map(Value::Bool),
         any::<i64>().prop_map(|i| Value::from(i)),
-        any::<f64>().prop_map(|f| serde_json::Number::from_f64(f).map_or(Value::Null, Value::Number)),
+        any::<f64>()
+            .prop_map(|f| serde_json::Number::from_f64(f).map_or(Value::Null, Value::Number)),
         "[a-z0-9 .:-]{0,12}".prop_map(Value::String),
     ];
     leaf.prop_recursive(4, 64, 6, |inner| {

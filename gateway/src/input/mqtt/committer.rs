@@ -80,8 +80,8 @@ impl Committer {
     ) -> Result<Self, String> {
         // The config was validated (which compiles the same spec); an error here is reported
         // as a setup error all the same.
-        let decoder = PayloadDecoder::new(&cfg.payload_spec())
-            .map_err(|e| format!("payload config: {e}"))?;
+        let decoder =
+            PayloadDecoder::new(&cfg.payload_spec()).map_err(|e| format!("payload config: {e}"))?;
         Ok(Committer {
             name: name.to_owned(),
             decoder,
