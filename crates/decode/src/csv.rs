@@ -107,13 +107,15 @@ impl Csv {
     pub fn compile(cfg: &CsvConfig, measurement: &str) -> Result<Self, SpecError> {
         let separator = match cfg.separator.as_bytes() {
             [b] if b.is_ascii() && !matches!(b, b'"' | b'\n' | b'\r') => *b,
-            _ => return Err(SpecError::new(
-                "separator",
-                format!(
+            _ => {
+                return Err(SpecError::new(
+                    "separator",
+                    format!(
                     "{:?} is not a separator: one ASCII character such as \",\", \";\" or \"\\t\"",
                     cfg.separator
                 ),
-            )),
+                ))
+            }
         };
         if !cfg.header && cfg.columns.is_empty() {
             return Err(SpecError::new(

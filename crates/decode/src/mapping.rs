@@ -736,11 +736,15 @@ fn field_value(f: &Field, v: &Value) -> Result<Option<FieldValue>, FieldError> {
         FieldType::Bool => {
             let b = match v {
                 Value::Bool(b) => Some(*b),
-                Value::Number(n) => match n.as_f64() {
-                    Some(x) if x == 0.0 => Some(false),
-                    Some(x) if x == 1.0 => Some(true),
-                    _ => None,
-                },
+                Value::Number(n) => n.as_f64().and_then(|x| {
+                    if x == 0.0 {
+                        Some(false)
+                    } else if x == 1.0 {
+                        Some(true)
+                    } else {
+                        None
+                    }
+                }),
                 Value::String(s) => match s.trim().to_ascii_lowercase().as_str() {
                     "true" | "1" => Some(true),
                     "false" | "0" => Some(false),

@@ -23,20 +23,15 @@ use crate::json::TimestampUnit;
 use crate::payload::SpecError;
 
 /// A compiled `time_format` (with its `timezone`).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub enum TimeFormat {
     /// A number of seconds, milliseconds, microseconds or nanoseconds since the Unix epoch.
     Unix(TimestampUnit),
     /// RFC 3339 text with an offset.
+    #[default]
     Rfc3339,
     /// A strftime-style layout; `zone` is used when the text has no offset of its own.
     Layout { layout: String, zone: TimeZone },
-}
-
-impl Default for TimeFormat {
-    fn default() -> Self {
-        TimeFormat::Rfc3339
-    }
 }
 
 /// A payload's time that the format could not read; the message names the value.
