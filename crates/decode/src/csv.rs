@@ -133,18 +133,13 @@ impl Csv {
                 ))
             }
         };
-        if let Some(t) = &cfg.time_column {
-            named("time_column", t)?;
-        } else if cfg.time_format.is_some() || cfg.timezone.is_some() {
-            let key = if cfg.time_format.is_some() {
-                "time_format"
-            } else {
-                "timezone"
-            };
-            return Err(SpecError::new(
-                key,
-                "is only used with time_column (without it, the time of receipt is used)",
-            ));
+        match &cfg.time_column {
+            Some(t) => named("time_column", t)?,
+            None => crate::timefmt::refuse_unused(
+                "time_column",
+                cfg.time_format.as_deref(),
+                cfg.timezone.as_deref(),
+            )?,
         }
         for t in &cfg.tag_columns {
             named("tag_columns", t)?;

@@ -357,18 +357,14 @@ impl Mapping {
                 record_path("time", p, levels)?,
                 TimeFormat::compile(cfg.time_format.as_deref(), cfg.timezone.as_deref())?,
             )),
-            None if cfg.time_format.is_some() || cfg.timezone.is_some() => {
-                let key = if cfg.time_format.is_some() {
-                    "time_format"
-                } else {
-                    "timezone"
-                };
-                return Err(SpecError::new(
-                    key,
-                    "is only used with time = \"<path>\" (without it, the time of receipt is used)",
-                ));
+            None => {
+                crate::timefmt::refuse_unused(
+                    "time = \"<path>\"",
+                    cfg.time_format.as_deref(),
+                    cfg.timezone.as_deref(),
+                )?;
+                None
             }
-            None => None,
         };
         Ok(Mapping {
             records,

@@ -178,6 +178,24 @@ impl TimeFormat {
     }
 }
 
+/// For a config without a time source (`time`, `time_column`, named by `source`): refuses a
+/// `time_format` or `timezone` that would be silently unused, naming that key.
+pub fn refuse_unused(
+    source: &str,
+    time_format: Option<&str>,
+    timezone: Option<&str>,
+) -> Result<(), SpecError> {
+    let key = match (time_format, timezone) {
+        (Some(_), _) => "time_format",
+        (None, Some(_)) => "timezone",
+        (None, None) => return Ok(()),
+    };
+    Err(SpecError::new(
+        key,
+        format!("is only used with {source} (without it, the time of receipt is used)"),
+    ))
+}
+
 /// An IANA time zone by name (`Asia/Ho_Chi_Minh`, `UTC`), from the bundled database; the error
 /// is for the `timezone` key.
 pub fn time_zone(name: &str) -> Result<TimeZone, SpecError> {
