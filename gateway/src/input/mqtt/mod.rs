@@ -95,7 +95,8 @@ async fn run(
     let (handoff, queue) = mpsc::channel(MAX_OUTSTANDING + 16);
     let (done_tx, completions) = mpsc::channel(256);
     let (connected_tx, connected_rx) = watch::channel(None);
-    let committer = committer::Committer::from_config(&cfg, &name, ingest, aggregation);
+    let committer =
+        committer::Committer::from_config(&cfg, &name, ingest, aggregation).map_err(setup)?;
     let committer =
         tokio::spawn(committer::run(queue, done_tx, committer, connected_rx).in_current_span());
     let session = session::Session::new(session_cfg, std::time::Instant::now());
