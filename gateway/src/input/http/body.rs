@@ -130,7 +130,10 @@ pub async fn payload(kind: &BodyKind, body: Bytes) -> Result<Bytes, BodyError> {
     };
     let stream = tokio_stream::once(Ok::<Bytes, std::io::Error>(body));
     let mut form = multer::Multipart::new(stream, boundary.clone());
+    let mut named_json_part: Option<Bytes> = None;
     let mut typed_json: Option<Bytes> = None;
+    // Every part is read to the closing boundary, so a truncated body is refused whole even
+    // when its JSON part came through.
     loop {
         let field = form
             .next_field()
@@ -145,14 +148,13 @@ pub async fn payload(kind: &BodyKind, body: Bytes) -> Result<Bytes, BodyError> {
             .bytes()
             .await
             .map_err(|e| BodyError::BadMultipart(e.to_string()))?;
-        if named_json {
-            return Ok(data);
-        }
-        if is_json && typed_json.is_none() {
+        if named_json && named_json_part.is_none() {
+            named_json_part = Some(data);
+        } else if is_json && typed_json.is_none() {
             typed_json = Some(data);
         }
     }
-    typed_json.ok_or(BodyError::NoJsonPart)
+    named_json_part.or(typed_json).ok_or(BodyError::NoJsonPart)
 }
 
 #[cfg(test)]
