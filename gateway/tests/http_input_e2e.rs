@@ -182,7 +182,7 @@ fn jpeg_bytes() -> Vec<u8> {
 fn json_webhooks_plain_gzip_and_multipart_are_stored_exactly() {
     let vm = VictoriaMetrics::start().unwrap();
     let s = setup(&vm, None, "");
-    let gateway = GatewayProcess::spawn(&s.config).unwrap();
+    let mut gateway = GatewayProcess::spawn(&s.config).unwrap();
     wait_listening(s.hook_port, &gateway);
     let mut client = WebhookClient::new(s.hook_port);
 
@@ -267,6 +267,10 @@ fn json_webhooks_plain_gzip_and_multipart_are_stored_exactly() {
     let me = find_input(&sensors, INPUT).unwrap_or_else(|| panic!("{INPUT} not in {sensors}"));
     assert_eq!(me["kind"], "http", "{me}");
     assert_eq!(me["up"], true, "{me}");
+    // The ordered shutdown stops the input cleanly.
+    gateway.sigterm();
+    let status = gateway.wait_exit(Duration::from_secs(30)).unwrap();
+    assert!(status.success(), "{status}\n{}", gateway.log_tail(20));
 }
 
 /// The input named `name` in `/api/sensors`, wherever that lists inputs.
@@ -376,6 +380,9 @@ fn every_webhook_answered_204_survives_kill_9() {
     );
 }
 
+/// One bad request: what it is, its status, the reason label in its answer, headers, body.
+type BadCase<'a> = (&'a str, u16, &'a str, Vec<(&'a str, &'a str)>, Vec<u8>);
+
 #[test]
 fn bad_webhooks_get_their_status_reason_and_counter_and_nothing_else_is_lost() {
     let vm = VictoriaMetrics::start().unwrap();
@@ -423,7 +430,7 @@ fn bad_webhooks_get_their_status_reason_and_counter_and_nothing_else_is_lost() {
     };
     let bomb = gzip(&ten_mb);
     let multipart_ct = "multipart/form-data; boundary=XyZ";
-    let cases: Vec<(&str, u16, &str, Vec<(&str, &str)>, Vec<u8>)> = vec![
+    let cases: Vec<BadCase> = vec![
         (
             "not JSON",
             400,
