@@ -104,6 +104,7 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
     let mut inputs = crate::input::spawn_inputs(
         &config.inputs.mqtt,
         &config.inputs.serial,
+        &config.inputs.http,
         &ingest,
         &config.gateway.data_dir,
         &inputs_stop,
@@ -112,6 +113,7 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
         gateway = %config.gateway.id,
         mqtt_inputs = config.inputs.mqtt.len(),
         serial_inputs = config.inputs.serial.len(),
+        http_inputs = config.inputs.http.len(),
         "gateway running"
     );
 

@@ -19,6 +19,7 @@ pub use locate::locate;
 
 // Each component's section lives beside the component; the file's whole shape is here.
 pub use crate::http::config::HttpSection;
+pub use crate::input::http::config::HttpInputConfig;
 pub use crate::input::mqtt::config::{
     parse_mqtt_url, AggregateConfig, MqttAddress, MqttInputConfig, PayloadFormat, PriorityConfig,
     RawReadings,
@@ -78,6 +79,9 @@ pub struct InputsConfig {
     pub mqtt: Vec<MqttInputConfig>,
     #[serde(default)]
     pub serial: Vec<SerialInputConfig>,
+    /// Webhook inputs (`[[inputs.http]]`).
+    #[serde(default)]
+    pub http: Vec<HttpInputConfig>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -244,6 +248,11 @@ impl Config {
         for (i, s) in self.inputs.serial.iter().enumerate() {
             s.validate().map_err(under(format!("inputs.serial[{i}]")))?;
         }
+        for (i, h) in self.inputs.http.iter().enumerate() {
+            h.validate().map_err(under(format!("inputs.http[{i}]")))?;
+        }
+        crate::input::http::config::validate_shared_listeners(&self.inputs.http)
+            .map_err(|(key, message)| (format!("inputs.http{key}"), message))?;
         self.output
             .influxdb
             .validate()
