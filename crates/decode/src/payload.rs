@@ -144,6 +144,35 @@ pub struct PayloadSpec {
     pub csv: Option<CsvConfig>,
 }
 
+impl PayloadSpec {
+    /// Checks the spec as an input's config section would: a measurement where the format needs
+    /// one (unless the mapping names or reads its own), and everything [`PayloadDecoder::new`]
+    /// compiles (mapping paths, time layouts, zones, csv columns). The key is relative to the
+    /// input's section.
+    pub fn check(&self) -> Result<(), SpecError> {
+        let mapping_names_it = self
+            .mapping
+            .as_ref()
+            .is_some_and(|m| m.measurement.is_some() || m.measurement_path.is_some());
+        match &self.measurement {
+            None if self.format.needs_measurement() && !mapping_names_it => {
+                return Err(SpecError::new(
+                    "measurement",
+                    format!(
+                        "format {:?} needs a measurement name",
+                        format!("{:?}", self.format).to_lowercase()
+                    ),
+                ))
+            }
+            Some(name) if name.trim().is_empty() => {
+                return Err(SpecError::new("measurement", "must not be empty"))
+            }
+            _ => {}
+        }
+        PayloadDecoder::new(self).map(|_| ())
+    }
+}
+
 /// Turns one input's payloads into readings; built once per input.
 #[derive(Debug, Clone)]
 pub struct PayloadDecoder {

@@ -95,6 +95,24 @@ pub fn check(config: &Config) -> Vec<Problem> {
         }
     }
 
+    for (i, w) in config.inputs.http.iter().enumerate() {
+        let prefix = format!("inputs.http[{i}]");
+        note(
+            secret_key(&prefix, "token", &w.token_env, &w.token_file),
+            secret(
+                &format!("{prefix}.token"),
+                w.token_env.as_deref(),
+                w.token_file.as_deref(),
+            ),
+        );
+        if let (Some(cert), Some(key)) = (&w.cert_file, &w.key_file) {
+            note(
+                format!("{prefix}.cert_file"),
+                crate::input::http::server::tls_acceptor(cert, key).map(|_| ()),
+            );
+        }
+    }
+
     let h = &config.http;
     if h.enabled {
         note(

@@ -30,7 +30,8 @@ pub struct HttpInputConfig {
     pub path: String,
     #[serde(default)]
     pub format: PayloadFormat,
-    /// Required for `format = "json"`; `camera_event` by default for `frigate` and `lpr`.
+    /// Required for `format = "json"` (unless its mapping names one) and `csv`; the format's
+    /// default otherwise (`camera_event` for plate and camera formats, `lorawan`).
     pub measurement: Option<String>,
     pub timestamp_field: Option<String>,
     /// `ms` by default (`ns` for `format = "influx"`).
@@ -40,6 +41,11 @@ pub struct HttpInputConfig {
     /// Extra static tags added to every reading of this input.
     #[serde(default)]
     pub tags: BTreeMap<String, String>,
+    /// `[inputs.http.mapping]`: for `format = "json"`, which parts of the body become the
+    /// measurement, tags, fields and time (see `ioc_decode::mapping`).
+    pub mapping: Option<ioc_decode::mapping::MappingConfig>,
+    /// `[inputs.http.csv]`: columns of a `format = "csv"` body (see `ioc_decode::csv`).
+    pub csv: Option<ioc_decode::csv::CsvConfig>,
     /// `urgent` readings are forwarded before `normal` ones.
     #[serde(default)]
     pub priority: PriorityConfig,
@@ -77,6 +83,8 @@ impl HttpInputConfig {
             timestamp_unit: self.timestamp_unit,
             tag_keys: self.tag_keys.clone(),
             tags: self.tags.clone(),
+            mapping: self.mapping.clone(),
+            csv: self.csv.clone(),
         }
     }
 
@@ -119,17 +127,10 @@ impl HttpInputConfig {
                 return bad("name", "must not be empty".into());
             }
         }
-        match (&self.measurement, self.format) {
-            (None, f) if f.needs_measurement() => {
-                return bad(
-                    "measurement",
-                    "format \"json\" needs a measurement name".into(),
-                )
-            }
-            (Some(name), _) if name.trim().is_empty() => {
-                return bad("measurement", "must not be empty".into())
-            }
-            _ => {}
+        // The payload config (measurement, mapping paths, time layouts, zones, csv columns),
+        // compiled as the input will, so check-config names a mistake by its key.
+        if let Err(e) = self.payload_spec().check() {
+            return bad(&e.key, e.message);
         }
         if self.token_env.is_some() && self.token_file.is_some() {
             return bad("token_env", "set token_env or token_file, not both".into());

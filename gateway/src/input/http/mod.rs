@@ -106,11 +106,13 @@ pub async fn run_address(
                 &format!("{scheme}://{}{}", cfg.listen, cfg.path),
             );
             names.push(name.clone());
+            let decoder = PayloadDecoder::new(&cfg.payload_spec())
+                .map_err(|e| setup(&name, format!("payload config: {e}")))?;
             routes.insert(
                 cfg.path.clone(),
                 Arc::new(server::Webhook {
                     name,
-                    decoder: PayloadDecoder::new(&cfg.payload_spec()),
+                    decoder,
                     priority: cfg.priority.into(),
                     max_body: cfg.max_body_bytes,
                     token,

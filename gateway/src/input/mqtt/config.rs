@@ -167,26 +167,6 @@ impl MqttInputConfig {
         if self.qos > 1 {
             return bad("qos", format!("must be 0 or 1 (got {})", self.qos));
         }
-        // A mapping may name its own measurement (or read it from the payload).
-        let mapping_names_it = self
-            .mapping
-            .as_ref()
-            .is_some_and(|m| m.measurement.is_some() || m.measurement_path.is_some());
-        match (&self.measurement, self.format) {
-            (None, f) if f.needs_measurement() && !mapping_names_it => {
-                return bad(
-                    "measurement",
-                    format!(
-                        "format {:?} needs a measurement name",
-                        format!("{f:?}").to_lowercase()
-                    ),
-                )
-            }
-            (Some(name), _) if name.trim().is_empty() => {
-                return bad("measurement", "must not be empty".into())
-            }
-            _ => {}
-        }
         if self.password_env.is_some() && self.password_file.is_some() {
             return bad(
                 "password_env",
@@ -213,9 +193,10 @@ impl MqttInputConfig {
                 format!("must be 1..=4194304 bytes, got {}", self.max_payload_bytes),
             );
         }
-        // The payload config (mapping paths, time layouts, zones, csv columns) is compiled here
-        // once, so a mistake in it is found by check-config with its key.
-        ioc_decode::payload::PayloadDecoder::new(&self.payload_spec())
+        // The payload config (measurement, mapping paths, time layouts, zones, csv columns) is
+        // compiled here once, so a mistake in it is found by check-config with its key.
+        self.payload_spec()
+            .check()
             .map_err(|e| (e.key, e.message))?;
         Ok(())
     }
