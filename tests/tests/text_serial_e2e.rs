@@ -104,7 +104,7 @@ fn fix_bytes(f: &BusFix, n: u64) -> (Vec<u8>, bool, bool) {
     };
     let mut bytes = Vec::new();
     let (mut rmc_ok, mut gga_ok) = (!no_fix, !no_fix);
-    if n % 7 == 3 {
+    if n % 7 == 3 && !no_fix {
         // One digit of the RMC changed, checksum kept.
         let mut bad = rmc.clone().into_bytes();
         let i = bad.iter().position(|&b| b == b'A').unwrap() + 4;
