@@ -159,7 +159,7 @@ fn optional_number(text: &[u8]) -> Result<Option<f64>, BadLine> {
 /// `ddmm.mmmm` (latitude, `deg_digits` 2) or `dddmm.mmmm` (longitude, 3) and its hemisphere.
 fn coordinate(value: &[u8], hemisphere: &[u8], deg_digits: usize) -> Result<f64, BadLine> {
     let dot = value.iter().position(|&b| b == b'.').unwrap_or(value.len());
-    if dot < deg_digits + 2 || dot > deg_digits + 2 {
+    if dot != deg_digits + 2 {
         return Err(BadLine::Malformed);
     }
     let degrees = parse_decimal(&value[..deg_digits]).ok_or(BadLine::Malformed)?;

@@ -165,7 +165,7 @@ impl LineFramer {
                 self.buf.clear();
                 on(Framed::TooLong);
                 self.discarding = rest.is_none();
-            } else if let Some(_) = rest {
+            } else if rest.is_some() {
                 if self.buf.is_empty() {
                     if !segment.is_empty() {
                         on(Framed::Line(segment));
