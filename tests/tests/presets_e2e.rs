@@ -44,7 +44,13 @@ fn three_plates_one_frame() -> String {
     )
 }
 
-fn write_config(dir: &Path, broker: &Mosquitto, store: &Store<'_>, http: u16) -> PathBuf {
+fn write_config(
+    dir: &Path,
+    broker: &Mosquitto,
+    store: &Store<'_>,
+    http: u16,
+    hooks: u16,
+) -> PathBuf {
     let data = dir.join("data");
     std::fs::create_dir_all(&data).unwrap();
     let output = match store {
@@ -76,6 +82,23 @@ url = "{mqtt}"
 client_id = "{GATEWAY_ID}-lorawan"
 topics = ["application/+/device/+/event/+"]
 format = "chirpstack"
+
+# The other two presets arrive as webhooks, as their vendors send them.
+[[inputs.http]]
+name = "alpr-hook"
+listen = "127.0.0.1:{hooks}"
+path = "/webhook/openalpr"
+format = "openalpr"
+
+[[inputs.http]]
+name = "ttn-hook"
+listen = "127.0.0.1:{hooks}"
+path = "/webhook/ttn"
+format = "ttn"
+
+# The vendors' samples are from 2015 and 2020: let the limits take them.
+[limits]
+max_past_s = 631152000
 
 [output.influxdb]
 {output}flush_interval_ms = 200
@@ -163,12 +186,88 @@ fn stored(store: &Store<'_>) -> Stored {
     (plates, uplinks)
 }
 
+/// The alpr_group's `epoch_start` (ms) in the OpenALPR fixture.
+const GROUP_NS: i64 = 1_448_326_208_789_000_000;
+/// `uplink_message.received_at` of the TTN fixture, 2020-02-12T15:15:45.789585559Z.
+const TTN_NS: i64 = 1_581_520_545_789_585_559;
+
+/// (time, score or plate) of the OpenALPR group's reading (camera 1414799424), and (time,
+/// temperature) of the TTN uplink (device dev1), as stored.
+type Hooked = (Vec<(i64, String)>, Vec<(i64, f64)>);
+
+fn hooked(store: &Store<'_>) -> Hooked {
+    let mut got: Hooked = (Vec::new(), Vec::new());
+    let _ = ioc_e2e::wait_until(Duration::from_secs(30), || {
+        got = (Vec::new(), Vec::new());
+        match store {
+            Store::Victoria(vm) => {
+                if vm.force_flush().is_err() {
+                    return false;
+                }
+                for s in vm
+                    .export(&format!(
+                        "camera_event_score{{gateway=\"{GATEWAY_ID}\",camera=\"1414799424\"}}"
+                    ))
+                    .unwrap_or_default()
+                {
+                    for (t, v) in s.timestamps_ms.iter().zip(&s.values) {
+                        got.0.push((t * 1_000_000, v.to_string()));
+                    }
+                }
+                for s in vm
+                    .export(&format!(
+                        "lorawan_temperature{{gateway=\"{GATEWAY_ID}\",device_name=\"dev1\"}}"
+                    ))
+                    .unwrap_or_default()
+                {
+                    for (t, v) in s.timestamps_ms.iter().zip(&s.values) {
+                        got.1.push((t * 1_000_000, *v));
+                    }
+                }
+            }
+            Store::Influx(influx) => {
+                for row in influx
+                    .query_rows(
+                        "telemetry",
+                        &format!(
+                            "SELECT plate FROM camera_event WHERE gateway = '{GATEWAY_ID}' AND camera = '1414799424'"
+                        ),
+                    )
+                    .unwrap_or_default()
+                {
+                    got.0.push((
+                        row["time"].as_i64().unwrap_or(0),
+                        row["plate"].as_str().unwrap_or("?").to_owned(),
+                    ));
+                }
+                for row in influx
+                    .query_rows(
+                        "telemetry",
+                        &format!(
+                            "SELECT temperature FROM lorawan WHERE gateway = '{GATEWAY_ID}' AND device_name = 'dev1'"
+                        ),
+                    )
+                    .unwrap_or_default()
+                {
+                    got.1.push((
+                        row["time"].as_i64().unwrap_or(0),
+                        row["temperature"].as_f64().unwrap_or(f64::NAN),
+                    ));
+                }
+            }
+        }
+        !got.0.is_empty() && !got.1.is_empty()
+    });
+    got
+}
+
 fn presets_reach_the_store(store: Store<'_>) {
     let _heavy = HeavyTestLock::acquire();
     let broker = Mosquitto::start().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let http = free_port();
-    let config = write_config(dir.path(), &broker, &store, http);
+    let hooks = free_port();
+    let config = write_config(dir.path(), &broker, &store, http, hooks);
     let mut gateway = GatewayProcess::spawn(&config).unwrap();
     for (client, filter) in [
         ("presets-gw-plates", "cams/plates"),
@@ -233,6 +332,38 @@ fn presets_reach_the_store(store: Store<'_>) {
         "three plates of one frame, one point each"
     );
     assert_eq!(uplinks, vec![(UPLINK_NS, 51.5072, -95.0)]);
+
+    // Webhooks: 204 only once durable, then exactly the readings the presets promise.
+    let mut hook = ioc_e2e::WebhookClient::new(hooks);
+    for (path, file) in [
+        ("/webhook/openalpr", "openalpr_alprd_group.json"),
+        ("/webhook/ttn", "ttn_uplink_docs.json"),
+    ] {
+        let body = fixture(file);
+        let answer = ioc_e2e::wait_until(Duration::from_secs(20), || {
+            hook.post(
+                path,
+                &[("Content-Type", "application/json")],
+                body.as_bytes(),
+            )
+            .is_ok_and(|r| r.status == 204)
+        });
+        assert!(answer, "{path} not answered 204\n{}", gateway.log_tail(30));
+    }
+    let hooked = hooked(&store);
+    assert_eq!(
+        hooked,
+        match store {
+            // VictoriaMetrics keeps milliseconds and numbers only.
+            Store::Victoria(_) => (
+                vec![(GROUP_NS / 1_000_000 * 1_000_000, "0.92075203".to_owned())],
+                vec![(TTN_NS / 1_000_000 * 1_000_000, 1.0)],
+            ),
+            Store::Influx(_) => (vec![(GROUP_NS, "A13709".to_owned())], vec![(TTN_NS, 1.0)]),
+        },
+        "the alpr_group's best plate and the TTN uplink\n{}",
+        gateway.log_tail(30)
+    );
 
     gateway.sigterm();
     let status = gateway.wait_exit(Duration::from_secs(30)).unwrap();
