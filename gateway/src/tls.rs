@@ -7,7 +7,8 @@
 //! and the store output trusted compiled-in web roots, so the same city CA worked on one side
 //! only. One builder now serves both: the system's trust store (`SSL_CERT_FILE` /
 //! `SSL_CERT_DIR` honoured, as by OpenSSL) plus the optional `ca_file`, and an optional client
-//! certificate chain and key. rustls with ring, the one crypto stack of the tree.
+//! certificate chain and key. The webhook input's HTTPS server reads its certificate and key
+//! here too ([`server_config`]). rustls with ring, the one crypto stack of the tree.
 
 use std::path::{Path, PathBuf};
 
@@ -38,11 +39,15 @@ pub enum TlsError {
         path: PathBuf,
         reason: Option<String>,
     },
-    #[error("client_key_file {path} holds no usable PEM private key: {reason}")]
-    BadKey { path: PathBuf, reason: String },
+    #[error("{key} {path} holds no usable PEM private key: {reason}")]
+    BadKey {
+        key: &'static str,
+        path: PathBuf,
+        reason: String,
+    },
     #[error("client_cert_file and client_key_file go together")]
     HalfIdentity,
-    #[error("client certificate and key do not fit together: {0}")]
+    #[error("certificate and key do not fit together: {0}")]
     Mismatch(String),
     #[error("no trusted CA certificates found on this system: install them (ca-certificates) or set ca_file")]
     NoRoots,
@@ -53,6 +58,15 @@ fn read(key: &'static str, path: &Path) -> Result<Vec<u8>, TlsError> {
         key,
         path: path.to_owned(),
         source,
+    })
+}
+
+fn private_key(key: &'static str, path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
+    let pem = read(key, path)?;
+    PrivateKeyDer::from_pem_slice(&pem).map_err(|e| TlsError::BadKey {
+        key,
+        path: path.to_owned(),
+        reason: e.to_string(),
     })
 }
 
@@ -106,18 +120,26 @@ pub fn client_config(files: ClientTlsFiles<'_>) -> Result<ClientConfig, TlsError
         (None, None) => Ok(builder.with_no_client_auth()),
         (Some(cert), Some(key)) => {
             let chain = certificates("client_cert_file", cert)?;
-            let key_pem = read("client_key_file", key)?;
-            let key_der =
-                PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| TlsError::BadKey {
-                    path: key.to_owned(),
-                    reason: e.to_string(),
-                })?;
+            let key_der = private_key("client_key_file", key)?;
             builder
                 .with_client_auth_cert(chain, key_der)
                 .map_err(|e| TlsError::Mismatch(e.to_string()))
         }
         _ => Err(TlsError::HalfIdentity),
     }
+}
+
+/// A rustls server config for HTTPS (HTTP/1.1 by ALPN) from `cert_file` (the chain) and
+/// `key_file`, PEM, read and checked as the client side's files are.
+pub fn server_config(cert_file: &Path, key_file: &Path) -> Result<rustls::ServerConfig, TlsError> {
+    let chain = certificates("cert_file", cert_file)?;
+    let key = private_key("key_file", key_file)?;
+    let mut config = rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .map_err(|e| TlsError::Mismatch(e.to_string()))?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(config)
 }
 
 #[cfg(test)]

@@ -28,9 +28,6 @@ use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
-use rumqttc::tokio_rustls::rustls::pki_types::pem::PemObject;
-use rumqttc::tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use rumqttc::tokio_rustls::rustls::ServerConfig;
 use rumqttc::tokio_rustls::TlsAcceptor;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
@@ -72,32 +69,9 @@ pub struct Listener {
     pub permits: Arc<Semaphore>,
 }
 
-/// Loads the HTTPS certificate chain and key (PEM).
+/// Loads the HTTPS certificate chain and key (PEM), through [`crate::tls::server_config`].
 pub fn tls_acceptor(cert_file: &Path, key_file: &Path) -> Result<TlsAcceptor, String> {
-    let cert_pem = std::fs::read(cert_file)
-        .map_err(|e| format!("cannot read cert_file {}: {e}", cert_file.display()))?;
-    let key_pem = std::fs::read(key_file)
-        .map_err(|e| format!("cannot read key_file {}: {e}", key_file.display()))?;
-    let chain = CertificateDer::pem_slice_iter(&cert_pem)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| format!("cert_file {}: not PEM: {e}", cert_file.display()))?;
-    if chain.is_empty() {
-        return Err(format!(
-            "cert_file {} holds no certificate",
-            cert_file.display()
-        ));
-    }
-    let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| {
-        format!(
-            "key_file {} holds no usable private key: {e}",
-            key_file.display()
-        )
-    })?;
-    let mut config = ServerConfig::builder()
-        .with_no_client_auth()
-        .with_single_cert(chain, key)
-        .map_err(|e| format!("cert_file and key_file do not fit together: {e}"))?;
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let config = crate::tls::server_config(cert_file, key_file).map_err(|e| e.to_string())?;
     Ok(TlsAcceptor::from(Arc::new(config)))
 }
 
