@@ -16,7 +16,6 @@
 
 use std::path::Path;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use ioc_gateway::output::influx::{Api, InfluxSink, InfluxSinkConfig, SinkError, WriteOutcome};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -24,31 +23,6 @@ use tokio_rustls::rustls;
 
 fn gz(text: &str) -> Vec<u8> {
     ioc_e2e::gzip(text.as_bytes())
-}
-
-async fn https_influx(pki: &ioc_e2e::Pki) -> ioc_e2e::Influx1 {
-    let store =
-        ioc_e2e::Influx1::start_https(&pki.path("server.pem"), &pki.path("server.key")).unwrap();
-    let client = reqwest::Client::builder()
-        .danger_accept_invalid_certs(true)
-        .build()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let created = client
-            .post(format!("{}/query", store.url()))
-            .form(&[("q", "CREATE DATABASE telemetry")])
-            .send()
-            .await;
-        match created {
-            Ok(r) if r.status().is_success() => return store,
-            other => assert!(
-                Instant::now() < deadline,
-                "HTTPS InfluxDB not ready: {other:?}"
-            ),
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 /// An HTTPS peer on loopback that requires a client certificate signed by `ca` and answers
@@ -128,7 +102,12 @@ async fn mutual_tls_peer(pki: &ioc_e2e::Pki) -> u16 {
 #[tokio::test]
 async fn the_store_trusts_the_system_store_plus_ca_file_and_presents_a_client_certificate() {
     let pki = ioc_e2e::Pki::new().unwrap();
-    let store = https_influx(&pki).await;
+    let store = ioc_e2e::Influx1::start_https(
+        &pki.path("server.pem"),
+        &pki.path("server.key"),
+        &["telemetry"],
+    )
+    .unwrap();
     let dead = tempfile::tempdir().unwrap();
     let body = gz("tls_trust,sensor_id=t1 v=1 1700000000000000000\n");
     let mut config = InfluxSinkConfig::new(store.url(), Api::V1, dead.path());
