@@ -177,18 +177,10 @@ impl Config {
             path: path.display().to_string(),
             source,
         })?;
-        let config = Self::parse(path, &raw)?;
-        // Located in the substituted text (it parsed), quoting the file's own line.
-        let text = env_subst::substitute(&raw, env_subst::from_env).unwrap_or_else(|_| raw.clone());
+        let (config, text) = Self::parse_substituted(path, &raw, env_subst::from_env)?;
         let problems = preflight::check(&config)
             .into_iter()
-            .map(|p| {
-                let mut e = ConfigError::at(path, &text, None, Some(p.key), p.message);
-                if let ConfigError::Invalid { line, snippet, .. } = &mut e {
-                    *snippet = raw_line(&raw, *line);
-                }
-                e
-            })
+            .map(|p| located_quoting_raw(path, &text, &raw, p.key, p.message))
             .collect();
         Ok((config, problems))
     }
@@ -205,6 +197,16 @@ impl Config {
         raw: &str,
         lookup: impl Fn(&str) -> Option<String>,
     ) -> Result<Config, ConfigError> {
+        Self::parse_substituted(path, raw, lookup).map(|(config, _)| config)
+    }
+
+    /// Parses and validates `raw` after substitution; also returns the substituted text, in
+    /// which later checks (preflight) locate their keys.
+    fn parse_substituted(
+        path: &Path,
+        raw: &str,
+        lookup: impl Fn(&str) -> Option<String>,
+    ) -> Result<(Config, String), ConfigError> {
         let text = env_subst::substitute(raw, lookup).map_err(|e| ConfigError::Invalid {
             path: path.display().to_string(),
             line: e.line,
@@ -212,27 +214,16 @@ impl Config {
             message: e.message,
             snippet: raw_line(raw, e.line),
         })?;
-        // Errors are located in the substituted text (same lines) but quote the file's own
-        // line, so a substituted secret is never printed.
-        let quote_raw = |mut e: ConfigError| {
-            if let ConfigError::Invalid { line, snippet, .. } = &mut e {
-                *snippet = raw_line(raw, *line);
-            }
-            e
-        };
         let config: Config = toml::from_str(&text).map_err(|e| {
-            quote_raw(ConfigError::at(
-                path,
-                &text,
-                e.span(),
-                None,
-                e.message().trim().to_owned(),
-            ))
+            quote_raw_line(
+                raw,
+                ConfigError::at(path, &text, e.span(), None, e.message().trim().to_owned()),
+            )
         })?;
-        config.validate().map_err(|(key, message)| {
-            quote_raw(ConfigError::at(path, &text, None, Some(key), message))
-        })?;
-        Ok(config)
+        config
+            .validate()
+            .map_err(|(key, message)| located_quoting_raw(path, &text, raw, key, message))?;
+        Ok((config, text))
     }
 
     /// Semantic checks serde cannot express, one component after the other, each checking
@@ -262,6 +253,26 @@ impl Config {
         self.limits.validate()?;
         Ok(())
     }
+}
+
+/// Errors are located in the substituted text (same lines as the file) but quote the file's
+/// own line, so a substituted secret is never printed.
+fn quote_raw_line(raw: &str, mut e: ConfigError) -> ConfigError {
+    if let ConfigError::Invalid { line, snippet, .. } = &mut e {
+        *snippet = raw_line(raw, *line);
+    }
+    e
+}
+
+/// A problem with `key`, located in the substituted `text`, quoting the `raw` file's line.
+fn located_quoting_raw(
+    path: &Path,
+    text: &str,
+    raw: &str,
+    key: String,
+    message: String,
+) -> ConfigError {
+    quote_raw_line(raw, ConfigError::at(path, text, None, Some(key), message))
 }
 
 /// Line `line` (1-based) of `text`, trimmed, as error messages quote it.
