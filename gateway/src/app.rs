@@ -70,6 +70,9 @@ pub fn sink_config(config: &Config) -> anyhow::Result<InfluxSinkConfig> {
 pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
     let (writer, reader) = open_buffer(&config).await?;
     let observers = crate::status::Observers::new(config.gateway.id.clone(), writer.clone());
+    observers
+        .live
+        .set_always(config.http.live_board == crate::http::config::LiveBoardMode::Always);
     let sink = Arc::new(
         InfluxSink::new(sink_config(&config)?)
             .context("cannot set up the output")?

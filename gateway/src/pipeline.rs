@@ -43,7 +43,7 @@ impl Ingest {
         }
     }
 
-    /// The same, publishing accepted readings to `live` and input states to `status`.
+    /// The same, offering committed lines to `live` (while watched) and input states to `status`.
     pub fn with_observers(
         writer: BufferWriter,
         gateway_id: impl Into<String>,
@@ -97,16 +97,17 @@ impl Ingest {
     /// returns how many lines were added.
     pub fn encode(&self, input: &str, readings: Vec<Reading>, out: &mut Vec<u8>) -> u32 {
         let mut lines = 0;
-        let live_input: Option<Arc<str>> = self.inner.live.as_ref().map(|_| Arc::from(input));
+        let start = out.len();
         for mut reading in readings {
             if !self.check(input, &mut reading) {
                 continue;
             }
             encode(&reading, self.inner.flavor, out);
             lines += 1;
-            if let (Some(live), Some(name)) = (&self.inner.live, &live_input) {
-                live.publish(name, &reading);
-            }
+        }
+        if let Some(live) = &self.inner.live {
+            // One relaxed load while nobody watches; a copy of the lines while someone does.
+            live.offer(input, out.get(start..).unwrap_or_default());
         }
         metrics::counter!("readings_accepted_total", "input" => input.to_owned())
             .increment(u64::from(lines));

@@ -1,8 +1,9 @@
 //! What the gateway knows about itself right now, for `/readyz`, the live page and `status`.
 //!
-//! Inputs report their connection state here; [`crate::pipeline::Ingest`] publishes every
-//! accepted reading to the live feed ([`LiveFeed`]). Both are cheap and never block an input:
-//! the live feed is a bounded broadcast channel that drops for slow watchers.
+//! Inputs report their connection state here; [`crate::pipeline::Ingest`] offers the line
+//! protocol it commits to the live feed ([`LiveFeed`]) while someone watches. Both are cheap
+//! and never block an input: the live feed costs one atomic load per message while nobody
+//! watches, and then a bounded copy that skips (and counts) what the board cannot take.
 //!
 //! MQTT connections and serial ports report into the same [`StatusRegistry`] (the one the
 //! pipeline's [`crate::pipeline::Ingest`] carries): an MQTT input as an [`InputState`], a serial
@@ -12,12 +13,9 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::SystemTime;
-
-use tokio::sync::broadcast;
-
-use crate::model::Reading;
+use std::time::{Duration, SystemTime};
 
 /// Kind of input, for display.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -217,38 +215,169 @@ impl StatusRegistry {
     }
 }
 
-/// A reading as accepted, with the input it came from.
-#[derive(Debug, Clone)]
-pub struct LiveReading {
-    pub input: Arc<str>,
-    pub reading: Reading,
-}
+/// How long the live feed stays armed after the last request of a watcher (the live page,
+/// `/api/sensors`, `ioc-gateway status`); an open `/api/live` stream keeps it armed.
+pub const LIVE_WATCH_HOLD: Duration = Duration::from_secs(300);
+/// Line protocol bytes the feed holds between two takes of the board; what arrives beyond it
+/// until the next take is not shown (counted as sampled out), never queued.
+pub const LIVE_PENDING_MAX_BYTES: usize = 128 * 1024;
 
-/// Broadcast of accepted readings for the live page. Watchers that fall behind lose the oldest
-/// messages (they see `Lagged`), inputs never wait.
+/// The hand-over of accepted readings from the ingest path to the live board.
+///
+/// It costs one relaxed atomic load per ingested message while nobody watches: the board and
+/// the live page then see nothing, and nothing is cloned, allocated or locked. Once armed (by
+/// [`LiveFeed::watch`], or always with [`LiveFeed::set_always`]), the ingest path copies the
+/// line protocol it already encoded (one `memcpy` per message, no per-reading work) into a
+/// bounded buffer, which the board's task takes a few times a second and parses at its own pace:
+/// what arrives while the buffer is full is skipped and counted ([`LiveFeed::sampled_out`]), so
+/// a viewer's cost is bounded by [`LIVE_PENDING_MAX_BYTES`] per take, whatever the input rate.
 #[derive(Debug, Clone)]
 pub struct LiveFeed {
-    tx: broadcast::Sender<Arc<LiveReading>>,
+    inner: Arc<LiveFeedInner>,
+}
+
+#[derive(Debug)]
+struct LiveFeedInner {
+    armed: AtomicBool,
+    always: AtomicBool,
+    /// Unix ms until which the feed stays armed without an open stream.
+    watched_until_ms: AtomicU64,
+    /// When the feed was last armed after being idle (Unix ms; 0 never).
+    armed_since_ms: AtomicU64,
+    pending: Mutex<LiveBatch>,
+    max_bytes: usize,
+    sampled_out: AtomicU64,
+}
+
+/// Line protocol offered by the inputs since the last take, as chunks of one message each.
+#[derive(Debug, Default)]
+pub struct LiveBatch {
+    pub bytes: Vec<u8>,
+    pub chunks: Vec<LiveChunk>,
+}
+
+/// One input's lines in a [`LiveBatch`]: `bytes[previous end..end]`.
+#[derive(Debug, Clone)]
+pub struct LiveChunk {
+    pub input: Arc<str>,
+    pub end: usize,
+    /// When the gateway accepted them (Unix ms).
+    pub received_ms: u64,
+}
+
+impl LiveBatch {
+    /// Each chunk's input, acceptance time and line protocol.
+    pub fn chunks(&self) -> impl Iterator<Item = (&LiveChunk, &[u8])> {
+        let mut start = 0;
+        self.chunks.iter().map(move |c| {
+            let lines = self.bytes.get(start..c.end).unwrap_or_default();
+            start = c.end;
+            (c, lines)
+        })
+    }
+
+    pub fn clear(&mut self) {
+        self.bytes.clear();
+        self.chunks.clear();
+    }
 }
 
 impl LiveFeed {
-    pub fn new(capacity: usize) -> Self {
-        let (tx, _) = broadcast::channel(capacity.max(1));
-        LiveFeed { tx }
-    }
-
-    /// Publishes a reading if anyone watches (cheap when no one does).
-    pub fn publish(&self, input: &Arc<str>, reading: &Reading) {
-        if self.tx.receiver_count() > 0 {
-            let _ = self.tx.send(Arc::new(LiveReading {
-                input: input.clone(),
-                reading: reading.clone(),
-            }));
+    /// A feed holding at most `max_bytes` between takes; idle (unarmed) until watched.
+    pub fn new(max_bytes: usize) -> Self {
+        LiveFeed {
+            inner: Arc::new(LiveFeedInner {
+                armed: AtomicBool::new(false),
+                always: AtomicBool::new(false),
+                watched_until_ms: AtomicU64::new(0),
+                armed_since_ms: AtomicU64::new(0),
+                pending: Mutex::default(),
+                max_bytes: max_bytes.max(1),
+                sampled_out: AtomicU64::new(0),
+            }),
         }
     }
 
-    pub fn subscribe(&self) -> broadcast::Receiver<Arc<LiveReading>> {
-        self.tx.subscribe()
+    /// `[http] live_board = "always"`: the board is fed whether or not anyone watches.
+    pub fn set_always(&self, always: bool) {
+        self.inner.always.store(always, Ordering::Relaxed);
+        if always {
+            self.arm(now_ms());
+        }
+    }
+
+    /// Whether the ingest path should offer its lines (one relaxed load).
+    #[inline]
+    pub fn is_armed(&self) -> bool {
+        self.inner.armed.load(Ordering::Relaxed)
+    }
+
+    /// Someone looks: keep the feed armed for [`LIVE_WATCH_HOLD`] from now.
+    pub fn watch(&self) {
+        let now = now_ms();
+        self.inner
+            .watched_until_ms
+            .store(now + LIVE_WATCH_HOLD.as_millis() as u64, Ordering::Relaxed);
+        self.arm(now);
+    }
+
+    fn arm(&self, now: u64) {
+        if !self.inner.armed.swap(true, Ordering::Relaxed) {
+            self.inner.armed_since_ms.store(now, Ordering::Relaxed);
+        }
+    }
+
+    /// When the feed was armed after being idle (Unix ms), while it is armed.
+    pub fn armed_since_ms(&self) -> Option<u64> {
+        self.is_armed()
+            .then(|| self.inner.armed_since_ms.load(Ordering::Relaxed))
+    }
+
+    /// Offers the line protocol `input` just committed (no-op unless armed). Skipped and counted
+    /// when the pending bytes would pass the bound.
+    pub fn offer(&self, input: &str, lines: &[u8]) {
+        if lines.is_empty() || !self.is_armed() {
+            return;
+        }
+        let Ok(mut pending) = self.inner.pending.lock() else {
+            return;
+        };
+        if pending.bytes.len() + lines.len() > self.inner.max_bytes {
+            drop(pending);
+            self.inner.sampled_out.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        pending.bytes.extend_from_slice(lines);
+        let end = pending.bytes.len();
+        pending.chunks.push(LiveChunk {
+            input: Arc::from(input),
+            end,
+            received_ms: now_ms(),
+        });
+    }
+
+    /// The board's tick: swaps what was offered into `into` (cleared first), and disarms the
+    /// feed when nobody watched for [`LIVE_WATCH_HOLD`] and no stream (`streams`) is open.
+    pub fn take(&self, streams: usize, into: &mut LiveBatch) {
+        self.take_at(streams, now_ms(), into);
+    }
+
+    fn take_at(&self, streams: usize, now: u64, into: &mut LiveBatch) {
+        into.clear();
+        if let Ok(mut pending) = self.inner.pending.lock() {
+            std::mem::swap(&mut *pending, into);
+        }
+        let idle = streams == 0
+            && !self.inner.always.load(Ordering::Relaxed)
+            && now >= self.inner.watched_until_ms.load(Ordering::Relaxed);
+        if idle {
+            self.inner.armed.store(false, Ordering::Relaxed);
+        }
+    }
+
+    /// Messages the board did not see because the pending bytes were at their bound.
+    pub fn sampled_out(&self) -> u64 {
+        self.inner.sampled_out.load(Ordering::Relaxed)
     }
 }
 
@@ -312,7 +441,7 @@ impl Observers {
     pub fn new(gateway_id: String, buffer: crate::buffer::BufferWriter) -> Self {
         Observers {
             gateway_id,
-            live: LiveFeed::new(4096),
+            live: LiveFeed::new(LIVE_PENDING_MAX_BYTES),
             inputs: StatusRegistry::default(),
             store: StoreState::default(),
             buffer,
@@ -324,6 +453,53 @@ impl Observers {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn live_feed_costs_nothing_unwatched_and_is_bounded_when_watched() {
+        let feed = LiveFeed::new(64);
+        let mut batch = LiveBatch::default();
+        // Nobody watches: nothing is kept.
+        feed.offer("mqtt-0", b"m,s=1 v=1 1\n");
+        feed.take(0, &mut batch);
+        assert!(batch.bytes.is_empty() && !feed.is_armed());
+        assert_eq!(feed.armed_since_ms(), None);
+
+        feed.watch();
+        assert!(feed.armed_since_ms().is_some());
+        feed.offer("mqtt-0", b"m,s=1 v=1 1\n");
+        feed.offer("serial", b"m,s=2 v=2 2\nm,s=3 v=3 3\n");
+        // Past the 64-byte bound: skipped and counted, not queued.
+        feed.offer("mqtt-0", &[b'x'; 40]);
+        assert_eq!(feed.sampled_out(), 1);
+        feed.take(0, &mut batch);
+        let chunks: Vec<(&str, &[u8])> = batch.chunks().map(|(c, l)| (&*c.input, l)).collect();
+        assert_eq!(
+            chunks,
+            [
+                ("mqtt-0", &b"m,s=1 v=1 1\n"[..]),
+                ("serial", &b"m,s=2 v=2 2\nm,s=3 v=3 3\n"[..])
+            ]
+        );
+        // Still within the hold: armed; the next take is empty.
+        assert!(feed.is_armed());
+        feed.take(0, &mut batch);
+        assert!(batch.chunks.is_empty());
+
+        // After the hold with no stream open it disarms; an open stream keeps it armed.
+        let later = now_ms() + LIVE_WATCH_HOLD.as_millis() as u64 + 1;
+        feed.take_at(1, later, &mut batch);
+        assert!(feed.is_armed());
+        feed.take_at(0, later, &mut batch);
+        assert!(!feed.is_armed());
+        feed.offer("mqtt-0", b"m,s=1 v=1 1\n");
+        feed.take(0, &mut batch);
+        assert!(batch.bytes.is_empty());
+
+        // `always` never disarms.
+        feed.set_always(true);
+        feed.take_at(0, later + 1_000_000, &mut batch);
+        assert!(feed.is_armed());
+    }
     use std::time::Duration;
 
     fn port(label: &str, up: bool) -> SerialPortStatus {

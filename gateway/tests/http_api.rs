@@ -187,10 +187,25 @@ async fn metrics_parse_and_counters_move_with_readings_and_rejects() {
         }
         other => panic!("not a histogram: {other:?}"),
     }
-    // The accepted readings reached the live board too.
+    // Nobody watched: the live board was not fed (the ingest path did nothing for it).
+    assert!(!gw.observers.live.is_armed());
+    let (_, body) = get_json(&gw.url("/api/sensors"), None).await;
+    assert_eq!(body["sensors_total"], 0, "{body}");
+    // That request armed it: what is accepted from now on reaches the board.
+    assert!(gw.observers.live.is_armed());
+    let mut lp = Vec::new();
+    let lines = ingest.encode(
+        "metrics-in",
+        vec![air("m-1", 1.5, 3, ts + 1), air("m-2", 2.5, 4, ts + 1)],
+        &mut lp,
+    );
+    ingest.commit(Priority::Normal, lines, lp).await.unwrap();
     let body = wait_for_sensors(&gw, None, |b| b["sensors_total"] == 2).await;
     assert_eq!(body["sensors"][0]["key"], "m-1/air_quality");
     assert_eq!(body["sensors"][1]["fields"]["pm25"]["value"], 2.5);
+    assert_eq!(body["sensors"][1]["fields"]["pm10"]["value"], 4);
+    assert_eq!(body["sensors"][1]["input"], "metrics-in");
+    assert!(body["live_since_ms"].as_u64().is_some(), "{body}");
     gw.stop().await;
 }
 

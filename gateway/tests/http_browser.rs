@@ -12,7 +12,6 @@ mod http_common;
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use base64::Engine;
@@ -234,10 +233,9 @@ fn sensor(i: usize) -> String {
 
 fn feed(gw: &TestGateway, sensors: std::ops::RangeInclusive<usize>, round: usize) {
     let ts = now_ns();
-    let input: Arc<str> = Arc::from("mqtt-city");
     for i in sensors {
         let r = air(&sensor(i), pm25(i, round), pm10(i, round), ts);
-        gw.observers.live.publish(&input, &r);
+        publish(&gw.observers, "mqtt-city", &r);
     }
 }
 
@@ -277,10 +275,11 @@ async fn live_page_in_headless_chromium_shows_and_updates_sensors() {
     for round in [7, 3, 5, 0] {
         feed(&gw, 1..=20, round);
     }
-    let cam_input: Arc<str> = Arc::from("frigate");
-    gw.observers
-        .live
-        .publish(&cam_input, &camera("cam-7", "person", now_ns()));
+    publish(
+        &gw.observers,
+        "frigate",
+        &camera("cam-7", "person", now_ns()),
+    );
     wait_for_sensors(&gw, None, |b| {
         b["sensors_total"] == 21 && b["sensors"][1]["readings"] == 4
     })
@@ -360,9 +359,11 @@ async fn live_page_in_headless_chromium_shows_and_updates_sensors() {
 
     // 2. The open page follows /api/live: new values and a new camera event appear.
     feed(&gw, 1..=20, 1);
-    gw.observers
-        .live
-        .publish(&cam_input, &camera("cam-8", "bicycle", now_ns()));
+    publish(
+        &gw.observers,
+        "frigate",
+        &camera("cam-8", "bicycle", now_ns()),
+    );
     let (dom, took) = browser
         .wait_dom("updated values", Duration::from_secs(10), |d| {
             shows_round(d, 1..=20, 1) && camera_list(d).contains("cam-8")

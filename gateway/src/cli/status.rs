@@ -17,6 +17,8 @@ use super::exit::Exit;
 use super::runtime::{self, Kind};
 use crate::config::Secret;
 
+/// A live board armed this recently was woken by this `status` request itself.
+const LIVE_JUST_WOKEN_MS: u64 = 3000;
 /// How many of the stalest sensors are listed.
 const STALEST_SHOWN: usize = 5;
 
@@ -228,7 +230,28 @@ pub fn render(base: &str, sensors: &Value, ready: &Value) -> String {
         .and_then(Value::as_array)
         .map(|a| a.iter().collect())
         .unwrap_or_default();
-    let _ = write!(out, "Sensors: {} reporting since start", list.len());
+    // The board is fed only while someone watches (`[http] live_board = "on_demand"`): say
+    // since when it counts, and when this very request woke it up.
+    match u(sensors, "live_since_ms").filter(|t| *t > started.saturating_add(1000)) {
+        Some(t) => {
+            let _ = write!(
+                out,
+                "Sensors: {} reporting in the last {} (the live board is fed while watched)",
+                list.len(),
+                age(now.saturating_sub(t))
+            );
+            if now.saturating_sub(t) < LIVE_JUST_WOKEN_MS {
+                let _ = write!(
+                    out,
+                    "; it was idle until now: run status again in a few seconds, or set \
+                     [http] live_board = \"always\""
+                );
+            }
+        }
+        None => {
+            let _ = write!(out, "Sensors: {} reporting since start", list.len());
+        }
+    }
     if let Some(ev) = u(sensors, "sensors_evicted").filter(|n| *n > 0) {
         let _ = write!(out, " ({ev} forgotten at the cap)");
     }
@@ -318,6 +341,28 @@ Sensors: 3 reporting since start
         let text = render("http://gw", &sensors, &ready);
         assert!(
             text.starts_with("gateway gw-7 at http://gw: READY, DEGRADED (up 2 h 0 min)\n  warning: w\n\nInputs:"),
+            "{text}"
+        );
+
+        // A board fed on demand says since when it counts, and when this request woke it.
+        let mut woken = sensors.clone();
+        woken["live_since_ms"] = json!(now - 500);
+        let text = render("http://gw", &woken, &ready);
+        assert!(
+            text.contains(
+                "Sensors: 3 reporting in the last 0 s (the live board is fed while watched); it \
+                 was idle until now: run status again in a few seconds, or set [http] \
+                 live_board = \"always\"\n"
+            ),
+            "{text}"
+        );
+        woken["live_since_ms"] = json!(now - 600_000);
+        let text = render("http://gw", &woken, &ready);
+        assert!(
+            text.contains(
+                "Sensors: 3 reporting in the last 10 min 0 s (the live board is fed while \
+                 watched)\n"
+            ),
             "{text}"
         );
     }

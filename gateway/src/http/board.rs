@@ -1,6 +1,7 @@
 //! The live board: what the live page and `/api/sensors` show, kept in the server.
 //!
-//! A task consumes the [`LiveFeed`](crate::status::LiveFeed) into a bounded map of sensors
+//! A task takes the line protocol the [`LiveFeed`](crate::status::LiveFeed) collected while
+//! someone watches, a few times a second, and records it into a bounded map of sensors
 //! (latest value per field plus a short ring of numeric values for the sparklines) and a short
 //! list of the newest camera events. A browser never has to replay history: it loads the board
 //! once and then follows `/api/live`. Memory is bounded: at most `max_sensors` sensors (the
@@ -14,7 +15,6 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::model::{FieldValue, Reading};
-use crate::status::LiveReading;
 
 /// Numeric values kept per field for the sparkline.
 pub const HISTORY_LEN: usize = 30;
@@ -101,13 +101,12 @@ pub struct LiveEvent {
 }
 
 impl LiveEvent {
-    pub fn from_live(live: &LiveReading, received_ms: u64) -> Self {
-        let r = &live.reading;
+    pub fn from_reading(input: &str, r: &Reading, received_ms: u64) -> Self {
         LiveEvent {
             key: sensor_key(r),
             sensor_id: r.tags.get("sensor_id").cloned(),
             measurement: r.measurement.clone(),
-            input: live.input.to_string(),
+            input: input.to_owned(),
             tags: shown_tags(r),
             ts_ms: r.timestamp_ns.div_euclid(1_000_000),
             received_ms,
@@ -148,7 +147,7 @@ struct BoardInner {
     camera_events: VecDeque<LiveEvent>,
     /// Sensors forgotten because the board was at its cap.
     evicted: u64,
-    /// Readings the board missed because it fell behind the live feed.
+    /// Messages the board did not see: the live feed was at its bound between two takes.
     lagged: u64,
 }
 
@@ -237,7 +236,7 @@ impl Board {
         }
     }
 
-    /// Counts readings missed because the board's subscription lagged.
+    /// Counts messages the board did not see (the live feed's bound between two takes).
     pub fn lagged(&self, n: u64) {
         if let Ok(mut b) = self.inner.lock() {
             b.lagged += n;
@@ -284,19 +283,16 @@ impl Board {
 mod tests {
     use super::*;
 
-    fn live(sensor: &str, v: f64) -> LiveReading {
-        LiveReading {
-            input: Arc::from("mqtt-0"),
-            reading: Reading::new("air_quality", 1_700_000_000_123_456_789)
-                .tag("sensor_id", sensor)
-                .tag("gateway", "gw-1")
-                .field("pm25", FieldValue::Float(v))
-                .field("status", FieldValue::Str("ok".into())),
-        }
+    fn live(sensor: &str, v: f64) -> Reading {
+        Reading::new("air_quality", 1_700_000_000_123_456_789)
+            .tag("sensor_id", sensor)
+            .tag("gateway", "gw-1")
+            .field("pm25", FieldValue::Float(v))
+            .field("status", FieldValue::Str("ok".into()))
     }
 
-    fn feed(board: &Board, l: &LiveReading, at: u64) {
-        board.record(&LiveEvent::from_live(l, at), &l.reading);
+    fn feed(board: &Board, r: &Reading, at: u64) {
+        board.record(&LiveEvent::from_reading("mqtt-0", r, at), r);
     }
 
     #[test]
@@ -343,13 +339,10 @@ mod tests {
     fn camera_events_newest_first_and_bounded() {
         let board = Board::new(10);
         for i in 0..25 {
-            let l = LiveReading {
-                input: Arc::from("frigate"),
-                reading: Reading::new(CAMERA_EVENT_MEASUREMENT, i * 1_000_000)
-                    .tag("camera", "cam-1")
-                    .field("label", FieldValue::Str(format!("car-{i}"))),
-            };
-            feed(&board, &l, 1);
+            let r = Reading::new(CAMERA_EVENT_MEASUREMENT, i * 1_000_000)
+                .tag("camera", "cam-1")
+                .field("label", FieldValue::Str(format!("car-{i}")));
+            board.record(&LiveEvent::from_reading("frigate", &r, 1), &r);
         }
         let snap = board.snapshot();
         assert_eq!(snap.camera_events.len(), CAMERA_EVENTS_KEPT);

@@ -20,6 +20,20 @@ pub struct HttpSection {
     /// data waits.
     #[serde(default = "default_store_unreachable_s")]
     pub store_unreachable_after_s: u64,
+    /// When the live board is fed: `"on_demand"` (default) while the live page, `/api/sensors`
+    /// or `status` was asked within the last 5 minutes or a live stream is open, so an unwatched
+    /// gateway spends nothing on it; `"always"` keeps it current for a first look at any time.
+    #[serde(default)]
+    pub live_board: LiveBoardMode,
+}
+
+/// `[http] live_board`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LiveBoardMode {
+    #[default]
+    OnDemand,
+    Always,
 }
 
 impl Default for HttpSection {
@@ -30,6 +44,7 @@ impl Default for HttpSection {
             token_env: None,
             token_file: None,
             store_unreachable_after_s: default_store_unreachable_s(),
+            live_board: LiveBoardMode::default(),
         }
     }
 }

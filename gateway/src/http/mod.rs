@@ -190,6 +190,8 @@ struct AppState {
     settings: HttpSettings,
     disk_errors: Mutex<DiskErrorWatch>,
     live_clients: AtomicUsize,
+    /// Each reading the board took, for the open `/api/live` streams.
+    live_events: broadcast::Sender<Arc<LiveEvent>>,
     shutdown: Shutdown,
 }
 
@@ -392,11 +394,15 @@ impl HttpServer {
             settings,
             disk_errors: Mutex::default(),
             live_clients: AtomicUsize::new(0),
+            live_events: broadcast::channel(LIVE_EVENTS_QUEUE).0,
             shutdown: shutdown.clone(),
             observers,
         });
-        let feed = state.observers.live.subscribe();
-        let board_task = tokio::spawn(run_board(feed, board, shutdown.clone()));
+        let board_task = tokio::spawn(run_board(
+            Arc::clone(&state),
+            state.live_events.clone(),
+            shutdown.clone(),
+        ));
         let upkeep_task = tokio::spawn(run_upkeep(Arc::clone(&state), shutdown.clone()));
         tracing::info!(
             listen = %self.local_addr,
@@ -431,24 +437,47 @@ pub async fn serve(
         .await
 }
 
-/// Consumes the live feed into the board until shutdown.
-async fn run_board(
-    mut feed: broadcast::Receiver<Arc<crate::status::LiveReading>>,
-    board: Board,
-    shutdown: Shutdown,
-) {
+/// How often the board takes what the live feed collected.
+const LIVE_TAKE_INTERVAL: Duration = Duration::from_millis(250);
+/// Live events queued for `/api/live` streams; a stream that falls further behind skips ahead.
+const LIVE_EVENTS_QUEUE: usize = 4096;
+
+/// Takes the live feed's lines into the board every [`LIVE_TAKE_INTERVAL`] until shutdown,
+/// parses them (the ingest path only copied them) and passes each reading's event on to the
+/// open `/api/live` streams. Disarms the feed when nobody watches.
+async fn run_board(state: Shared, events: broadcast::Sender<Arc<LiveEvent>>, shutdown: Shutdown) {
+    let mut tick = tokio::time::interval(LIVE_TAKE_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let feed = state.observers.live.clone();
+    let mut batch = crate::status::LiveBatch::default();
+    let mut sampled_out = 0;
+    let no_tags = std::collections::BTreeMap::new();
     loop {
         tokio::select! {
-            msg = feed.recv() => match msg {
-                Ok(live) => {
-                    let ev = LiveEvent::from_live(&live, now_ms());
-                    board.record(&ev, &live.reading);
-                }
-                Err(broadcast::error::RecvError::Lagged(n)) => board.lagged(n),
-                Err(broadcast::error::RecvError::Closed) => return,
-            },
+            _ = tick.tick() => {}
             _ = shutdown.wait() => return,
         }
+        feed.take(state.live_clients.load(Ordering::Relaxed), &mut batch);
+        for (chunk, lines) in batch.chunks() {
+            let received_ns = i64::try_from(chunk.received_ms)
+                .unwrap_or(i64::MAX / 1_000_000)
+                .saturating_mul(1_000_000);
+            // Lines the gateway itself encoded: errors cannot happen, and would only mean a
+            // reading missing from the page.
+            let (readings, _) = ioc_decode::line_protocol::decode(&no_tags, lines, 1, received_ns);
+            for reading in &readings {
+                let ev = LiveEvent::from_reading(&chunk.input, reading, chunk.received_ms);
+                state.board.record(&ev, reading);
+                if events.receiver_count() > 0 {
+                    let _ = events.send(Arc::new(ev));
+                }
+            }
+        }
+        let now_sampled_out = feed.sampled_out();
+        state
+            .board
+            .lagged(now_sampled_out.saturating_sub(sampled_out));
+        sampled_out = now_sampled_out;
     }
 }
 
@@ -575,6 +604,7 @@ async fn metrics_page(State(state): State<Shared>) -> Response {
 }
 
 async fn api_sensors(State(state): State<Shared>) -> Json<Value> {
+    state.observers.live.watch();
     let mut body = state.status_json();
     let snap = state.board.snapshot();
     if let Some(obj) = body.as_object_mut() {
@@ -583,6 +613,10 @@ async fn api_sensors(State(state): State<Shared>) -> Json<Value> {
         obj.insert("sensors_evicted".into(), json!(snap.sensors_evicted));
         obj.insert("live_feed_lagged".into(), json!(snap.live_feed_lagged));
         obj.insert("max_sensors".into(), json!(snap.max_sensors));
+        obj.insert(
+            "live_since_ms".into(),
+            json!(state.observers.live.armed_since_ms()),
+        );
     }
     Json(body)
 }
@@ -639,19 +673,19 @@ async fn api_live(State(state): State<Shared>, Query(q): Query<LiveQuery>) -> Re
     let guard = LiveClientGuard(Arc::clone(&state));
     let with_status = matches!(q.status.as_deref(), Some("1" | "true" | "yes"));
     let (tx, rx) = mpsc::channel::<Result<Event, Infallible>>(LIVE_CLIENT_QUEUE);
-    let mut feed = state.observers.live.subscribe();
+    state.observers.live.watch();
+    let mut feed = state.live_events.subscribe();
     let shutdown = state.shutdown.clone();
     tokio::spawn(async move {
         let mut status_tick = tokio::time::interval(STATUS_EVENT_INTERVAL);
         loop {
             let event = tokio::select! {
                 msg = feed.recv() => match msg {
-                    Ok(live) => {
-                        let ev = LiveEvent::from_live(&live, now_ms());
+                    Ok(ev) => {
                         if !q.wants(&ev) {
                             continue;
                         }
-                        Event::default().event("reading").json_data(&ev).ok()
+                        Event::default().event("reading").json_data(&*ev).ok()
                     }
                     Err(broadcast::error::RecvError::Lagged(n)) => {
                         Event::default().event("lagged").json_data(LaggedNotice { missed: n }).ok()
@@ -699,7 +733,8 @@ fn asset(content_type: &'static str, body: &'static str) -> Response {
         .into_response()
 }
 
-async fn index() -> Response {
+async fn index(State(state): State<Shared>) -> Response {
+    state.observers.live.watch();
     asset("text/html; charset=utf-8", INDEX_HTML)
 }
 

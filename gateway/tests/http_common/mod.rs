@@ -4,7 +4,6 @@
 
 use ioc_gateway::shutdown::Shutdown;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
 use ioc_gateway::buffer::{self, BufferConfig, BufferReader, BufferWriter};
@@ -120,9 +119,13 @@ pub fn camera(camera: &str, label: &str, ts_ns: i64) -> Reading {
         .field("score", FieldValue::Float(0.91))
 }
 
+/// What the ingest path does with a committed reading while someone watches: its line protocol
+/// offered to the live feed (armed first, as a page or `/api/sensors` request would).
 pub fn publish(observers: &Observers, input: &str, reading: &Reading) {
-    let input: Arc<str> = Arc::from(input);
-    observers.live.publish(&input, reading);
+    observers.live.watch();
+    let mut lines = Vec::new();
+    ioc_gateway::model::encode(reading, ioc_gateway::model::Flavor::V2, &mut lines);
+    observers.live.offer(input, &lines);
 }
 
 /// Polls `/api/sensors` until `pred` holds (up to 5 s) and returns the body.

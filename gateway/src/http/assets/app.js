@@ -351,6 +351,16 @@
     clockOffset = (body.now_ms || Date.now()) - Date.now();
     for (const d of body.sensors || []) upsertSensor(d, true);
     mergeCameraEvents(body.camera_events || []);
+    // The board is fed while someone watches: say since when, if that was after the start.
+    const since = body.live_since_ms;
+    const note = $('live-since');
+    if (since && body.started_ms && since > body.started_ms + 1000) {
+      note.textContent = 'Live view since ' + new Date(since).toLocaleTimeString() +
+        ': sensors appear as they report.';
+      note.hidden = false;
+    } else {
+      note.hidden = true;
+    }
     pendingStatus = body;
     flushScheduled = true;
     flush();
