@@ -92,6 +92,7 @@ def main():
     ap.add_argument("--messages", type=int, default=200_000)
     ap.add_argument("--gateway", default="target/release/ioc-gateway")
     ap.add_argument("--inflight", type=int, default=20)
+    ap.add_argument("--perf", metavar="FILE", help="also `perf record -g` the gateway into FILE")
     args = ap.parse_args()
 
     tmp = tempfile.mkdtemp(prefix="spine-bench-")
@@ -160,6 +161,12 @@ enabled = false
         gw = subprocess.Popen(["/usr/bin/time", "-v", "-o", gw_time, args.gateway, "run", "--config", cfg],
                               stdout=gw_log, stderr=gw_log)
         time.sleep(1.0)
+        perf = None
+        if args.perf:
+            gw_pid = subprocess.run(["pgrep", "-P", str(gw.pid)], capture_output=True, text=True).stdout.split()[0]
+            perf = subprocess.Popen(["perf", "record", "-g", "-F", "499", "-o", args.perf, "-p", gw_pid],
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            time.sleep(0.5)
         t0 = time.time()
         pubs = publish(mq_port, files)
         got = 0
@@ -170,6 +177,9 @@ enabled = false
                 break
             time.sleep(0.25)
         t_gw = time.time() - t0
+        if perf:
+            perf.send_signal(signal.SIGINT)
+            perf.wait(timeout=60)
         for p in pubs:
             p.wait()
         # SIGTERM the gateway itself, the child of `time` (which then reports).
