@@ -109,8 +109,7 @@ impl Ingest {
             // One relaxed load while nobody watches; a copy of the lines while someone does.
             live.offer(input, out.get(start..).unwrap_or_default());
         }
-        metrics::counter!("readings_accepted_total", "input" => input.to_owned())
-            .increment(u64::from(lines));
+        accepted_counter(input).increment(u64::from(lines));
         lines
     }
 
@@ -164,6 +163,28 @@ impl Ingest {
     pub fn writer(&self) -> &BufferWriter {
         &self.inner.writer
     }
+}
+
+/// `readings_accepted_total{input}` for `input`, looked up in the registry once per thread and
+/// input rather than per message (the lookup hashes and allocates the label).
+fn accepted_counter(input: &str) -> metrics::Counter {
+    thread_local! {
+        static ACCEPTED: std::cell::RefCell<Vec<(Box<str>, metrics::Counter)>> =
+            const { std::cell::RefCell::new(Vec::new()) };
+    }
+    ACCEPTED.with(|cache| {
+        let mut cache = cache.borrow_mut();
+        if let Some((_, c)) = cache.iter().find(|(name, _)| &**name == input) {
+            return c.clone();
+        }
+        let c = metrics::counter!("readings_accepted_total", "input" => input.to_owned());
+        // Inputs are few and fixed by the config; the bound only guards against a caller
+        // inventing names.
+        if cache.len() < 256 {
+            cache.push((input.into(), c.clone()));
+        }
+        c
+    })
 }
 
 /// Counts a message or reading an input refused (`readings_rejected_total{input,reason}`); the
