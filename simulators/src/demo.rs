@@ -155,6 +155,8 @@ topic_tags = "_/district/_/site"
 timestamp_field = "ts"
 tag_keys = ["lane", "direction"]
 
+# The vendors' own payloads (built-in presets), played now and then by the demo.
+{presets}
 [output.influxdb]
 url = "{url}"
 api = "{api}"
@@ -171,7 +173,32 @@ listen = "{http}"
 "#,
         data = dir.join("data").display(),
         url = store.url,
+        presets = crate::presets::gateway_inputs(
+            Some(&format!("mqtt://127.0.0.1:{mqtt_port}")),
+            "demo-gw",
+            None,
+            None
+        ),
     )
+}
+
+/// How often the demo sends one vendor payload (the presets' fixtures in turn).
+pub const PRESET_PERIOD: Duration = Duration::from_secs(4);
+
+/// The vendor payloads the demo plays: every preset fixture in turn, for ever, times moved to
+/// the moment each is sent (stops when `stop` is set).
+fn preset_messages(stop: Arc<AtomicBool>) -> impl Iterator<Item = crate::models::Message> + Send {
+    let mut planner = crate::presets::Planner::new(crate::presets::TimeMode::Now);
+    let fixtures = crate::presets::fixtures(&[]);
+    let started = std::time::Instant::now();
+    let rate = 1.0 / PRESET_PERIOD.as_secs_f64();
+    (0..u64::MAX)
+        .take_while(move |n| crate::presets::wait_turn(started, *n, rate, &stop))
+        .filter_map(move |n| {
+            let f = fixtures[n as usize % fixtures.len()];
+            let send = planner.plan(f, crate::presets::unix_ms()).ok()?;
+            Some(crate::presets::mqtt_message(send, 0))
+        })
 }
 
 /// `preferred` on `ip` if it is free, else (or when it is 0) a port the OS picks.
@@ -471,6 +498,17 @@ pub async fn run_demo(opts: DemoOptions) -> anyhow::Result<()> {
         popts,
         Box::new(std::io::BufWriter::new(manifest)),
     ));
+    // Now and then a vendor payload (plate engines, LoRaWAN network servers) on its own
+    // connection, with its own manifest: `sensor-sim verify` checks either.
+    let mut preset_opts = PublishOptions::for_broker(&format!("mqtt://127.0.0.1:{mqtt_port}"))?;
+    preset_opts.duration = opts.duration;
+    preset_opts.client_id_prefix = "demo-sim-presets".into();
+    let preset_manifest = std::fs::File::create(dir.join("presets-manifest.jsonl"))?;
+    let mut preset_sim = tokio::spawn(mqtt::publish(
+        preset_messages(Arc::clone(&sim_stop)),
+        preset_opts,
+        Box::new(std::io::LineWriter::new(preset_manifest)),
+    ));
 
     println!();
     println!(
@@ -533,6 +571,12 @@ pub async fn run_demo(opts: DemoOptions) -> anyhow::Result<()> {
     sim_stop.store(true, Ordering::Release);
     if tokio::time::timeout(SIM_STOP_WAIT, &mut sim).await.is_err() {
         sim.abort();
+    }
+    if tokio::time::timeout(SIM_STOP_WAIT, &mut preset_sim)
+        .await
+        .is_err()
+    {
+        preset_sim.abort();
     }
     if let Some(res) = early {
         return match res {

@@ -1,0 +1,205 @@
+//! The vendors' payloads through the whole path, sent the way the vendors send them: the real
+//! `sensor-sim presets` publishes every preset fixture (Plate Recognizer, OpenALPR, ChirpStack
+//! v4, The Things Stack v3) on its vendor's MQTT topic to a real mosquitto, with its times moved
+//! to now; the real `ioc-gateway` (one input per preset, as `simulators/README.md` shows) stores
+//! them in a real VictoriaMetrics; the real `sensor-sim verify` must find exactly the readings
+//! the manifest says — written out in the simulator from the presets' documented mapping — and
+//! none of the payloads the gateway must refuse (join and status events, an uplink without a
+//! decoded object).
+//!
+//! The gateway runs with `[limits] max_past_s = 86400`: the fixtures' own times (2014 … 2026)
+//! would be refused, so passing also shows the time shifting at work.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use ioc_e2e::{
+    bin_path, free_port, gateway_metrics, metric_in, GatewayProcess, HeavyTestLock,
+    ManifestCounts, Mosquitto, SensorSim, StoreApi, VictoriaMetrics,
+};
+use serde_json::Value;
+
+const GATEWAY_ID: &str = "sim-presets-gw";
+
+/// The inputs `sensor-sim presets` sends to (the same as in `simulators/README.md`).
+fn preset_inputs(mqtt: &str) -> String {
+    format!(
+        r#"[[inputs.mqtt]]
+name = "platerecognizer-mqtt"
+url = "{mqtt}"
+client_id = "{GATEWAY_ID}-platerecognizer"
+topics = ["alpr/platerecognizer/+"]
+format = "platerecognizer"
+tags = {{ camera = "pr-snapshot" }}
+
+[[inputs.mqtt]]
+name = "openalpr-mqtt"
+url = "{mqtt}"
+client_id = "{GATEWAY_ID}-openalpr"
+topics = ["alpr/openalpr/+"]
+format = "openalpr"
+tags = {{ camera = "openalpr-cloud" }}
+
+[[inputs.mqtt]]
+name = "chirpstack-mqtt"
+url = "{mqtt}"
+client_id = "{GATEWAY_ID}-chirpstack"
+topics = ["application/+/device/+/event/+"]
+format = "chirpstack"
+
+[[inputs.mqtt]]
+name = "ttn-mqtt"
+url = "{mqtt}"
+client_id = "{GATEWAY_ID}-ttn"
+topics = ["v3/+/devices/+/up", "v3/+/devices/+/join"]
+format = "ttn"
+"#
+    )
+}
+
+const SUBSCRIPTIONS: [(&str, &str); 5] = [
+    ("platerecognizer", "alpr/platerecognizer/+"),
+    ("openalpr", "alpr/openalpr/+"),
+    ("chirpstack", "application/+/device/+/event/+"),
+    ("ttn", "v3/+/devices/+/up"),
+    ("ttn", "v3/+/devices/+/join"),
+];
+
+fn write_config(dir: &Path, broker: &Mosquitto, vm: &VictoriaMetrics, http: u16) -> PathBuf {
+    let data = dir.join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let text = format!(
+        r#"# written by tests/tests/sim_presets_e2e.rs
+[gateway]
+id = "{GATEWAY_ID}"
+data_dir = "{data}"
+
+{inputs}
+[limits]
+max_past_s = 86400
+
+[output.influxdb]
+url = "{vm}"
+api = "v2"
+org = "ioc"
+bucket = "telemetry"
+flush_interval_ms = 200
+
+[http]
+listen = "127.0.0.1:{http}"
+"#,
+        data = data.display(),
+        inputs = preset_inputs(&broker.url()),
+        vm = vm.url(),
+    );
+    let path = dir.join("gateway.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// `sensor-sim presets ARGS`: exit status and the summary line it printed.
+fn sensor_sim_presets(args: &[&str]) -> Value {
+    let out = Command::new(bin_path("sensor-sim"))
+        .arg("presets")
+        .args(args)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "sensor-sim presets {args:?}: {}\n{stdout}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let line = stdout.lines().last().unwrap_or_default();
+    serde_json::from_str(line).unwrap_or_else(|e| panic!("summary {line:?}: {e}"))
+}
+
+#[test]
+fn every_preset_fixture_over_mqtt_is_stored_exactly_and_refusals_are_not() {
+    let _heavy = HeavyTestLock::acquire();
+    let broker = Mosquitto::start().unwrap();
+    let vm = VictoriaMetrics::start().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let http = free_port();
+    let config = write_config(dir.path(), &broker, &vm, http);
+    let mut gateway = GatewayProcess::spawn(&config).unwrap();
+    for (preset, filter) in SUBSCRIPTIONS {
+        let client = format!("{GATEWAY_ID}-{preset}");
+        assert!(
+            broker.wait_for_subscription(&client, filter, 0, Duration::from_secs(20)),
+            "the gateway did not subscribe {client} to {filter}:\n{}",
+            gateway.log_tail(30)
+        );
+    }
+
+    // Given the fixtures sent three times (new times each time, so three points per series)
+    let manifest = dir.path().join("presets.jsonl");
+    let summary = sensor_sim_presets(&[
+        "--broker",
+        &broker.url(),
+        "--manifest",
+        manifest.to_str().unwrap(),
+        "--repeat",
+        "3",
+    ]);
+    let fixtures = 12;
+    assert_eq!(summary["mqtt"]["acked"], 3 * fixtures, "{summary}");
+    assert_eq!(summary["mqtt"]["lost"], 0, "{summary}");
+
+    // Then verify finds every reading the manifest expects, exactly, and none refused
+    let counts = ManifestCounts::read(&manifest).unwrap();
+    // 8 fixtures give 9 readings (OpenALPR's agent batch holds two plates); 4 are refused
+    assert_eq!(counts.stored_points, 3 * 9, "{counts:?}");
+    assert_eq!(counts.rejected, 3 * 4, "{counts:?}");
+    let verdict = SensorSim::verify_until_passed(
+        &manifest,
+        &vm.url(),
+        StoreApi::V2,
+        &["--gateway-id", GATEWAY_ID],
+        Duration::from_secs(30),
+        Duration::from_secs(10),
+    )
+    .unwrap();
+    assert!(
+        verdict.passed(),
+        "{verdict}\n--- gateway ---\n{}",
+        gateway.log_tail(40)
+    );
+    let total = verdict.counts();
+    assert_eq!(total.found, counts.stored_points, "{verdict}");
+    assert_eq!(total.rejected_sent, counts.rejected, "{verdict}");
+    assert_eq!(total.leaked, 0, "{verdict}");
+    assert_eq!(verdict.per_measurement["camera_event"].found, 3 * 5);
+    assert_eq!(verdict.per_measurement["lorawan"].found, 3 * 4);
+
+    // And the gateway counted each refusal under its preset's label
+    let metrics = gateway_metrics(http);
+    for (input, reason, n) in [
+        ("chirpstack-mqtt", "no_decoded_payload", 3.0),
+        ("chirpstack-mqtt", "not_an_uplink", 6.0),
+        ("ttn-mqtt", "not_an_uplink", 3.0),
+    ] {
+        assert_eq!(
+            metric_in(
+                &metrics,
+                "readings_rejected_total",
+                &[("input", input), ("reason", reason)]
+            ),
+            n,
+            "{input} {reason}:\n{metrics}"
+        );
+    }
+    // Nothing was refused for its time: the shifted times are inside max_past_s
+    for reason in ["timestamp_too_old", "timestamp_in_future"] {
+        assert!(
+            !metrics
+                .lines()
+                .any(|l| l.starts_with("readings_rejected_total") && l.contains(reason)),
+            "{reason}:\n{metrics}"
+        );
+    }
+    gateway.sigterm();
+    let _ = gateway.wait_exit(Duration::from_secs(10));
+}
