@@ -881,11 +881,13 @@ fn presets_main(a: PresetsArgs) -> anyhow::Result<ExitCode> {
     }
     let fixtures = presets::fixtures(&only);
     let token = match &a.token_env {
-        Some(var) => Some(std::env::var(var).with_context(|| format!("--token-env {var}: not set"))?),
+        Some(var) => {
+            Some(std::env::var(var).with_context(|| format!("--token-env {var}: not set"))?)
+        }
         None => a.token.clone(),
     };
-    let file = File::create(&a.manifest)
-        .with_context(|| format!("creating {}", a.manifest.display()))?;
+    let file =
+        File::create(&a.manifest).with_context(|| format!("creating {}", a.manifest.display()))?;
     let mut out = BufWriter::new(file);
     manifest::write_header(
         &mut out,
@@ -904,6 +906,7 @@ fn presets_main(a: PresetsArgs) -> anyhow::Result<ExitCode> {
     let sends = {
         let fixtures = fixtures.clone();
         move || {
+            let fixtures = fixtures.clone();
             let started = std::time::Instant::now();
             let never = std::sync::atomic::AtomicBool::new(false);
             (0..rounds)

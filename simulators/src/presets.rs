@@ -324,7 +324,8 @@ pub static FIXTURES: &[Fixture] = &[
         file: "chirpstack_status_docs.json",
         preset: Preset::ChirpStack,
         payload: fixture_text!("chirpstack_status_docs.json"),
-        topic: "application/17c82e96-be03-4f38-aef3-f83d48582d97/device/0101010101010101/event/status",
+        topic:
+            "application/17c82e96-be03-4f38-aef3-f83d48582d97/device/0101010101010101/event/status",
         webhook_query: "?event=status",
         readings: &[Expected {
             measurement: LORAWAN,
@@ -338,7 +339,8 @@ pub static FIXTURES: &[Fixture] = &[
         file: "chirpstack_join_docs.json",
         preset: Preset::ChirpStack,
         payload: fixture_text!("chirpstack_join_docs.json"),
-        topic: "application/17c82e96-be03-4f38-aef3-f83d48582d97/device/0101010101010101/event/join",
+        topic:
+            "application/17c82e96-be03-4f38-aef3-f83d48582d97/device/0101010101010101/event/join",
         webhook_query: "?event=join",
         readings: &[Expected {
             measurement: LORAWAN,
@@ -509,8 +511,8 @@ fn parse_time(raw: &str) -> Option<TimeValue> {
         num(8..10)? as u8,
     )
     .ok()?;
-    let clock = time::Time::from_hms(num(11..13)? as u8, num(14..16)? as u8, num(17..19)? as u8)
-        .ok()?;
+    let clock =
+        time::Time::from_hms(num(11..13)? as u8, num(14..16)? as u8, num(17..19)? as u8).ok()?;
     let mut rest = &raw[19..];
     let mut fraction_ns: i128 = 0;
     let mut fraction_digits = 0;
@@ -532,8 +534,8 @@ fn parse_time(raw: &str) -> Option<TimeValue> {
             if ob.len() != 6 || ob[3] != b':' || !(ob[0] == b'+' || ob[0] == b'-') {
                 return None;
             }
-            let h: i32 = o[1..3].parse().ok()?;
-            let m: i32 = o[4..6].parse().ok()?;
+            let h: i32 = o.get(1..3)?.parse().ok()?;
+            let m: i32 = o.get(4..6)?.parse().ok()?;
             let sign = if ob[0] == b'-' { -1 } else { 1 };
             Offset::Minutes(sign * (h * 60 + m))
         }
@@ -630,7 +632,9 @@ fn time_tokens(payload: &str, keys: &[&str]) -> Result<Vec<TimeToken>, ShiftErro
                 j += 1;
             }
             let (start, end) = if bytes.get(j) == Some(&b'"') {
-                let close = payload[j + 1..].find('"').map_or(bytes.len(), |c| j + 1 + c);
+                let close = payload[j + 1..]
+                    .find('"')
+                    .map_or(bytes.len(), |c| j + 1 + c);
                 (j + 1, close)
             } else {
                 let len = bytes[j..]
@@ -679,10 +683,7 @@ fn latest_and_resolution(f: &Fixture) -> Result<(i64, i64), ShiftError> {
         .map(|t| t.value.ms())
         .max()
         .ok_or(ShiftError::NoTimes)?;
-    let resolution = if tokens
-        .iter()
-        .any(|t| t.value.notation == Notation::EpochS)
-    {
+    let resolution = if tokens.iter().any(|t| t.value.notation == Notation::EpochS) {
         1000
     } else {
         1
@@ -782,7 +783,7 @@ impl Planner {
         for e in &entries {
             self.used.insert((series_key(e), e.ts));
         }
-        if now_ms - self.last_prune > REMEMBER_MS / 6 {
+        if now_ms.saturating_sub(self.last_prune) > REMEMBER_MS / 6 {
             let horizon = anchor - REMEMBER_MS;
             self.used.retain(|(_, ts)| *ts >= horizon);
             self.last_prune = now_ms;
@@ -815,14 +816,12 @@ fn entries_at(f: &Fixture, delta_ms: i64) -> Result<Vec<Entry>, ShiftError> {
             let t = parse_time(r.time).ok_or_else(|| ShiftError::BadExpectedTime(r.time.into()))?;
             Ok(Entry {
                 m: r.measurement.to_owned(),
-                t: r
-                    .tags
+                t: r.tags
                     .iter()
                     .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
                     .collect(),
                 ts: t.ms() + delta_ms,
-                f: r
-                    .fields
+                f: r.fields
                     .iter()
                     .map(|(k, v)| ((*k).to_owned(), *v))
                     .collect::<BTreeMap<_, _>>(),
@@ -988,7 +987,10 @@ mod tests {
     fn time_notations_round_trip() {
         for (raw, ns) in [
             ("2021-09-29T05:56:13.606935Z", 1_632_894_973_606_935_000i128),
-            ("2021-09-29 05:56:13.606935+00:00", 1_632_894_973_606_935_000),
+            (
+                "2021-09-29 05:56:13.606935+00:00",
+                1_632_894_973_606_935_000,
+            ),
             ("2021-10-11 05:43:58.514896", 1_633_931_038_514_896_000),
             ("2026-10-09T16:43:50.700+00:00", 1_791_564_230_700_000_000),
             ("2026-10-09T18:43:50.700+02:00", 1_791_564_230_700_000_000),
@@ -999,16 +1001,31 @@ mod tests {
             let t = parse_time(raw).unwrap_or_else(|| panic!("{raw}"));
             assert_eq!(t.ns, ns, "{raw}");
         }
-        for bad in ["", "yesterday", "2021-13-01T00:00:00Z", "2021-01-01T00:00:00+0100", "12a"] {
+        for bad in [
+            "",
+            "yesterday",
+            "2021-13-01T00:00:00Z",
+            "2021-01-01T00:00:00+0100",
+            "12a",
+        ] {
             assert_eq!(parse_time(bad), None, "{bad}");
         }
         let ms = 1_796_236_800_123; // 2026-12-02T18:40:00.123Z
         let cases = [
             ("2021-09-29T05:56:13.606935Z", "2026-12-02T18:40:00.123000Z"),
-            ("2021-09-29 05:56:13.606935+00:00", "2026-12-02 18:40:00.123000+00:00"),
+            (
+                "2021-09-29 05:56:13.606935+00:00",
+                "2026-12-02 18:40:00.123000+00:00",
+            ),
             ("2021-10-11 05:43:58.514896", "2026-12-02 18:40:00.123000"),
-            ("2026-10-09T18:43:50.7+02:00", "2026-12-02T20:40:00.123+02:00"),
-            ("2020-02-12T15:15:45.789585559Z", "2026-12-02T18:40:00.123000000Z"),
+            (
+                "2026-10-09T18:43:50.7+02:00",
+                "2026-12-02T20:40:00.123+02:00",
+            ),
+            (
+                "2020-02-12T15:15:45.789585559Z",
+                "2026-12-02T18:40:00.123000000Z",
+            ),
             ("2020-02-12T15:15:45Z", "2026-12-02T18:40:00.123Z"),
             ("1402161050", "1796236800"),
             ("1448326208789", "1796236800123"),
@@ -1018,9 +1035,25 @@ mod tests {
             let text = format_time(ms, t.notation);
             assert_eq!(text, want, "{raw}");
             let back = parse_time(&text).unwrap();
-            let grid = if t.notation == Notation::EpochS { 1000 } else { 1 };
+            let grid = if t.notation == Notation::EpochS {
+                1000
+            } else {
+                1
+            };
             assert_eq!(back.ms(), ms / grid * grid, "{raw}");
-            assert_eq!(back.notation, t.notation, "{raw}");
+            let written = match t.notation {
+                Notation::Text {
+                    separator,
+                    fraction_digits,
+                    offset,
+                } => Notation::Text {
+                    separator,
+                    fraction_digits: fraction_digits.max(3),
+                    offset,
+                },
+                n => n,
+            };
+            assert_eq!(back.notation, written, "{raw}");
         }
     }
 
@@ -1053,8 +1086,18 @@ mod tests {
         assert!(send
             .payload
             .contains(r#""time": "2026-12-02T18:39:59.969+00:00""#));
-        assert_eq!(send.payload.matches(r#""gwTime": "2026-12-02T18:39:59.981Z""#).count(), 2);
-        assert_eq!(send.payload.matches(r#""nsTime": "2026-12-02T18:40:00.000Z""#).count(), 2);
+        assert_eq!(
+            send.payload
+                .matches(r#""gwTime": "2026-12-02T18:39:59.981Z""#)
+                .count(),
+            2
+        );
+        assert_eq!(
+            send.payload
+                .matches(r#""nsTime": "2026-12-02T18:40:00.000Z""#)
+                .count(),
+            2
+        );
         // everything else byte for byte
         let strip = |s: &str| -> String {
             s.lines()
@@ -1109,7 +1152,9 @@ mod tests {
         let b = planner.plan(f, 7_500).unwrap();
         assert_eq!(a.entries[0].ts, start);
         assert_eq!(b.entries[0].ts, start + 2_500);
-        assert!(a.payload.contains("\"timestamp\": \"2023-11-14T22:13:20.000000Z\""));
+        assert!(a
+            .payload
+            .contains("\"timestamp\": \"2023-11-14T22:13:20.000000Z\""));
         let same = Planner::new(TimeMode::Fixture).plan(f, 5_000).unwrap();
         assert_eq!(same.payload, f.payload);
         assert_eq!(same.entries[0].ts, 1_632_894_973_606);
@@ -1170,7 +1215,8 @@ mod tests {
                     spec.tags.insert("camera".into(), SNAPSHOT_CAMERA.into());
                 }
                 Preset::OpenAlpr => {
-                    spec.tags.insert("camera".into(), OPENALPR_CLOUD_CAMERA.into());
+                    spec.tags
+                        .insert("camera".into(), OPENALPR_CLOUD_CAMERA.into());
                 }
                 _ => {}
             }
@@ -1194,10 +1240,26 @@ mod tests {
                     .filter_map(|(k, v)| match v {
                         FieldValue::Float(x) => Some((k.clone(), *x)),
                         FieldValue::Int(x) => Some((k.clone(), *x as f64)),
+                        FieldValue::UInt(x) => Some((k.clone(), *x as f64)),
                         _ => None,
                     })
                     .collect();
-                assert_eq!(numeric, e.f, "{}", f.file);
+                // serde_json (without `float_roundtrip`) may read a long decimal a ULP off, as
+                // the preset's own test notes; `verify` compares with a 1e-9 relative tolerance
+                assert_eq!(
+                    numeric.keys().collect::<Vec<_>>(),
+                    e.f.keys().collect::<Vec<_>>(),
+                    "{}",
+                    f.file
+                );
+                for (k, want) in &e.f {
+                    let got = numeric[k];
+                    assert!(
+                        (got - want).abs() <= 1e-12 * want.abs().max(1.0),
+                        "{} {k}: decoder {got}, written {want}",
+                        f.file
+                    );
+                }
             }
         }
     }
@@ -1227,6 +1289,9 @@ mod tests {
         let v: toml::Value = toml::from_str(&text).unwrap();
         assert_eq!(v["inputs"]["mqtt"].as_array().unwrap().len(), 4);
         assert_eq!(v["inputs"]["http"].as_array().unwrap().len(), 4);
-        assert_eq!(v["inputs"]["http"][3]["path"].as_str(), Some("/webhook/ttn"));
+        assert_eq!(
+            v["inputs"]["http"][3]["path"].as_str(),
+            Some("/webhook/ttn")
+        );
     }
 }

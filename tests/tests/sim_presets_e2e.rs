@@ -15,8 +15,8 @@ use std::process::Command;
 use std::time::Duration;
 
 use ioc_e2e::{
-    bin_path, free_port, gateway_metrics, metric_in, GatewayProcess, HeavyTestLock,
-    ManifestCounts, Mosquitto, SensorSim, StoreApi, VictoriaMetrics,
+    bin_path, free_port, gateway_metrics, metric_in, GatewayProcess, HeavyTestLock, ManifestCounts,
+    Mosquitto, SensorSim, StoreApi, VictoriaMetrics,
 };
 use serde_json::Value;
 
