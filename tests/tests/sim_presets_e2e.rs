@@ -171,8 +171,8 @@ fn every_preset_fixture_over_mqtt_is_stored_exactly_and_refusals_are_not() {
     assert_eq!(total.found, counts.stored_points, "{verdict}");
     assert_eq!(total.rejected_sent, counts.rejected, "{verdict}");
     assert_eq!(total.leaked, 0, "{verdict}");
-    assert_eq!(verdict.per_measurement["camera_event"].found, 3 * 5);
-    assert_eq!(verdict.per_measurement["lorawan"].found, 3 * 4);
+    assert_eq!(verdict.per_measurement["camera_event"].found, 3 * 6);
+    assert_eq!(verdict.per_measurement["lorawan"].found, 3 * 3);
 
     // And the gateway counted each refusal under its preset's label
     let metrics = gateway_metrics(http);
