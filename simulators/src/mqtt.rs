@@ -252,7 +252,8 @@ async fn drive(
                 if let Some(p) = inflight.remove(&ack.pkid) {
                     shared.record(p);
                     acked_here += 1;
-                    if opts.disconnect_every > 0 && acked_here % opts.disconnect_every == 0 {
+                    if opts.disconnect_every > 0 && acked_here.is_multiple_of(opts.disconnect_every)
+                    {
                         conn.connected.store(false, Ordering::Release);
                         eventloop.clean();
                         queued_at_drop = conn.queue.lock().map(|q| q.len()).unwrap_or(0);
