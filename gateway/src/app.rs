@@ -55,6 +55,8 @@ pub fn sink_config(config: &Config) -> anyhow::Result<InfluxSinkConfig> {
         o.password_file.as_deref(),
     )?;
     s.ca_file = o.ca_file.clone();
+    s.client_cert_file = o.client_cert_file.clone();
+    s.client_key_file = o.client_key_file.clone();
     s.insecure_skip_verify = o.insecure_skip_verify;
     s.request_timeout = Duration::from_millis(o.timeout_ms.max(100));
     // Retry at least every 5 s: when the store comes back after an outage, urgent events must
@@ -102,6 +104,7 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
     let mut inputs = crate::input::spawn_inputs(
         &config.inputs.mqtt,
         &config.inputs.serial,
+        &config.inputs.http,
         &ingest,
         &config.gateway.data_dir,
         &inputs_stop,
@@ -110,6 +113,7 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
         gateway = %config.gateway.id,
         mqtt_inputs = config.inputs.mqtt.len(),
         serial_inputs = config.inputs.serial.len(),
+        http_inputs = config.inputs.http.len(),
         "gateway running"
     );
 

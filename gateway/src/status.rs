@@ -25,6 +25,8 @@ use crate::model::Reading;
 pub enum InputKind {
     Mqtt,
     Serial,
+    /// A webhook input (`[[inputs.http]]`): up while it listens.
+    Http,
 }
 
 /// Connection state of one input (an MQTT connection or a serial port).

@@ -88,6 +88,7 @@ async fn serial_port_state_in_readyz_api_and_status() {
         tags: BTreeMap::new(),
         poll_interval_ms: 5000,
         registers: vec![],
+        ..SerialInputConfig::new("", SerialProtocol::Pms5003)
     };
     let stop_serial = Shutdown::new();
     let stop_rx = stop_serial.clone();

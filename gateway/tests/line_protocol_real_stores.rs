@@ -19,39 +19,13 @@ use serde_json::Value;
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// A real InfluxDB 1.x (the test harness's) with the database `telemetry`.
 fn influx_store() -> ioc_e2e::Influx1 {
     let store = ioc_e2e::Influx1::start().unwrap();
     store.create_database("telemetry").unwrap();
     store
-}
-
-/// A real InfluxDB 1.x serving HTTPS with `cert`/`key`, with the database `telemetry` (created
-/// over HTTPS here: the harness's own client speaks plain HTTP).
-async fn influx_store_https(cert: &Path, key: &Path) -> ioc_e2e::Influx1 {
-    let store = ioc_e2e::Influx1::start_https(cert, key).unwrap();
-    let client = reqwest::Client::builder()
-        .danger_accept_invalid_certs(true)
-        .build()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let created = client
-            .post(format!("{}/query", store.url()))
-            .form(&[("q", "CREATE DATABASE telemetry")])
-            .send()
-            .await;
-        match created {
-            Ok(r) if r.status().is_success() => return store,
-            other => assert!(
-                Instant::now() < deadline,
-                "HTTPS InfluxDB not ready after 30 s: {other:?}"
-            ),
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 fn gzip(bytes: &[u8]) -> Vec<u8> {
@@ -399,14 +373,14 @@ async fn victoria_metrics_stores_a_multi_member_batch_exactly() {
 }
 
 #[tokio::test]
-async fn https_with_a_ca_file_and_only_with_it() {
+async fn https_trusts_the_system_store_plus_a_ca_file() {
     let pki = ioc_e2e::Pki::new().unwrap();
     let (ca, cert, key) = (
         pki.path("ca.pem"),
         pki.path("server.pem"),
         pki.path("server.key"),
     );
-    let store = influx_store_https(&cert, &key).await;
+    let store = ioc_e2e::Influx1::start_https(&cert, &key, &["telemetry"]).unwrap();
     assert!(store.url().starts_with("https://"));
     let dead = tempfile::tempdir().unwrap();
     let readings = tricky_readings(3, 1_700_000_000_000_000_000, 1);
@@ -415,7 +389,7 @@ async fn https_with_a_ca_file_and_only_with_it() {
     let mut config = InfluxSinkConfig::new(store.url(), Api::V1, dead.path());
     config.database = "telemetry".into();
 
-    // The built-in web roots do not know our CA: refused with a clear error.
+    // The system's trust store does not know our CA: refused with a clear error.
     let untrusting = InfluxSink::new(config.clone()).unwrap();
     match untrusting.write(&body, 3).await {
         Err(SinkError::Transport {
@@ -437,7 +411,9 @@ async fn https_with_a_ca_file_and_only_with_it() {
     broken.ca_file = Some(not_pem);
     assert!(matches!(
         InfluxSink::new(broken),
-        Err(SinkError::CaFileInvalid { .. })
+        Err(SinkError::Tls(
+            ioc_gateway::tls::TlsError::NoCertificate { .. }
+        ))
     ));
 
     let mut trusting = config.clone();

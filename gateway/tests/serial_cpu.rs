@@ -197,6 +197,7 @@ fn serial_cpu_at_line_rate() {
             tags: BTreeMap::from([("district".into(), "bench".into())]),
             poll_interval_ms: 5000,
             registers: vec![],
+            ..SerialInputConfig::new("", SerialProtocol::Pms5003)
         };
         rt.spawn(run_serial_input(cfg, i, ingest.clone(), rx.clone()));
     }

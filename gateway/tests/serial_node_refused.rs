@@ -121,6 +121,7 @@ async fn node_readings_refused_by_a_full_disk_are_resent_and_never_acked_early()
         tags: tags.clone(),
         poll_interval_ms: 5000,
         registers: vec![],
+        ..SerialInputConfig::new("", SerialProtocol::Pms5003)
     };
     let shutdown = Shutdown::new();
     let rx = shutdown.clone();

@@ -127,6 +127,7 @@ fn stream_cfg(name: &str, port: &Path, protocol: SerialProtocol) -> SerialInputC
         tags: BTreeMap::from([("district".into(), "dong-xoai".into())]),
         poll_interval_ms: 5000,
         registers: vec![],
+        ..SerialInputConfig::new("", SerialProtocol::Pms5003)
     }
 }
 
@@ -467,6 +468,7 @@ async fn modbus_bus_with_good_dead_garbling_and_refusing_slaves() {
         tags: BTreeMap::from([("cabinet".into(), "c7".into())]),
         poll_interval_ms: 400,
         registers,
+        ..SerialInputConfig::new("", SerialProtocol::Pms5003)
     };
     let task = h.start(cfg, 3);
     // Two polls: slaves 1 and 5 answer each time, the others never make a reading.

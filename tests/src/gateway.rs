@@ -209,14 +209,27 @@ impl Drop for GatewayProcess {
 /// Runs `ioc-gateway check-config <config_path>` to completion and returns its output (status, stdout,
 /// stderr).
 pub fn check_config(config_path: &Path) -> Result<Output> {
+    check_config_with(config_path, &[], &[])
+}
+
+/// [`check_config`] with extra arguments (`--json`) and environment variables (the secrets the
+/// config names, as the unit's `EnvironmentFile=` would give them).
+pub fn check_config_with(
+    config_path: &Path,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> Result<Output> {
     let program = bin_path("ioc-gateway");
-    Command::new(&program)
-        .arg("check-config")
+    let mut cmd = Command::new(&program);
+    cmd.arg("check-config")
         .arg(config_path)
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|source| HarnessError::Spawn {
-            program: program.display().to_string(),
-            source,
-        })
+        .args(args)
+        .stdin(Stdio::null());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().map_err(|source| HarnessError::Spawn {
+        program: program.display().to_string(),
+        source,
+    })
 }

@@ -13,6 +13,7 @@ use tempfile::TempDir;
 /// An influxd child process. Killed on `Drop`.
 pub struct Influx1 {
     http_port: u16,
+    rpc_port: u16,
     /// `http`, or `https` when started with a certificate.
     scheme: &'static str,
     server: ChildServer,
@@ -23,17 +24,36 @@ pub struct Influx1 {
 impl Influx1 {
     /// Starts influxd with its HTTP API on a free loopback port (and its RPC bind address on another).
     pub fn start() -> Result<Self> {
-        Self::start_serving(None)
+        Self::start_plain()
     }
 
-    /// The same serving HTTPS with `cert` and `key` (PEM). Ready once its port accepts; the
-    /// harness's own queries ([`Influx1::query`], …) speak plain HTTP, so a test of an HTTPS
-    /// store talks to it with its own client.
-    pub fn start_https(cert: &Path, key: &Path) -> Result<Self> {
-        Self::start_serving(Some((cert, key)))
+    /// The same serving HTTPS with `cert` and `key` (PEM), with `databases` already created.
+    /// The harness's own queries ([`Influx1::query`], …) speak plain HTTP, so the databases are
+    /// created on a first plain-HTTP run, which is then restarted serving HTTPS on the same port
+    /// and data; a test of an HTTPS store then talks to it with its own client.
+    pub fn start_https(cert: &Path, key: &Path, databases: &[&str]) -> Result<Self> {
+        let mut store = Self::start_plain()?;
+        for db in databases {
+            store.create_database(db)?;
+        }
+        store.stop();
+        std::fs::write(
+            store.dir.path().join("influxdb.conf"),
+            config_text(
+                store.dir.path(),
+                store.http_port,
+                store.rpc_port,
+                Some((cert, key)),
+            ),
+        )
+        .map_err(|e| HarnessError::io("write influxdb.conf", e))?;
+        store.server.set_probe(ReadyProbe::Tcp(store.http_port));
+        store.scheme = "https";
+        store.server.start(READY_TIMEOUT)?;
+        Ok(store)
     }
 
-    fn start_serving(tls: Option<(&Path, &Path)>) -> Result<Self> {
+    fn start_plain() -> Result<Self> {
         let dir = crate::harness_temp_dir("ioc-e2e-influx-")?;
         let mut last_error = None;
         for _attempt in 0..3 {
@@ -42,13 +62,10 @@ impl Influx1 {
             let config_path = dir.path().join("influxdb.conf");
             std::fs::write(
                 &config_path,
-                config_text(dir.path(), http_port, rpc_port, tls),
+                config_text(dir.path(), http_port, rpc_port, None),
             )
             .map_err(|e| HarnessError::io("write influxdb.conf", e))?;
-            let probe = match tls {
-                None => ReadyProbe::Http(format!("http://127.0.0.1:{http_port}/ping")),
-                Some(_) => ReadyProbe::Tcp(http_port),
-            };
+            let probe = ReadyProbe::Http(format!("http://127.0.0.1:{http_port}/ping"));
             let mut server = ChildServer::new(
                 "influxd",
                 "influxd",
@@ -67,7 +84,8 @@ impl Influx1 {
                         .build();
                     return Ok(Influx1 {
                         http_port,
-                        scheme: if tls.is_some() { "https" } else { "http" },
+                        rpc_port,
+                        scheme: "http",
                         server,
                         agent,
                         dir,

@@ -20,6 +20,7 @@
 //! | [`SensorSim`] | runs the real `sensor-sim run` (→ [`RunSummary`]) and `sensor-sim verify` (→ [`VerifyOutcome`]); [`ManifestCounts`] reads a manifest |
 //! | [`bin_path`], [`free_port`], [`wait_until`], [`HeavyTestLock`], [`gzip`] | small helpers |
 //! | [`http_get`], [`gateway_metrics`], [`metric_in`] | a GET with a timeout; a gateway's `/metrics`, and one metric summed from it |
+//! | [`WebhookClient`] | keep-alive HTTP/1.1 POSTs to a webhook input, exact bytes, a missing answer told apart from a status |
 //! | [`pty()`] ([`Pty`]) | a raw pseudo-terminal pair standing in for a USB serial adapter |
 //! | [`pms5003_oracle`] | a hand-written PMS5003 encoder independent of `ioc-frames`, to build the frames tests feed the gateway |
 //!
@@ -60,9 +61,10 @@ mod sim;
 pub mod steps;
 mod tmpfs;
 mod victoria;
+mod webhook;
 
 pub use fake_broker::{BrokerLog, FakeBroker, Script};
-pub use gateway::{check_config, GatewayProcess};
+pub use gateway::{check_config, check_config_with, GatewayProcess};
 pub use influx::Influx1;
 pub use mosquitto::Mosquitto;
 pub use mqtt::{MqttPublisher, MqttSubscriber, ReceivedMessage};
@@ -75,6 +77,7 @@ pub use sim::{
 };
 pub use tmpfs::Tmpfs;
 pub use victoria::{ExportedSeries, VictoriaMetrics};
+pub use webhook::{WebhookClient, WebhookResponse};
 
 use std::collections::HashSet;
 use std::io::Write;

@@ -46,6 +46,12 @@ impl ChildServer {
         }
     }
 
+    /// Replaces the readiness probe used by the next [`ChildServer::start`] (a server restarted
+    /// with another configuration, e.g. serving HTTPS).
+    pub(crate) fn set_probe(&mut self, probe: ReadyProbe) {
+        self.probe = probe;
+    }
+
     /// Starts the process and waits until the probe succeeds. Fails with the log tail when the process
     /// exits or the probe does not succeed within `timeout`.
     pub(crate) fn start(&mut self, timeout: Duration) -> Result<()> {

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use ioc_e2e::{check_config, wait_until, GatewayProcess, Mosquitto, VictoriaMetrics};
+use ioc_e2e::{check_config_with, wait_until, GatewayProcess, Mosquitto, VictoriaMetrics};
 
 const USER: &str = "gw-user";
 const PASSWORD: &str = "pw-S3cret-7f1c9a";
@@ -206,7 +206,7 @@ fn scenario(
     let vm = VictoriaMetrics::start().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(dir.path(), pki, broker, &vm, setup);
-    let out = check_config(&config).unwrap();
+    let out = check_config_with(&config, &[], &[(TOKEN_ENV, TOKEN)]).unwrap();
     let cc = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),

@@ -20,8 +20,9 @@
 //! others push 10,000 messages or fewer, or only run `check-config`.
 
 use ioc_e2e::{
-    check_config, ExportedSeries, GatewayProcess, HeavyTestLock, Influx1, ManifestCounts,
-    Mosquitto, MqttPublisher, RunOptions, SensorSim, StoreApi, VerifyOutcome, VictoriaMetrics,
+    check_config, check_config_with, ExportedSeries, GatewayProcess, HeavyTestLock, Influx1,
+    ManifestCounts, Mosquitto, MqttPublisher, RunOptions, SensorSim, StoreApi, VerifyOutcome,
+    VictoriaMetrics,
 };
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -1066,7 +1067,8 @@ fn check_config_accepts_the_contract_example() {
     let dir = TempDir::new().unwrap();
     let path = dir.path().join("good.toml");
     std::fs::write(&path, VALID_CONFIG).unwrap();
-    let output = check_config(&path).unwrap();
+    // The secret it names is given, as the unit's EnvironmentFile= does.
+    let output = check_config_with(&path, &[], &[("INFLUX_TOKEN", "t")]).unwrap();
     assert!(
         output.status.success(),
         "check-config rejected the documented example: {}",
@@ -1157,7 +1159,10 @@ fn config_problems_exit_78_and_usage_errors_exit_2() {
     let data = dir.path().join("data");
     let text = VALID_CONFIG.replace("/tmp/ioc-e2e-unused", data.to_str().unwrap());
     std::fs::write(&good, &text).unwrap();
-    assert!(check_config(&good).unwrap().status.success());
+    assert!(check_config_with(&good, &[], &[("INFLUX_TOKEN", "t")])
+        .unwrap()
+        .status
+        .success());
     let token_env = text
         .lines()
         .find_map(|l| l.trim().strip_prefix("token_env = \""))
@@ -1200,4 +1205,94 @@ fn version_names_the_commit_it_was_built_from() {
             );
         }
     }
+}
+
+/// `check-config` checks what `run` will need, so `ExecStartPre=check-config` passing means
+/// `run` will not refuse the config: the secret a key names is resolvable, TLS files parse,
+/// `data_dir` is writable. Each problem is at its line and key, the secret's value never
+/// printed; `--json` gives the same for tools.
+#[test]
+fn check_config_finds_what_run_would_fail_on() {
+    let dir = TempDir::new().unwrap();
+    let path = dir.path().join("gw.toml");
+    let not_pem = dir.path().join("ca.pem");
+    std::fs::write(&not_pem, "this is not a certificate\n").unwrap();
+    let a_file = dir.path().join("a-file");
+    std::fs::write(&a_file, "x").unwrap();
+    let text = VALID_CONFIG
+        .replace(
+            "data_dir = \"/tmp/ioc-e2e-unused\"",
+            &format!("data_dir = \"{}/data\"", a_file.display()),
+        )
+        .replace(
+            "url = \"http://127.0.0.1:8086\"",
+            &format!(
+                "url = \"https://127.0.0.1:8086\"\nca_file = \"{}\"",
+                not_pem.display()
+            ),
+        );
+    std::fs::write(&path, &text).unwrap();
+    let file = path.display().to_string();
+
+    // The token variable is not set, the CA file is not PEM, data_dir cannot be made.
+    let out = check_config_with(&path, &[], &[]).unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(78), "{stderr}");
+    for (key, prefix, what) in [
+        ("output.influxdb.token_env", "token_env", "INFLUX_TOKEN"),
+        (
+            "output.influxdb.ca_file",
+            "ca_file",
+            "no usable PEM certificate",
+        ),
+        ("gateway.data_dir", "data_dir", "not a directory"),
+    ] {
+        let line = line_of(&text, prefix);
+        assert!(
+            stderr.contains(&format!("{file}:{line}: key `{key}`")) && stderr.contains(what),
+            "{key} at line {line} with {what:?}: {stderr}"
+        );
+    }
+
+    // --json: the same problems, as data.
+    let out = check_config_with(&path, &["--json"], &[("INFLUX_TOKEN", "s3cr3t-value")]).unwrap();
+    assert_eq!(out.status.code(), Some(78));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(!stdout.contains("s3cr3t-value"), "{stdout}");
+    let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(v["ok"], false);
+    assert_eq!(v["file"], file);
+    let keys: Vec<&str> = v["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["key"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        keys,
+        ["gateway.data_dir", "output.influxdb.ca_file"],
+        "{stdout}"
+    );
+    assert_eq!(
+        v["errors"][1]["line"].as_u64(),
+        Some(line_of(&text, "ca_file") as u64)
+    );
+
+    // All fixed: ok, in both forms.
+    let good = VALID_CONFIG.replace(
+        "/tmp/ioc-e2e-unused",
+        dir.path().join("data").to_str().unwrap(),
+    );
+    std::fs::write(&path, good).unwrap();
+    let out = check_config_with(&path, &["--json"], &[("INFLUX_TOKEN", "t")]).unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        (out.status.code(), &v["ok"]),
+        (Some(0), &serde_json::json!(true)),
+        "{v}"
+    );
+    assert!(
+        !dir.path().join("data").exists(),
+        "check-config must not create data_dir"
+    );
 }

@@ -23,6 +23,9 @@ use serde_json::{Map, Value};
 
 use ioc_model::{FieldValue, InvalidReading, Reading};
 
+// The crate's one reader of each time form (see `timefmt`), kept under their old names here.
+pub use crate::timefmt::{decimal_to_ns, rfc3339_to_ns};
+
 /// Why a camera payload was rejected.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum CameraError {
@@ -64,42 +67,6 @@ fn object(payload: &[u8]) -> Result<Map<String, Value>, CameraError> {
 /// Seconds as a JSON number → nanoseconds, exact to the digits written.
 pub fn seconds_to_ns(v: &Value) -> Option<i64> {
     decimal_to_ns(&v.as_number()?.to_string(), 1_000_000_000)
-}
-
-/// A decimal number of `unit_ns`-nanosecond units (`"1607123955.475377"`, `"1.7e9"`) →
-/// nanoseconds, exact to the digits written (no float multiplication for plain decimals).
-pub fn decimal_to_ns(text: &str, unit_ns: i64) -> Option<i64> {
-    let text = text.trim();
-    if let Ok(i) = text.parse::<i64>() {
-        return i.checked_mul(unit_ns);
-    }
-    if let Some((int, frac)) = text.split_once('.') {
-        let plain = |s: &str| s.bytes().all(|b| b.is_ascii_digit());
-        let digits_int = int.strip_prefix('-').unwrap_or(int);
-        if plain(frac) && plain(digits_int) && !frac.is_empty() {
-            let negative = int.starts_with('-');
-            let whole: i64 = if digits_int.is_empty() {
-                0
-            } else {
-                digits_int.parse().ok()?
-            };
-            // Fractional digits that still matter at 1 ns for this unit.
-            let scale_digits = unit_ns.checked_ilog10().unwrap_or(0) as usize;
-            let mut digits: String = frac.chars().take(scale_digits).collect();
-            while digits.len() < scale_digits {
-                digits.push('0');
-            }
-            let frac_ns: i64 = if digits.is_empty() {
-                0
-            } else {
-                digits.parse().ok()?
-            };
-            let ns = whole.checked_mul(unit_ns)?.checked_add(frac_ns)?;
-            return Some(if negative { -ns } else { ns });
-        }
-    }
-    let f = text.parse::<f64>().ok()? * unit_ns as f64;
-    (f.is_finite() && f.abs() < i64::MAX as f64).then_some(f.round() as i64)
 }
 
 fn str_of<'a>(o: &'a Map<String, Value>, key: &'static str) -> Result<&'a str, CameraError> {
@@ -218,13 +185,6 @@ pub fn decode_frigate(
     }
     r.validate()?;
     Ok(r)
-}
-
-/// Parses an RFC 3339 time (any offset) to Unix nanoseconds.
-pub fn rfc3339_to_ns(text: &str) -> Option<i64> {
-    let t =
-        time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339).ok()?;
-    i64::try_from(t.unix_timestamp_nanos()).ok()
 }
 
 /// Decodes one plate-recognition payload; `received_ns` is used when it has no time.

@@ -251,10 +251,10 @@ fn to_nanos(value: &Value, unit: TimestampUnit) -> Option<i64> {
         Value::String(s) => s.clone(),
         _ => return None,
     };
-    crate::camera::decimal_to_ns(&text, unit.nanos())
+    crate::timefmt::decimal_to_ns(&text, unit.nanos())
 }
 
-fn truncate(s: &str, max: usize) -> String {
+pub(crate) fn truncate(s: &str, max: usize) -> String {
     match s.char_indices().nth(max) {
         Some((i, _)) => format!("{}…", &s[..i]),
         None => s.to_owned(),

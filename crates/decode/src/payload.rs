@@ -10,7 +10,9 @@ use std::collections::BTreeMap;
 use ioc_model::Reading;
 use serde::Deserialize;
 
+use crate::csv::{Csv, CsvConfig};
 use crate::json::{self, JsonMapping, TimestampUnit};
+use crate::mapping::{Mapping, MappingConfig};
 use crate::presets::{self, PresetOutput};
 use crate::{camera, line_protocol};
 
@@ -18,7 +20,8 @@ use crate::{camera, line_protocol};
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum PayloadFormat {
-    /// A flat or nested JSON object of fields (the default).
+    /// A flat or nested JSON object of fields (the default), or, with a `mapping`, JSON read
+    /// as the mapping says ([`crate::mapping`]).
     #[default]
     Json,
     /// Frigate NVR `frigate/events` messages (new/update/end with before/after).
@@ -36,6 +39,8 @@ pub enum PayloadFormat {
     ChirpStack,
     /// The Things Stack v3 uplink messages ([`presets::ttn`]).
     Ttn,
+    /// Comma-separated rows, one reading per row ([`crate::csv`]).
+    Csv,
 }
 
 impl PayloadFormat {
@@ -48,13 +53,13 @@ impl PayloadFormat {
             | PayloadFormat::PlateRecognizer
             | PayloadFormat::OpenAlpr => "camera_event",
             PayloadFormat::ChirpStack | PayloadFormat::Ttn => presets::LORAWAN_MEASUREMENT,
-            PayloadFormat::Json | PayloadFormat::Influx => "",
+            PayloadFormat::Json | PayloadFormat::Influx | PayloadFormat::Csv => "",
         }
     }
 
     /// Whether the config must name a measurement for this format.
     pub fn needs_measurement(self) -> bool {
-        matches!(self, PayloadFormat::Json)
+        matches!(self, PayloadFormat::Json | PayloadFormat::Csv)
     }
 }
 
@@ -74,13 +79,47 @@ pub struct Decoded {
 }
 
 impl Decoded {
-    fn refused(label: &'static str, reason: impl ToString) -> Self {
+    /// Adds a rejection for part of the payload (the rest is kept).
+    pub fn reject(&mut self, label: &'static str, reason: impl ToString) {
+        self.rejected.push(Rejection {
+            label,
+            reason: reason.to_string(),
+        });
+    }
+
+    pub(crate) fn refused(label: &'static str, reason: impl ToString) -> Self {
         Decoded {
             readings: Vec::new(),
             rejected: vec![Rejection {
                 label,
                 reason: reason.to_string(),
             }],
+        }
+    }
+}
+
+/// A payload config that cannot be used: the key (relative to the input's section, such as
+/// `mapping.fields.speed.path` or `csv.timezone`) and what is wrong, for `check-config`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{key}: {message}")]
+pub struct SpecError {
+    pub key: String,
+    pub message: String,
+}
+
+impl SpecError {
+    pub fn new(key: impl Into<String>, message: impl Into<String>) -> Self {
+        SpecError {
+            key: key.into(),
+            message: message.into(),
+        }
+    }
+
+    /// The same error with its key under `prefix` (`time_format` → `mapping.time_format`).
+    pub fn under(self, prefix: &str) -> Self {
+        SpecError {
+            key: format!("{prefix}.{}", self.key),
+            message: self.message,
         }
     }
 }
@@ -99,6 +138,39 @@ pub struct PayloadSpec {
     pub tag_keys: Vec<String>,
     /// Static tags added to every reading.
     pub tags: BTreeMap<String, String>,
+    /// For `json`: read the payload as this mapping says instead of flattening it.
+    pub mapping: Option<MappingConfig>,
+    /// For `csv`: how the rows are read (a header row and `,` without one).
+    pub csv: Option<CsvConfig>,
+}
+
+impl PayloadSpec {
+    /// Checks the spec as an input's config section would: a measurement where the format needs
+    /// one (unless the mapping names or reads its own), and everything [`PayloadDecoder::new`]
+    /// compiles (mapping paths, time layouts, zones, csv columns). The key is relative to the
+    /// input's section.
+    pub fn check(&self) -> Result<(), SpecError> {
+        let mapping_names_it = self
+            .mapping
+            .as_ref()
+            .is_some_and(|m| m.measurement.is_some() || m.measurement_path.is_some());
+        match &self.measurement {
+            None if self.format.needs_measurement() && !mapping_names_it => {
+                return Err(SpecError::new(
+                    "measurement",
+                    format!(
+                        "format {:?} needs a measurement name",
+                        format!("{:?}", self.format).to_lowercase()
+                    ),
+                ))
+            }
+            Some(name) if name.trim().is_empty() => {
+                return Err(SpecError::new("measurement", "must not be empty"))
+            }
+            _ => {}
+        }
+        PayloadDecoder::new(self).map(|_| ())
+    }
 }
 
 /// Turns one input's payloads into readings; built once per input.
@@ -108,15 +180,69 @@ pub struct PayloadDecoder {
     json: JsonMapping,
     /// Timestamp unit of line protocol payloads, in ns.
     line_unit_ns: i64,
+    /// `json` with a `mapping`.
+    mapping: Option<Mapping>,
+    /// `csv`.
+    csv: Option<Csv>,
 }
 
 impl PayloadDecoder {
-    pub fn new(spec: &PayloadSpec) -> Self {
+    /// Compiles an input's payload config; the error's key is relative to the input's section
+    /// (`mapping.fields.speed.path`, `csv.timezone`).
+    pub fn new(spec: &PayloadSpec) -> Result<Self, SpecError> {
         let measurement = spec
             .measurement
             .clone()
             .unwrap_or_else(|| spec.format.default_measurement().to_owned());
-        PayloadDecoder {
+        let mapping = match (&spec.mapping, spec.format) {
+            (None, _) => None,
+            (Some(m), PayloadFormat::Json) => {
+                for (key, set) in [
+                    ("timestamp_field", spec.timestamp_field.is_some()),
+                    ("timestamp_unit", spec.timestamp_unit.is_some()),
+                    ("tag_keys", !spec.tag_keys.is_empty()),
+                ] {
+                    if set {
+                        return Err(SpecError::new(
+                            key,
+                            "is not used with a mapping: say it in the mapping (time, time_format, tags)",
+                        ));
+                    }
+                }
+                Some(
+                    Mapping::compile(m, spec.measurement.as_deref())
+                        .map_err(|e| e.under("mapping"))?,
+                )
+            }
+            (Some(_), _) => {
+                return Err(SpecError::new(
+                    "mapping",
+                    "a mapping is only used with format = \"json\"",
+                ))
+            }
+        };
+        let csv = match (&spec.csv, spec.format) {
+            (c, PayloadFormat::Csv) => {
+                let Some(measurement) =
+                    spec.measurement.as_deref().filter(|m| !m.trim().is_empty())
+                else {
+                    return Err(SpecError::new(
+                        "measurement",
+                        "format \"csv\" needs a measurement name",
+                    ));
+                };
+                let cfg = c.clone().unwrap_or_default();
+                Some(Csv::compile(&cfg, measurement).map_err(|e| e.under("csv"))?)
+            }
+            (None, _) => None,
+            (Some(_), _) => {
+                return Err(SpecError::new(
+                    "csv",
+                    "a csv section is only used with format = \"csv\"",
+                ))
+            }
+        };
+        Ok(PayloadDecoder {
             format: spec.format,
             json: JsonMapping {
                 measurement,
@@ -127,7 +253,9 @@ impl PayloadDecoder {
                 static_tags: spec.tags.clone(),
             },
             line_unit_ns: spec.timestamp_unit.unwrap_or(TimestampUnit::Ns).nanos(),
-        }
+            mapping,
+            csv,
+        })
     }
 
     pub fn format(&self) -> PayloadFormat {
@@ -164,7 +292,14 @@ impl PayloadDecoder {
                 .collect(),
         };
         let m = &self.json.measurement;
+        if let Some(mapping) = &self.mapping {
+            return mapping.decode(&tags, payload, received_ns);
+        }
         match self.format {
+            PayloadFormat::Csv => match &self.csv {
+                Some(csv) => csv.decode(&tags, payload, received_ns),
+                None => Decoded::refused("no_csv_config", "format csv without its config"),
+            },
             PayloadFormat::Json => {
                 match json::decode_with_tags(&self.json, &tags, payload, received_ns) {
                     Ok(readings) => Decoded {
@@ -235,7 +370,7 @@ mod tests {
 
     #[test]
     fn json_takes_tags_from_the_topic() {
-        let d = PayloadDecoder::new(&spec(PayloadFormat::Json));
+        let d = PayloadDecoder::new(&spec(PayloadFormat::Json)).unwrap();
         let out = d.decode("city/d1/s7", br#"{"pm25": 12.5}"#, 1_000);
         assert!(out.rejected.is_empty(), "{:?}", out.rejected);
         assert_eq!(out.readings.len(), 1);
@@ -245,7 +380,7 @@ mod tests {
 
     #[test]
     fn a_short_topic_is_refused_with_its_label() {
-        let d = PayloadDecoder::new(&spec(PayloadFormat::Json));
+        let d = PayloadDecoder::new(&spec(PayloadFormat::Json)).unwrap();
         let out = d.decode("city", br#"{"pm25": 12.5}"#, 1_000);
         assert!(out.readings.is_empty());
         assert_eq!(out.rejected[0].label, "topic_mismatch");
@@ -255,7 +390,10 @@ mod tests {
     fn camera_formats_default_to_camera_event() {
         let mut s = spec(PayloadFormat::Lpr);
         s.measurement = None;
-        assert_eq!(PayloadDecoder::new(&s).measurement(), "camera_event");
+        assert_eq!(
+            PayloadDecoder::new(&s).unwrap().measurement(),
+            "camera_event"
+        );
     }
 
     #[test]
@@ -297,7 +435,8 @@ mod tests {
                 format,
                 tags: BTreeMap::from([("city".to_owned(), "dx".to_owned())]),
                 ..PayloadSpec::default()
-            });
+            })
+            .unwrap();
             let out = d.decode(source, &fixture(file), 5);
             assert!(out.rejected.is_empty(), "{format:?}: {:?}", out.rejected);
             assert_eq!(out.readings.len(), 1, "{format:?}");
@@ -307,7 +446,8 @@ mod tests {
         let d = PayloadDecoder::new(&PayloadSpec {
             format: PayloadFormat::ChirpStack,
             ..PayloadSpec::default()
-        });
+        })
+        .unwrap();
         let out = d.decode("application/a/device/b/event/status", b"{}", 5);
         assert_eq!(out.rejected[0].label, "not_an_uplink");
     }
@@ -333,9 +473,79 @@ mod tests {
     fn line_protocol_keeps_good_lines_and_labels_bad_ones() {
         let mut s = spec(PayloadFormat::Influx);
         s.topic_tags = None;
-        let d = PayloadDecoder::new(&s);
+        let d = PayloadDecoder::new(&s).unwrap();
         let out = d.decode("", b"m v=1 1000\nnot line protocol\n", 5);
         assert_eq!(out.readings.len(), 1);
         assert_eq!(out.rejected.len(), 1);
+    }
+
+    #[test]
+    fn json_with_a_mapping_uses_it_and_keeps_topic_tags() {
+        let mut s = spec(PayloadFormat::Json);
+        s.mapping = Some(MappingConfig {
+            records: Some("/data".into()),
+            fields: [(
+                "speed".to_string(),
+                crate::mapping::FieldConfig::Path("/v".into()),
+            )]
+            .into(),
+            ..MappingConfig::default()
+        });
+        let d = PayloadDecoder::new(&s).unwrap();
+        let out = d.decode("city/d1/s7", br#"{"data": [{"v": "12.5"}, {"v": "x"}]}"#, 9);
+        assert_eq!(out.readings.len(), 1);
+        let r = &out.readings[0];
+        assert_eq!((r.measurement.as_str(), r.timestamp_ns), ("env", 9));
+        assert_eq!(r.tags["district"], "d1");
+        assert_eq!(r.fields["speed"], ioc_model::FieldValue::Float(12.5));
+        assert_eq!(out.rejected[0].label, "not_a_number");
+    }
+
+    #[test]
+    fn csv_is_a_format_and_needs_a_measurement() {
+        let mut s = spec(PayloadFormat::Csv);
+        s.topic_tags = None;
+        let d = PayloadDecoder::new(&s).unwrap();
+        let out = d.decode("", b"pm25,pm10\n12,30\n", 4);
+        assert_eq!(out.readings.len(), 1);
+        assert_eq!(
+            out.readings[0].fields["pm10"],
+            ioc_model::FieldValue::Float(30.0)
+        );
+        s.measurement = None;
+        assert_eq!(PayloadDecoder::new(&s).unwrap_err().key, "measurement");
+        let f: PayloadFormat = serde_json::from_str("\"csv\"").unwrap();
+        assert_eq!(f, PayloadFormat::Csv);
+    }
+
+    #[test]
+    fn spec_errors_name_the_key_under_the_input() {
+        let mut s = spec(PayloadFormat::Json);
+        s.mapping = Some(MappingConfig {
+            fields: [(
+                "speed".to_string(),
+                crate::mapping::FieldConfig::Path("/v".into()),
+            )]
+            .into(),
+            time: Some("/t".into()),
+            time_format: Some("%d/%m/%Y %H:%M".into()),
+            timezone: Some("Asia/Nowhere".into()),
+            ..MappingConfig::default()
+        });
+        assert_eq!(PayloadDecoder::new(&s).unwrap_err().key, "mapping.timezone");
+        s.timestamp_field = Some("ts".into());
+        assert_eq!(PayloadDecoder::new(&s).unwrap_err().key, "timestamp_field");
+        let mut c = spec(PayloadFormat::Csv);
+        c.csv = Some(CsvConfig {
+            separator: "ab".into(),
+            ..CsvConfig::default()
+        });
+        assert_eq!(PayloadDecoder::new(&c).unwrap_err().key, "csv.separator");
+        let mut wrong = spec(PayloadFormat::Influx);
+        wrong.csv = Some(CsvConfig::default());
+        assert_eq!(PayloadDecoder::new(&wrong).unwrap_err().key, "csv");
+        wrong.csv = None;
+        wrong.mapping = Some(MappingConfig::default());
+        assert_eq!(PayloadDecoder::new(&wrong).unwrap_err().key, "mapping");
     }
 }

@@ -13,6 +13,7 @@
 //! | [`pms5003`] | Plantower PMS5003 / PMS7003 / PMS5003T: 32-byte data frames, 7-byte commands |
 //! | [`sds011`] | Nova Fitness SDS011: 10-byte measurement and command-reply frames |
 //! | [`modbus`] | Modbus RTU: CRC-16/MODBUS, read requests and answers |
+//! | [`text`] | the XOR checksum of NMEA 0183 sentences and Vaisala WMT700 messages |
 #![no_std]
 
 #[cfg(feature = "alloc")]
@@ -24,3 +25,4 @@ extern crate std;
 pub mod modbus;
 pub mod pms5003;
 pub mod sds011;
+pub mod text;

@@ -77,6 +77,9 @@ pub enum Command {
     CheckConfig {
         /// Path to the TOML config file.
         config: PathBuf,
+        /// One JSON object on stdout (`ok`, `file`, `errors` with line, key and message).
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -154,7 +157,7 @@ pub fn execute(command: Command) -> Exit {
                     include_acked,
                 },
         } => buffer::execute_export(&source.into(), class, include_acked, &output),
-        Command::CheckConfig { config } => check_config::execute(&config),
+        Command::CheckConfig { config, json } => check_config::execute(&config, json),
     }
 }
 

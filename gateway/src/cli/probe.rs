@@ -3,7 +3,10 @@
 //! It opens the port (8N1, raw), listens, feeds every byte to the decoder of each candidate
 //! protocol at once (the streaming sensors talk by themselves, so listening is enough), prints
 //! each decoded reading as it arrives, and ends with a summary of good and bad frames per
-//! protocol. With `--protocol auto` and no `--baud`, it tries 9600 then 115200 baud. It never
+//! protocol. With `--protocol auto` and no `--baud`, it tries the usual rates ([`AUTO_BAUDS`])
+//! one after the other and stops at the first where something decodes: the binary sensors, our
+//! nodes, NMEA 0183 GNSS receivers (a receiver without a fix is recognised, and said so) and
+//! Vaisala weather stations in automatic mode. Lines a text protocol could not read are shown. It never
 //! writes to the port: node acknowledgements are *not* sent, so a node keeps its unacked
 //! readings for the gateway. Modbus devices only answer requests, so they are not probed here.
 //!
@@ -30,12 +33,18 @@ pub enum ProbeProtocol {
     Pms5003,
     Sds011,
     Node,
-    /// All of the above at once, and (without `--baud`) 9600 then 115200 baud.
+    /// NMEA 0183 GNSS sentences.
+    Nmea0183,
+    /// Vaisala WXT5xx ASCII / WMT700 messages (automatic mode: a polled station stays silent).
+    Vaisala,
+    /// All of the above at once, and (without `--baud`) the usual rates one after the other.
     Auto,
 }
 
-/// Baud rates tried with `auto` when none is given.
-pub const AUTO_BAUDS: [u32; 2] = [9600, 115_200];
+/// Baud rates tried with `auto` when none is given: 9600 (PMS5003, SDS011, WMT700, many GNSS
+/// receivers), 4800 (NMEA 0183's standard rate), 19200 (WXT5xx default), 38400 (GNSS), 115200
+/// (our nodes, fast GNSS receivers).
+pub const AUTO_BAUDS: [u32; 5] = [9600, 4800, 19_200, 38_400, 115_200];
 /// Shortest listening time per baud rate: PMS5003 and SDS011 send once a second.
 const MIN_SLICE: Duration = Duration::from_secs(2);
 
@@ -43,6 +52,8 @@ const MIN_SLICE: Duration = Duration::from_secs(2);
 struct Tally {
     good: u64,
     skipped: u64,
+    no_fix: u64,
+    no_match: u64,
     bad: BTreeMap<&'static str, u64>,
 }
 
@@ -51,10 +62,14 @@ fn candidates(protocol: ProbeProtocol) -> Vec<SerialProtocol> {
         ProbeProtocol::Pms5003 => vec![SerialProtocol::Pms5003],
         ProbeProtocol::Sds011 => vec![SerialProtocol::Sds011],
         ProbeProtocol::Node => vec![SerialProtocol::Node],
+        ProbeProtocol::Nmea0183 => vec![SerialProtocol::Nmea0183],
+        ProbeProtocol::Vaisala => vec![SerialProtocol::Vaisala],
         ProbeProtocol::Auto => vec![
             SerialProtocol::Pms5003,
             SerialProtocol::Sds011,
             SerialProtocol::Node,
+            SerialProtocol::Nmea0183,
+            SerialProtocol::Vaisala,
         ],
     }
 }
@@ -63,6 +78,8 @@ fn default_bauds(protocol: ProbeProtocol) -> Vec<u32> {
     match protocol {
         ProbeProtocol::Pms5003 | ProbeProtocol::Sds011 => vec![9600],
         ProbeProtocol::Node => vec![115_200],
+        ProbeProtocol::Nmea0183 => vec![4800, 9600, 38_400, 115_200],
+        ProbeProtocol::Vaisala => vec![19_200, 9600, 4800],
         ProbeProtocol::Auto => AUTO_BAUDS.to_vec(),
     }
 }
@@ -77,6 +94,7 @@ fn decoder_for(protocol: SerialProtocol, port: &Path) -> Option<StreamDecoder> {
         tags: BTreeMap::new(),
         poll_interval_ms: 1000,
         registers: Vec::new(),
+        ..SerialInputConfig::new("", protocol)
     };
     StreamDecoder::for_port(&cfg)
 }
@@ -170,6 +188,16 @@ pub async fn probe_to(
                 decoder.push(chunk, now, &mut out);
                 tally.good += out.good;
                 tally.skipped += out.skipped;
+                tally.no_fix += out.no_fix;
+                tally.no_match += out.no_match;
+                for line in &out.unmatched {
+                    writeln!(
+                        w,
+                        "[{:>6.2} s] {}: no match: {line:?}",
+                        start.elapsed().as_secs_f64(),
+                        decoder.protocol_name()
+                    )?;
+                }
                 for r in &out.bad {
                     *tally.bad.entry(r).or_default() += 1;
                 }
@@ -201,9 +229,16 @@ pub async fn probe_to(
         for (name, t) in names.iter().zip(&tallies) {
             let bad: u64 = t.bad.values().sum();
             let detail: Vec<String> = t.bad.iter().map(|(k, v)| format!("{k} {v}")).collect();
+            let mut extra = String::new();
+            if t.no_fix > 0 {
+                extra.push_str(&format!(", no fix {}", t.no_fix));
+            }
+            if t.no_match > 0 {
+                extra.push_str(&format!(", no match {}", t.no_match));
+            }
             writeln!(
                 w,
-                "    {name:<8} good frames {:>4}, skipped {:>3}, bad {:>4}{}",
+                "    {name:<8} good frames {:>4}, skipped {:>3}, bad {:>4}{}{extra}",
                 t.good,
                 t.skipped,
                 bad,
@@ -213,13 +248,14 @@ pub async fn probe_to(
                     format!(" ({})", detail.join(", "))
                 }
             )?;
-            any |= t.good > 0;
+            // A GNSS receiver without a fix still speaks NMEA: recognised, and said so.
+            any |= t.good > 0 || t.no_fix > 0;
         }
         if any {
             let best = names
                 .iter()
                 .zip(&tallies)
-                .max_by_key(|(_, t)| t.good)
+                .max_by_key(|(_, t)| t.good + t.no_fix)
                 .map(|(n, _)| *n)
                 .unwrap_or("?");
             writeln!(
@@ -227,6 +263,16 @@ pub async fn probe_to(
                 "OK: {best} frames decode at {baud} baud on {}",
                 port.display()
             )?;
+            if names
+                .iter()
+                .zip(&tallies)
+                .any(|(n, t)| *n == best && t.good == 0 && t.no_fix > 0)
+            {
+                writeln!(
+                    w,
+                    "    the GNSS receiver has no fix yet (antenna with a clear view of the sky?)"
+                )?;
+            }
             return Ok(true);
         }
     }
@@ -235,8 +281,8 @@ pub async fn probe_to(
         writeln!(
                 w,
             "FAILED: nothing at all arrived on {} ({} baud). Check power, wiring (sensor TX to adapter RX, \
-             common ground) and that the sensor is in active mode. Modbus transmitters stay silent until \
-             polled: they cannot be probed by listening.",
+             common ground) and that the sensor is in active mode. Modbus transmitters and weather stations \
+             in polled mode stay silent until polled: they cannot be probed by listening.",
             port.display(),
             tried.join(", ")
         )?;
@@ -321,6 +367,102 @@ mod tests {
         let (good, skipped, bad, noise) = (numbers[1], numbers[2], numbers[3], numbers[4]);
         assert!(good >= 8, "{summary}");
         assert_eq!((skipped, bad, noise), (0, good, good), "{summary}");
+    }
+
+    /// Writes `lines` to the pty's master every 50 ms, starting once the probe listens.
+    fn talk(mut master: File, lines: &'static [&'static str]) -> std::thread::JoinHandle<()> {
+        std::thread::spawn(move || {
+            use std::io::Write as _;
+            std::thread::sleep(Duration::from_millis(300));
+            for _ in 0..10 {
+                for line in lines {
+                    std::thread::sleep(Duration::from_millis(50));
+                    if master.write_all(line.as_bytes()).is_err() {
+                        return;
+                    }
+                }
+            }
+        })
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn auto_probe_recognises_a_gnss_receiver_and_a_weather_station() {
+        // AeroRust/nmea tests/data/nmea1.log lines 10-11.
+        let (master, _slave, path) = pty();
+        let writer = talk(
+            master,
+            &[
+                "$GPRMC,110124,A,5505.330990,N,03858.587325,E,152.6,86.2,310317,8.9,E,D*2E\r\n",
+                "$GPGGA,110124,5505.330990,N,03858.587325,E,2,09,0.9,2177.0,M,14.0,M,,*7D\r\n",
+            ],
+        );
+        let mut out = Vec::new();
+        let ok = probe_to(path, None, ProbeProtocol::Auto, 1, &mut out)
+            .await
+            .unwrap();
+        writer.join().unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert!(ok, "{text}");
+        assert!(
+            text.contains("OK: nmea0183 frames decode at 9600 baud"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "nmea0183: gnss,sensor_id=probe,talker=GP alt_m=2177,fix_quality=2i,hdop=0.9,"
+            ),
+            "{text}"
+        );
+
+        // WXT530 User Guide M211840EN §7.2.5, and a line it cannot read.
+        let (master, _slave, path) = pty();
+        let writer = talk(
+            master,
+            &["0R2,Ta=23.6C,Ua=14.2P,Pa=1026.6H\r\n", "dud line\r\n"],
+        );
+        let mut out = Vec::new();
+        let ok = probe_to(path, Some(19_200), ProbeProtocol::Auto, 2, &mut out)
+            .await
+            .unwrap();
+        writer.join().unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert!(ok, "{text}");
+        assert!(
+            text.contains("OK: vaisala frames decode at 19200 baud"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "vaisala: weather,sensor_id=probe air_temp_c=23.6,pressure_hpa=1026.6,rh_pct=14.2"
+            ),
+            "{text}"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_receiver_without_a_fix_is_recognised_and_said_so() {
+        // AeroRust/nmea rmc.rs and gga.rs no-fix sentences.
+        let (master, _slave, path) = pty();
+        let writer = talk(
+            master,
+            &[
+                "$GPRMC,,V,,,,,,,,,,N*53\r\n",
+                "$GPGGA,,,,,,0,,,,,,,,*66\r\n",
+            ],
+        );
+        let mut out = Vec::new();
+        let ok = probe_to(path, Some(4800), ProbeProtocol::Nmea0183, 2, &mut out)
+            .await
+            .unwrap();
+        writer.join().unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert!(ok, "{text}");
+        assert!(
+            text.contains("OK: nmea0183 frames decode at 4800 baud"),
+            "{text}"
+        );
+        assert!(text.contains("has no fix yet"), "{text}");
+        assert!(text.contains(", no fix "), "{text}");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

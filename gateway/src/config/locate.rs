@@ -5,7 +5,7 @@
 
 use std::ops::Range;
 
-use toml_edit::{ImDocument, Item, Table, Value};
+use toml_edit::{ImDocument, InlineTable, Item, Table, Value};
 
 /// Where a config problem is.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -55,32 +55,75 @@ pub fn locate(text: &str, span: Option<Range<usize>>, key: Option<&str>) -> Loca
     }
 }
 
-/// Byte position of the deepest existing item along `path` (so a missing key points at its table).
+/// Where a path step can go on from: a table, an inline table (`fields = { speed = { .. } }`),
+/// or a value with nothing inside.
+enum Node<'a> {
+    Table(&'a Table),
+    Inline(&'a InlineTable),
+    Leaf,
+}
+
+/// Byte position of the deepest existing item along `path` (so a missing key points at its
+/// table). Steps go into tables, arrays of tables (`mqtt[0]`), inline tables and arrays
+/// (`columns[1]`), so keys like `inputs.mqtt[0].mapping.fields.speed.path` are found.
 fn find_path(root: &Table, path: &str) -> Option<usize> {
-    let mut table = root;
-    let mut pos = root.span().map(|s| s.start);
+    let start = |s: Option<Range<usize>>| s.map(|s| s.start);
+    let mut pos = start(root.span());
+    let mut node = Node::Table(root);
     for segment in path.split('.') {
         let (name, index) = match segment.split_once('[') {
             Some((n, rest)) => (n, rest.trim_end_matches(']').parse::<usize>().ok()),
             None => (segment, None),
         };
-        let Some((k, item)) = table.get_key_value(name) else {
-            return pos;
-        };
-        pos = k.span().or_else(|| item.span()).map(|s| s.start).or(pos);
-        match (item, index) {
-            (Item::Table(t), None) => {
-                table = t;
+        let value = match node {
+            Node::Table(t) => {
+                let Some((k, item)) = t.get_key_value(name) else {
+                    return pos;
+                };
+                pos = start(k.span()).or(start(item.span())).or(pos);
+                match (item, index) {
+                    (Item::Table(t), None) => {
+                        node = Node::Table(t);
+                        continue;
+                    }
+                    (Item::ArrayOfTables(a), Some(i)) => match a.get(i) {
+                        Some(t) => {
+                            pos = start(t.span()).or(pos);
+                            node = Node::Table(t);
+                            continue;
+                        }
+                        None => return pos,
+                    },
+                    (Item::Value(v), _) => v,
+                    _ => return pos,
+                }
             }
-            (Item::ArrayOfTables(a), Some(i)) => match a.get(i) {
-                Some(t) => {
-                    pos = t.span().map(|s| s.start).or(pos);
-                    table = t;
+            Node::Inline(t) => {
+                let Some((k, v)) = t.get_key_value(name) else {
+                    return pos;
+                };
+                pos = start(k.span()).or(start(v.span())).or(pos);
+                match v.as_value() {
+                    Some(v) => v,
+                    None => return pos,
+                }
+            }
+            Node::Leaf => return pos,
+        };
+        let value = match (value, index) {
+            (Value::Array(a), Some(i)) => match a.get(i) {
+                Some(v) => {
+                    pos = start(v.span()).or(pos);
+                    v
                 }
                 None => return pos,
             },
-            (Item::Value(Value::InlineTable(_)), _) | (_, _) => return pos,
-        }
+            (v, _) => v,
+        };
+        node = match value {
+            Value::InlineTable(t) => Node::Inline(t),
+            _ => Node::Leaf,
+        };
     }
     pos
 }

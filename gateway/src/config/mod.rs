@@ -8,6 +8,7 @@
 
 mod env_subst;
 mod locate;
+pub mod preflight;
 
 use std::path::{Path, PathBuf};
 
@@ -18,6 +19,7 @@ pub use locate::locate;
 
 // Each component's section lives beside the component; the file's whole shape is here.
 pub use crate::http::config::HttpSection;
+pub use crate::input::http::config::HttpInputConfig;
 pub use crate::input::mqtt::config::{
     parse_mqtt_url, AggregateConfig, MqttAddress, MqttInputConfig, PayloadFormat, PriorityConfig,
     RawReadings,
@@ -77,6 +79,9 @@ pub struct InputsConfig {
     pub mqtt: Vec<MqttInputConfig>,
     #[serde(default)]
     pub serial: Vec<SerialInputConfig>,
+    /// Webhook inputs (`[[inputs.http]]`).
+    #[serde(default)]
+    pub http: Vec<HttpInputConfig>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -165,6 +170,21 @@ impl Config {
         Self::parse(path, &text)
     }
 
+    /// [`Config::load`], and the problems [`preflight::check`] finds (what `run` would fail on),
+    /// each located at its line like a config error.
+    pub fn load_and_preflight(path: &Path) -> Result<(Config, Vec<ConfigError>), ConfigError> {
+        let raw = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        let (config, text) = Self::parse_substituted(path, &raw, env_subst::from_env)?;
+        let problems = preflight::check(&config)
+            .into_iter()
+            .map(|p| located_quoting_raw(path, &text, &raw, p.key, p.message))
+            .collect();
+        Ok((config, problems))
+    }
+
     /// Parses and validates config text; `path` is only used in error messages. `${VAR}` and
     /// `${VAR:-default}` are replaced from the environment first (see [`env_subst`]).
     pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
@@ -177,6 +197,16 @@ impl Config {
         raw: &str,
         lookup: impl Fn(&str) -> Option<String>,
     ) -> Result<Config, ConfigError> {
+        Self::parse_substituted(path, raw, lookup).map(|(config, _)| config)
+    }
+
+    /// Parses and validates `raw` after substitution; also returns the substituted text, in
+    /// which later checks (preflight) locate their keys.
+    fn parse_substituted(
+        path: &Path,
+        raw: &str,
+        lookup: impl Fn(&str) -> Option<String>,
+    ) -> Result<(Config, String), ConfigError> {
         let text = env_subst::substitute(raw, lookup).map_err(|e| ConfigError::Invalid {
             path: path.display().to_string(),
             line: e.line,
@@ -184,27 +214,16 @@ impl Config {
             message: e.message,
             snippet: raw_line(raw, e.line),
         })?;
-        // Errors are located in the substituted text (same lines) but quote the file's own
-        // line, so a substituted secret is never printed.
-        let quote_raw = |mut e: ConfigError| {
-            if let ConfigError::Invalid { line, snippet, .. } = &mut e {
-                *snippet = raw_line(raw, *line);
-            }
-            e
-        };
         let config: Config = toml::from_str(&text).map_err(|e| {
-            quote_raw(ConfigError::at(
-                path,
-                &text,
-                e.span(),
-                None,
-                e.message().trim().to_owned(),
-            ))
+            quote_raw_line(
+                raw,
+                ConfigError::at(path, &text, e.span(), None, e.message().trim().to_owned()),
+            )
         })?;
-        config.validate().map_err(|(key, message)| {
-            quote_raw(ConfigError::at(path, &text, None, Some(key), message))
-        })?;
-        Ok(config)
+        config
+            .validate()
+            .map_err(|(key, message)| located_quoting_raw(path, &text, raw, key, message))?;
+        Ok((config, text))
     }
 
     /// Semantic checks serde cannot express, one component after the other, each checking
@@ -220,6 +239,11 @@ impl Config {
         for (i, s) in self.inputs.serial.iter().enumerate() {
             s.validate().map_err(under(format!("inputs.serial[{i}]")))?;
         }
+        for (i, h) in self.inputs.http.iter().enumerate() {
+            h.validate().map_err(under(format!("inputs.http[{i}]")))?;
+        }
+        crate::input::http::config::validate_shared_listeners(&self.inputs.http)
+            .map_err(|(key, message)| (format!("inputs.http{key}"), message))?;
         self.output
             .influxdb
             .validate()
@@ -229,6 +253,26 @@ impl Config {
         self.limits.validate()?;
         Ok(())
     }
+}
+
+/// Errors are located in the substituted text (same lines as the file) but quote the file's
+/// own line, so a substituted secret is never printed.
+fn quote_raw_line(raw: &str, mut e: ConfigError) -> ConfigError {
+    if let ConfigError::Invalid { line, snippet, .. } = &mut e {
+        *snippet = raw_line(raw, *line);
+    }
+    e
+}
+
+/// A problem with `key`, located in the substituted `text`, quoting the `raw` file's line.
+fn located_quoting_raw(
+    path: &Path,
+    text: &str,
+    raw: &str,
+    key: String,
+    message: String,
+) -> ConfigError {
+    quote_raw_line(raw, ConfigError::at(path, text, None, Some(key), message))
 }
 
 /// Line `line` (1-based) of `text`, trimmed, as error messages quote it.

@@ -124,6 +124,18 @@ fn shipped_example_config_is_valid() {
 }
 
 #[test]
+fn shipped_payload_formats_example_is_valid() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/payload-formats.example.toml");
+    let c = Config::load(&path).unwrap();
+    assert_eq!(c.inputs.mqtt.len(), 2);
+    let mapping = c.inputs.mqtt[0].mapping.as_ref().unwrap();
+    assert_eq!(mapping.records.as_deref(), Some("/stations/*/links"));
+    assert_eq!(mapping.fields.len(), 4);
+    assert_eq!(c.inputs.mqtt[1].format, PayloadFormat::Csv);
+    assert_eq!(c.inputs.mqtt[1].csv.as_ref().unwrap().separator, ";");
+}
+
+#[test]
 fn json_input_without_measurement_is_refused() {
     let e = err(&GOOD.replace("measurement = \"environment\"\n", ""));
     assert!(
@@ -194,4 +206,116 @@ fn a_value_with_a_line_break_is_refused() {
         .to_string();
     assert!(e.contains("line break"), "{e}");
     assert!(!e.contains("evil"), "{e}");
+}
+
+const MAPPED: &str = r#"
+[gateway]
+id = "bp-gw-001"
+data_dir = "/var/lib/ioc-gateway"
+
+[[inputs.mqtt]]
+url = "mqtt://127.0.0.1:1883"
+client_id = "bp-gw-traffic"
+topics = ["traffic/+/speeds"]
+measurement = "traffic_speed"
+
+[inputs.mqtt.mapping]
+records = "/data"
+tags = { link_id = "/link_id", city = "$/city" }
+time = "/data_as_of"
+time_format = "%d/%m/%Y %H:%M:%S"
+timezone = "Asia/Ho_Chi_Minh"
+drop_values = [-99]
+
+[inputs.mqtt.mapping.fields]
+speed = { path = "/speed", type = "float" }
+travel_time = { path = "/travel_time", type = "int" }
+
+[output.influxdb]
+url = "http://127.0.0.1:8086"
+api = "v1"
+database = "telemetry"
+"#;
+
+/// 1-based line of the first line containing `needle`.
+fn line_with(text: &str, needle: &str) -> usize {
+    text.lines()
+        .position(|l| l.contains(needle))
+        .expect("needle in text")
+        + 1
+}
+
+#[test]
+fn a_mapping_section_parses_and_compiles() {
+    let c = Config::parse(Path::new("gw.toml"), MAPPED).unwrap();
+    let m = c.inputs.mqtt[0].mapping.as_ref().unwrap();
+    assert_eq!(m.records.as_deref(), Some("/data"));
+    assert_eq!(m.fields.len(), 2);
+}
+
+#[test]
+fn mapping_mistakes_name_file_line_and_key() {
+    for (from, to, key) in [
+        (
+            "speed = { path = \"/speed\"",
+            "speed = { path = \"speed\"",
+            "inputs.mqtt[0].mapping.fields.speed.path",
+        ),
+        (
+            "time_format = \"%d/%m/%Y %H:%M:%S\"",
+            "time_format = \"%d/%m/%Y %H:%M:%K\"",
+            "inputs.mqtt[0].mapping.time_format",
+        ),
+        (
+            "timezone = \"Asia/Ho_Chi_Minh\"",
+            "timezone = \"Asia/Sai_Gon\"",
+            "inputs.mqtt[0].mapping.timezone",
+        ),
+    ] {
+        let text = MAPPED.replace(from, to);
+        let e = err(&text);
+        let line = line_with(&text, to);
+        let head = format!("gw.toml:{line}: key `{key}`: ");
+        assert!(
+            e.starts_with(&head),
+            "{e}\nexpected it to start with {head}"
+        );
+        assert!(e.contains(to), "the snippet quotes the line: {e}");
+    }
+    let e = err(&MAPPED.replace("timezone = \"Asia/Ho_Chi_Minh\"\n", ""));
+    assert!(e.contains("key `inputs.mqtt[0].mapping.timezone`"), "{e}");
+    assert!(e.contains("no UTC offset"), "{e}");
+    // A mapping that names no measurement takes the input's; without either it is refused.
+    let e = err(&MAPPED.replace("measurement = \"traffic_speed\"\n", ""));
+    assert!(e.contains("key `inputs.mqtt[0].measurement`"), "{e}");
+    // Unknown keys inside the mapping are located by the parser.
+    let e = err(&MAPPED.replace("records = \"/data\"", "record = \"/data\""));
+    let line = line_with(MAPPED, "records = \"/data\"");
+    assert!(
+        e.starts_with(&format!(
+            "gw.toml:{line}: key `inputs.mqtt[0].mapping.record`"
+        )),
+        "{e}"
+    );
+}
+
+#[test]
+fn csv_mistakes_name_file_line_and_key() {
+    let text = MAPPED
+        .replace("measurement = \"traffic_speed\"\n", "measurement = \"air\"\nformat = \"csv\"\n")
+        .replace(
+            &MAPPED[MAPPED.find("[inputs.mqtt.mapping]").unwrap()..MAPPED.find("[output.influxdb]").unwrap()],
+            "[inputs.mqtt.csv]\nheader = false\ncolumns = [\"time\", \"pm25\"]\nseparator = \";;\"\n\n",
+        );
+    let e = err(&text);
+    let line = line_with(&text, "separator = \";;\"");
+    assert!(
+        e.starts_with(&format!(
+            "gw.toml:{line}: key `inputs.mqtt[0].csv.separator`"
+        )),
+        "{e}"
+    );
+    let ok = text.replace("separator = \";;\"", "separator = \";\"");
+    let c = Config::parse(Path::new("gw.toml"), &ok).unwrap();
+    assert_eq!(c.inputs.mqtt[0].format, PayloadFormat::Csv);
 }

@@ -333,6 +333,7 @@ impl AppState {
             let kind = match s.kind {
                 crate::status::InputKind::Mqtt => "mqtt",
                 crate::status::InputKind::Serial => "serial",
+                crate::status::InputKind::Http => "http",
             };
             metrics::gauge!("input_up", "input" => name.clone(), "kind" => kind).set(if s.up {
                 1.0

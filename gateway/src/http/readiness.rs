@@ -71,7 +71,7 @@ fn input_down_warning(name: &str, s: &InputState, now_ms: u64) -> Reason {
             "serial_port_down",
             format!("serial port {target} (input {name}) down for {down_for} s"),
         ),
-        InputKind::Mqtt => (
+        InputKind::Mqtt | InputKind::Http => (
             "input_down",
             format!("input {name} ({target}) down for {down_for} s"),
         ),

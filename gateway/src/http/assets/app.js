@@ -283,7 +283,7 @@
         reasons.appendChild(li);
       }
     }
-    // Inputs: MQTT connections and serial ports, a green or red dot each.
+    // Inputs: MQTT connections, serial ports and webhook inputs, a green or red dot each.
     const tbody = $('inputs').tBodies[0];
     tbody.textContent = '';
     const t = now();

@@ -77,16 +77,20 @@ impl Committer {
         name: &str,
         ingest: Ingest,
         aggregation: Option<Aggregation>,
-    ) -> Self {
-        Committer {
+    ) -> Result<Self, String> {
+        // The config was validated (which compiles the same spec); an error here is reported
+        // as a setup error all the same.
+        let decoder =
+            PayloadDecoder::new(&cfg.payload_spec()).map_err(|e| format!("payload config: {e}"))?;
+        Ok(Committer {
             name: name.to_owned(),
-            decoder: PayloadDecoder::new(&cfg.payload_spec()),
+            decoder,
             max_payload: cfg.max_payload_bytes,
             priority: cfg.priority.into(),
             ingest,
             aggregation,
             spacer: SeriesSpacer::default(),
-        }
+        })
     }
 }
 

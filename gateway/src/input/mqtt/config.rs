@@ -4,7 +4,9 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
+use ioc_decode::csv::CsvConfig;
 use ioc_decode::json::TimestampUnit;
+use ioc_decode::mapping::MappingConfig;
 use serde::Deserialize;
 
 pub use ioc_decode::payload::PayloadFormat;
@@ -20,8 +22,9 @@ pub struct MqttInputConfig {
     pub topics: Vec<String>,
     #[serde(default = "default_qos")]
     pub qos: u8,
-    /// Required for `format = "json"`; `camera_event` by default for `frigate` and `lpr`;
-    /// unused for `influx` (each line names its own).
+    /// Required for `format = "json"` (unless its `mapping` names one) and `csv`;
+    /// `camera_event` by default for `frigate` and `lpr`; unused for `influx` (each line names
+    /// its own).
     pub measurement: Option<String>,
     /// Telegraf-style topic parsing: `_/district/_/sensor_id`, `_` skips a level.
     pub topic_tags: Option<String>,
@@ -35,6 +38,11 @@ pub struct MqttInputConfig {
     /// Extra static tags added to every reading of this input.
     #[serde(default)]
     pub tags: BTreeMap<String, String>,
+    /// `[inputs.mqtt.mapping]`: for `format = "json"`, which parts of the payload become the
+    /// measurement, tags, fields and time (see `ioc_decode::mapping`).
+    pub mapping: Option<MappingConfig>,
+    /// `[inputs.mqtt.csv]`: for `format = "csv"`, how the rows are read (see `ioc_decode::csv`).
+    pub csv: Option<CsvConfig>,
     pub username: Option<String>,
     pub password_file: Option<PathBuf>,
     pub password_env: Option<String>,
@@ -112,6 +120,8 @@ impl MqttInputConfig {
             timestamp_unit: self.timestamp_unit,
             tag_keys: self.tag_keys.clone(),
             tags: self.tags.clone(),
+            mapping: self.mapping.clone(),
+            csv: self.csv.clone(),
         }
     }
 
@@ -157,18 +167,6 @@ impl MqttInputConfig {
         if self.qos > 1 {
             return bad("qos", format!("must be 0 or 1 (got {})", self.qos));
         }
-        match (&self.measurement, self.format) {
-            (None, f) if f.needs_measurement() => {
-                return bad(
-                    "measurement",
-                    "format \"json\" needs a measurement name".into(),
-                )
-            }
-            (Some(name), _) if name.trim().is_empty() => {
-                return bad("measurement", "must not be empty".into())
-            }
-            _ => {}
-        }
         if self.password_env.is_some() && self.password_file.is_some() {
             return bad(
                 "password_env",
@@ -195,6 +193,11 @@ impl MqttInputConfig {
                 format!("must be 1..=4194304 bytes, got {}", self.max_payload_bytes),
             );
         }
+        // The payload config (measurement, mapping paths, time layouts, zones, csv columns) is
+        // compiled here once, so a mistake in it is found by check-config with its key.
+        self.payload_spec()
+            .check()
+            .map_err(|e| (e.key, e.message))?;
         Ok(())
     }
 }

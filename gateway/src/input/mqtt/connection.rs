@@ -3,15 +3,14 @@
 //! Why it exists: the session ([`super::session`]) speaks packets and the event loop
 //! ([`super::task`]) moves bytes; what is left is opening a stream and saying in words a
 //! technician can act on why it could not be opened (nothing listening, DNS, certificate).
-//! Trust for `mqtts://`: the `ca_file` when given, else the system's trust store (so a city CA
-//! installed with `update-ca-certificates` works); a client certificate for mutual TLS.
+//! Trust for `mqtts://`: the system's trust store plus the `ca_file` when given, and a client
+//! certificate for mutual TLS, built by [`crate::tls`] as for the store.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use rumqttc::tokio_rustls::rustls::pki_types::pem::PemObject;
-use rumqttc::tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
-use rumqttc::tokio_rustls::rustls::{ClientConfig, RootCertStore};
+use rumqttc::tokio_rustls::rustls::pki_types::ServerName;
+use rumqttc::tokio_rustls::rustls::ClientConfig;
 use rumqttc::tokio_rustls::TlsConnector;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
@@ -87,54 +86,4 @@ pub async fn open(ep: &Endpoint) -> Result<Box<dyn Stream>, OpenError> {
         Ok(Err(e)) => Err(OpenError::Tls(e.to_string())),
         Ok(Ok(s)) => Ok(Box::new(s)),
     }
-}
-
-/// The TLS client configuration: trust `ca_pem` when given, else the system's roots; present
-/// `client` (certificate chain PEM, key PEM) when given.
-pub fn tls_config(
-    ca_pem: Option<&[u8]>,
-    client: Option<(&[u8], &[u8])>,
-) -> Result<ClientConfig, String> {
-    let mut roots = RootCertStore::empty();
-    match ca_pem {
-        Some(pem) => {
-            let certs = certs(pem).map_err(|e| format!("ca_file: {e}"))?;
-            let (added, _ignored) = roots.add_parsable_certificates(certs);
-            if added == 0 {
-                return Err("ca_file holds no usable CA certificate".into());
-            }
-        }
-        None => {
-            let found = rustls_native_certs::load_native_certs();
-            for cert in found.certs {
-                let _ = roots.add(cert);
-            }
-            if roots.is_empty() {
-                return Err(
-                    "no trusted CA certificates found on this system: set ca_file".to_owned(),
-                );
-            }
-        }
-    }
-    let builder = ClientConfig::builder().with_root_certificates(roots);
-    match client {
-        None => Ok(builder.with_no_client_auth()),
-        Some((cert_pem, key_pem)) => {
-            let chain = certs(cert_pem).map_err(|e| format!("client_cert_file: {e}"))?;
-            if chain.is_empty() {
-                return Err("client_cert_file holds no certificate".into());
-            }
-            let key = PrivateKeyDer::from_pem_slice(key_pem)
-                .map_err(|e| format!("client_key_file holds no usable private key: {e}"))?;
-            builder
-                .with_client_auth_cert(chain, key)
-                .map_err(|e| format!("client certificate and key do not fit together: {e}"))
-        }
-    }
-}
-
-fn certs(pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, String> {
-    CertificateDer::pem_slice_iter(pem)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| format!("not a PEM certificate file: {e}"))
 }

@@ -95,7 +95,8 @@ async fn run(
     let (handoff, queue) = mpsc::channel(MAX_OUTSTANDING + 16);
     let (done_tx, completions) = mpsc::channel(256);
     let (connected_tx, connected_rx) = watch::channel(None);
-    let committer = committer::Committer::from_config(&cfg, &name, ingest, aggregation);
+    let committer =
+        committer::Committer::from_config(&cfg, &name, ingest, aggregation).map_err(setup)?;
     let committer =
         tokio::spawn(committer::run(queue, done_tx, committer, connected_rx).in_current_span());
     let session = session::Session::new(session_cfg, std::time::Instant::now());
@@ -158,21 +159,12 @@ fn settings(
         (None, None) => None,
     };
     let tls = if addr.tls {
-        let read = |p: &std::path::Path| {
-            std::fs::read(p).map_err(|e| format!("cannot read {}: {e}", p.display()))
-        };
-        let ca = cfg.ca_file.as_deref().map(read).transpose()?;
-        let client = match (&cfg.client_cert_file, &cfg.client_key_file) {
-            (Some(c), Some(k)) => Some((read(c)?, read(k)?)),
-            (None, None) => None,
-            _ => {
-                return Err("mutual TLS needs both client_cert_file and client_key_file".to_owned())
-            }
-        };
-        let config = connection::tls_config(
-            ca.as_deref(),
-            client.as_ref().map(|(c, k)| (c.as_slice(), k.as_slice())),
-        )?;
+        let config = crate::tls::client_config(crate::tls::ClientTlsFiles {
+            ca_file: cfg.ca_file.as_deref(),
+            client_cert_file: cfg.client_cert_file.as_deref(),
+            client_key_file: cfg.client_key_file.as_deref(),
+        })
+        .map_err(|e| e.to_string())?;
         Some(Arc::new(config))
     } else {
         None

@@ -5,6 +5,8 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use ioc_decode::modbus::RegisterSpec as ModbusRegisterConfig;
+use ioc_decode::text_line::{DEFAULT_MAX_LINE_BYTES, MAX_LINE_BYTES_LIMIT};
+use ioc_decode::vaisala::WMT700_ITEMS;
 use serde::Deserialize;
 
 /// A serial port and the protocol spoken on it (read by `input::serial`).
@@ -23,7 +25,25 @@ pub struct SerialInputConfig {
     pub poll_interval_ms: u64,
     #[serde(default)]
     pub registers: Vec<ModbusRegisterConfig>,
+    /// Text protocols: the measurement of the readings (`gnss` for NMEA, `weather` for Vaisala).
+    pub measurement: Option<String>,
+    /// Text protocols: the longest line kept; a longer one is dropped up to its end.
+    #[serde(default = "default_max_line_bytes")]
+    pub max_line_bytes: usize,
+    /// Text protocols: a command written (with CR LF) every `poll_interval_ms`, for an
+    /// instrument in polled mode (Vaisala WXT5xx: `"0R0"`).
+    pub poll: Option<String>,
+    /// `vaisala`: the items of a user-defined WMT700 message, in order.
+    #[serde(default)]
+    pub wmt700_items: Vec<String>,
 }
+
+fn default_max_line_bytes() -> usize {
+    DEFAULT_MAX_LINE_BYTES
+}
+
+/// Longest `poll` command.
+pub const MAX_POLL_COMMAND_BYTES: usize = 64;
 
 fn default_baud() -> u32 {
     9600
@@ -41,9 +61,39 @@ pub enum SerialProtocol {
     Sds011,
     ModbusRtu,
     Node,
+    /// NMEA 0183 GNSS sentences (GGA, RMC, VTG, GLL).
+    Nmea0183,
+    /// Vaisala WXT5xx ASCII and WMT700 data messages.
+    Vaisala,
+}
+
+impl SerialProtocol {
+    /// A line-based text protocol (framed by CR/LF, `max_line_bytes`, optional `poll`).
+    pub fn is_text(self) -> bool {
+        matches!(self, SerialProtocol::Nmea0183 | SerialProtocol::Vaisala)
+    }
 }
 
 impl SerialInputConfig {
+    /// A port with every optional key at its default (what a section with only `port` and
+    /// `protocol` gives).
+    pub fn new(port: impl Into<PathBuf>, protocol: SerialProtocol) -> Self {
+        SerialInputConfig {
+            name: None,
+            port: port.into(),
+            baud: default_baud(),
+            protocol,
+            sensor_id: None,
+            tags: BTreeMap::new(),
+            poll_interval_ms: default_poll_interval(),
+            registers: Vec::new(),
+            measurement: None,
+            max_line_bytes: default_max_line_bytes(),
+            poll: None,
+            wmt700_items: Vec::new(),
+        }
+    }
+
     /// Checks this port's section; the error's key is relative to `[[inputs.serial]]`.
     pub fn validate(&self) -> Result<(), (String, String)> {
         let bad = |key: &str, msg: String| Err((key.to_owned(), msg));
@@ -62,6 +112,7 @@ impl SerialInputConfig {
                 "registers are only used with protocol = \"modbus_rtu\"".into(),
             );
         }
+        self.validate_text()?;
         for (j, r) in self.registers.iter().enumerate() {
             let rk = |f: &str| format!("registers[{j}].{f}");
             if !matches!(r.function, 3 | 4) {
@@ -81,6 +132,75 @@ impl SerialInputConfig {
             }
             if r.sensor_id.is_none() && self.sensor_id.is_none() {
                 return bad(&rk("sensor_id"), "no sensor_id here nor on the port".into());
+            }
+        }
+        Ok(())
+    }
+}
+
+impl SerialInputConfig {
+    /// The keys of the text protocols.
+    fn validate_text(&self) -> Result<(), (String, String)> {
+        let bad = |key: &str, msg: String| Err((key.to_owned(), msg));
+        let text = self.protocol.is_text();
+        if !text && self.measurement.is_some() {
+            return bad(
+                "measurement",
+                "only used with the text protocols (nmea0183, vaisala)".into(),
+            );
+        }
+        if let Some(m) = &self.measurement {
+            if m.is_empty() {
+                return bad("measurement", "must not be empty".into());
+            }
+        }
+        if !(16..=MAX_LINE_BYTES_LIMIT).contains(&self.max_line_bytes) {
+            return bad(
+                "max_line_bytes",
+                format!(
+                    "must be 16..={MAX_LINE_BYTES_LIMIT}, got {}",
+                    self.max_line_bytes
+                ),
+            );
+        }
+        if let Some(cmd) = &self.poll {
+            if self.protocol != SerialProtocol::Vaisala {
+                return bad(
+                    "poll",
+                    "only used with protocol = \"vaisala\" (a station in polled mode)".into(),
+                );
+            }
+            if cmd.is_empty()
+                || cmd.len() > MAX_POLL_COMMAND_BYTES
+                || !cmd.bytes().all(|b| b.is_ascii_graphic() || b == b' ')
+            {
+                return bad(
+                    "poll",
+                    format!(
+                        "must be 1..={MAX_POLL_COMMAND_BYTES} printable ASCII characters \
+                         (CR LF is added), e.g. \"0R0\""
+                    ),
+                );
+            }
+            if self.poll_interval_ms < 100 {
+                return bad("poll_interval_ms", "must be at least 100 ms".into());
+            }
+        }
+        if !self.wmt700_items.is_empty() && self.protocol != SerialProtocol::Vaisala {
+            return bad(
+                "wmt700_items",
+                "only used with protocol = \"vaisala\"".into(),
+            );
+        }
+        for (i, item) in self.wmt700_items.iter().enumerate() {
+            if !WMT700_ITEMS.contains(&item.as_str()) {
+                return bad(
+                    &format!("wmt700_items[{i}]"),
+                    format!(
+                        "unknown WMT700 item {item:?}; known: {}",
+                        WMT700_ITEMS.join(", ")
+                    ),
+                );
             }
         }
         Ok(())

@@ -1,13 +1,16 @@
 //! Serial input: one task per `[[inputs.serial]]` port (UART or RS-485 adapter), transport only.
 //!
 //! The task opens the port with `tokio-serial` (8N1, raw, no flow control), and then either
-//! - **streams** (`pms5003`, `sds011`, `node`): reads whatever arrives, feeds it to the
+//! - **streams** (`pms5003`, `sds011`, `node`, `nmea0183`, `vaisala`): reads whatever arrives, feeds it to the
 //!   protocol's pure decoder ([`StreamDecoder`]), stamps each reading with [`now_ns`] when the read
 //!   that completed its frame returns, spaces readings of one series that share a read at least
 //!   1 ms apart ([`SeriesSpacer`]: frames that piled up while the task was busy would otherwise
 //!   carry one timestamp, and a store keeps only one point per series and time), and commits the
 //!   readings to the durable buffer (for `node`, the acks are written back to the port only
-//!   once the commit has succeeded: see below); or
+//!   once the commit has succeeded: see below). The text protocols frame lines
+//!   (`decode::text_line`); NMEA fixes keep the fix's own time (the spacer only moves readings
+//!   stamped on receipt), and a port with `poll` writes its command every `poll_interval_ms`
+//!   (`serial_polls_total{port}`); or
 //! - **polls** (`modbus_rtu`): every `poll_interval_ms`, sends the read requests planned from the
 //!   register map ([`modbus::plan_requests`]) with `tokio-modbus`, one slave after the other, each
 //!   with its own timeout, so a dead or garbling slave costs one timeout per poll and never
@@ -44,7 +47,7 @@
 //!
 //! # Metrics (label `port` = the input's `name`, else its device path)
 //!
-//! `serial_frames_total{port,result=ok|skipped|bad}`, `serial_frames_bad_total{port,reason}`
+//! `serial_frames_total{port,result=ok|skipped|no_fix|no_match|bad}`, `serial_frames_bad_total{port,reason}`
 //! (reasons: [`crate::decode::serial_frame::BadFrame::label`], or the node decoder's labels), `serial_port_up{port}` (0/1),
 //! `serial_port_down_since_seconds{port}` (Unix time the port went down, 0 while up),
 //! `serial_reads_total{port}`, `modbus_requests_total{port,slave}`,
@@ -82,10 +85,13 @@ mod poll;
 mod stream;
 
 use crate::decode::modbus::{self, classify_unanswered, ModbusFailure, ModbusRequest};
+use crate::decode::nmea0183::{NmeaDecoder, NmeaSpec};
 use crate::decode::node::{NodeDecoder, Pending};
 use crate::decode::pms5003::{Pms5003Decoder, Pms5003Variant};
 use crate::decode::sds011::{Sds011Decoder, Sds011Frame};
 use crate::decode::serial_frame::DecodeEvent;
+use crate::decode::text_line::LineOutput;
+use crate::decode::vaisala::{VaisalaDecoder, VaisalaSpec};
 use crate::model::{Priority, Reading};
 use crate::pipeline::Ingest;
 pub use crate::status::SerialPortStatus;
@@ -96,7 +102,7 @@ pub use poll::modbus_request_timeout;
 use poll::modbus_session;
 use stream::stream_session;
 pub use stream::{
-    StreamDecoder, StreamOutput, BAD_FRAME_LOG_INTERVAL, NODE_COMMIT_BACKOFF_CAP,
+    PollCommand, StreamDecoder, StreamOutput, BAD_FRAME_LOG_INTERVAL, NODE_COMMIT_BACKOFF_CAP,
     NODE_COMMIT_BACKOFF_START,
 };
 
@@ -167,6 +173,7 @@ async fn run_port(
 ) -> Result<(), SerialInputError> {
     let mut stream_decoder = StreamDecoder::for_port(&cfg);
     let plan = modbus::plan_requests(&cfg.registers);
+    let poll = PollCommand::for_port(&cfg);
     if stream_decoder.is_none() && plan.is_empty() {
         return Err(SerialInputError::NoRegisters { port });
     }
@@ -184,7 +191,8 @@ async fn run_port(
                 let end = match stream_decoder.as_mut() {
                     Some(decoder) => {
                         decoder.reset();
-                        stream_session(stream, decoder, &port, &ingest, shutdown).await
+                        stream_session(stream, decoder, poll.as_ref(), &port, &ingest, shutdown)
+                            .await
                     }
                     None => modbus_session(stream, &cfg, &plan, &port, &ingest, shutdown).await,
                 };

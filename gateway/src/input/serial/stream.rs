@@ -1,6 +1,8 @@
-//! The stream protocols (`pms5003`, `sds011`, `node`): bytes as they arrive, through the
-//! protocol's pure decoder ([`StreamDecoder`], shared with the probe tool), to readings that are
-//! spaced, counted and committed; for `node`, the acks that go back once they are durable.
+//! The stream protocols (`pms5003`, `sds011`, `node`, and the text protocols `nmea0183` and
+//! `vaisala`): bytes as they arrive, through the protocol's pure decoder ([`StreamDecoder`],
+//! shared with the probe tool), to readings that are spaced, counted and committed; for `node`,
+//! the acks that go back once they are durable; for a text instrument in polled mode, its poll
+//! command written every `poll_interval_ms`.
 
 use super::*;
 
@@ -24,6 +26,11 @@ pub struct StreamOutput {
     pub node_frames_lost: u64,
     pub node_reboots: u64,
     pub node_duplicates: u64,
+    /// Text protocols: valid sentences saying the receiver has no fix.
+    pub no_fix: u64,
+    /// Text protocols: lines no pattern matched, and the first of them (for the probe).
+    pub no_match: u64,
+    pub unmatched: Vec<String>,
 }
 
 impl StreamOutput {
@@ -36,6 +43,21 @@ impl StreamOutput {
         self.node_frames_lost = 0;
         self.node_reboots = 0;
         self.node_duplicates = 0;
+        self.no_fix = 0;
+        self.no_match = 0;
+        self.unmatched.clear();
+    }
+
+    /// Adds what a text decoder gave.
+    fn add_lines(&mut self, lines: &mut LineOutput) {
+        self.readings.append(&mut lines.readings);
+        self.good += lines.good;
+        self.skipped += lines.skipped;
+        self.no_fix += lines.no_fix;
+        self.no_match += lines.no_match;
+        self.unmatched.append(&mut lines.unmatched);
+        self.bad.extend(lines.bad.iter().map(|b| b.label()));
+        lines.clear();
     }
 }
 
@@ -56,6 +78,10 @@ pub enum StreamDecoder {
     /// Our own sensor nodes (`decode::node`); its acks go back to the port once the readings
     /// are durable ([`StreamDecoder::confirm`]).
     Node(Box<NodeDecoder>),
+    /// NMEA 0183 GNSS sentences (`decode::nmea0183`).
+    Nmea0183(Box<NmeaDecoder>),
+    /// Vaisala weather stations (`decode::vaisala`).
+    Vaisala(Box<VaisalaDecoder>),
 }
 
 impl StreamDecoder {
@@ -90,6 +116,23 @@ impl StreamDecoder {
             SerialProtocol::Node => {
                 StreamDecoder::Node(Box::new(NodeDecoder::new(tags, gateway_boot_id())))
             }
+            SerialProtocol::Nmea0183 => StreamDecoder::Nmea0183(Box::new(NmeaDecoder::new(
+                NmeaSpec {
+                    measurement: cfg.measurement.clone(),
+                    sensor_id: cfg.sensor_id.clone(),
+                    tags,
+                },
+                cfg.max_line_bytes,
+            ))),
+            SerialProtocol::Vaisala => StreamDecoder::Vaisala(Box::new(VaisalaDecoder::new(
+                VaisalaSpec {
+                    measurement: cfg.measurement.clone(),
+                    sensor_id: cfg.sensor_id.clone(),
+                    tags,
+                    wmt700_items: cfg.wmt700_items.clone(),
+                },
+                cfg.max_line_bytes,
+            ))),
             SerialProtocol::ModbusRtu => return None,
         })
     }
@@ -100,7 +143,15 @@ impl StreamDecoder {
             StreamDecoder::Pms5003 { .. } => "pms5003",
             StreamDecoder::Sds011 { .. } => "sds011",
             StreamDecoder::Node(_) => "node",
+            StreamDecoder::Nmea0183(_) => "nmea0183",
+            StreamDecoder::Vaisala(_) => "vaisala",
         }
+    }
+
+    /// Whether its readings are stamped on receipt only when they carry no time of their own
+    /// (NMEA fixes carry the fix's time, which the spacer must never move).
+    pub fn has_device_time(&self) -> bool {
+        matches!(self, StreamDecoder::Nmea0183(_))
     }
 
     /// Bytes waiting for the rest of a frame.
@@ -111,6 +162,8 @@ impl StreamDecoder {
             // Node frames are delimited by a zero byte: a partial one is dropped by the next
             // delimiter, so it never needs an idle flush.
             StreamDecoder::Node(_) => 0,
+            StreamDecoder::Nmea0183(d) => d.buffered(),
+            StreamDecoder::Vaisala(d) => d.buffered(),
         }
     }
 
@@ -124,7 +177,7 @@ impl StreamDecoder {
     pub fn confirm(&mut self, pending: Pending, now_ns: i64) -> Vec<u8> {
         match self {
             StreamDecoder::Node(decoder) => decoder.confirm(pending, now_ns),
-            StreamDecoder::Pms5003 { .. } | StreamDecoder::Sds011 { .. } => Vec::new(),
+            _ => Vec::new(),
         }
     }
 
@@ -135,9 +188,11 @@ impl StreamDecoder {
 
     /// Forgets a partial frame (after the port was reopened), without counting it.
     pub fn reset(&mut self) {
-        if let StreamDecoder::Node(decoder) = self {
-            decoder.reset_stream();
-            return;
+        match self {
+            StreamDecoder::Node(decoder) => return decoder.reset_stream(),
+            StreamDecoder::Nmea0183(decoder) => return decoder.reset(),
+            StreamDecoder::Vaisala(decoder) => return decoder.reset(),
+            _ => {}
         }
         let mut scratch = StreamOutput::default();
         self.flush(&mut scratch);
@@ -210,6 +265,22 @@ impl StreamDecoder {
                 out.readings.append(&mut batch.readings);
                 out.node_pending.merge(batch.pending);
                 out.bad.extend(batch.errors.iter().map(|e| e.label()));
+            }
+            StreamDecoder::Nmea0183(decoder) => {
+                let mut lines = LineOutput::default();
+                match bytes {
+                    Some(b) => decoder.push(b, now_ns, &mut lines),
+                    None => decoder.flush(&mut lines),
+                }
+                out.add_lines(&mut lines);
+            }
+            StreamDecoder::Vaisala(decoder) => {
+                let mut lines = LineOutput::default();
+                match bytes {
+                    Some(b) => decoder.push(b, now_ns, &mut lines),
+                    None => decoder.flush(&mut lines),
+                }
+                out.add_lines(&mut lines);
             }
         }
     }
@@ -299,6 +370,14 @@ fn count_frames(port: &str, status: &StatusRegistry, out: &StreamOutput) {
     if out.skipped > 0 {
         metrics::counter!("serial_frames_total", "port" => port.to_owned(), "result" => "skipped")
             .increment(out.skipped);
+    }
+    if out.no_fix > 0 {
+        metrics::counter!("serial_frames_total", "port" => port.to_owned(), "result" => "no_fix")
+            .increment(out.no_fix);
+    }
+    if out.no_match > 0 {
+        metrics::counter!("serial_frames_total", "port" => port.to_owned(), "result" => "no_match")
+            .increment(out.no_match);
     }
     for reason in &out.bad {
         metrics::counter!("serial_frames_total", "port" => port.to_owned(), "result" => "bad")
@@ -408,13 +487,42 @@ async fn commit_node_readings(
     Ok(())
 }
 
+/// A command written to the port at a fixed interval (a text instrument in polled mode).
+#[derive(Debug, Clone)]
+pub struct PollCommand {
+    /// The command with its CR LF.
+    pub bytes: Vec<u8>,
+    pub interval: Duration,
+}
+
+impl PollCommand {
+    /// The port's `poll`, if it has one.
+    pub fn for_port(cfg: &SerialInputConfig) -> Option<Self> {
+        let cmd = cfg.poll.as_ref()?;
+        let mut bytes = cmd.as_bytes().to_vec();
+        bytes.extend_from_slice(b"\r\n");
+        Some(PollCommand {
+            bytes,
+            interval: Duration::from_millis(cfg.poll_interval_ms.max(1)),
+        })
+    }
+}
+
+enum SessionEvent {
+    Read(Result<io::Result<usize>, tokio::time::error::Elapsed>),
+    Poll,
+}
+
 pub(super) async fn stream_session(
     mut stream: SerialStream,
     decoder: &mut StreamDecoder,
+    poll: Option<&PollCommand>,
     port: &str,
     ingest: &Ingest,
     shutdown: &Shutdown,
 ) -> SessionEnd {
+    let mut ticker = tokio::time::interval(poll.map_or(Duration::from_secs(3600), |p| p.interval));
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut buf = vec![0u8; 4096];
     let mut out = StreamOutput::default();
     let mut bad_log = BadFrameLog::default();
@@ -422,10 +530,23 @@ pub(super) async fn stream_session(
     let mut node_backoff = NodeCommitBackoff::default();
     loop {
         out.clear();
-        let read = tokio::select! {
+        let event = tokio::select! {
             _ = shutdown.wait() => return SessionEnd::Shutdown,
-            r = tokio::time::timeout(IDLE_FLUSH, stream.read(&mut buf)) => r,
+            _ = ticker.tick(), if poll.is_some() => SessionEvent::Poll,
+            r = tokio::time::timeout(IDLE_FLUSH, stream.read(&mut buf)) => SessionEvent::Read(r),
         };
+        let read = match event {
+            SessionEvent::Poll => {
+                let Some(cmd) = poll else { continue };
+                if let Err(e) = stream.write_all(&cmd.bytes).await {
+                    return SessionEnd::Lost(format!("write: {e}"));
+                }
+                metrics::counter!("serial_polls_total", "port" => port.to_owned()).increment(1);
+                continue;
+            }
+            SessionEvent::Read(r) => r,
+        };
+        let received_ns = now_ns();
         match read {
             Err(_idle) => {
                 if decoder.buffered() == 0 {
@@ -439,11 +560,15 @@ pub(super) async fn stream_session(
                 let Some(bytes) = buf.get(..n) else {
                     continue;
                 };
-                decoder.push(bytes, now_ns(), &mut out);
+                decoder.push(bytes, received_ns, &mut out);
             }
             Ok(Err(e)) => return SessionEnd::Lost(e.to_string()),
         }
-        spacer.space(&mut out.readings);
+        if decoder.has_device_time() {
+            spacer.space_receipt_stamped(&mut out.readings, received_ns);
+        } else {
+            spacer.space(&mut out.readings);
+        }
         count_frames(port, ingest.status(), &out);
         bad_log.note(port, &out, Instant::now());
         let readings = std::mem::take(&mut out.readings);

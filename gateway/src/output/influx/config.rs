@@ -29,7 +29,11 @@ pub struct InfluxConfig {
     pub username: Option<String>,
     pub password_env: Option<String>,
     pub password_file: Option<PathBuf>,
+    /// CA(s) trusted besides the system's trust store (PEM).
     pub ca_file: Option<PathBuf>,
+    /// Mutual TLS: a client certificate chain and its key (PEM), presented when the store asks.
+    pub client_cert_file: Option<PathBuf>,
+    pub client_key_file: Option<PathBuf>,
     #[serde(default)]
     pub insecure_skip_verify: bool,
     #[serde(default = "default_batch_max_lines")]
@@ -80,6 +84,12 @@ impl InfluxConfig {
         }
         if self.batch_max_lines == 0 {
             return bad("batch_max_lines", "must be above 0".into());
+        }
+        if self.client_cert_file.is_some() != self.client_key_file.is_some() {
+            return bad(
+                "client_cert_file",
+                "client_cert_file and client_key_file go together".into(),
+            );
         }
         Ok(())
     }

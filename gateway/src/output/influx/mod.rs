@@ -106,9 +106,13 @@ pub struct InfluxSinkConfig {
     /// v1 only: HTTP basic auth, used when `token` is absent.
     pub username: Option<String>,
     pub password: Option<Secret>,
-    /// PEM file of the CA(s) that sign the store's certificate. When set, only these CAs are
-    /// trusted (the built-in web roots are not).
+    /// PEM file of CA(s) trusted for the store's certificate besides the system's trust store
+    /// (see [`crate::tls`]).
     pub ca_file: Option<PathBuf>,
+    /// A client certificate chain and its key (PEM), presented when the store asks (mutual
+    /// TLS).
+    pub client_cert_file: Option<PathBuf>,
+    pub client_key_file: Option<PathBuf>,
     /// Accept any certificate. Logged as an error-level warning at start.
     pub insecure_skip_verify: bool,
     pub connect_timeout: Duration,
@@ -135,6 +139,8 @@ impl InfluxSinkConfig {
             username: None,
             password: None,
             ca_file: None,
+            client_cert_file: None,
+            client_key_file: None,
             insecure_skip_verify: false,
             connect_timeout: Duration::from_secs(5),
             request_timeout: Duration::from_secs(30),
@@ -152,13 +158,8 @@ pub enum SinkError {
     InvalidUrl { url: String, reason: String },
     #[error("output config: {0}")]
     InvalidConfig(String),
-    #[error("cannot read the output CA file {path}: {source}")]
-    CaFileRead {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("the output CA file {path} holds no usable PEM certificate: {reason}")]
-    CaFileInvalid { path: PathBuf, reason: String },
+    #[error("output TLS: {0}")]
+    Tls(#[from] crate::tls::TlsError),
     #[error("cannot build the HTTP client: {0}")]
     Client(String),
     /// No HTTP response: connection refused/reset, DNS, TLS handshake, or timeout.
@@ -242,6 +243,32 @@ struct Part {
     refusal: Option<(u16, String)>,
 }
 
+/// The client identity for an unverified connection (`insecure_skip_verify`), where the
+/// preconfigured rustls config is not used.
+fn insecure_identity(
+    files: crate::tls::ClientTlsFiles<'_>,
+) -> Result<Option<reqwest::Identity>, SinkError> {
+    use crate::tls::TlsError;
+    let (cert, key) = match (files.client_cert_file, files.client_key_file) {
+        (None, None) => return Ok(None),
+        (Some(c), Some(k)) => (c, k),
+        _ => return Err(TlsError::HalfIdentity.into()),
+    };
+    let read = |key_name: &'static str, path: &std::path::Path| {
+        std::fs::read(path).map_err(|source| TlsError::Read {
+            key: key_name,
+            path: path.to_owned(),
+            source,
+        })
+    };
+    let mut pem = read("client_cert_file", cert)?;
+    pem.push(b'\n');
+    pem.extend(read("client_key_file", key)?);
+    reqwest::Identity::from_pem(&pem)
+        .map(Some)
+        .map_err(|e| TlsError::Mismatch(error_chain(&e)).into())
+}
+
 /// How one attempt-with-retries ended.
 enum Settled {
     Accepted,
@@ -259,28 +286,11 @@ impl InfluxSink {
             .pool_idle_timeout(Duration::from_secs(30))
             .tcp_keepalive(Duration::from_secs(30))
             .user_agent(concat!("ioc-gateway/", env!("CARGO_PKG_VERSION")));
-        if let Some(path) = &config.ca_file {
-            let pem = std::fs::read(path).map_err(|source| SinkError::CaFileRead {
-                path: path.clone(),
-                source,
-            })?;
-            let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
-                SinkError::CaFileInvalid {
-                    path: path.clone(),
-                    reason: error_chain(&e),
-                }
-            })?;
-            if certs.is_empty() {
-                return Err(SinkError::CaFileInvalid {
-                    path: path.clone(),
-                    reason: "no certificate found".into(),
-                });
-            }
-            builder = builder.tls_built_in_root_certs(false);
-            for cert in certs {
-                builder = builder.add_root_certificate(cert);
-            }
-        }
+        let files = crate::tls::ClientTlsFiles {
+            ca_file: config.ca_file.as_deref(),
+            client_cert_file: config.client_cert_file.as_deref(),
+            client_key_file: config.client_key_file.as_deref(),
+        };
         if config.insecure_skip_verify {
             tracing::error!(
                 url = %write_url,
@@ -288,6 +298,13 @@ impl InfluxSink {
                  on the path can read the data and the token. Use ca_file instead."
             );
             builder = builder.danger_accept_invalid_certs(true);
+            if let Some(identity) = insecure_identity(files)? {
+                builder = builder.identity(identity);
+            }
+        } else if write_url.scheme() == "https" {
+            // The system's trust store plus ca_file, and the client certificate: the same
+            // trust as the MQTT side.
+            builder = builder.use_preconfigured_tls(crate::tls::client_config(files)?);
         }
         let client = builder
             .build()
