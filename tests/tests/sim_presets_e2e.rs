@@ -1,8 +1,10 @@
 //! The vendors' payloads through the whole path, sent the way the vendors send them: the real
 //! `sensor-sim presets` publishes every preset fixture (Plate Recognizer, OpenALPR, ChirpStack
-//! v4, The Things Stack v3) on its vendor's MQTT topic to a real mosquitto, with its times moved
-//! to now; the real `ioc-gateway` (one input per preset, as `simulators/README.md` shows) stores
-//! them in a real VictoriaMetrics; the real `sensor-sim verify` must find exactly the readings
+//! v4, The Things Stack v3) on its vendor's MQTT topic to a real mosquitto, and posts each again
+//! as its vendor's webhook (Plate Recognizer's as `multipart/form-data` with the image, the
+//! others as JSON, with a bearer token) to the gateway's `[[inputs.http]]`, retrying until a
+//! final answer, with its times moved to now; the real `ioc-gateway` (one MQTT and one webhook
+//! input per preset, as `simulators/README.md` shows) stores them in a real VictoriaMetrics; the real `sensor-sim verify` must find exactly the readings
 //! the manifest says — written out in the simulator from the presets' documented mapping — and
 //! none of the payloads the gateway must refuse (join and status events, an uplink without a
 //! decoded object).
@@ -22,9 +24,13 @@ use serde_json::Value;
 
 const GATEWAY_ID: &str = "sim-presets-gw";
 
+/// The environment variable the webhook inputs read their token from.
+const TOKEN_ENV: &str = "SIM_PRESETS_WEBHOOK_TOKEN";
+const TOKEN: &str = "sim-presets-token";
+
 /// The inputs `sensor-sim presets` sends to (the same as in `simulators/README.md`).
-fn preset_inputs(mqtt: &str) -> String {
-    format!(
+fn preset_inputs(mqtt: &str, webhook: u16) -> String {
+    let mut inputs = format!(
         r#"[[inputs.mqtt]]
 name = "platerecognizer-mqtt"
 url = "{mqtt}"
@@ -55,7 +61,19 @@ client_id = "{GATEWAY_ID}-ttn"
 topics = ["v3/+/devices/+/up", "v3/+/devices/+/join"]
 format = "ttn"
 "#
-    )
+    );
+    for (preset, tags) in [
+        ("platerecognizer", "tags = { camera = \"pr-snapshot\" }\n"),
+        ("openalpr", "tags = { camera = \"openalpr-cloud\" }\n"),
+        ("chirpstack", ""),
+        ("ttn", ""),
+    ] {
+        inputs.push_str(&format!(
+            "\n[[inputs.http]]\nname = \"{preset}-webhook\"\nlisten = \"127.0.0.1:{webhook}\"\n\
+             path = \"/webhook/{preset}\"\nformat = \"{preset}\"\ntoken_env = \"{TOKEN_ENV}\"\n{tags}"
+        ));
+    }
+    inputs
 }
 
 const SUBSCRIPTIONS: [(&str, &str); 5] = [
@@ -66,7 +84,13 @@ const SUBSCRIPTIONS: [(&str, &str); 5] = [
     ("ttn", "v3/+/devices/+/join"),
 ];
 
-fn write_config(dir: &Path, broker: &Mosquitto, vm: &VictoriaMetrics, http: u16) -> PathBuf {
+fn write_config(
+    dir: &Path,
+    broker: &Mosquitto,
+    vm: &VictoriaMetrics,
+    http: u16,
+    webhook: u16,
+) -> PathBuf {
     let data = dir.join("data");
     std::fs::create_dir_all(&data).unwrap();
     let text = format!(
@@ -90,7 +114,7 @@ flush_interval_ms = 200
 listen = "127.0.0.1:{http}"
 "#,
         data = data.display(),
-        inputs = preset_inputs(&broker.url()),
+        inputs = preset_inputs(&broker.url(), webhook),
         vm = vm.url(),
     );
     let path = dir.join("gateway.toml");
@@ -103,6 +127,7 @@ fn sensor_sim_presets(args: &[&str]) -> Value {
     let out = Command::new(bin_path("sensor-sim"))
         .arg("presets")
         .args(args)
+        .env(TOKEN_ENV, TOKEN)
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -117,14 +142,15 @@ fn sensor_sim_presets(args: &[&str]) -> Value {
 }
 
 #[test]
-fn every_preset_fixture_over_mqtt_is_stored_exactly_and_refusals_are_not() {
+fn every_preset_fixture_over_mqtt_and_as_webhook_is_stored_exactly_and_refusals_are_not() {
     let _heavy = HeavyTestLock::acquire();
     let broker = Mosquitto::start().unwrap();
     let vm = VictoriaMetrics::start().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let http = free_port();
-    let config = write_config(dir.path(), &broker, &vm, http);
-    let mut gateway = GatewayProcess::spawn(&config).unwrap();
+    let webhook = free_port();
+    let config = write_config(dir.path(), &broker, &vm, http, webhook);
+    let mut gateway = GatewayProcess::spawn_with_env(&config, &[(TOKEN_ENV, TOKEN)]).unwrap();
     for (preset, filter) in SUBSCRIPTIONS {
         let client = format!("{GATEWAY_ID}-{preset}");
         assert!(
@@ -134,11 +160,16 @@ fn every_preset_fixture_over_mqtt_is_stored_exactly_and_refusals_are_not() {
         );
     }
 
-    // Given the fixtures sent three times (new times each time, so three points per series)
+    // Given the fixtures sent three times over MQTT and three times as webhooks (new times each
+    // time, so six points per series); sensor-sim retries a webhook until it gets 204 or 400
     let manifest = dir.path().join("presets.jsonl");
     let summary = sensor_sim_presets(&[
         "--broker",
         &broker.url(),
+        "--webhook",
+        &format!("http://127.0.0.1:{webhook}"),
+        "--token-env",
+        TOKEN_ENV,
         "--manifest",
         manifest.to_str().unwrap(),
         "--repeat",
@@ -147,12 +178,18 @@ fn every_preset_fixture_over_mqtt_is_stored_exactly_and_refusals_are_not() {
     let fixtures = 12;
     assert_eq!(summary["mqtt"]["acked"], 3 * fixtures, "{summary}");
     assert_eq!(summary["mqtt"]["lost"], 0, "{summary}");
+    assert_eq!(summary["webhook"]["posted"], 3 * fixtures, "{summary}");
+    // 8 fixtures are stored (204), 4 refused (400), and each answer is the one expected
+    assert_eq!(summary["webhook"]["accepted"], 3 * 8, "{summary}");
+    assert_eq!(summary["webhook"]["refused"], 3 * 4, "{summary}");
+    assert_eq!(summary["webhook"]["unexpected"], 0, "{summary}");
 
     // Then verify finds every reading the manifest expects, exactly, and none refused
     let counts = ManifestCounts::read(&manifest).unwrap();
-    // 8 fixtures give 9 readings (OpenALPR's agent batch holds two plates); 4 are refused
-    assert_eq!(counts.stored_points, 3 * 9, "{counts:?}");
-    assert_eq!(counts.rejected, 3 * 4, "{counts:?}");
+    // 8 fixtures give 9 readings (OpenALPR's agent batch holds two plates); 4 are refused;
+    // twice over: MQTT and webhook
+    assert_eq!(counts.stored_points, 2 * 3 * 9, "{counts:?}");
+    assert_eq!(counts.rejected, 2 * 3 * 4, "{counts:?}");
     let verdict = SensorSim::verify_until_passed(
         &manifest,
         &vm.url(),
@@ -171,25 +208,28 @@ fn every_preset_fixture_over_mqtt_is_stored_exactly_and_refusals_are_not() {
     assert_eq!(total.found, counts.stored_points, "{verdict}");
     assert_eq!(total.rejected_sent, counts.rejected, "{verdict}");
     assert_eq!(total.leaked, 0, "{verdict}");
-    assert_eq!(verdict.per_measurement["camera_event"].found, 3 * 6);
-    assert_eq!(verdict.per_measurement["lorawan"].found, 3 * 3);
+    assert_eq!(verdict.per_measurement["camera_event"].found, 2 * 3 * 6);
+    assert_eq!(verdict.per_measurement["lorawan"].found, 2 * 3 * 3);
 
-    // And the gateway counted each refusal under its preset's label
+    // And the gateway counted each refusal under its input and its preset's label
     let metrics = gateway_metrics(http);
-    for (input, reason, n) in [
-        ("chirpstack-mqtt", "no_decoded_payload", 3.0),
-        ("chirpstack-mqtt", "not_an_uplink", 6.0),
-        ("ttn-mqtt", "not_an_uplink", 3.0),
-    ] {
-        assert_eq!(
-            metric_in(
-                &metrics,
-                "readings_rejected_total",
-                &[("input", input), ("reason", reason)]
-            ),
-            n,
-            "{input} {reason}:\n{metrics}"
-        );
+    for transport in ["mqtt", "webhook"] {
+        for (preset, reason, n) in [
+            ("chirpstack", "no_decoded_payload", 3.0),
+            ("chirpstack", "not_an_uplink", 6.0),
+            ("ttn", "not_an_uplink", 3.0),
+        ] {
+            let input = format!("{preset}-{transport}");
+            assert_eq!(
+                metric_in(
+                    &metrics,
+                    "readings_rejected_total",
+                    &[("input", &input), ("reason", reason)]
+                ),
+                n,
+                "{input} {reason}:\n{metrics}"
+            );
+        }
     }
     // Nothing was refused for its time: the shifted times are inside max_past_s
     for reason in ["timestamp_too_old", "timestamp_in_future"] {
