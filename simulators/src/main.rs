@@ -72,6 +72,10 @@ enum Command {
         /// Address of the gateway's live page (another free port if taken; port 0 = any).
         #[arg(long, default_value = "127.0.0.1:8080")]
         http: std::net::SocketAddr,
+        /// Address of the gateway's webhook inputs, where the demo posts the plate engines'
+        /// webhooks (another free port if taken; port 0 = any).
+        #[arg(long, default_value = "127.0.0.1:8181")]
+        webhook: std::net::SocketAddr,
         /// Seed of the simulated district.
         #[arg(long, default_value_t = 1)]
         seed: u64,
@@ -299,6 +303,7 @@ fn real_main() -> anyhow::Result<ExitCode> {
             api,
             mqtt_port,
             http,
+            webhook,
             seed,
             duration,
             scenario,
@@ -325,6 +330,7 @@ fn real_main() -> anyhow::Result<ExitCode> {
                 api_v1: matches!(api, ApiArg::V1),
                 mqtt_port,
                 http_listen: http,
+                webhook_listen: webhook,
                 seed,
                 duration: duration.map(Duration::from_secs_f64),
                 scenario,

@@ -932,12 +932,14 @@ pub fn unix_ms() -> i64 {
 
 /// The gateway inputs that receive what `sensor-sim presets` sends: one MQTT input per preset
 /// on `mqtt_url` (client ids `<client_prefix>-<preset>`), and, with `webhook_listen`, one HTTP
-/// input per preset on that address (with `token_env` when given). The `camera` tags stand in
+/// input on that address for each of `webhook_presets` (all when empty), with `token_env` when
+/// given. The `camera` tags stand in
 /// for payloads that name no camera ([`SNAPSHOT_CAMERA`], [`OPENALPR_CLOUD_CAMERA`]).
 pub fn gateway_inputs(
     mqtt_url: Option<&str>,
     client_prefix: &str,
     webhook_listen: Option<&str>,
+    webhook_presets: &[Preset],
     token_env: Option<&str>,
 ) -> String {
     let mut out = String::new();
@@ -964,6 +966,9 @@ pub fn gateway_inputs(
     }
     if let Some(listen) = webhook_listen {
         for p in Preset::ALL {
+            if !(webhook_presets.is_empty() || webhook_presets.contains(&p)) {
+                continue;
+            }
             let token = token_env
                 .map(|v| format!("token_env = \"{v}\"\n"))
                 .unwrap_or_default();
@@ -1284,6 +1289,7 @@ mod tests {
             Some("mqtt://127.0.0.1:1883"),
             "gw",
             Some("127.0.0.1:8181"),
+            &[],
             Some("HOOK_TOKEN"),
         );
         let v: toml::Value = toml::from_str(&text).unwrap();
@@ -1293,5 +1299,21 @@ mod tests {
             v["inputs"]["http"][3]["path"].as_str(),
             Some("/webhook/ttn")
         );
+        let plates = gateway_inputs(
+            None,
+            "gw",
+            Some("127.0.0.1:8181"),
+            &[Preset::PlateRecognizer, Preset::OpenAlpr],
+            None,
+        );
+        let v: toml::Value = toml::from_str(&plates).unwrap();
+        assert!(v["inputs"].get("mqtt").is_none());
+        let paths: Vec<&str> = v["inputs"]["http"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i["path"].as_str().unwrap())
+            .collect();
+        assert_eq!(paths, ["/webhook/platerecognizer", "/webhook/openalpr"]);
     }
 }
