@@ -1225,7 +1225,9 @@ mod tests {
                 }
                 _ => {}
             }
-            let decoded = PayloadDecoder::new(&spec).decode(f.topic, send.payload.as_bytes(), 0);
+            let decoded = PayloadDecoder::new(&spec)
+                .unwrap_or_else(|e| panic!("{}: {e}", f.file))
+                .decode(f.topic, send.payload.as_bytes(), 0);
             let stored: Vec<&Entry> = send
                 .entries
                 .iter()
