@@ -4,8 +4,8 @@
 //! as its vendor's webhook (Plate Recognizer's as `multipart/form-data` with the image, the
 //! others as JSON, with a bearer token) to the gateway's `[[inputs.http]]`, retrying until a
 //! final answer, with its times moved to now; the real `ioc-gateway` (one MQTT and one webhook
-//! input per preset, as `simulators/README.md` shows) stores them in a real VictoriaMetrics; the real `sensor-sim verify` must find exactly the readings
-//! the manifest says — written out in the simulator from the presets' documented mapping — and
+//! input per preset, as `simulators/README.md` shows) stores them in a real VictoriaMetrics or
+//! InfluxDB 1.x; the real `sensor-sim verify` must find exactly the readings the manifest says — written out in the simulator from the presets' documented mapping — and
 //! none of the payloads the gateway must refuse (join and status events, an uplink without a
 //! decoded object).
 //!
@@ -17,8 +17,8 @@ use std::process::Command;
 use std::time::Duration;
 
 use ioc_e2e::{
-    bin_path, free_port, gateway_metrics, metric_in, GatewayProcess, HeavyTestLock, ManifestCounts,
-    Mosquitto, SensorSim, StoreApi, VictoriaMetrics,
+    bin_path, free_port, gateway_metrics, metric_in, GatewayProcess, HeavyTestLock, Influx1,
+    ManifestCounts, Mosquitto, SensorSim, StoreApi, VictoriaMetrics,
 };
 use serde_json::Value;
 
@@ -84,13 +84,42 @@ const SUBSCRIPTIONS: [(&str, &str); 5] = [
     ("ttn", "v3/+/devices/+/join"),
 ];
 
-fn write_config(
-    dir: &Path,
-    broker: &Mosquitto,
-    vm: &VictoriaMetrics,
-    http: u16,
-    webhook: u16,
-) -> PathBuf {
+enum Store<'a> {
+    Victoria(&'a VictoriaMetrics),
+    /// InfluxDB 1.x keeps the plates' strings, which `verify` (numbers only) does not read.
+    Influx(&'a Influx1),
+}
+
+impl Store<'_> {
+    fn output(&self) -> String {
+        match self {
+            Store::Victoria(vm) => format!(
+                "url = \"{}\"\napi = \"v2\"\norg = \"ioc\"\nbucket = \"telemetry\"\n",
+                vm.url()
+            ),
+            Store::Influx(influx) => format!(
+                "url = \"{}\"\napi = \"v1\"\ndatabase = \"telemetry\"\n",
+                influx.url()
+            ),
+        }
+    }
+
+    fn url(&self) -> String {
+        match self {
+            Store::Victoria(vm) => vm.url(),
+            Store::Influx(influx) => influx.url(),
+        }
+    }
+
+    fn api(&self) -> StoreApi {
+        match self {
+            Store::Victoria(_) => StoreApi::V2,
+            Store::Influx(_) => StoreApi::V1,
+        }
+    }
+}
+
+fn write_config(dir: &Path, broker: &Mosquitto, store: &Store, http: u16, webhook: u16) -> PathBuf {
     let data = dir.join("data");
     std::fs::create_dir_all(&data).unwrap();
     let text = format!(
@@ -104,18 +133,14 @@ data_dir = "{data}"
 max_past_s = 86400
 
 [output.influxdb]
-url = "{vm}"
-api = "v2"
-org = "ioc"
-bucket = "telemetry"
-flush_interval_ms = 200
+{output}flush_interval_ms = 200
 
 [http]
 listen = "127.0.0.1:{http}"
 "#,
         data = data.display(),
         inputs = preset_inputs(&broker.url(), webhook),
-        vm = vm.url(),
+        output = store.output(),
     );
     let path = dir.join("gateway.toml");
     std::fs::write(&path, text).unwrap();
@@ -142,14 +167,39 @@ fn sensor_sim_presets(args: &[&str]) -> Value {
 }
 
 #[test]
-fn every_preset_fixture_over_mqtt_and_as_webhook_is_stored_exactly_and_refusals_are_not() {
+fn every_preset_fixture_over_mqtt_and_as_webhook_reaches_victoriametrics_exactly() {
     let _heavy = HeavyTestLock::acquire();
-    let broker = Mosquitto::start().unwrap();
     let vm = VictoriaMetrics::start().unwrap();
+    every_preset_fixture_over_mqtt_and_as_webhook(Store::Victoria(&vm));
+}
+
+#[test]
+fn every_preset_fixture_over_mqtt_and_as_webhook_reaches_influxdb1_exactly_with_its_plates() {
+    let _heavy = HeavyTestLock::acquire();
+    let influx = Influx1::start().unwrap();
+    influx.create_database("telemetry").unwrap();
+    every_preset_fixture_over_mqtt_and_as_webhook(Store::Influx(&influx));
+}
+
+/// The plates of the plate fixtures (`crates/decode/tests/fixtures/presets/`: each result's
+/// `plate`, the group's `best_plate.plate`), by the camera tag their readings get.
+const PLATES: [(&str, &str); 6] = [
+    ("camera-1", "9jub11"),         // platerecognizer_stream_webhook.json
+    ("pr-snapshot", "nhk552"),      // platerecognizer_snapshot_response.json
+    ("1", "S11FRE"),                // openalpr_alprd_results.json, results[0]
+    ("1", "EJLESSIE"),              // openalpr_alprd_results.json, results[1]
+    ("1414799424", "A13709"),       // openalpr_alprd_group.json
+    ("openalpr-cloud", "TE6666DA"), // openalpr_cloud_results.json
+];
+
+/// Sends every fixture 3 times over MQTT and 3 times as webhooks through the real gateway into
+/// `store`, and checks the store with `sensor-sim verify` (and, in InfluxDB, the plates).
+fn every_preset_fixture_over_mqtt_and_as_webhook(store: Store) {
+    let broker = Mosquitto::start().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let http = free_port();
     let webhook = free_port();
-    let config = write_config(dir.path(), &broker, &vm, http, webhook);
+    let config = write_config(dir.path(), &broker, &store, http, webhook);
     let mut gateway = GatewayProcess::spawn_with_env(&config, &[(TOKEN_ENV, TOKEN)]).unwrap();
     for (preset, filter) in SUBSCRIPTIONS {
         let client = format!("{GATEWAY_ID}-{preset}");
@@ -190,11 +240,15 @@ fn every_preset_fixture_over_mqtt_and_as_webhook_is_stored_exactly_and_refusals_
     // twice over: MQTT and webhook
     assert_eq!(counts.stored_points, 2 * 3 * 9, "{counts:?}");
     assert_eq!(counts.rejected, 2 * 3 * 4, "{counts:?}");
+    let mut extra = vec!["--gateway-id", GATEWAY_ID];
+    if let Store::Influx(_) = store {
+        extra.extend(["--database", "telemetry"]);
+    }
     let verdict = SensorSim::verify_until_passed(
         &manifest,
-        &vm.url(),
-        StoreApi::V2,
-        &["--gateway-id", GATEWAY_ID],
+        &store.url(),
+        store.api(),
+        &extra,
         Duration::from_secs(30),
         Duration::from_secs(10),
     )
@@ -210,6 +264,30 @@ fn every_preset_fixture_over_mqtt_and_as_webhook_is_stored_exactly_and_refusals_
     assert_eq!(total.leaked, 0, "{verdict}");
     assert_eq!(verdict.per_measurement["camera_event"].found, 2 * 3 * 6);
     assert_eq!(verdict.per_measurement["lorawan"].found, 2 * 3 * 3);
+
+    // And in InfluxDB every plate read keeps its plate string: each fixture's plate 6 times
+    if let Store::Influx(influx) = &store {
+        let rows = influx
+            .query_rows(
+                "telemetry",
+                "SELECT plate, camera FROM camera_event WHERE gateway = 'sim-presets-gw'",
+            )
+            .unwrap();
+        let mut got: Vec<(String, String)> = rows
+            .iter()
+            .map(|r| {
+                let s = |k: &str| r[k].as_str().unwrap_or_default().to_owned();
+                (s("camera"), s("plate"))
+            })
+            .collect();
+        got.sort();
+        let mut want: Vec<(String, String)> = PLATES
+            .iter()
+            .flat_map(|(c, p)| std::iter::repeat_n((c.to_string(), p.to_string()), 6))
+            .collect();
+        want.sort();
+        assert_eq!(got, want);
+    }
 
     // And the gateway counted each refusal under its input and its preset's label
     let metrics = gateway_metrics(http);
