@@ -225,7 +225,7 @@ fn post_plate_webhooks(
     stop: Arc<AtomicBool>,
     mut manifest: impl std::io::Write,
 ) -> anyhow::Result<crate::webhook::WebhookSummary> {
-    use crate::webhook::{Answer, WebhookOptions, WebhookSender, WebhookSummary};
+    use crate::webhook::{WebhookOptions, WebhookSender, WebhookSummary};
     crate::manifest::write_header(
         &mut manifest,
         &crate::manifest::Header {
@@ -236,7 +236,8 @@ fn post_plate_webhooks(
         },
     )?;
     let mut opts = WebhookOptions::new(&base);
-    // a webhook the gateway cannot take within this is dropped: the demo is stopping then
+    // the gateway runs in this process: one it cannot take within 16 s ends the webhooks (the
+    // demo says so on stderr)
     opts.retry_for = PRESET_PERIOD * 4;
     let sender = WebhookSender::new(opts);
     let mut planner = crate::presets::Planner::new(crate::presets::TimeMode::Now);
@@ -251,18 +252,8 @@ fn post_plate_webhooks(
         }
         let f = fixtures[n as usize % fixtures.len()];
         let send = planner.plan(f, crate::presets::unix_ms())?;
-        match sender.post(&send, &mut summary.retries) {
-            Ok(answer) => {
-                summary.posted += 1;
-                match answer {
-                    Answer::Stored => summary.accepted += 1,
-                    Answer::Refused(_) => summary.refused += 1,
-                }
-                for e in &send.entries {
-                    manifest.write_all(e.to_line().as_bytes())?;
-                }
-                manifest.flush()?;
-            }
+        match sender.deliver(&send, &mut summary, &mut manifest) {
+            Ok(_) => {}
             // the gateway stops with the demo: a webhook then unanswered is not a failure
             Err(_) if stop.load(Ordering::Acquire) => break,
             Err(e) => bail!("{e}"),

@@ -870,7 +870,7 @@ impl Write for SharedManifest {
 /// or the gateway's 204 / 400.
 fn presets_main(a: PresetsArgs) -> anyhow::Result<ExitCode> {
     use sensor_sim::presets::{self, Planner, Preset, TimeMode};
-    use sensor_sim::webhook::{as_expected, Answer, WebhookOptions, WebhookSender, WebhookSummary};
+    use sensor_sim::webhook::{WebhookOptions, WebhookSender, WebhookSummary};
     use std::sync::{Arc, Mutex};
     if a.broker.is_none() && a.webhook.is_none() {
         bail!("give --broker and/or --webhook");
@@ -971,25 +971,7 @@ fn presets_main(a: PresetsArgs) -> anyhow::Result<ExitCode> {
                     .map_err(|_| anyhow::anyhow!("planner lock poisoned"))?
                     .plan(f, presets::unix_ms())
                     .with_context(|| f.file)?;
-                let answer = sender.post(&send, &mut summary.retries)?;
-                summary.posted += 1;
-                match &answer {
-                    Answer::Stored => summary.accepted += 1,
-                    Answer::Refused(_) => summary.refused += 1,
-                }
-                if !as_expected(&send, &answer) {
-                    summary.unexpected += 1;
-                    eprintln!(
-                        "sensor-sim: {} answered {:?} for {}",
-                        sender.url(&send),
-                        answer,
-                        f.file
-                    );
-                }
-                for e in &send.entries {
-                    out.write_all(e.to_line().as_bytes())?;
-                }
-                out.flush()?;
+                sender.deliver(&send, &mut summary, &mut out)?;
             }
             summary.seconds = (started.elapsed().as_secs_f64() * 1000.0).round() / 1000.0;
             Some(summary)

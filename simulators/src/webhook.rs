@@ -68,6 +68,9 @@ pub enum WebhookError {
         seconds: f64,
         last: String,
     },
+    /// The manifest could not be written.
+    #[error("writing the manifest: {0}")]
+    Manifest(#[from] std::io::Error),
 }
 
 /// Counts of a webhook run, for the one-line summary.
@@ -161,6 +164,38 @@ impl WebhookSender {
             std::thread::sleep(wait);
             pause = (pause * 2).min(Duration::from_secs(5));
         }
+    }
+}
+
+impl WebhookSender {
+    /// Posts one send until its final answer, counts it in `summary` (an answer other than the
+    /// expected one is also said on stderr), and writes the send's entries to `manifest`.
+    pub fn deliver(
+        &self,
+        send: &PresetSend,
+        summary: &mut WebhookSummary,
+        manifest: &mut impl std::io::Write,
+    ) -> Result<Answer, WebhookError> {
+        let answer = self.post(send, &mut summary.retries)?;
+        summary.posted += 1;
+        match &answer {
+            Answer::Stored => summary.accepted += 1,
+            Answer::Refused(_) => summary.refused += 1,
+        }
+        if !as_expected(send, &answer) {
+            summary.unexpected += 1;
+            eprintln!(
+                "sensor-sim: {} answered {:?} for {}",
+                self.url(send),
+                answer,
+                send.fixture.file
+            );
+        }
+        for e in &send.entries {
+            manifest.write_all(e.to_line().as_bytes())?;
+        }
+        manifest.flush()?;
+        Ok(answer)
     }
 }
 
