@@ -72,6 +72,10 @@ enum Command {
         /// Address of the gateway's live page (another free port if taken; port 0 = any).
         #[arg(long, default_value = "127.0.0.1:8080")]
         http: std::net::SocketAddr,
+        /// Address of the gateway's webhook inputs, where the demo posts the plate engines'
+        /// webhooks (another free port if taken; port 0 = any).
+        #[arg(long, default_value = "127.0.0.1:8181")]
+        webhook: std::net::SocketAddr,
         /// Seed of the simulated district.
         #[arg(long, default_value_t = 1)]
         seed: u64,
@@ -126,6 +130,9 @@ enum Command {
         #[arg(long)]
         realtime: bool,
     },
+    /// Send the vendor payloads of the gateway's presets (platerecognizer, openalpr, chirpstack,
+    /// ttn) over MQTT and/or as webhooks, times moved to now; prints a one-line JSON summary.
+    Presets(PresetsArgs),
     /// Write the scenario's messages to stdout (`topic<TAB>payload` per line) without a broker.
     Generate {
         /// Scenario TOML file.
@@ -166,6 +173,46 @@ enum Command {
         #[arg(long, default_value_t = 50)]
         max_rows: usize,
     },
+}
+
+#[derive(clap::Args)]
+struct PresetsArgs {
+    /// Broker URL, mqtt://HOST:PORT: publish each payload on its vendor's topic (QoS 1).
+    #[arg(long)]
+    broker: Option<String>,
+    /// Base URL of the gateway's webhook inputs, http://HOST:PORT: post each payload to
+    /// /webhook/<preset>.
+    #[arg(long)]
+    webhook: Option<String>,
+    /// Bearer token for the webhooks.
+    #[arg(long, conflicts_with = "token_env")]
+    token: Option<String>,
+    /// Read the bearer token from this environment variable.
+    #[arg(long)]
+    token_env: Option<String>,
+    /// Manifest output file (JSON lines of what the broker or the gateway acknowledged).
+    #[arg(long)]
+    manifest: PathBuf,
+    /// Send every payload this many times (each time with new times).
+    #[arg(long, default_value_t = 1)]
+    repeat: u64,
+    /// Payloads per second on each transport, 0 = as fast as they are taken.
+    #[arg(long, default_value_t = 0.0)]
+    rate: f64,
+    /// Where the payloads' times go: `now` (each send's latest time is the moment it is sent),
+    /// an RFC 3339 UTC instant (the first send's; later ones follow the clock), or `fixture`
+    /// (the times as published).
+    #[arg(long, default_value = "now")]
+    start: String,
+    /// Only these presets (repeatable; default all).
+    #[arg(long = "preset")]
+    presets: Vec<String>,
+    /// MQTT client id (default sensor-sim-presets-<pid>).
+    #[arg(long)]
+    client_id: Option<String>,
+    /// Give a webhook up after retrying it this many seconds (503, connection errors).
+    #[arg(long, default_value_t = 60.0)]
+    retry_for: f64,
 }
 
 #[derive(clap::Args)]
@@ -256,6 +303,7 @@ fn real_main() -> anyhow::Result<ExitCode> {
             api,
             mqtt_port,
             http,
+            webhook,
             seed,
             duration,
             scenario,
@@ -282,6 +330,7 @@ fn real_main() -> anyhow::Result<ExitCode> {
                 api_v1: matches!(api, ApiArg::V1),
                 mqtt_port,
                 http_listen: http,
+                webhook_listen: webhook,
                 seed,
                 duration: duration.map(Duration::from_secs_f64),
                 scenario,
@@ -369,6 +418,7 @@ fn real_main() -> anyhow::Result<ExitCode> {
             println!("{}", serde_json::to_string(&summary)?);
             Ok(ExitCode::SUCCESS)
         }
+        Command::Presets(args) => presets_main(args),
         Command::Generate {
             scenario,
             seed,
@@ -792,6 +842,146 @@ fn node_main(a: &SerialArgs) -> anyhow::Result<ExitCode> {
     println!(
         "{}",
         serde_json::json!({ "bytes_out": bytes_out, "bytes_in": bytes_in, "dropped_bytes": out.dropped, "boot_ids": boot_ids, "simulated_ms": now_ms })
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A manifest writer shared by the MQTT publisher and the webhook sender.
+#[derive(Clone)]
+struct SharedManifest(std::sync::Arc<std::sync::Mutex<BufWriter<File>>>);
+
+impl Write for SharedManifest {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0
+            .lock()
+            .map_err(|_| std::io::Error::other("manifest lock poisoned"))?
+            .write(buf)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.0
+            .lock()
+            .map_err(|_| std::io::Error::other("manifest lock poisoned"))?
+            .flush()
+    }
+}
+
+/// `sensor-sim presets`: every fixture `--repeat` times over MQTT (all acknowledged), then as
+/// webhooks (each until its final answer); the manifest gets a payload's entries on its PUBACK
+/// or the gateway's 204 / 400.
+fn presets_main(a: PresetsArgs) -> anyhow::Result<ExitCode> {
+    use sensor_sim::presets::{self, Planner, Preset, TimeMode};
+    use sensor_sim::webhook::{WebhookOptions, WebhookSender, WebhookSummary};
+    use std::sync::{Arc, Mutex};
+    if a.broker.is_none() && a.webhook.is_none() {
+        bail!("give --broker and/or --webhook");
+    }
+    if !(a.rate.is_finite() && a.rate >= 0.0) {
+        bail!("--rate must be >= 0");
+    }
+    let mode = TimeMode::parse(&a.start).map_err(|e| anyhow::anyhow!("--start: {e}"))?;
+    let mut only = Vec::new();
+    for name in &a.presets {
+        only.push(Preset::from_name(name).with_context(|| {
+            format!("--preset {name:?}: expected platerecognizer, openalpr, chirpstack or ttn")
+        })?);
+    }
+    let fixtures = presets::fixtures(&only);
+    let token = match &a.token_env {
+        Some(var) => {
+            Some(std::env::var(var).with_context(|| format!("--token-env {var}: not set"))?)
+        }
+        None => a.token.clone(),
+    };
+    let file =
+        File::create(&a.manifest).with_context(|| format!("creating {}", a.manifest.display()))?;
+    let mut out = BufWriter::new(file);
+    manifest::write_header(
+        &mut out,
+        &Header {
+            version: 1,
+            scenario: "presets".into(),
+            seed: 0,
+            qos: 1,
+        },
+    )?;
+    let shared = SharedManifest(Arc::new(Mutex::new(out)));
+    let planner = Arc::new(Mutex::new(Planner::new(mode)));
+    let rounds = a.repeat;
+    let rate = a.rate;
+    // Every fixture `--repeat` times, paced; each is planned once its turn comes.
+    let sends = {
+        let fixtures = fixtures.clone();
+        move || {
+            let fixtures = fixtures.clone();
+            let started = std::time::Instant::now();
+            let never = std::sync::atomic::AtomicBool::new(false);
+            (0..rounds)
+                .flat_map(move |_| fixtures.clone().into_iter().enumerate())
+                .enumerate()
+                .map(move |(n, item)| {
+                    presets::wait_turn(started, n as u64, rate, &never);
+                    item
+                })
+        }
+    };
+
+    let mqtt_summary = match &a.broker {
+        None => None,
+        Some(broker) => {
+            let mut opts = PublishOptions::for_broker(broker)?;
+            opts.qos = QoS::AtLeastOnce;
+            opts.client_id_prefix = a
+                .client_id
+                .clone()
+                .unwrap_or_else(|| format!("sensor-sim-presets-{}", std::process::id()));
+            let planner = planner.clone();
+            let messages = sends().filter_map(move |(i, f)| {
+                let send = planner
+                    .lock()
+                    .ok()?
+                    .plan(f, presets::unix_ms())
+                    .map_err(|e| eprintln!("sensor-sim: {}: {e}", f.file))
+                    .ok()?;
+                Some(presets::mqtt_message(send, i))
+            });
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()?;
+            let summary =
+                runtime.block_on(mqtt::publish(messages, opts, Box::new(shared.clone())))?;
+            runtime.shutdown_timeout(Duration::from_secs(2));
+            Some(summary)
+        }
+    };
+
+    let webhook_summary = match &a.webhook {
+        None => None,
+        Some(base) => {
+            let mut opts = WebhookOptions::new(base);
+            opts.token = token;
+            opts.retry_for = Duration::from_secs_f64(a.retry_for.max(0.0));
+            let sender = WebhookSender::new(opts);
+            let mut summary = WebhookSummary::default();
+            let started = std::time::Instant::now();
+            let mut out = shared.clone();
+            for (_, f) in sends() {
+                let send = planner
+                    .lock()
+                    .map_err(|_| anyhow::anyhow!("planner lock poisoned"))?
+                    .plan(f, presets::unix_ms())
+                    .with_context(|| f.file)?;
+                sender.deliver(&send, &mut summary, &mut out)?;
+            }
+            summary.seconds = (started.elapsed().as_secs_f64() * 1000.0).round() / 1000.0;
+            Some(summary)
+        }
+    };
+    let mut out = shared;
+    out.flush()?;
+    println!(
+        "{}",
+        serde_json::json!({ "mqtt": mqtt_summary, "webhook": webhook_summary })
     );
     Ok(ExitCode::SUCCESS)
 }

@@ -118,11 +118,25 @@ pub struct Entry {
 }
 
 /// Marks an already serialised entry line as re-sent (see [`Entry::resent`]).
+/// Several lines (a message that stands for several entries) are all marked.
 pub fn mark_resent(line: &mut String) {
-    if line.ends_with("}\n") && !line.contains("\"resent\"") {
-        line.truncate(line.len() - 2);
-        line.push_str(",\"resent\":true}\n");
+    if !line.ends_with("}\n") || line.contains("\"resent\"") {
+        return;
     }
+    let mut marked = String::with_capacity(line.len() + 16);
+    for l in line.lines() {
+        match l.strip_suffix('}') {
+            Some(open) => {
+                marked.push_str(open);
+                marked.push_str(",\"resent\":true}\n");
+            }
+            None => {
+                marked.push_str(l);
+                marked.push('\n');
+            }
+        }
+    }
+    *line = marked;
 }
 
 impl Entry {
@@ -259,6 +273,10 @@ mod tests {
         );
         let (_, entries) = read(line.as_bytes()).unwrap();
         assert!(entries[0].resent);
+        let mut two = "{\"m\":\"a\",\"t\":{},\"ts\":1,\"f\":{},\"x\":\"stored\"}\n{\"m\":\"a\",\"t\":{},\"ts\":2,\"f\":{},\"x\":\"stored\"}\n".to_string();
+        mark_resent(&mut two);
+        let (_, entries) = read(two.as_bytes()).unwrap();
+        assert!(entries.iter().all(|e| e.resent), "{two}");
     }
 
     #[test]

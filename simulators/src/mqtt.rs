@@ -443,6 +443,9 @@ fn feed(
         let index = msg.device % conns.len();
         let conn = &conns[index];
         let mut line = msg.entry.to_line();
+        for also in &msg.also {
+            line.push_str(&also.to_line());
+        }
         let mut publish = Some((msg.topic, msg.payload));
         while let Some((topic, payload)) = publish.take() {
             if !conn.alive.load(Ordering::Acquire) {

@@ -17,7 +17,9 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use ioc_e2e::{bin_path, free_port, now_ms, wait_until, VictoriaMetrics};
+use ioc_e2e::{
+    bin_path, free_port, now_ms, wait_until, ManifestCounts, SensorSim, StoreApi, VictoriaMetrics,
+};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use serde_json::Value;
@@ -59,6 +61,8 @@ impl Demo {
                 "--mqtt-port",
                 "0",
                 "--http",
+                "127.0.0.1:0",
+                "--webhook",
                 "127.0.0.1:0",
             ])
             .env("NO_COLOR", "1")
@@ -178,12 +182,19 @@ fn sensors(base: &str) -> Value {
     serde_json::from_str(&body).unwrap()
 }
 
-/// `key → ts_ms` of every sensor on the board.
-fn board(body: &Value) -> BTreeMap<String, i64> {
+/// The district's sensors on the board (not the vendor payloads the demo also plays, whose
+/// times keep their fixtures' spacing: an OpenALPR group's start is long before its end).
+fn district(body: &Value) -> impl Iterator<Item = &Value> {
     body["sensors"]
         .as_array()
         .unwrap()
         .iter()
+        .filter(|s| s["measurement"] != "camera_event")
+}
+
+/// `key → ts_ms` of every district sensor on the board.
+fn board(body: &Value) -> BTreeMap<String, i64> {
+    district(body)
         .map(|s| {
             (
                 s["key"].as_str().unwrap().to_owned(),
@@ -240,7 +251,7 @@ fn demo_without_a_store_shows_live_readings_and_buffers_to_disk() {
     assert!(
         wait_until(WITHIN_A_MINUTE, || {
             first = sensors(&base);
-            first["sensors_total"].as_u64().unwrap_or(0) > 0
+            district(&first).next().is_some()
         }),
         "no reading within a minute: {first:#}\n--- stderr ---\n{}",
         demo.stderr_tail()
@@ -249,7 +260,7 @@ fn demo_without_a_store_shows_live_readings_and_buffers_to_disk() {
     eprintln!("demo: first live reading {first_reading:?} after spawn");
     assert!(first_reading < WITHIN_A_MINUTE);
     let t0 = now_ms();
-    for s in first["sensors"].as_array().unwrap() {
+    for s in district(&first) {
         let ts = s["ts_ms"].as_i64().unwrap();
         assert!((t0 - 30_000..=t0 + 5_000).contains(&ts), "not live: {s}");
         assert!(!s["fields"].as_object().unwrap().is_empty(), "{s}");
@@ -301,6 +312,44 @@ fn demo_without_a_store_shows_live_readings_and_buffers_to_disk() {
         "{env}"
     );
     assert!(env["fields"]["pm2_5"]["value"].as_f64().unwrap() >= 0.0);
+
+    // The plate engines' webhooks: their inputs are listed like the MQTT ones, and the plates
+    // they post show on the board with the input they came in on.
+    let (line, _) = demo.wait_line("  webhooks:", Duration::from_secs(1));
+    assert!(line.contains("/webhook/platerecognizer"), "{line}");
+    for input in ["platerecognizer-webhook", "openalpr-webhook"] {
+        let state = &later["inputs"][input];
+        assert_eq!(state["kind"], "http", "{input}: {later:#}");
+        assert_eq!(state["up"], true, "{input}: {state}");
+    }
+    let mut webhook_plate = Value::Null;
+    assert!(
+        wait_until(Duration::from_secs(15), || {
+            let body = sensors(&base);
+            webhook_plate = body["camera_events"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|e| e["input"].as_str().is_some_and(|i| i.ends_with("-webhook")))
+                .cloned()
+                .unwrap_or(Value::Null);
+            !webhook_plate.is_null()
+        }),
+        "no plate from a webhook on the board\n--- stderr ---\n{}",
+        demo.stderr_tail()
+    );
+    assert_eq!(
+        webhook_plate["measurement"], "camera_event",
+        "{webhook_plate}"
+    );
+    assert_eq!(
+        webhook_plate["tags"]["event_type"], "plate",
+        "{webhook_plate}"
+    );
+    assert!(
+        webhook_plate["fields"]["plate"].is_string(),
+        "{webhook_plate}"
+    );
 
     // Nothing reaches a store; it all waits on disk, and the demo says so again.
     assert_eq!(later["store"]["lines_sent"], 0);
@@ -405,6 +454,16 @@ fn demo_forwards_to_the_store_it_is_given_and_stops_on_sigterm() {
     );
     assert_eq!(body["store"]["last_error"], Value::Null);
 
+    // Let the demo post at least one plate webhook (every 4 s, from 2 s after start) first.
+    let webhooks = dir.path().join("webhooks-manifest.jsonl");
+    assert!(
+        wait_until(Duration::from_secs(20), || {
+            ManifestCounts::read(&webhooks).is_ok_and(|c| c.stored_points > 0)
+        }),
+        "no webhook answered 204\n--- stderr ---\n{}",
+        demo.stderr_tail()
+    );
+
     // SIGTERM (systemd, `kill`): a clean exit within seconds.
     let (status, took) = demo.stop(Signal::SIGTERM);
     eprintln!("demo: exited {status} {took:?} after SIGTERM");
@@ -415,4 +474,27 @@ fn demo_forwards_to_the_store_it_is_given_and_stops_on_sigterm() {
         "{}",
         demo.stdout_text()
     );
+
+    // The vendor payloads the demo sent (over MQTT, and the plate engines' webhooks) are all in
+    // the store with their exact values and times: `sensor-sim verify` on the demo's manifests.
+    for manifest in ["presets-manifest.jsonl", "webhooks-manifest.jsonl"] {
+        let path = dir.path().join(manifest);
+        let counts = ManifestCounts::read(&path).unwrap();
+        assert!(counts.stored_points > 0, "{manifest}: {counts:?}");
+        let verdict = SensorSim::verify_until_passed(
+            &path,
+            &vm.url(),
+            StoreApi::V2,
+            &["--gateway-id", "demo-gw"],
+            Duration::from_secs(20),
+            Duration::from_secs(10),
+        )
+        .unwrap();
+        assert!(verdict.passed(), "{manifest}:\n{verdict}");
+        assert_eq!(verdict.counts().found, counts.stored_points, "{verdict}");
+        eprintln!(
+            "demo: {manifest}: {} readings verified in VictoriaMetrics",
+            counts.stored_points
+        );
+    }
 }

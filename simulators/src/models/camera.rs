@@ -225,6 +225,7 @@ impl Camera {
             payload: serde_json::to_vec(&event).unwrap_or_default(),
             device: self.device,
             entry,
+            also: Vec::new(),
             burst: false,
             due_ms: 0,
         }
@@ -249,6 +250,7 @@ impl Camera {
             payload: serde_json::to_vec(&read).unwrap_or_default(),
             device: self.device,
             entry,
+            also: Vec::new(),
             burst: false,
             due_ms: 0,
         }

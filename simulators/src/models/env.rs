@@ -122,6 +122,7 @@ impl EnvStation {
             payload: payload.into_bytes(),
             device: self.device,
             entry,
+            also: Vec::new(),
             burst: false,
             due_ms: 0,
         }

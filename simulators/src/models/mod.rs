@@ -24,6 +24,8 @@ pub struct Message {
     pub device: usize,
     /// The manifest entry to record once the broker acknowledges the message.
     pub entry: Entry,
+    /// Further entries recorded with it (a vendor payload that carries several readings).
+    pub also: Vec<Entry>,
     /// Publish without waiting for the rate limiter (part of a burst).
     pub burst: bool,
     /// Simulated instant the device produced it (Unix ms; set by the generator), which real-time

@@ -135,6 +135,7 @@ impl TrafficLane {
             payload: payload.into_bytes(),
             device: self.device,
             entry,
+            also: Vec::new(),
             burst: false,
             due_ms: 0,
         }
