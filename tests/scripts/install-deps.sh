@@ -1,11 +1,16 @@
 #!/usr/bin/env bash
-# install-deps.sh — make sure the servers the end-to-end tests start are installed, and that none of them
-# runs as a system service on its default port.
+# install-deps.sh — make sure the servers and tools the end-to-end tests use are installed.
 #
 # Why: the tests (tests/src/lib.rs) start their own mosquitto, VictoriaMetrics and InfluxDB 1.x as child
-# processes on free loopback ports in temp dirs. On a fresh Debian machine (CI) the binaries are missing;
-# Debian's packages would also start system services on 1883 / 8428 / 8086 when installed, and a test must
-# never talk to one of those by accident. Idempotent: when everything is present it installs nothing.
+# processes on free loopback ports in temp dirs. On a fresh Debian machine (CI) the binaries are missing.
+# Idempotent: when everything is present it installs nothing and touches nothing.
+#
+# What it installs (apt, when missing): mosquitto, mosquitto-clients, victoria-metrics, influxdb, curl,
+# openssl (the TLS tests make their own CA), chromium (the live page test; IOC_E2E_NO_BROWSER=1 skips
+# it), and cargo-deb with `cargo install` (the package test; IOC_E2E_NO_DEB=1 skips it).
+# What it stops: only the system services of the server packages it has just installed itself
+# (Debian starts them on install); a mosquitto, VictoriaMetrics or InfluxDB that was already on the
+# machine is left alone (the tests use their own free ports, never the default ones).
 #
 # Extra Debian packages can be requested with IOC_E2E_EXTRA_DEPS="binary:package ..." (for instance
 # IOC_E2E_EXTRA_DEPS="socat:socat").
@@ -19,6 +24,8 @@ REQUIRED=(
   "victoria-metrics:victoria-metrics"
   "influxd:influxdb"
   "curl:curl"
+  "openssl:openssl"     # tests/src/pki.rs: the TLS tests' CA, server and client certificates
+  "setpriv:util-linux"  # tests/tests/deb_package_e2e.rs: the installed gateway run as its service user
   "chromium:chromium"   # gateway/tests/http_browser.rs: the live page in headless Chromium
 )
 # shellcheck disable=SC2206
@@ -30,7 +37,8 @@ if [ "${IOC_E2E_NO_BROWSER:-0}" = 1 ]; then
   REQUIRED=("${filtered[@]}")
 fi
 
-SERVICES=(mosquitto victoria-metrics influxdb)
+# The server packages whose system services must not keep running once this script installed them.
+SERVER_PACKAGES=(mosquitto victoria-metrics influxdb)
 
 log() { echo "install-deps: $*" >&2; }
 
@@ -51,29 +59,13 @@ for entry in "${REQUIRED[@]}"; do
   fi
 done
 
+# Stops and disables the system services of the given packages (just installed by this script).
 stop_services() {
-  # Stop and disable the Debian service units so they never hold the default ports.
-  if [ -d /run/systemd/system ] && have systemctl; then
-    for s in "${SERVICES[@]}"; do
+  for s in "$@"; do
+    if [ -d /run/systemd/system ] && have systemctl; then
       "${sudo_cmd[@]}" systemctl disable --now "$s" >/dev/null 2>&1 || true
-    done
-  else
-    for s in "${SERVICES[@]}"; do
-      if [ -x "/etc/init.d/$s" ]; then
-        "${sudo_cmd[@]}" "/etc/init.d/$s" stop >/dev/null 2>&1 || true
-      fi
-    done
-  fi
-  # Whatever is left: kill the daemons by the PIDs in their own pid files (never by name).
-  for pidfile in /run/mosquitto/mosquitto.pid /var/run/mosquitto/mosquitto.pid /run/mosquitto.pid \
-                 /run/influxdb/influxd.pid /var/run/influxdb/influxd.pid \
-                 /run/victoria-metrics/victoria-metrics.pid /run/victoria-metrics.pid; do
-    if [ -r "$pidfile" ]; then
-      pid="$(tr -dc '0-9' < "$pidfile")"
-      if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then
-        log "stopping system daemon pid $pid ($pidfile)"
-        "${sudo_cmd[@]}" kill "$pid" 2>/dev/null || true
-      fi
+    elif [ -x "/etc/init.d/$s" ]; then
+      "${sudo_cmd[@]}" "/etc/init.d/$s" stop >/dev/null 2>&1 || true
     fi
   done
 }
@@ -96,9 +88,24 @@ if [ "${#missing_pkgs[@]}" -gt 0 ]; then
   "${sudo_cmd[@]}" apt-get install -y -q --no-install-recommends "${missing_pkgs[@]}"
   cleanup_policy
   trap - EXIT
+  installed_servers=()
+  for pkg in "${missing_pkgs[@]}"; do
+    case " ${SERVER_PACKAGES[*]} " in *" $pkg "*) installed_servers+=("$pkg") ;; esac
+  done
+  if [ "${#installed_servers[@]}" -gt 0 ]; then
+    log "stopping the services of the packages just installed: ${installed_servers[*]}"
+    stop_services "${installed_servers[@]}"
+  fi
 fi
 
-stop_services
+# cargo-deb, for the package test (a cargo subcommand, not a Debian package).
+CARGO_DEB_VERSION=3.8.0
+if [ "${IOC_E2E_NO_DEB:-0}" != 1 ] && ! cargo deb --version >/dev/null 2>&1; then
+  log "installing cargo-deb $CARGO_DEB_VERSION (cargo install)"
+  deb_build="$(mktemp -d)"
+  CARGO_TARGET_DIR="$deb_build" cargo install cargo-deb --locked --version "$CARGO_DEB_VERSION" --quiet
+  rm -rf "$deb_build"
+fi
 
 for entry in "${REQUIRED[@]}"; do
   bin="${entry%%:*}"

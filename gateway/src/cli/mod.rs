@@ -73,7 +73,8 @@ pub enum Command {
         #[command(subcommand)]
         command: BufferCommand,
     },
-    /// Check a config file: exit 0 if valid, else print where the problem is and exit 2.
+    /// Check a config file and what `run` will need: exit 0 if usable, else print where the problem
+    /// is and exit 78 (EX_CONFIG).
     CheckConfig {
         /// Path to the TOML config file.
         config: PathBuf,
