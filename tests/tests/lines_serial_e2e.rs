@@ -5,7 +5,9 @@
 //! `checksum = "nmea-xor"`.
 //!
 //! The stream has what a real RS-232 line has: lines torn across writes, CR LF, LF and CR
-//! endings mixed, a boot banner and a line cut off in the middle (both `no_match`), a sentinel
+//! endings mixed, a boot banner and a line cut off in the middle (both `no_checksum`: the
+//! checksum is checked before the pattern), a status line with a valid checksum that the pattern
+//! does not take (`no_match`), a sentinel
 //! in one value (that field dropped) and in both (`no_values`), a corrupt line (`checksum`), and
 //! a 1 MB run of bytes without a line end (`too_long`, once, never held in memory).
 //!
@@ -166,6 +168,11 @@ fn a_line_sensor_with_faults_reaches_the_store_exactly_and_is_counted() {
         } else {
             master.write_all(&bytes).unwrap();
         }
+        if n == 5 {
+            master
+                .write_all(format!("{}\r\n", checksummed("LVL,STATUS,BATTERY LOW")).as_bytes())
+                .unwrap();
+        }
         if n == 25 {
             // A line cut off (the logger reset mid-line), ended by the next line end.
             master.write_all(b"$LVL,17723\r\n").unwrap();
@@ -241,11 +248,12 @@ fn a_line_sensor_with_faults_reaches_the_store_exactly_and_is_counted() {
         )
     };
     assert_eq!(frames("ok"), expected.len() as f64, "{text}");
-    assert_eq!(frames("no_match"), 2.0, "banner and cut-off line: {text}");
+    assert_eq!(frames("no_match"), 1.0, "the status line: {text}");
     assert_eq!(frames("no_values"), 1.0, "{text}");
+    assert_eq!(bad("no_checksum"), 2.0, "banner and cut-off line: {text}");
     assert_eq!(bad("checksum"), 1.0, "{text}");
     assert_eq!(bad("too_long"), 1.0, "{text}");
-    assert_eq!(frames("bad"), 2.0, "{text}");
+    assert_eq!(frames("bad"), 4.0, "{text}");
 
     gateway.sigterm();
     gateway.wait_exit(Duration::from_secs(10)).unwrap();
