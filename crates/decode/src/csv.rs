@@ -105,18 +105,7 @@ impl Csv {
     /// Compiles a CSV config for readings named `measurement`. Error keys are relative to the
     /// `csv` section.
     pub fn compile(cfg: &CsvConfig, measurement: &str) -> Result<Self, SpecError> {
-        let separator = match cfg.separator.as_bytes() {
-            [b] if b.is_ascii() && !matches!(b, b'"' | b'\n' | b'\r') => *b,
-            _ => {
-                return Err(SpecError::new(
-                    "separator",
-                    format!(
-                    "{:?} is not a separator: one ASCII character such as \",\", \";\" or \"\\t\"",
-                    cfg.separator
-                ),
-                ))
-            }
-        };
+        let separator = separator_byte(&cfg.separator)?;
         if !cfg.header && cfg.columns.is_empty() {
             return Err(SpecError::new(
                 "columns",
@@ -188,13 +177,7 @@ impl Csv {
     }
 
     fn reader<'a>(&self, bytes: &'a [u8]) -> ::csv::Reader<&'a [u8]> {
-        ReaderBuilder::new()
-            .has_headers(false)
-            .flexible(true)
-            .trim(Trim::All)
-            .delimiter(self.separator)
-            .buffer_capacity(bytes.len().clamp(64, 8 * 1024))
-            .from_reader(bytes)
+        reader(self.separator, bytes)
     }
 
     /// Decodes one payload, one reading per row; `base_tags` are the input's static and topic
@@ -357,6 +340,39 @@ impl Csv {
             .map_err(|e| reject(e.label(), e.to_string()))?;
         Ok(reading)
     }
+}
+
+/// The byte of a `separator` key: one ASCII character other than a quote or a line end. The
+/// error is for the `separator` key.
+pub fn separator_byte(separator: &str) -> Result<u8, SpecError> {
+    match separator.as_bytes() {
+        [b] if b.is_ascii() && !matches!(b, b'"' | b'\n' | b'\r') => Ok(*b),
+        _ => Err(SpecError::new(
+            "separator",
+            format!(
+                "{separator:?} is not a separator: one ASCII character such as \",\", \";\" or \"\\t\""
+            ),
+        )),
+    }
+}
+
+/// The one CSV reader set-up of the crate: quoted cells, cells trimmed, rows of any length.
+fn reader(separator: u8, bytes: &[u8]) -> ::csv::Reader<&[u8]> {
+    ReaderBuilder::new()
+        .has_headers(false)
+        .flexible(true)
+        .trim(Trim::All)
+        .delimiter(separator)
+        .buffer_capacity(bytes.len().clamp(64, 8 * 1024))
+        .from_reader(bytes)
+}
+
+/// Reads the first row of `line` into `record`, cells trimmed and unquoted as `format = "csv"`
+/// reads them (the serial `lines` protocol's `columns`). `Ok(false)` if there is no row.
+pub fn read_cells(separator: u8, line: &[u8], record: &mut ByteRecord) -> Result<bool, String> {
+    reader(separator, line)
+        .read_byte_record(record)
+        .map_err(|e| e.to_string())
 }
 
 #[cfg(test)]

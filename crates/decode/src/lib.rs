@@ -5,6 +5,7 @@ pub mod camera;
 pub mod csv;
 pub mod json;
 pub mod line_protocol;
+pub mod lines;
 pub mod mapping;
 pub mod modbus;
 pub mod nmea0183;

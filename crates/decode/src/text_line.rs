@@ -43,6 +43,12 @@ pub enum BadLine {
     Truncated,
     /// A line without the protocol's start at all (line noise, a wrong baud rate).
     Noise,
+    /// `lines`: a field's text is not a number.
+    NotANumber,
+    /// `lines`: the time capture or column cannot be read in the configured `time_format`.
+    BadTime,
+    /// `lines`: a tag's text cannot be stored (not UTF-8, a control character, …).
+    BadTag,
 }
 
 impl BadLine {
@@ -55,6 +61,9 @@ impl BadLine {
             BadLine::TooLong => "too_long",
             BadLine::Truncated => "truncated",
             BadLine::Noise => "noise",
+            BadLine::NotANumber => "not_a_number",
+            BadLine::BadTime => "bad_time",
+            BadLine::BadTag => "bad_tag",
         }
     }
 }
@@ -72,11 +81,17 @@ pub struct LineOutput {
     pub no_fix: u64,
     /// `lines`: lines the pattern did not match.
     pub no_match: u64,
+    /// `lines`: lines that matched but whose every field was empty or a `drop_values` sentinel
+    /// (the sensor saying "no value"), so they made no reading.
+    pub no_values: u64,
     /// `lines`: the first unmatched lines (at most [`UNMATCHED_KEPT`], each cut to
     /// [`UNMATCHED_CHARS`]), so the probe can show what arrives.
     pub unmatched: Vec<String>,
     /// Bad lines, by reason.
     pub bad: Vec<BadLine>,
+    /// `lines` with tracing on (the probe): every line (cut to [`UNMATCHED_CHARS`]) with the
+    /// label of its outcome, in order.
+    pub traced: Vec<(String, &'static str)>,
 }
 
 /// Unmatched lines kept per chunk for the probe.
@@ -91,20 +106,30 @@ impl LineOutput {
         self.skipped = 0;
         self.no_fix = 0;
         self.no_match = 0;
+        self.no_values = 0;
         self.unmatched.clear();
         self.bad.clear();
+        self.traced.clear();
     }
 
     /// Counts an unmatched line and keeps its start for the probe.
     pub fn unmatched_line(&mut self, line: &[u8]) {
         self.no_match += 1;
         if self.unmatched.len() < UNMATCHED_KEPT {
-            let text = String::from_utf8_lossy(line);
-            self.unmatched
-                .push(text.chars().take(UNMATCHED_CHARS).collect());
+            self.unmatched.push(shown(line));
         }
     }
 }
+
+/// The start of a line as the probe shows it (at most [`UNMATCHED_CHARS`] characters).
+pub fn shown(line: &[u8]) -> String {
+    String::from_utf8_lossy(line)
+        .chars()
+        .take(UNMATCHED_CHARS)
+        .collect()
+}
+
+impl LineOutput {}
 
 /// One thing the framer found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -56,14 +56,22 @@ pub enum Command {
     },
     /// Listen on a serial port and show what decodes (for commissioning a sensor).
     Probe {
-        /// Serial port, e.g. /dev/ttyUSB0.
-        #[arg(long)]
-        port: PathBuf,
-        /// Baud rate (default: the protocol's usual one; with auto, 9600 and 115200 are tried).
+        /// Serial port, e.g. /dev/ttyUSB0 (with --config: instead of the input's port).
+        #[arg(long, required_unless_present = "config")]
+        port: Option<PathBuf>,
+        /// Baud rate (default: the protocol's usual one, or the input's with --config; with
+        /// auto, the usual rates are tried one after the other).
         #[arg(long)]
         baud: Option<u32>,
-        #[arg(long, value_enum, default_value = "auto")]
+        #[arg(long, value_enum, default_value = "auto", conflicts_with = "config")]
         protocol: probe::ProbeProtocol,
+        /// Read the port, baud rate and decoder settings of a serial input from this config
+        /// file (needed for `protocol = "lines"`, whose pattern is in the config); with --input.
+        #[arg(long, requires = "input")]
+        config: Option<PathBuf>,
+        /// The serial input of --config to probe: its `name`, or its `port` path.
+        #[arg(long, requires = "config")]
+        input: Option<String>,
         /// Give up if nothing decodes within this many seconds.
         #[arg(long, default_value_t = 10)]
         seconds: u64,
@@ -144,8 +152,21 @@ pub fn execute(command: Command) -> Exit {
             port,
             baud,
             protocol,
+            config,
+            input,
             seconds,
-        } => probe::execute(port, baud, protocol, seconds),
+        } => match (config, input) {
+            (Some(config), Some(input)) => {
+                probe::execute_input(&config, &input, port, baud, seconds)
+            }
+            _ => match port {
+                Some(port) => probe::execute(port, baud, protocol, seconds),
+                None => {
+                    eprintln!("error: give --port, or --config FILE --input NAME");
+                    Exit::BadInput
+                }
+            },
+        },
         Command::Buffer {
             command: BufferCommand::Stats { source, json },
         } => buffer::execute_stats(&source.into(), json),

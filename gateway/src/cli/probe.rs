@@ -10,6 +10,12 @@
 //! writes to the port: node acknowledgements are *not* sent, so a node keeps its unacked
 //! readings for the gateway. Modbus devices only answer requests, so they are not probed here.
 //!
+//! `--config FILE --input NAME` probes one configured serial input instead: its port (unless
+//! `--port` says otherwise), its baud rate (unless `--baud`) and its decoder exactly as `run`
+//! builds it — the only way to probe `protocol = "lines"`, whose pattern lives in the config.
+//! Such a port prints every line with its outcome (`ok`, `no_match`, `no_values`, `checksum`, …),
+//! so a technician sees at once which lines the pattern misses.
+//!
 //! Returns `Ok(false)` (the binary exits non-zero) with a plain explanation when nothing decoded.
 
 use std::collections::BTreeMap;
@@ -23,7 +29,7 @@ use tokio::time::Instant;
 use super::exit::Exit;
 use super::runtime::{self, Kind};
 use crate::clock::now_ns;
-use crate::config::{SerialInputConfig, SerialProtocol};
+use crate::config::{Config, SerialInputConfig, SerialProtocol};
 use crate::input::serial::{open_port, StreamDecoder, StreamOutput};
 use crate::output::{encode, Flavor};
 
@@ -54,6 +60,7 @@ struct Tally {
     skipped: u64,
     no_fix: u64,
     no_match: u64,
+    no_values: u64,
     bad: BTreeMap<&'static str, u64>,
 }
 
@@ -96,7 +103,7 @@ fn decoder_for(protocol: SerialProtocol, port: &Path) -> Option<StreamDecoder> {
         registers: Vec::new(),
         ..SerialInputConfig::new("", protocol)
     };
-    StreamDecoder::for_port(&cfg)
+    StreamDecoder::for_port(&cfg).ok().flatten()
 }
 
 /// `probe`: [`probe`] on a runtime of its own; [`Exit::Failure`] if nothing decoded,
@@ -113,6 +120,99 @@ pub fn execute(port: PathBuf, baud: Option<u32>, protocol: ProbeProtocol, second
             Exit::BadInput
         }
     }
+}
+
+/// `probe --config FILE --input NAME`: [`probe_input_to`] on a runtime of its own, exiting as
+/// [`execute`] does ([`Exit::BadInput`] also for a config that does not load or has no such
+/// input).
+pub fn execute_input(
+    config: &Path,
+    input: &str,
+    port: Option<PathBuf>,
+    baud: Option<u32>,
+    seconds: u64,
+) -> Exit {
+    let result = configured_input(config, input).and_then(|cfg| {
+        runtime::build(Kind::CurrentThread)
+            .map_err(anyhow::Error::from)
+            .and_then(|rt| {
+                rt.block_on(probe_input_to(
+                    &cfg,
+                    port,
+                    baud,
+                    seconds,
+                    &mut std::io::stdout(),
+                ))
+            })
+    });
+    match result {
+        Ok(true) => Exit::Success,
+        Ok(false) => Exit::Failure,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            Exit::BadInput
+        }
+    }
+}
+
+/// The serial input of the config file at `path` named `input` (its `name`, or its `port`).
+pub fn configured_input(path: &Path, input: &str) -> anyhow::Result<SerialInputConfig> {
+    let config = Config::load(path)?;
+    let serial = &config.inputs.serial;
+    serial
+        .iter()
+        .find(|s| s.name.as_deref() == Some(input))
+        .or_else(|| serial.iter().find(|s| s.port == Path::new(input)))
+        .cloned()
+        .ok_or_else(|| {
+            let known: Vec<String> = serial
+                .iter()
+                .map(crate::input::serial::port_label)
+                .collect();
+            anyhow::anyhow!(
+                "{} has no serial input named {input:?} (serial inputs: {})",
+                path.display(),
+                if known.is_empty() {
+                    "none".to_owned()
+                } else {
+                    known.join(", ")
+                }
+            )
+        })
+}
+
+/// Probes the serial input `cfg` with its own decoder (see the module docs); `port` and `baud`
+/// override the input's.
+pub async fn probe_input_to(
+    cfg: &SerialInputConfig,
+    port: Option<PathBuf>,
+    baud: Option<u32>,
+    seconds: u64,
+    w: &mut (dyn Write + Send),
+) -> anyhow::Result<bool> {
+    if cfg.protocol == SerialProtocol::ModbusRtu {
+        anyhow::bail!(
+            "serial input {} speaks modbus_rtu: Modbus devices only answer requests, so listening              shows nothing (run the gateway and watch modbus_requests_total instead)",
+            crate::input::serial::port_label(cfg)
+        );
+    }
+    // Checked once here, so the decoder is built without fail for each baud rate below.
+    StreamDecoder::for_port(cfg).map_err(|(key, message)| {
+        anyhow::anyhow!(
+            "serial input {}: key `{key}`: {message}",
+            cfg.port.display()
+        )
+    })?;
+    let port = port.unwrap_or_else(|| cfg.port.clone());
+    let make = || {
+        StreamDecoder::for_port(cfg)
+            .ok()
+            .flatten()
+            .map(StreamDecoder::traced)
+            .into_iter()
+            .collect()
+    };
+    listen(port, vec![baud.unwrap_or(cfg.baud)], &make, seconds, w).await
 }
 
 /// Listens on `port` for `seconds` in total (split over the baud rates tried), printing what
@@ -138,9 +238,27 @@ pub async fn probe_to(
     let bauds = baud
         .map(|b| vec![b])
         .unwrap_or_else(|| default_bauds(protocol));
+    let make = || {
+        candidates(protocol)
+            .into_iter()
+            .filter_map(|p| decoder_for(p, &port))
+            .collect()
+    };
+    listen(port.clone(), bauds, &make, seconds, w).await
+}
+
+/// Listens at each of `bauds` in turn with the decoders `make` gives, until one decodes.
+async fn listen(
+    port: PathBuf,
+    bauds: Vec<u32>,
+    make: &(dyn Fn() -> Vec<StreamDecoder> + Sync),
+    seconds: u64,
+    w: &mut (dyn Write + Send),
+) -> anyhow::Result<bool> {
     let total = Duration::from_secs(seconds.max(1));
     let slice = (total / bauds.len().max(1) as u32).max(MIN_SLICE);
     let mut total_bytes = 0u64;
+    let mut unmatched_total = 0u64;
     for &baud in &bauds {
         let mut stream = open_port(&port, baud).map_err(|e| {
             anyhow::anyhow!(
@@ -149,10 +267,7 @@ pub async fn probe_to(
                 port.display()
             )
         })?;
-        let mut decoders: Vec<StreamDecoder> = candidates(protocol)
-            .into_iter()
-            .filter_map(|p| decoder_for(p, &port))
-            .collect();
+        let mut decoders: Vec<StreamDecoder> = make();
         let mut tallies: Vec<Tally> = decoders.iter().map(|_| Tally::default()).collect();
         let names: Vec<&str> = decoders.iter().map(StreamDecoder::protocol_name).collect();
         writeln!(
@@ -190,13 +305,25 @@ pub async fn probe_to(
                 tally.skipped += out.skipped;
                 tally.no_fix += out.no_fix;
                 tally.no_match += out.no_match;
-                for line in &out.unmatched {
+                tally.no_values += out.no_values;
+                // A traced decoder shows every line with its outcome (no_match ones included).
+                for (line, outcome) in &out.traced {
                     writeln!(
                         w,
-                        "[{:>6.2} s] {}: no match: {line:?}",
+                        "[{:>6.2} s] {}: {outcome}: {line:?}",
                         start.elapsed().as_secs_f64(),
                         decoder.protocol_name()
                     )?;
+                }
+                if out.traced.is_empty() {
+                    for line in &out.unmatched {
+                        writeln!(
+                            w,
+                            "[{:>6.2} s] {}: no match: {line:?}",
+                            start.elapsed().as_secs_f64(),
+                            decoder.protocol_name()
+                        )?;
+                    }
                 }
                 for r in &out.bad {
                     *tally.bad.entry(r).or_default() += 1;
@@ -219,11 +346,19 @@ pub async fn probe_to(
         for (decoder, tally) in decoders.iter_mut().zip(tallies.iter_mut()) {
             out.clear();
             decoder.flush(&mut out);
+            for (line, outcome) in &out.traced {
+                writeln!(
+                    w,
+                    "[  idle  ] {}: {outcome}: {line}",
+                    decoder.protocol_name()
+                )?;
+            }
             for r in &out.bad {
                 *tally.bad.entry(r).or_default() += 1;
             }
         }
         total_bytes += bytes;
+        unmatched_total += tallies.iter().map(|t| t.no_match).sum::<u64>();
         writeln!(w, "--- {baud} baud: {bytes} bytes received")?;
         let mut any = false;
         for (name, t) in names.iter().zip(&tallies) {
@@ -235,6 +370,9 @@ pub async fn probe_to(
             }
             if t.no_match > 0 {
                 extra.push_str(&format!(", no match {}", t.no_match));
+            }
+            if t.no_values > 0 {
+                extra.push_str(&format!(", no values {}", t.no_values));
             }
             writeln!(
                 w,
@@ -277,6 +415,13 @@ pub async fn probe_to(
         }
     }
     let tried: Vec<String> = bauds.iter().map(u32::to_string).collect();
+    if unmatched_total > 0 {
+        writeln!(
+            w,
+            "    {unmatched_total} lines did not match the pattern (shown above): check the \
+             regex or columns against them"
+        )?;
+    }
     if total_bytes == 0 {
         writeln!(
                 w,
@@ -437,6 +582,106 @@ mod tests {
             ),
             "{text}"
         );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_configured_lines_input_shows_each_line_with_its_outcome() {
+        let (master, _slave, path) = pty();
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("gw.toml");
+        // The port in the file is not the pty: --port overrides it, as at a cabinet where the
+        // adapter enumerated elsewhere.
+        std::fs::write(
+            &file,
+            r#"
+[gateway]
+id = "gw"
+data_dir = "/tmp/unused"
+
+[[inputs.serial]]
+name = "canal-level"
+port = "/dev/ttyUSB3"
+baud = 9600
+protocol = "lines"
+sensor_id = "lvl-07"
+measurement = "water_level"
+
+[inputs.serial.lines]
+regex = '^R(?P<range_mm>\d{4})$'
+fields = ["range_mm"]
+drop_values = [5000]
+
+[output.influxdb]
+url = "http://127.0.0.1:8086"
+bucket = "telemetry"
+"#,
+        )
+        .unwrap();
+        let cfg = configured_input(&file, "canal-level").unwrap();
+        assert_eq!(cfg.protocol, SerialProtocol::Lines);
+        let e = configured_input(&file, "river").unwrap_err().to_string();
+        assert!(
+            e.contains("no serial input named \"river\" (serial inputs: canal-level)"),
+            "{e}"
+        );
+        // MaxBotix HRXL-MaxSonar-WR: "R" + four digits (mm) + CR; its boot banner; no target.
+        let writer = talk(master, &["HRXL-MaxSonar-WRS\r", "R1234\r", "R5000\r\n"]);
+        let mut out = Vec::new();
+        let ok = probe_input_to(&cfg, Some(path), None, 2, &mut out)
+            .await
+            .unwrap();
+        writer.join().unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert!(ok, "{text}");
+        assert!(text.contains("at 9600 baud 8N1"), "{text}");
+        assert!(text.contains("lines: ok: \"R1234\""), "{text}");
+        assert!(
+            text.contains("lines: water_level,sensor_id=lvl-07 range_mm=1234"),
+            "{text}"
+        );
+        assert!(
+            text.contains("lines: no_match: \"HRXL-MaxSonar-WRS\""),
+            "{text}"
+        );
+        assert!(text.contains("lines: no_values: \"R5000\""), "{text}");
+        assert!(text.contains(", no match "), "{text}");
+        assert!(text.contains(", no values "), "{text}");
+        assert!(
+            text.contains("OK: lines frames decode at 9600 baud"),
+            "{text}"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_lines_port_where_nothing_matches_says_to_check_the_pattern() {
+        let (master, _slave, path) = pty();
+        let mut cfg = SerialInputConfig::new(path, SerialProtocol::Lines);
+        cfg.measurement = Some("level".into());
+        cfg.lines = Some(
+            toml::from_str("regex = '^R(?P<range_mm>\\d{4})$'\nfields = [\"range_mm\"]").unwrap(),
+        );
+        let writer = talk(master, &["+045.2 km/h\r\n"]);
+        let mut out = Vec::new();
+        let ok = probe_input_to(&cfg, None, Some(19_200), 1, &mut out)
+            .await
+            .unwrap();
+        writer.join().unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert!(!ok, "{text}");
+        assert!(text.contains("at 19200 baud"), "{text}");
+        assert!(text.contains("lines: no_match: \"+045.2 km/h\""), "{text}");
+        assert!(text.contains("lines did not match the pattern"), "{text}");
+        // Modbus cannot be probed by listening; a broken lines table is said so.
+        let modbus = SerialInputConfig::new("/dev/null", SerialProtocol::ModbusRtu);
+        let e = probe_input_to(&modbus, None, None, 1, &mut Vec::new())
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("only answer requests"), "{e}");
+        cfg.lines = None;
+        let e = probe_input_to(&cfg, None, None, 1, &mut Vec::new())
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("key `protocol`"), "{e}");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -319,3 +319,127 @@ fn csv_mistakes_name_file_line_and_key() {
     let c = Config::parse(Path::new("gw.toml"), &ok).unwrap();
     assert_eq!(c.inputs.mqtt[0].format, PayloadFormat::Csv);
 }
+
+/// A MaxBotix-style level sensor and a noise meter on `protocol = "lines"` ports.
+const LINES: &str = r#"
+[gateway]
+id = "bp-gw-001"
+data_dir = "/var/lib/ioc-gateway"
+
+[[inputs.serial]]
+name = "canal-level"
+port = "/dev/ttyUSB3"
+protocol = "lines"
+sensor_id = "lvl-07"
+measurement = "water_level"
+
+[inputs.serial.lines]
+regex = '^R(?P<range_mm>\d{4})$'
+fields = ["range_mm"]
+drop_values = [5000]
+
+[[inputs.serial]]
+name = "noise"
+port = "/dev/ttyUSB4"
+protocol = "lines"
+
+[inputs.serial.lines]
+measurement = "noise"
+columns = ["time", "laeq_db", "station"]
+fields = ["laeq_db"]
+tags = ["station"]
+time = "time"
+time_format = "%Y-%m-%d %H:%M:%S"
+timezone = "Asia/Ho_Chi_Minh"
+
+[output.influxdb]
+url = "http://127.0.0.1:8086"
+api = "v2"
+org = "ioc"
+bucket = "telemetry"
+token_env = "INFLUX_TOKEN"
+"#;
+
+#[test]
+fn lines_ports_parse_and_compile() {
+    let c = Config::parse(Path::new("gw.toml"), LINES).unwrap();
+    assert_eq!(c.inputs.serial.len(), 2);
+    for s in &c.inputs.serial {
+        assert_eq!(s.protocol, SerialProtocol::Lines);
+        assert!(s.compile_lines().unwrap().is_some());
+    }
+}
+
+#[test]
+fn lines_mistakes_name_file_line_and_key() {
+    for (from, to, key) in [
+        (
+            r"regex = '^R(?P<range_mm>\d{4})$'",
+            r"regex = '^R(?P<range_mm>\d{4}$'",
+            "inputs.serial[0].lines.regex",
+        ),
+        (
+            "fields = [\"range_mm\"]",
+            "fields = [\"range_cm\"]",
+            "inputs.serial[0].lines.fields[0]",
+        ),
+        (
+            "tags = [\"station\"]",
+            "tags = [\"site\"]",
+            "inputs.serial[1].lines.tags[0]",
+        ),
+        (
+            "time_format = \"%Y-%m-%d %H:%M:%S\"",
+            "time_format = \"%Y-%m-%d %H:%M:%Q%Q\"",
+            "inputs.serial[1].lines.time_format",
+        ),
+        (
+            "timezone = \"Asia/Ho_Chi_Minh\"",
+            "timezone = \"Asia/Sai_Gon\"",
+            "inputs.serial[1].lines.timezone",
+        ),
+    ] {
+        assert!(LINES.contains(from), "{from}");
+        let text = LINES.replace(from, to);
+        let e = err(&text);
+        let line = line_with(&text, to);
+        let head = format!("gw.toml:{line}: key `{key}`: ");
+        assert!(
+            e.starts_with(&head),
+            "{e}\nexpected it to start with {head}"
+        );
+        assert!(e.contains(to), "the snippet quotes the line: {e}");
+    }
+    let e = err(&LINES.replace("fields = [\"range_mm\"]", "fields = [\"range_cm\"]"));
+    assert!(
+        e.contains("\"range_cm\" is not one of the named captures of regex [\"range_mm\"]"),
+        "{e}"
+    );
+    let e = err(&LINES.replace(
+        "timezone = \"Asia/Ho_Chi_Minh\"",
+        "timezone = \"Asia/Sai_Gon\"",
+    ));
+    assert!(e.contains("unknown time zone \"Asia/Sai_Gon\""), "{e}");
+    // A lines port without its table, and the table on another protocol.
+    let e = err(&LINES.replacen(
+        "[inputs.serial.lines]\nregex = '^R(?P<range_mm>\\d{4})$'\nfields = [\"range_mm\"]\ndrop_values = [5000]\n",
+        "",
+        1,
+    ));
+    assert!(e.contains("key `inputs.serial[0].protocol`"), "{e}");
+    assert!(e.contains("needs an [inputs.serial.lines] table"), "{e}");
+    let e = err(&LINES.replacen("protocol = \"lines\"", "protocol = \"nmea0183\"", 1));
+    assert!(e.contains("key `inputs.serial[0].lines`"), "{e}");
+    // An unknown key in the table and an unknown checksum are located by the parser.
+    let e = err(&LINES.replace("drop_values = [5000]", "drop_value = [5000]"));
+    let line = line_with(LINES, "drop_values = [5000]");
+    assert!(
+        e.starts_with(&format!(
+            "gw.toml:{line}: key `inputs.serial[0].lines.drop_value`"
+        )),
+        "{e}"
+    );
+    let e = err(&LINES.replace("drop_values = [5000]", "checksum = \"crc\""));
+    assert!(e.starts_with(&format!("gw.toml:{line}:")), "{e}");
+    assert!(e.contains("nmea-xor"), "{e}");
+}

@@ -1,9 +1,11 @@
 //! The `[[inputs.serial]]` section: the port, the protocol spoken on it and, for Modbus, the
-//! register map, with the checks each port makes on its own section.
+//! register map (for `lines`, the `[inputs.serial.lines]` pattern), with the checks each port
+//! makes on its own section.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
+use ioc_decode::lines::{Lines, LinesConfig};
 use ioc_decode::modbus::RegisterSpec as ModbusRegisterConfig;
 use ioc_decode::text_line::{DEFAULT_MAX_LINE_BYTES, MAX_LINE_BYTES_LIMIT};
 use ioc_decode::vaisala::WMT700_ITEMS;
@@ -36,6 +38,8 @@ pub struct SerialInputConfig {
     /// `vaisala`: the items of a user-defined WMT700 message, in order.
     #[serde(default)]
     pub wmt700_items: Vec<String>,
+    /// `lines`: the `[inputs.serial.lines]` table (pattern, fields, tags, time, sentinels).
+    pub lines: Option<LinesConfig>,
 }
 
 fn default_max_line_bytes() -> usize {
@@ -65,12 +69,17 @@ pub enum SerialProtocol {
     Nmea0183,
     /// Vaisala WXT5xx ASCII and WMT700 data messages.
     Vaisala,
+    /// Any sensor printing one reading per line, read by the `[inputs.serial.lines]` pattern.
+    Lines,
 }
 
 impl SerialProtocol {
     /// A line-based text protocol (framed by CR/LF, `max_line_bytes`, optional `poll`).
     pub fn is_text(self) -> bool {
-        matches!(self, SerialProtocol::Nmea0183 | SerialProtocol::Vaisala)
+        matches!(
+            self,
+            SerialProtocol::Nmea0183 | SerialProtocol::Vaisala | SerialProtocol::Lines
+        )
     }
 }
 
@@ -91,6 +100,39 @@ impl SerialInputConfig {
             max_line_bytes: default_max_line_bytes(),
             poll: None,
             wmt700_items: Vec::new(),
+            lines: None,
+        }
+    }
+
+    /// The port's static tags: `tags`, plus `sensor_id` if set.
+    pub fn static_tags(&self) -> BTreeMap<String, String> {
+        let mut tags = self.tags.clone();
+        if let Some(id) = &self.sensor_id {
+            tags.insert("sensor_id".into(), id.clone());
+        }
+        tags
+    }
+
+    /// `lines`: the compiled `[inputs.serial.lines]` table (`None` for the other protocols);
+    /// the error's key is relative to `[[inputs.serial]]`.
+    pub fn compile_lines(&self) -> Result<Option<Lines>, (String, String)> {
+        match (&self.lines, self.protocol == SerialProtocol::Lines) {
+            (None, false) => Ok(None),
+            (Some(_), false) => Err((
+                "lines".into(),
+                "the [inputs.serial.lines] table is only used with protocol = \"lines\"".into(),
+            )),
+            (None, true) => Err((
+                "protocol".into(),
+                "protocol \"lines\" needs an [inputs.serial.lines] table with a regex or \
+                 columns and the fields to read"
+                    .into(),
+            )),
+            (Some(cfg), true) => {
+                Lines::compile(cfg, self.measurement.as_deref(), self.static_tags())
+                    .map(Some)
+                    .map_err(|e| (format!("lines.{}", e.key), e.message))
+            }
         }
     }
 
@@ -146,7 +188,7 @@ impl SerialInputConfig {
         if !text && self.measurement.is_some() {
             return bad(
                 "measurement",
-                "only used with the text protocols (nmea0183, vaisala)".into(),
+                "only used with the text protocols (nmea0183, vaisala, lines)".into(),
             );
         }
         if let Some(m) = &self.measurement {
@@ -164,10 +206,14 @@ impl SerialInputConfig {
             );
         }
         if let Some(cmd) = &self.poll {
-            if self.protocol != SerialProtocol::Vaisala {
+            if !matches!(
+                self.protocol,
+                SerialProtocol::Vaisala | SerialProtocol::Lines
+            ) {
                 return bad(
                     "poll",
-                    "only used with protocol = \"vaisala\" (a station in polled mode)".into(),
+                    "only used with protocol = \"vaisala\" (a station in polled mode) or \"lines\""
+                        .into(),
                 );
             }
             if cmd.is_empty()
@@ -192,6 +238,7 @@ impl SerialInputConfig {
                 "only used with protocol = \"vaisala\"".into(),
             );
         }
+        self.compile_lines()?;
         for (i, item) in self.wmt700_items.iter().enumerate() {
             if !WMT700_ITEMS.contains(&item.as_str()) {
                 return bad(

@@ -1,14 +1,14 @@
 //! Serial input: one task per `[[inputs.serial]]` port (UART or RS-485 adapter), transport only.
 //!
 //! The task opens the port with `tokio-serial` (8N1, raw, no flow control), and then either
-//! - **streams** (`pms5003`, `sds011`, `node`, `nmea0183`, `vaisala`): reads whatever arrives, feeds it to the
+//! - **streams** (`pms5003`, `sds011`, `node`, `nmea0183`, `vaisala`, `lines`): reads whatever arrives, feeds it to the
 //!   protocol's pure decoder ([`StreamDecoder`]), stamps each reading with [`now_ns`] when the read
 //!   that completed its frame returns, spaces readings of one series that share a read at least
 //!   1 ms apart ([`SeriesSpacer`]: frames that piled up while the task was busy would otherwise
 //!   carry one timestamp, and a store keeps only one point per series and time), and commits the
 //!   readings to the durable buffer (for `node`, the acks are written back to the port only
 //!   once the commit has succeeded: see below). The text protocols frame lines
-//!   (`decode::text_line`); NMEA fixes keep the fix's own time (the spacer only moves readings
+//!   (`decode::text_line`); NMEA fixes and `lines` with a `time` capture keep their own time (the spacer only moves readings
 //!   stamped on receipt), and a port with `poll` writes its command every `poll_interval_ms`
 //!   (`serial_polls_total{port}`); or
 //! - **polls** (`modbus_rtu`): every `poll_interval_ms`, sends the read requests planned from the
@@ -47,8 +47,9 @@
 //!
 //! # Metrics (label `port` = the input's `name`, else its device path)
 //!
-//! `serial_frames_total{port,result=ok|skipped|no_fix|no_match|bad}`, `serial_frames_bad_total{port,reason}`
-//! (reasons: [`crate::decode::serial_frame::BadFrame::label`], or the node decoder's labels), `serial_port_up{port}` (0/1),
+//! `serial_frames_total{port,result=ok|skipped|no_fix|no_match|no_values|bad}`, `serial_frames_bad_total{port,reason}`
+//! (reasons: [`crate::decode::serial_frame::BadFrame::label`], the node decoder's labels, or
+//! the text protocols' [`crate::decode::text_line::BadLine::label`]: `checksum`, `too_long`, …), `serial_port_up{port}` (0/1),
 //! `serial_port_down_since_seconds{port}` (Unix time the port went down, 0 while up),
 //! `serial_reads_total{port}`, `modbus_requests_total{port,slave}`,
 //! `modbus_errors_total{port,slave,reason}` ([`ModbusFailure::label`]),
@@ -84,6 +85,7 @@ mod health;
 mod poll;
 mod stream;
 
+use crate::decode::lines::LinesDecoder;
 use crate::decode::modbus::{self, classify_unanswered, ModbusFailure, ModbusRequest};
 use crate::decode::nmea0183::{NmeaDecoder, NmeaSpec};
 use crate::decode::node::{NodeDecoder, Pending};
@@ -121,6 +123,12 @@ pub const MODBUS_REQUEST_TIMEOUT: Duration = Duration::from_secs(1);
 pub enum SerialInputError {
     #[error("serial input {port}: protocol \"modbus_rtu\" needs at least one [[inputs.serial.registers]] entry")]
     NoRegisters { port: String },
+    #[error("serial input {port}: key `{key}`: {message}")]
+    BadDecoder {
+        port: String,
+        key: String,
+        message: String,
+    },
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -171,7 +179,12 @@ async fn run_port(
     ingest: Ingest,
     shutdown: &Shutdown,
 ) -> Result<(), SerialInputError> {
-    let mut stream_decoder = StreamDecoder::for_port(&cfg);
+    let mut stream_decoder =
+        StreamDecoder::for_port(&cfg).map_err(|(key, message)| SerialInputError::BadDecoder {
+            port: port.clone(),
+            key,
+            message,
+        })?;
     let plan = modbus::plan_requests(&cfg.registers);
     let poll = PollCommand::for_port(&cfg);
     if stream_decoder.is_none() && plan.is_empty() {

@@ -1,5 +1,5 @@
-//! The stream protocols (`pms5003`, `sds011`, `node`, and the text protocols `nmea0183` and
-//! `vaisala`): bytes as they arrive, through the protocol's pure decoder ([`StreamDecoder`],
+//! The stream protocols (`pms5003`, `sds011`, `node`, and the text protocols `nmea0183`,
+//! `vaisala` and `lines`): bytes as they arrive, through the protocol's pure decoder ([`StreamDecoder`],
 //! shared with the probe tool), to readings that are spaced, counted and committed; for `node`,
 //! the acks that go back once they are durable; for a text instrument in polled mode, its poll
 //! command written every `poll_interval_ms`.
@@ -31,6 +31,10 @@ pub struct StreamOutput {
     /// Text protocols: lines no pattern matched, and the first of them (for the probe).
     pub no_match: u64,
     pub unmatched: Vec<String>,
+    /// `lines`: lines whose every field was empty or a sentinel.
+    pub no_values: u64,
+    /// `lines` traced (the probe): every line with its outcome.
+    pub traced: Vec<(String, &'static str)>,
 }
 
 impl StreamOutput {
@@ -46,6 +50,8 @@ impl StreamOutput {
         self.no_fix = 0;
         self.no_match = 0;
         self.unmatched.clear();
+        self.no_values = 0;
+        self.traced.clear();
     }
 
     /// Adds what a text decoder gave.
@@ -56,6 +62,8 @@ impl StreamOutput {
         self.no_fix += lines.no_fix;
         self.no_match += lines.no_match;
         self.unmatched.append(&mut lines.unmatched);
+        self.no_values += lines.no_values;
+        self.traced.append(&mut lines.traced);
         self.bad.extend(lines.bad.iter().map(|b| b.label()));
         lines.clear();
     }
@@ -82,16 +90,20 @@ pub enum StreamDecoder {
     Nmea0183(Box<NmeaDecoder>),
     /// Vaisala weather stations (`decode::vaisala`).
     Vaisala(Box<VaisalaDecoder>),
+    /// Any line-based sensor, read by its configured pattern (`decode::lines`).
+    Lines(Box<LinesDecoder>),
 }
 
 impl StreamDecoder {
-    /// The decoder for a streaming protocol (`None` for `modbus_rtu`, which is polled).
+    /// The decoder for a streaming protocol (`Ok(None)` for `modbus_rtu`, which is polled);
+    /// `Err` (key, message) for a `lines` table that does not compile (the config's validation
+    /// refuses it first).
     ///
     /// PMS5003T: the frame cannot say which variant sent it (see `decode::pms5003`), so the port
     /// says it: `protocol = "pms5003t"` (or, as before, tag `model = "pms5003t"`).
-    pub fn for_port(cfg: &SerialInputConfig) -> Option<Self> {
+    pub fn for_port(cfg: &SerialInputConfig) -> Result<Option<Self>, (String, String)> {
         let mut tags = cfg.tags.clone();
-        Some(match cfg.protocol {
+        Ok(Some(match cfg.protocol {
             SerialProtocol::Pms5003 | SerialProtocol::Pms5003t => {
                 let variant = if cfg.protocol == SerialProtocol::Pms5003t
                     || tags.get("model").map(String::as_str) == Some("pms5003t")
@@ -133,8 +145,23 @@ impl StreamDecoder {
                 },
                 cfg.max_line_bytes,
             ))),
-            SerialProtocol::ModbusRtu => return None,
-        })
+            SerialProtocol::Lines => match cfg.compile_lines()? {
+                Some(lines) => {
+                    StreamDecoder::Lines(Box::new(LinesDecoder::new(lines, cfg.max_line_bytes)))
+                }
+                None => return Ok(None),
+            },
+            SerialProtocol::ModbusRtu => return Ok(None),
+        }))
+    }
+
+    /// The same decoder, recording every line with its outcome in [`StreamOutput::traced`]
+    /// (`lines`; the other protocols are unchanged).
+    pub fn traced(self) -> Self {
+        match self {
+            StreamDecoder::Lines(d) => StreamDecoder::Lines(Box::new(d.traced())),
+            other => other,
+        }
     }
 
     /// Protocol name for logs and the probe tool.
@@ -145,13 +172,19 @@ impl StreamDecoder {
             StreamDecoder::Node(_) => "node",
             StreamDecoder::Nmea0183(_) => "nmea0183",
             StreamDecoder::Vaisala(_) => "vaisala",
+            StreamDecoder::Lines(_) => "lines",
         }
     }
 
     /// Whether its readings are stamped on receipt only when they carry no time of their own
-    /// (NMEA fixes carry the fix's time, which the spacer must never move).
+    /// (NMEA fixes carry the fix's time, and so do `lines` with a `time` capture, which the
+    /// spacer must never move).
     pub fn has_device_time(&self) -> bool {
-        matches!(self, StreamDecoder::Nmea0183(_))
+        match self {
+            StreamDecoder::Nmea0183(_) => true,
+            StreamDecoder::Lines(d) => d.has_time(),
+            _ => false,
+        }
     }
 
     /// Bytes waiting for the rest of a frame.
@@ -164,6 +197,7 @@ impl StreamDecoder {
             StreamDecoder::Node(_) => 0,
             StreamDecoder::Nmea0183(d) => d.buffered(),
             StreamDecoder::Vaisala(d) => d.buffered(),
+            StreamDecoder::Lines(d) => d.buffered(),
         }
     }
 
@@ -192,6 +226,7 @@ impl StreamDecoder {
             StreamDecoder::Node(decoder) => return decoder.reset_stream(),
             StreamDecoder::Nmea0183(decoder) => return decoder.reset(),
             StreamDecoder::Vaisala(decoder) => return decoder.reset(),
+            StreamDecoder::Lines(decoder) => return decoder.reset(),
             _ => {}
         }
         let mut scratch = StreamOutput::default();
@@ -275,6 +310,14 @@ impl StreamDecoder {
                 out.add_lines(&mut lines);
             }
             StreamDecoder::Vaisala(decoder) => {
+                let mut lines = LineOutput::default();
+                match bytes {
+                    Some(b) => decoder.push(b, now_ns, &mut lines),
+                    None => decoder.flush(&mut lines),
+                }
+                out.add_lines(&mut lines);
+            }
+            StreamDecoder::Lines(decoder) => {
                 let mut lines = LineOutput::default();
                 match bytes {
                     Some(b) => decoder.push(b, now_ns, &mut lines),
@@ -378,6 +421,10 @@ fn count_frames(port: &str, status: &StatusRegistry, out: &StreamOutput) {
     if out.no_match > 0 {
         metrics::counter!("serial_frames_total", "port" => port.to_owned(), "result" => "no_match")
             .increment(out.no_match);
+    }
+    if out.no_values > 0 {
+        metrics::counter!("serial_frames_total", "port" => port.to_owned(), "result" => "no_values")
+            .increment(out.no_values);
     }
     for reason in &out.bad {
         metrics::counter!("serial_frames_total", "port" => port.to_owned(), "result" => "bad")
