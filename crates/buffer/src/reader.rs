@@ -448,9 +448,11 @@ impl BufferReader {
             };
             let plan = Arc::new(plan);
             let reading = Arc::clone(&plan);
-            let outcome = blocking(&self.shared, "read", move || read_records(&reading, max_lines))
-                .await
-                .map_err(|(e, _)| BufferError::io(&plan.path, e))?;
+            let outcome = blocking(&self.shared, "read", move || {
+                read_records(&reading, max_lines)
+            })
+            .await
+            .map_err(|(e, _)| BufferError::io(&plan.path, e))?;
             let id = self.next_batch_id;
             let reader = &mut self.classes[class_index(priority)];
             let Some(lane) = reader.lane_mut(kind) else {
@@ -542,7 +544,10 @@ impl BufferReader {
             .increment(total);
 
         let cursor_dir = dir.clone();
-        let stored = blocking(&self.shared, "store cursor", move || cursor::store(&cursor_dir, pos)).await;
+        let stored = blocking(&self.shared, "store cursor", move || {
+            cursor::store(&cursor_dir, pos)
+        })
+        .await;
         let fsyncs = match stored {
             Ok(fsyncs) => fsyncs,
             Err((e, _)) => {
@@ -558,7 +563,11 @@ impl BufferReader {
                 );
                 self.delete_acked_segments(priority, &dir).await?;
                 let cursor_dir = dir.clone();
-                match blocking(&self.shared, "store cursor", move || cursor::store(&cursor_dir, pos)).await {
+                match blocking(&self.shared, "store cursor", move || {
+                    cursor::store(&cursor_dir, pos)
+                })
+                .await
+                {
                     Ok(fsyncs) => fsyncs,
                     Err((e, _)) => {
                         let error = BufferError::io(&dir, e);

@@ -17,7 +17,8 @@ use tokio::sync::{mpsc, oneshot};
 use super::record;
 use super::segment::fsync_dir;
 use super::state::{
-    class_dir_name, Actor, class_index, delete_files, unix_ms, SegMeta, Shared, CLASSES_URGENT_FIRST,
+    class_dir_name, class_index, delete_files, unix_ms, Actor, SegMeta, Shared,
+    CLASSES_URGENT_FIRST,
 };
 use super::{BufferError, BufferStats};
 use ioc_model::Priority;

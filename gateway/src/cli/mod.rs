@@ -73,7 +73,7 @@ pub enum Command {
         #[command(subcommand)]
         command: BufferCommand,
     },
-    /// Check a config file: exit 0 if valid, else print where the problem is and exit 2.
+    /// Check a config file: exit 0 if valid, else print where the problem is and exit 78.
     CheckConfig {
         /// Path to the TOML config file.
         config: PathBuf,
