@@ -293,9 +293,8 @@ impl Clock {
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
         state.detector = StepDetector::new(Duration::from_millis(settings.step_threshold_ms));
         state.settings = settings;
-        // Checked (and logged) again now, under these settings.
+        // Checked again now, under these settings.
         state.checked_at = None;
-        state.synced = None;
         drop(state);
         self.now_ns();
     }

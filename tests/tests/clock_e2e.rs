@@ -148,12 +148,14 @@ listen = "127.0.0.1:{http}"
     // The real time span it ran in.
     let mut phase = |p: &mut MqttPublisher| -> (i64, i64) {
         let start = now_ns();
-        for _ in 0..PER_PHASE {
+        let start_ms = now_ms();
+        for i in 0..PER_PHASE {
             p.publish("city/d1/clockr/r", format!(r#"{{"seq":{seq}}}"#))
                 .unwrap();
             p.publish(
                 "city/d1/clockd/d",
-                format!(r#"{{"seq":{seq},"ts":{}}}"#, now_ms()),
+                // Distinct per reading: the store keeps one point per series and instant.
+                format!(r#"{{"seq":{seq},"ts":{}}}"#, start_ms + i as i64),
             )
             .unwrap();
             seq += 1;
