@@ -20,7 +20,6 @@
 //! Needs root (loop devices, mount, fsfreeze), as the test suite has on its machines.
 
 use std::collections::BTreeMap;
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use ioc_e2e::{
