@@ -15,7 +15,8 @@
 //! - after `fsfreeze -f` (every write and fsync on the buffer's disk blocks, as on a hung card)
 //!   and a few more messages, the gateway logs that it withholds the ping and no `WATCHDOG=1`
 //!   arrives for three intervals; `STATUS=` says `STALLED`;
-//! - after the thaw the pings resume, and SIGTERM brings `STOPPING=1` and exit 0.
+//! - after the thaw the pings resume; SIGHUP is logged and does not stop the gateway; SIGTERM
+//!   brings `STOPPING=1` and exit 0.
 //!
 //! Needs root (loop devices, mount, fsfreeze), as the test suite has on its machines.
 
@@ -218,6 +219,19 @@ enabled = false
         gateway.log_tail(30)
     );
     assert!(publisher.wait_all_acked(Duration::from_secs(30)));
+
+    // SIGHUP (what `systemctl reload` or a stray `kill -HUP` sends) must not kill it: its
+    // default action would, without a flush, and systemd would count that as a clean exit.
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(gateway.pid().unwrap()).unwrap());
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGHUP).unwrap();
+    assert!(
+        wait_until(Duration::from_secs(10), || gateway
+            .log()
+            .contains("SIGHUP received")),
+        "{}",
+        gateway.log_tail(20)
+    );
+    assert!(gateway.is_running(), "SIGHUP stopped the gateway");
     gateway.sigterm();
     let status = gateway.wait_exit(Duration::from_secs(40)).unwrap();
     assert!(status.success(), "{status:?}\n{}", gateway.log_tail(30));
