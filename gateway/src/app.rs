@@ -68,6 +68,7 @@ pub fn sink_config(config: &Config) -> anyhow::Result<InfluxSinkConfig> {
 /// Runs the gateway until `shutdown` is triggered (the binary wires it to SIGTERM/SIGINT), then
 /// stops it in order (see the module docs).
 pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
+    crate::clock::configure(config.clock.clone());
     let (writer, reader) = open_buffer(&config).await?;
     let observers = crate::status::Observers::new(config.gateway.id.clone(), writer.clone());
     observers
@@ -112,6 +113,12 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
         &config.gateway.data_dir,
         &inputs_stop,
     );
+    let supervise_stop = Shutdown::new();
+    let clock_watch = tokio::spawn(watch_clock(supervise_stop.clone()));
+    let supervisor = tokio::spawn(crate::supervise::run(
+        observers.clone(),
+        supervise_stop.clone(),
+    ));
     tracing::info!(
         gateway = %config.gateway.id,
         mqtt_inputs = config.inputs.mqtt.len(),
@@ -121,6 +128,10 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
     );
 
     let mut failure = until_stop_or_failure(&mut inputs, &shutdown).await;
+    // Tell systemd it is stopping (STOPPING=1) before the stages stop.
+    supervise_stop.trigger();
+    let _ = supervisor.await;
+    let _ = clock_watch.await;
 
     // 1. Inputs.
     inputs_stop.trigger();
@@ -150,6 +161,18 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
     match failure {
         Some(e) => Err(e),
         None => Ok(()),
+    }
+}
+
+/// Reads the clock every second until `stop`, so a step or a change of synchronisation is
+/// noticed (counted, logged) when it happens, not only with the next reading.
+async fn watch_clock(stop: Shutdown) {
+    loop {
+        crate::clock::now_ns();
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_secs(1)) => {}
+            () = stop.wait() => return,
+        }
     }
 }
 

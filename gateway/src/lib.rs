@@ -28,6 +28,7 @@ pub mod secret;
 pub mod shutdown;
 pub mod spacer;
 pub mod status;
+pub mod supervise;
 pub mod tls;
 
 // The pipeline's pure stages are crates of their own; these names keep `crate::model::Reading`

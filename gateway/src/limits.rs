@@ -55,7 +55,21 @@ impl Limits {
         reading: &mut Reading,
         now_ns: i64,
     ) -> Result<Passed, LimitViolation> {
-        let result = self.checker.check(input, reading, now_ns);
+        self.check_clock(input, reading, now_ns, true)
+    }
+
+    /// [`Limits::check`]; with `clock_trusted == false` (the box's clock is not synchronised)
+    /// the past/future window is not applied.
+    pub fn check_clock(
+        &self,
+        input: &str,
+        reading: &mut Reading,
+        now_ns: i64,
+        clock_trusted: bool,
+    ) -> Result<Passed, LimitViolation> {
+        let result = self
+            .checker
+            .check_clock(input, reading, now_ns, clock_trusted);
         match &result {
             Err(v) => {
                 count_rejected(input, v.label());

@@ -142,7 +142,12 @@ impl Ingest {
         // Counts and logs (rate-limited) what it refuses; may clamp the timestamp.
         self.inner
             .limits
-            .check(input, reading, crate::clock::now_ns())
+            .check_clock(
+                input,
+                reading,
+                crate::clock::now_ns(),
+                crate::clock::trusted(),
+            )
             .is_ok()
     }
 

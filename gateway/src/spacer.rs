@@ -10,6 +10,14 @@
 //! only readings stamped on receipt are passed in ([`SeriesSpacer::space_receipt_stamped`]);
 //! serial sensors have no clock, so all their readings are ([`SeriesSpacer::space`]).
 //!
+//! After the system clock steps back (NTP correcting a clock that was ahead; see
+//! [`crate::clock`]), a receipt stamp can be earlier than its series' previous one: such a
+//! reading is moved to 1 ms after that previous stamp, so a series' receipt-stamped readings
+//! keep their order and never land on an instant the store already holds; once the wall clock
+//! has passed the series' last stamp they follow it again. While the clock is not synchronised,
+//! receipt-stamped readings also get the `[clock] unsynced_tag` (`clock_unsynced=true`) here,
+//! the one place every such reading passes.
+//!
 //! A series is identified by a 64-bit hash of measurement and tags (a collision only costs one
 //! needless 1 ms shift); the table is bounded and cleared when full.
 
@@ -33,31 +41,55 @@ impl SeriesSpacer {
     /// Series remembered before the table is cleared.
     pub const MAX_SERIES: usize = 65_536;
 
-    /// Moves readings that fall within the gap of their series' previous reading.
+    /// Moves readings that fall within the gap of their series' previous reading (readings of
+    /// a clockless serial sensor: all stamped on receipt, so all tagged while the clock is not
+    /// synchronised).
     pub fn space(&mut self, readings: &mut [Reading]) {
+        let tag = crate::clock::unsynced_tag();
         for r in readings.iter_mut() {
-            self.space_one(r);
+            mark_unsynced(r, tag.as_deref());
+            self.space_one(r, false);
         }
     }
 
     /// Like [`SeriesSpacer::space`], but only for readings whose timestamp is exactly
     /// `received_ns`, the receipt time their decoder was given for readings without a time of
     /// their own. Readings with a device timestamp are untouched.
+    /// These are tagged while the clock is not synchronised, and never stamped before their
+    /// series' previous reading (after a backward clock step).
     pub fn space_receipt_stamped(&mut self, readings: &mut [Reading], received_ns: i64) {
+        self.space_receipt_stamped_tagged(
+            readings,
+            received_ns,
+            crate::clock::unsynced_tag().as_deref(),
+        );
+    }
+
+    /// [`SeriesSpacer::space_receipt_stamped`] with the unsynced tag given (`None`: no tag).
+    pub fn space_receipt_stamped_tagged(
+        &mut self,
+        readings: &mut [Reading],
+        received_ns: i64,
+        unsynced_tag: Option<&str>,
+    ) {
         for r in readings.iter_mut() {
             if r.timestamp_ns == received_ns {
-                self.space_one(r);
+                mark_unsynced(r, unsynced_tag);
+                self.space_one(r, true);
             }
         }
     }
 
-    fn space_one(&mut self, r: &mut Reading) {
+    /// With `hold`, a reading earlier than its series' previous one (the clock stepped back)
+    /// is moved after it too; without, one older by more than [`SeriesSpacer::OLDER_NS`] is
+    /// a re-send and keeps its time.
+    fn space_one(&mut self, r: &mut Reading, hold: bool) {
         if self.last.len() >= Self::MAX_SERIES {
             self.last.clear();
         }
         let last = self.last.entry(series_hash(r)).or_insert(i64::MIN);
         if *last != i64::MIN
-            && r.timestamp_ns > last.saturating_sub(Self::OLDER_NS)
+            && (hold || r.timestamp_ns > last.saturating_sub(Self::OLDER_NS))
             && r.timestamp_ns < last.saturating_add(Self::MIN_GAP_NS)
         {
             r.timestamp_ns = last.saturating_add(Self::MIN_GAP_NS);
@@ -65,6 +97,13 @@ impl SeriesSpacer {
         if r.timestamp_ns > *last {
             *last = r.timestamp_ns;
         }
+    }
+}
+
+/// Adds `tag=true` (the clock is not synchronised) to a receipt-stamped reading.
+fn mark_unsynced(r: &mut Reading, tag: Option<&str>) {
+    if let Some(tag) = tag {
+        r.tags.insert(tag.to_owned(), "true".to_owned());
     }
 }
 
@@ -126,6 +165,41 @@ mod tests {
         s.space_receipt_stamped(&mut rs, now);
         assert_eq!(rs[1].timestamp_ns, device);
         assert_eq!(rs[2].timestamp_ns, device);
+    }
+
+    #[test]
+    fn after_a_backward_step_receipt_stamps_stay_increasing_and_unique_then_follow_the_clock() {
+        let mut s = SeriesSpacer::default();
+        let t = 1_700_000_000_000_000_000;
+        let mut stamps = Vec::new();
+        for (i, now) in [t, t + 1_000_000_000, t - 59_000_000_000, t - 58_000_000_000]
+            .into_iter()
+            .enumerate()
+        {
+            let mut rs = vec![reading("a", now)];
+            s.space_receipt_stamped_tagged(&mut rs, now, None);
+            stamps.push(rs[0].timestamp_ns);
+            assert!(i == 0 || stamps[i] > stamps[i - 1], "{stamps:?}");
+        }
+        assert_eq!(stamps[2], t + 1_000_000_000 + SeriesSpacer::MIN_GAP_NS);
+        // The wall clock passes the held stamps: readings follow it again.
+        let later = t + 2_000_000_000;
+        let mut rs = vec![reading("a", later)];
+        s.space_receipt_stamped_tagged(&mut rs, later, None);
+        assert_eq!(rs[0].timestamp_ns, later);
+    }
+
+    #[test]
+    fn receipt_stamped_readings_are_tagged_while_the_clock_is_unsynchronised() {
+        let mut s = SeriesSpacer::default();
+        let now = 1_700_000_000_000_000_000;
+        let mut rs = vec![reading("a", now), reading("a", now - 5_000)];
+        s.space_receipt_stamped_tagged(&mut rs, now, Some("clock_unsynced"));
+        assert_eq!(
+            rs[0].tags.get("clock_unsynced").map(String::as_str),
+            Some("true")
+        );
+        assert!(!rs[1].tags.contains_key("clock_unsynced"), "device-stamped");
     }
 
     #[test]

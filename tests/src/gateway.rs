@@ -73,6 +73,10 @@ impl GatewayProcess {
         if std::env::var_os("RUST_LOG").is_none() {
             command.env("RUST_LOG", "info");
         }
+        // This machine's clock reports itself unsynchronised: without this (debug builds'
+        // test override, see the gateway's clock module) every receipt-stamped reading would
+        // carry the `clock_unsynced` tag. A test may set it otherwise in `envs`.
+        command.env("IOC_GATEWAY_TEST_CLOCK_SYNCED", "1");
         command.envs(self.envs.iter().map(|(k, v)| (k, v)));
         let child = command.spawn().map_err(|source| HarnessError::Spawn {
             program: program.display().to_string(),

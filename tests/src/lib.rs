@@ -75,7 +75,7 @@ pub use sim::{
     ManifestCounts, RunOptions, RunSummary, RunningSim, SensorSim, StoreApi, VerifyCounts,
     VerifyOutcome,
 };
-pub use tmpfs::Tmpfs;
+pub use tmpfs::{FreezableFs, Tmpfs};
 pub use victoria::{ExportedSeries, VictoriaMetrics};
 pub use webhook::{WebhookClient, WebhookResponse};
 

@@ -1085,6 +1085,7 @@ impl NamespacedGateway {
             .arg(ioc_e2e::bin_path("ioc-gateway"))
             .arg(config)
             .env("RUST_LOG", "info")
+            .env("IOC_GATEWAY_TEST_CLOCK_SYNCED", "1")
             .stdin(std::process::Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)

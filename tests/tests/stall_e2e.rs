@@ -20,13 +20,11 @@
 //! Needs root (loop devices, mount, fsfreeze), as the test suite has on its machines.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use ioc_e2e::{
-    free_port, gateway_metrics, http_get, metric_in, wait_until, GatewayProcess, HeavyTestLock,
-    Mosquitto, MqttPublisher, VictoriaMetrics,
+    free_port, gateway_metrics, http_get, metric_in, wait_until, FreezableFs, GatewayProcess,
+    HeavyTestLock, Mosquitto, MqttPublisher, VictoriaMetrics,
 };
 use tempfile::TempDir;
 
@@ -34,62 +32,6 @@ const GATEWAY_ID: &str = "stall-gw";
 const BASE_TS_MS: i64 = 1_700_000_000_000;
 const BEFORE: u64 = 1_000;
 const DURING: u64 = 3_000;
-
-/// An ext4 image mounted on a loop device; thawed and unmounted on drop.
-struct FrozenableFs {
-    mount: PathBuf,
-    _dir: TempDir,
-}
-
-fn run(cmd: &str, args: &[&str]) -> Result<(), String> {
-    let out = Command::new(cmd)
-        .args(args)
-        .output()
-        .map_err(|e| format!("{cmd}: {e}"))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(format!(
-            "{cmd} {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        ))
-    }
-}
-
-impl FrozenableFs {
-    fn new() -> Result<Self, String> {
-        let dir = TempDir::new().map_err(|e| e.to_string())?;
-        let image = dir.path().join("disk.img");
-        let mount = dir.path().join("mnt");
-        std::fs::create_dir_all(&mount).map_err(|e| e.to_string())?;
-        let f = std::fs::File::create(&image).map_err(|e| e.to_string())?;
-        f.set_len(96 << 20).map_err(|e| e.to_string())?;
-        let path = |p: &Path| p.display().to_string();
-        run("/usr/sbin/mkfs.ext4", &["-q", "-F", &path(&image)])?;
-        run("mount", &["-o", "loop", &path(&image), &path(&mount)])?;
-        Ok(FrozenableFs { mount, _dir: dir })
-    }
-    fn freeze(&self) {
-        run(
-            "/usr/sbin/fsfreeze",
-            &["-f", &self.mount.display().to_string()],
-        )
-        .unwrap();
-    }
-    fn thaw(&self) {
-        let _ = run(
-            "/usr/sbin/fsfreeze",
-            &["-u", &self.mount.display().to_string()],
-        );
-    }
-}
-
-impl Drop for FrozenableFs {
-    fn drop(&mut self) {
-        self.thaw();
-        let _ = run("umount", &["-l", &self.mount.display().to_string()]);
-    }
-}
 
 fn get(port: u16, path: &str) -> (u16, String) {
     http_get(&format!("http://127.0.0.1:{port}{path}"))
@@ -114,7 +56,7 @@ fn stored(vm: &VictoriaMetrics) -> BTreeMap<u64, usize> {
 #[test]
 fn a_frozen_disk_is_reported_as_a_stall_the_connection_stays_up_and_nothing_is_lost() {
     let _heavy = HeavyTestLock::acquire();
-    let fs = FrozenableFs::new()
+    let fs = FreezableFs::new()
         .unwrap_or_else(|e| panic!("this test needs root for a loop-mounted ext4 image: {e}"));
     let broker = Mosquitto::start().unwrap();
     let vm = VictoriaMetrics::start().unwrap();

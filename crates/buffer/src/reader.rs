@@ -21,7 +21,9 @@ use tokio::sync::watch;
 
 use super::cursor::{self, Pos};
 use super::segment::{SegmentScanner, Step};
-use super::state::{class_dir_name, class_index, delete_files, Shared, CLASSES_URGENT_FIRST};
+use super::state::{
+    class_dir_name, class_index, delete_files, Actor, Shared, CLASSES_URGENT_FIRST,
+};
 use super::{BufferError, BufferStats};
 use ioc_model::Priority;
 
@@ -217,11 +219,18 @@ fn read_records(plan: &ReadPlan, max_lines: u32) -> io::Result<ReadOutcome> {
     })
 }
 
+/// Runs disk work `f` on the blocking pool, marked as the reader's disk activity while it runs.
 async fn blocking<T: Send + 'static>(
+    shared: &Arc<Shared>,
     what: &'static str,
     f: impl FnOnce() -> io::Result<T> + Send + 'static,
 ) -> Result<T, (io::Error, &'static str)> {
-    match tokio::task::spawn_blocking(f).await {
+    let shared = Arc::clone(shared);
+    let task = move || {
+        let _busy = shared.activity.begin(Actor::Reader);
+        f()
+    };
+    match tokio::task::spawn_blocking(task).await {
         Ok(Ok(value)) => Ok(value),
         Ok(Err(e)) => Err((e, what)),
         Err(join) => Err((io::Error::other(join.to_string()), what)),
@@ -439,9 +448,11 @@ impl BufferReader {
             };
             let plan = Arc::new(plan);
             let reading = Arc::clone(&plan);
-            let outcome = blocking("read", move || read_records(&reading, max_lines))
-                .await
-                .map_err(|(e, _)| BufferError::io(&plan.path, e))?;
+            let outcome = blocking(&self.shared, "read", move || {
+                read_records(&reading, max_lines)
+            })
+            .await
+            .map_err(|(e, _)| BufferError::io(&plan.path, e))?;
             let id = self.next_batch_id;
             let reader = &mut self.classes[class_index(priority)];
             let Some(lane) = reader.lane_mut(kind) else {
@@ -533,7 +544,10 @@ impl BufferReader {
             .increment(total);
 
         let cursor_dir = dir.clone();
-        let stored = blocking("store cursor", move || cursor::store(&cursor_dir, pos)).await;
+        let stored = blocking(&self.shared, "store cursor", move || {
+            cursor::store(&cursor_dir, pos)
+        })
+        .await;
         let fsyncs = match stored {
             Ok(fsyncs) => fsyncs,
             Err((e, _)) => {
@@ -549,7 +563,11 @@ impl BufferReader {
                 );
                 self.delete_acked_segments(priority, &dir).await?;
                 let cursor_dir = dir.clone();
-                match blocking("store cursor", move || cursor::store(&cursor_dir, pos)).await {
+                match blocking(&self.shared, "store cursor", move || {
+                    cursor::store(&cursor_dir, pos)
+                })
+                .await
+                {
                     Ok(fsyncs) => fsyncs,
                     Err((e, _)) => {
                         let error = BufferError::io(&dir, e);
@@ -589,7 +607,7 @@ impl BufferReader {
             return Ok(());
         }
         let delete_dir = dir.to_path_buf();
-        let fsyncs = blocking("delete segments", move || {
+        let fsyncs = blocking(&self.shared, "delete segments", move || {
             delete_files(&delete_dir, &to_delete)
         })
         .await

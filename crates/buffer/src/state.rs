@@ -233,6 +233,8 @@ pub(crate) struct Shared {
     /// Whether the last append failed with a disk error (cleared by the next good append), so
     /// readiness reports a disk that is failing now, not one that failed a minute ago.
     pub disk_failing: std::sync::atomic::AtomicBool,
+    /// Which disk operations are in progress, and since when (for a supervisor's watchdog).
+    pub activity: DiskActivity,
     /// The directory lock: released when the writer thread, the writers and the reader are all
     /// gone (they share this value).
     _dir_lock: Option<super::lock::DirLock>,
@@ -251,6 +253,7 @@ impl Shared {
             meta_fsyncs: AtomicU64::new(0),
             committed,
             disk_failing: std::sync::atomic::AtomicBool::new(false),
+            activity: DiskActivity::default(),
             _dir_lock: dir_lock,
             #[cfg(any(test, feature = "fault-injection"))]
             injected_write_faults: AtomicU64::new(0),
@@ -386,5 +389,88 @@ mod tests {
         let gone = class.take_acked_segments();
         assert_eq!(gone.len(), 1);
         assert_eq!(class.unsent_lines(), 7);
+    }
+}
+
+/// Who does a disk operation: the writer thread (group commits, segment creation, drops) or
+/// the reader (batch reads, ack cursors, deletions).
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Actor {
+    Writer = 0,
+    Reader = 1,
+}
+
+/// When each actor's current disk operation began (milliseconds since `base`, plus one; 0 while
+/// it does none), so a supervisor can tell a disk that blocks (a wedged SD card, a frozen file
+/// system) from one that is merely idle: an idle buffer is never "stuck", one write that does
+/// not return is.
+#[derive(Debug)]
+pub(crate) struct DiskActivity {
+    base: std::time::Instant,
+    since: [AtomicU64; 2],
+}
+
+impl Default for DiskActivity {
+    fn default() -> Self {
+        DiskActivity {
+            base: std::time::Instant::now(),
+            since: [AtomicU64::new(0), AtomicU64::new(0)],
+        }
+    }
+}
+
+impl DiskActivity {
+    /// Marks `actor` busy until the guard is dropped.
+    pub fn begin(&self, actor: Actor) -> ActivityGuard<'_> {
+        let now = u64::try_from(self.base.elapsed().as_millis()).unwrap_or(u64::MAX - 1);
+        self.since[actor as usize].store(now.saturating_add(1), Ordering::Relaxed);
+        ActivityGuard {
+            activity: self,
+            actor,
+        }
+    }
+
+    /// How long the oldest disk operation still in progress has been running; `None` when no
+    /// operation is in progress.
+    pub fn stuck_for(&self) -> Option<std::time::Duration> {
+        let now = u64::try_from(self.base.elapsed().as_millis()).unwrap_or(u64::MAX - 1);
+        self.since
+            .iter()
+            .map(|s| s.load(Ordering::Relaxed))
+            .filter(|&s| s != 0)
+            .map(|s| std::time::Duration::from_millis(now.saturating_add(1).saturating_sub(s)))
+            .max()
+    }
+}
+
+/// Clears its actor's busy mark on drop.
+pub(crate) struct ActivityGuard<'a> {
+    activity: &'a DiskActivity,
+    actor: Actor,
+}
+
+impl Drop for ActivityGuard<'_> {
+    fn drop(&mut self) {
+        self.activity.since[self.actor as usize].store(0, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod activity_tests {
+    use super::{Actor, DiskActivity};
+
+    #[test]
+    fn an_operation_in_progress_is_seen_and_an_idle_buffer_is_never_stuck() {
+        let activity = DiskActivity::default();
+        assert_eq!(activity.stuck_for(), None);
+        {
+            let _writing = activity.begin(Actor::Writer);
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            let _reading = activity.begin(Actor::Reader);
+            let stuck = activity.stuck_for().expect("two operations in progress");
+            // The older of the two counts.
+            assert!(stuck >= std::time::Duration::from_millis(20), "{stuck:?}");
+        }
+        assert_eq!(activity.stuck_for(), None);
     }
 }

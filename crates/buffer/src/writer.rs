@@ -17,7 +17,8 @@ use tokio::sync::{mpsc, oneshot};
 use super::record;
 use super::segment::fsync_dir;
 use super::state::{
-    class_dir_name, class_index, delete_files, unix_ms, SegMeta, Shared, CLASSES_URGENT_FIRST,
+    class_dir_name, class_index, delete_files, unix_ms, Actor, SegMeta, Shared,
+    CLASSES_URGENT_FIRST,
 };
 use super::{BufferError, BufferStats};
 use ioc_model::Priority;
@@ -133,6 +134,14 @@ impl BufferWriter {
     /// Same as [`BufferReader::stats`](super::BufferReader::stats).
     pub fn stats(&self) -> BufferStats {
         self.shared.stats()
+    }
+
+    /// How long the buffer's oldest disk operation still in progress (a group commit of the
+    /// writer thread, or a read, ack-cursor write or deletion of the reader) has been running;
+    /// `None` while none is. A value that keeps growing means the disk blocks (a wedged SD
+    /// card, a frozen file system): what a watchdog should notice.
+    pub fn disk_stuck_for(&self) -> Option<std::time::Duration> {
+        self.shared.activity.stuck_for()
     }
 
     /// Test hook, only with the `fault-injection` feature (which only this crate's own
@@ -327,6 +336,8 @@ impl WriterThread {
                 }
             }
             if !group.is_empty() {
+                let shared = Arc::clone(&self.shared);
+                let _busy = shared.activity.begin(Actor::Writer);
                 self.commit(group);
             }
             if let Some(done) = shutdown {

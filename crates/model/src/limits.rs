@@ -355,8 +355,22 @@ impl LimitChecker {
         reading: &mut Reading,
         now_ns: i64,
     ) -> Result<Passed, LimitViolation> {
+        self.check_clock(input, reading, now_ns, true)
+    }
+
+    /// [`LimitChecker::check`], saying whether `now_ns` can be trusted: with
+    /// `clock_trusted == false` (the box's clock is not synchronised) the past/future window is
+    /// not applied, so a correctly stamped device reading is never refused or clamped because
+    /// the box's own clock is wrong. Every other limit applies.
+    pub fn check_clock(
+        &self,
+        input: &str,
+        reading: &mut Reading,
+        now_ns: i64,
+        clock_trusted: bool,
+    ) -> Result<Passed, LimitViolation> {
         let values = self.config.for_input(input);
-        self.check_values(&values, input, reading, now_ns)
+        self.check_values(&values, input, reading, now_ns, clock_trusted)
     }
 
     fn check_values(
@@ -365,6 +379,7 @@ impl LimitChecker {
         input: &str,
         reading: &mut Reading,
         now_ns: i64,
+        clock_trusted: bool,
     ) -> Result<Passed, LimitViolation> {
         if reading.fields.len() > v.max_fields {
             return Err(LimitViolation::TooManyFields {
@@ -420,7 +435,7 @@ impl LimitChecker {
         let earliest = now_ns.saturating_sub(secs_to_ns(v.max_past_s));
         let latest = now_ns.saturating_add(secs_to_ns(v.max_future_s));
         let ts = reading.timestamp_ns;
-        if ts < earliest || ts > latest {
+        if clock_trusted && (ts < earliest || ts > latest) {
             match v.timestamp_policy {
                 TimestampPolicy::Reject if ts < earliest => {
                     return Err(LimitViolation::TimestampTooOld {

@@ -8,7 +8,7 @@
 //! | 0    | [`Exit::Success`]    | `run` stopped cleanly after a signal; `check-config`: the file is valid; `status` printed its summary; `probe`: at least one frame decoded; `buffer stats` / `buffer export` finished, or the reader of the export went away (`export \| head`); `--help`, `--version` |
 //! | 1    | [`Exit::Failure`]    | `run` failed (config does not load, runtime, or the gateway stopped with an error); `status` failed (token variable, runtime, gateway unreachable or answering badly); `probe`: nothing decoded; `buffer`: I/O trouble reading the buffer, or JSON rendering |
 //! | 2    | [`Exit::BadInput`]   | bad command-line arguments (clap's own exit); `probe`: the port cannot be opened (or no runtime); `buffer`: no buffer at the path, the output cannot be created or lies inside the buffer |
-//! | 78   | [`Exit::Config`]     | the config is unusable (`EX_CONFIG` of sysexits.h): `check-config` found a problem; `run` or `buffer` cannot load it; `run` cannot resolve a secret it names. The unit's `RestartPreventExitStatus=78` stops systemd from restart-looping on it |
+//! | 78   | [`Exit::Config`]     | the config is unusable (`EX_CONFIG` of sysexits.h): `check-config` found a problem; `run` or `buffer` cannot load it; `run` finds what `check-config` would (a secret it cannot resolve, a TLS file it cannot read or parse, a `data_dir` it cannot write). The unit's `RestartPreventExitStatus=78` stops systemd from restart-looping on it |
 
 use std::process::ExitCode;
 

@@ -1,6 +1,6 @@
 //! `ioc-gateway run --config FILE`: the gateway itself, until SIGTERM or SIGINT.
 //!
-//! Loads the config, installs the metrics recorder, starts the gateway's runtime and hands
+//! Loads and preflights the config (as `check-config` does), installs the metrics recorder, starts the gateway's runtime and hands
 //! [`crate::app::run`] a [`crate::shutdown::Shutdown`] triggered by the first SIGTERM/SIGINT.
 
 use std::path::Path;
@@ -38,7 +38,12 @@ fn is_config_problem(e: &anyhow::Error) -> bool {
 }
 
 fn run(path: &Path) -> anyhow::Result<()> {
-    let config = Config::load(path)?;
+    // The same checks as `check-config` (secrets, TLS files, a writable data_dir), so every
+    // problem of the config is a config error (exit 78) here too, reported at its line.
+    let (config, problems) = Config::load_and_preflight(path)?;
+    if let Some(first) = problems.into_iter().next() {
+        return Err(first.into());
+    }
     // Before anything records a metric (buffer recovery does).
     crate::http::install_metrics_recorder();
     let runtime = runtime::build(Kind::Gateway)?;
@@ -58,18 +63,29 @@ fn run(path: &Path) -> anyhow::Result<()> {
 }
 
 /// Returns on the first SIGTERM or SIGINT (on Ctrl-C alone if those cannot be watched).
+///
+/// SIGHUP does not stop the gateway (its default action would kill it without a flush, and
+/// systemd counts that death as clean, so `Restart=on-failure` would leave it down): reloading
+/// the config in place is not implemented yet, so it is logged and ignored.
 async fn wait_for_signal() {
     use tokio::signal::unix::{signal, SignalKind};
+    let mut hup = signal(SignalKind::hangup()).ok();
     match (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
     ) {
-        (Ok(mut term), Ok(mut int)) => {
+        (Ok(mut term), Ok(mut int)) => loop {
             tokio::select! {
-                _ = term.recv() => {}
-                _ = int.recv() => {}
+                _ = term.recv() => return,
+                _ = int.recv() => return,
+                Some(()) = async { match hup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => {
+                    tracing::warn!(
+                        target: LOG_TARGET,
+                        "SIGHUP received: reloading the config in place is not supported yet; the gateway keeps running on the config it started with (restart it to apply a new one)"
+                    );
+                }
             }
-        }
+        },
         _ => {
             let _ = tokio::signal::ctrl_c().await;
         }

@@ -45,6 +45,9 @@ pub struct Config {
     /// Limits against hostile or broken input (see `crate::limits`).
     #[serde(default)]
     pub limits: crate::limits::LimitsConfig,
+    /// The clock for readings stamped on receipt (see `crate::clock`).
+    #[serde(default)]
+    pub clock: crate::clock::ClockSettings,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -251,6 +254,7 @@ impl Config {
         self.http.validate().map_err(under("http".into()))?;
         self.buffer.validate().map_err(under("buffer".into()))?;
         self.limits.validate()?;
+        self.clock.validate().map_err(under("clock".into()))?;
         Ok(())
     }
 }
