@@ -391,7 +391,7 @@ _ioc__gateway() {
             return 0
             ;;
         ioc__subcmd__gateway__subcmd__probe)
-            opts="-h --port --baud --protocol --seconds --log-format --help"
+            opts="-h --port --baud --protocol --config --input --seconds --log-format --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -407,6 +407,14 @@ _ioc__gateway() {
                     ;;
                 --protocol)
                     COMPREPLY=($(compgen -W "pms5003 sds011 node nmea0183 vaisala auto" -- "${cur}"))
+                    return 0
+                    ;;
+                --config)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --input)
+                    COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
                 --seconds)

@@ -43,14 +43,16 @@ complete -c ioc-gateway -n "__fish_ioc_gateway_using_subcommand status" -l token
 complete -c ioc-gateway -n "__fish_ioc_gateway_using_subcommand status" -l log-format -d 'Log format: readable text on a terminal, JSON lines for log collectors' -r -f -a "text\t''
 json\t''"
 complete -c ioc-gateway -n "__fish_ioc_gateway_using_subcommand status" -s h -l help -d 'Print help'
-complete -c ioc-gateway -n "__fish_ioc_gateway_using_subcommand probe" -l port -d 'Serial port, e.g. /dev/ttyUSB0' -r -F
-complete -c ioc-gateway -n "__fish_ioc_gateway_using_subcommand probe" -l baud -d 'Baud rate (default: the protocol\'s usual one; with auto, 9600 and 115200 are tried)' -r
+complete -c ioc-gateway -n "__fish_ioc_gateway_using_subcommand probe" -l port -d 'Serial port, e.g. /dev/ttyUSB0 (with --config: instead of the input\'s port)' -r -F
+complete -c ioc-gateway -n "__fish_ioc_gateway_using_subcommand probe" -l baud -d 'Baud rate (default: the protocol\'s usual one, or the input\'s with --config; with auto, the usual rates are tried one after the other)' -r
 complete -c ioc-gateway -n "__fish_ioc_gateway_using_subcommand probe" -l protocol -r -f -a "pms5003\t''
 sds011\t''
 node\t''
 nmea0183\t'NMEA 0183 GNSS sentences'
 vaisala\t'Vaisala WXT5xx ASCII / WMT700 messages (automatic mode: a polled station stays silent)'
 auto\t'All of the above at once, and (without `--baud`) the usual rates one after the other'"
+complete -c ioc-gateway -n "__fish_ioc_gateway_using_subcommand probe" -l config -d 'Read the port, baud rate and decoder settings of a serial input from this config file (needed for `protocol = "lines"`, whose pattern is in the config); with --input' -r -F
+complete -c ioc-gateway -n "__fish_ioc_gateway_using_subcommand probe" -l input -d 'The serial input of --config to probe: its `name`, or its `port` path' -r
 complete -c ioc-gateway -n "__fish_ioc_gateway_using_subcommand probe" -l seconds -d 'Give up if nothing decodes within this many seconds' -r
 complete -c ioc-gateway -n "__fish_ioc_gateway_using_subcommand probe" -l log-format -d 'Log format: readable text on a terminal, JSON lines for log collectors' -r -f -a "text\t''
 json\t''"
