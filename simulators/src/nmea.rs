@@ -136,9 +136,7 @@ impl FromStr for LineEnding {
             "lf" => Ok(LineEnding::Lf),
             "cr" => Ok(LineEnding::Cr),
             "mix" => Ok(LineEnding::Mix),
-            _ => Err(format!(
-                "line ending {s:?}: expected crlf, lf, cr or mix"
-            )),
+            _ => Err(format!("line ending {s:?}: expected crlf, lf, cr or mix")),
         }
     }
 }
@@ -592,7 +590,10 @@ impl GnssReceiver {
     /// Changes one digit after the time field (or, when there is none, one checksum digit).
     fn corrupt(&mut self, text: &str) -> String {
         let mut bytes = text.as_bytes().to_vec();
-        let star = bytes.iter().rposition(|&b| b == b'*').unwrap_or(bytes.len());
+        let star = bytes
+            .iter()
+            .rposition(|&b| b == b'*')
+            .unwrap_or(bytes.len());
         // Skip `$`, the address and the time (the first two fields).
         let after_time = bytes
             .iter()
@@ -819,7 +820,10 @@ mod tests {
                 }
             }
             assert_eq!(b.no_fix, no_fix > 0);
-            assert_eq!(got.keys().collect::<Vec<_>>(), b.stored.keys().collect::<Vec<_>>());
+            assert_eq!(
+                got.keys().collect::<Vec<_>>(),
+                b.stored.keys().collect::<Vec<_>>()
+            );
             for (k, v) in &b.stored {
                 assert!((got[k] - v).abs() < 1e-9, "{k}: {} vs {v}", got[k]);
             }
@@ -852,19 +856,41 @@ mod tests {
         decoder.flush(&mut got);
         let bad = |r: BadLine| got.bad.iter().filter(|b| **b == r).count() as u64;
         assert_eq!(
-            (got.good, got.no_fix, got.skipped, bad(BadLine::Checksum), bad(BadLine::Truncated), bad(BadLine::Noise)),
-            (want.ok, want.no_fix, want.skipped, want.checksum, want.truncated, want.noise),
+            (
+                got.good,
+                got.no_fix,
+                got.skipped,
+                bad(BadLine::Checksum),
+                bad(BadLine::Truncated),
+                bad(BadLine::Noise)
+            ),
+            (
+                want.ok,
+                want.no_fix,
+                want.skipped,
+                want.checksum,
+                want.truncated,
+                want.noise
+            ),
             "{:?}",
             got.bad
         );
-        assert_eq!(got.bad.len() as u64, want.checksum + want.truncated + want.noise);
-        assert!(want.checksum > 50 && want.truncated > 50 && want.noise > 50, "{want:?}");
+        assert_eq!(
+            got.bad.len() as u64,
+            want.checksum + want.truncated + want.noise
+        );
+        assert!(
+            want.checksum > 50 && want.truncated > 50 && want.noise > 50,
+            "{want:?}"
+        );
         // Every reading lands on its fix's stored point, with a value it expects.
         let mut points: BTreeMap<i64, BTreeMap<String, f64>> = BTreeMap::new();
         for r in &got.readings {
             let ms = r.timestamp_ns / 1_000_000;
             assert_eq!(r.timestamp_ns % 1_000_000, 0);
-            let want = stored.get(&ms).unwrap_or_else(|| panic!("reading at {ms} not expected: {r:?}"));
+            let want = stored
+                .get(&ms)
+                .unwrap_or_else(|| panic!("reading at {ms} not expected: {r:?}"));
             for (k, v) in &r.fields {
                 let v = match v {
                     ioc_model::FieldValue::Float(f) => *f,
@@ -877,7 +903,10 @@ mod tests {
         }
         assert_eq!(points.len(), stored.len());
         for (ms, fields) in &stored {
-            assert_eq!(points[ms].keys().collect::<Vec<_>>(), fields.keys().collect::<Vec<_>>());
+            assert_eq!(
+                points[ms].keys().collect::<Vec<_>>(),
+                fields.keys().collect::<Vec<_>>()
+            );
         }
     }
 
@@ -885,7 +914,9 @@ mod tests {
     fn same_seed_same_bytes() {
         let run = |seed| {
             let mut rx = GnssReceiver::new(seed, options("checksum=0.1,truncate=0.1,noise=0.1"));
-            (0..200).flat_map(|_| rx.next_burst().writes.concat()).collect::<Vec<u8>>()
+            (0..200)
+                .flat_map(|_| rx.next_burst().writes.concat())
+                .collect::<Vec<u8>>()
         };
         assert_eq!(run(1), run(1));
         assert_ne!(run(1), run(2));

@@ -72,7 +72,10 @@ pub(super) fn nmea_main(a: &SerialArgs) -> anyhow::Result<ExitCode> {
         bail!("--rate-hz must be in (0, 1000]");
     }
     if !talker_ok(&a.talker) {
-        bail!("--talker {:?}: expected two capital letters (GN, GP, …)", a.talker);
+        bail!(
+            "--talker {:?}: expected two capital letters (GN, GP, …)",
+            a.talker
+        );
     }
     let period_ms = ((1000.0 / rate).round() as i64).max(1);
     let fixed_start = match a.start.as_str() {
@@ -86,9 +89,15 @@ pub(super) fn nmea_main(a: &SerialArgs) -> anyhow::Result<ExitCode> {
     let start_ms = move || fixed_start.unwrap_or_else(|| unix_ms() / 1000 * 1000);
     let mut opts = ReceiverOptions {
         talker: a.talker.clone(),
-        sentences: a.sentences.parse().map_err(|e| anyhow::anyhow!("--sentences: {e}"))?,
+        sentences: a
+            .sentences
+            .parse()
+            .map_err(|e| anyhow::anyhow!("--sentences: {e}"))?,
         faults: a.faults.parse::<NmeaFaults>()?,
-        line_ending: a.line_ending.parse::<LineEnding>().map_err(|e| anyhow::anyhow!("--line-ending: {e}"))?,
+        line_ending: a
+            .line_ending
+            .parse::<LineEnding>()
+            .map_err(|e| anyhow::anyhow!("--line-ending: {e}"))?,
         no_fix: parse_no_fix(a.no_fix.as_deref())?,
         start_ms: 0,
         period_ms,
@@ -127,7 +136,11 @@ pub(super) fn nmea_main(a: &SerialArgs) -> anyhow::Result<ExitCode> {
         println!("{}", serde_json::to_string(&summary)?);
         return Ok(ExitCode::SUCCESS);
     }
-    let pty = serial_pty(a, a.wait_reader || a.manifest.is_some(), serde_json::json!({}))?;
+    let pty = serial_pty(
+        a,
+        a.wait_reader || a.manifest.is_some(),
+        serde_json::json!({}),
+    )?;
     opts.start_ms = start_ms();
     let mut rx = GnssReceiver::new(a.seed, opts);
     let started = Instant::now();
@@ -172,7 +185,11 @@ pub(super) fn nmea_main(a: &SerialArgs) -> anyhow::Result<ExitCode> {
             record.write(&entry(sure(Expect::Rejected), Some(kind), fields.clone()))?;
         }
         if b.no_fix {
-            record.write(&entry(sure(Expect::Rejected), Some(FaultKind::NoFix), BTreeMap::new()))?;
+            record.write(&entry(
+                sure(Expect::Rejected),
+                Some(FaultKind::NoFix),
+                BTreeMap::new(),
+            ))?;
         }
     }
     // The receiver goes quiet before the pty closes, so the gateway reads the last sentences
@@ -207,10 +224,15 @@ fn read_some(fd: &std::os::fd::OwnedFd, timeout: Duration, buf: &mut [u8]) -> us
 
 /// Plays a weather station.
 pub(super) fn vaisala_main(a: &SerialArgs) -> anyhow::Result<ExitCode> {
-    let model: StationModel = a.station.parse().map_err(|e| anyhow::anyhow!("--station: {e}"))?;
+    let model: StationModel = a
+        .station
+        .parse()
+        .map_err(|e| anyhow::anyhow!("--station: {e}"))?;
     let faults: StationFaults = a.faults.parse()?;
-    let line_ending: LineEnding =
-        a.line_ending.parse().map_err(|e| anyhow::anyhow!("--line-ending: {e}"))?;
+    let line_ending: LineEnding = a
+        .line_ending
+        .parse()
+        .map_err(|e| anyhow::anyhow!("--line-ending: {e}"))?;
     if !a.address.is_ascii_alphanumeric() {
         bail!("--address {:?}: expected one letter or digit", a.address);
     }
@@ -238,8 +260,8 @@ pub(super) fn vaisala_main(a: &SerialArgs) -> anyhow::Result<ExitCode> {
     let mut pending: Vec<u8> = Vec::new();
     let mut buf = [0u8; 512];
     let send = |m: sensor_sim::vaisala::Message,
-                    summary: &mut TextSummary,
-                    record: &mut SerialManifest|
+                summary: &mut TextSummary,
+                record: &mut SerialManifest|
      -> anyhow::Result<()> {
         let sent_ms = unix_ms();
         let written = write_nonblocking(&pty.master, &m.bytes)?;

@@ -237,9 +237,21 @@ impl WeatherStation {
             item("Dn", dir(w.dir - spread), 'D', "wind_dir_min_deg", invalid),
             item("Dm", dir(w.dir), 'D', "wind_dir_avg_deg", invalid),
             item("Dx", dir(w.dir + spread), 'D', "wind_dir_max_deg", invalid),
-            item("Sn", speed(w.speed - lull), 'M', "wind_speed_min_ms", invalid),
+            item(
+                "Sn",
+                speed(w.speed - lull),
+                'M',
+                "wind_speed_min_ms",
+                invalid,
+            ),
             item("Sm", speed(w.speed), 'M', "wind_speed_avg_ms", invalid),
-            item("Sx", speed(w.speed + gust), 'M', "wind_speed_max_ms", invalid),
+            item(
+                "Sx",
+                speed(w.speed + gust),
+                'M',
+                "wind_speed_max_ms",
+                invalid,
+            ),
         ]
     }
 
@@ -248,7 +260,13 @@ impl WeatherStation {
         vec![
             item("Ta", format!("{:.1}", w.temp), 'C', "air_temp_c", false),
             item("Ua", format!("{:.1}", w.rh), 'P', "rh_pct", false),
-            item("Pa", format!("{:.1}", w.pressure), 'H', "pressure_hpa", false),
+            item(
+                "Pa",
+                format!("{:.1}", w.pressure),
+                'H',
+                "pressure_hpa",
+                false,
+            ),
         ]
     }
 
@@ -257,8 +275,20 @@ impl WeatherStation {
         let intensity = if w.raining_s > 0 { 1.2 } else { 0.0 };
         vec![
             item("Rc", format!("{:.2}", w.rain_mm), 'M', "rain_mm", false),
-            item("Rd", format!("{}", w.raining_s), 's', "rain_duration_s", false),
-            item("Ri", format!("{intensity:.1}"), 'M', "rain_intensity_mmh", false),
+            item(
+                "Rd",
+                format!("{}", w.raining_s),
+                's',
+                "rain_duration_s",
+                false,
+            ),
+            item(
+                "Ri",
+                format!("{intensity:.1}"),
+                'M',
+                "rain_intensity_mmh",
+                false,
+            ),
             item("Hc", "0.0".into(), 'M', "hail_hits_cm2", false),
             item("Hd", "0".into(), 's', "hail_duration_s", false),
             item("Hi", "0.0".into(), 'M', "hail_intensity_hits_cm2h", false),
@@ -268,7 +298,13 @@ impl WeatherStation {
     fn supervisor_items(&self) -> Vec<Item> {
         let w = &self.weather;
         vec![
-            item("Th", format!("{:.1}", w.temp + 0.3), 'C', "heater_temp_c", false),
+            item(
+                "Th",
+                format!("{:.1}", w.temp + 0.3),
+                'C',
+                "heater_temp_c",
+                false,
+            ),
             item("Vh", "12.0".into(), 'N', "heater_voltage_v", false),
             item("Vs", "12.1".into(), 'V', "supply_voltage_v", false),
             item("Vr", "3.522".into(), 'V', "ref_voltage_v", false),
@@ -304,7 +340,10 @@ impl WeatherStation {
         let invalid = self.fault_rng.chance(self.faults.invalid);
         let w = self.weather.clone();
         let r = &mut self.rng;
-        let (max, min) = (w.speed + r.uniform(0.3, 1.5), (w.speed - r.uniform(0.2, 1.0)).max(0.0));
+        let (max, min) = (
+            w.speed + r.uniform(0.3, 1.5),
+            (w.speed - r.uniform(0.2, 1.0)).max(0.0),
+        );
         let sonic = w.temp + r.normal() * 0.2;
         let wind = |v: f64, field: &'static str| -> Item {
             if invalid {
@@ -342,7 +381,10 @@ impl WeatherStation {
     pub fn answer(&mut self, command: &str) -> Option<Message> {
         let c = command.trim();
         match self.model {
-            StationModel::Wmt700 => c.to_ascii_uppercase().contains("POLL").then(|| self.message(0)),
+            StationModel::Wmt700 => c
+                .to_ascii_uppercase()
+                .contains("POLL")
+                .then(|| self.message(0)),
             StationModel::Wxt530 => {
                 if c == "?" {
                     let mut bytes = self.address.to_string().into_bytes();
@@ -420,7 +462,9 @@ impl WeatherStation {
         if corrupt {
             // A digit of the values (not of the checksum), changed.
             let last_comma = body.iter().rposition(|&b| b == b',').unwrap_or(0);
-            let digits: Vec<usize> = (1..last_comma).filter(|&i| body[i].is_ascii_digit()).collect();
+            let digits: Vec<usize> = (1..last_comma)
+                .filter(|&i| body[i].is_ascii_digit())
+                .collect();
             if let Some(&i) = digits.get(rng.below(digits.len().max(1) as u64) as usize) {
                 body[i] = b'0' + (body[i] - b'0' + 1 + rng.below(9) as u8) % 10;
             }
@@ -506,12 +550,27 @@ mod tests {
         decoder.flush(&mut out);
         let bad = |r: BadLine| out.bad.iter().filter(|b| **b == r).count() as u64;
         assert_eq!(
-            (out.good, out.skipped, bad(BadLine::Checksum), bad(BadLine::Truncated), bad(BadLine::Noise)),
-            (want.ok, want.skipped, want.checksum, want.truncated, want.noise),
+            (
+                out.good,
+                out.skipped,
+                bad(BadLine::Checksum),
+                bad(BadLine::Truncated),
+                bad(BadLine::Noise)
+            ),
+            (
+                want.ok,
+                want.skipped,
+                want.checksum,
+                want.truncated,
+                want.noise
+            ),
             "{:?}",
             out.bad
         );
-        assert_eq!(out.bad.len() as u64, want.checksum + want.truncated + want.noise);
+        assert_eq!(
+            out.bad.len() as u64,
+            want.checksum + want.truncated + want.noise
+        );
         let got: Vec<BTreeMap<String, f64>> = out.readings.iter().map(values).collect();
         assert_eq!(got.len(), stored.len());
         for (g, w) in got.iter().zip(&stored) {
@@ -524,7 +583,11 @@ mod tests {
 
     #[test]
     fn wxt_answers_decode_to_exactly_the_stored_values() {
-        run(StationModel::Wxt530, "", &["0R0", "0R1", "0R2", "0R3", "0R5"]);
+        run(
+            StationModel::Wxt530,
+            "",
+            &["0R0", "0R1", "0R2", "0R3", "0R5"],
+        );
         run(
             StationModel::Wxt530,
             "invalid=0.2,noise=0.1,truncate=0.1",
@@ -544,11 +607,19 @@ mod tests {
 
     #[test]
     fn the_composite_message_has_every_documented_parameter() {
-        let mut st =
-            WeatherStation::new(StationModel::Wxt530, 1, '0', StationFaults::default(), LineEnding::CrLf);
+        let mut st = WeatherStation::new(
+            StationModel::Wxt530,
+            1,
+            '0',
+            StationFaults::default(),
+            LineEnding::CrLf,
+        );
         let m = st.answer("0R0").unwrap();
         let text = String::from_utf8(m.bytes.clone()).unwrap();
-        assert!(text.starts_with("0R0,Dn=") && text.ends_with("Vr=3.522V\r\n"), "{text}");
+        assert!(
+            text.starts_with("0R0,Dn=") && text.ends_with("Vr=3.522V\r\n"),
+            "{text}"
+        );
         assert_eq!(m.fields.len(), 19, "{:?}", m.fields);
         assert!(st.answer("1R0").is_none(), "another address");
         assert!(st.answer("0XU").is_none());

@@ -634,7 +634,10 @@ pub fn compare_with(entries: &[Entry], store: &StoreIndex, exclusive: bool) -> R
                 .map(|kv| kv.split_once('=').map_or(kv, |(_, v)| v))
                 .collect::<Vec<_>>()
                 .join("/");
-            let counts = report.devices.entry((m.clone(), device.clone())).or_default();
+            let counts = report
+                .devices
+                .entry((m.clone(), device.clone()))
+                .or_default();
             counts.leaked += 1;
             if report.examples.len() < 20 {
                 report.examples.push(format!(
@@ -1107,7 +1110,12 @@ mod tests {
         // Fix 1000: RMC corrupt, GGA whole (lat + satellites); fix 1100: no fix; fix 1200: whole.
         let entries = vec![
             gnss(1000, &[("lat", 10.5), ("satellites", 9.0)], Stored, None),
-            gnss(1000, &[("lat", 10.5), ("speed_kmh", 30.0)], Rejected, Some(FaultKind::Checksum)),
+            gnss(
+                1000,
+                &[("lat", 10.5), ("speed_kmh", 30.0)],
+                Rejected,
+                Some(FaultKind::Checksum),
+            ),
             gnss(1100, &[], Rejected, Some(FaultKind::NoFix)),
             gnss(1200, &[("lat", 10.6), ("satellites", 9.0)], Stored, None),
         ];
@@ -1122,12 +1130,18 @@ mod tests {
         let clean = store(&[(1000, 10.5), (1200, 10.6)], "");
         let t = compare_with(&entries, &clean, true).total();
         assert!(t.ok(), "{t:?}");
-        assert_eq!((t.expected, t.found, t.rejected_sent, t.leaked), (2, 2, 2, 0));
+        assert_eq!(
+            (t.expected, t.found, t.rejected_sent, t.leaked),
+            (2, 2, 2, 0)
+        );
         // Not exclusive: the GGA point at 1000 counts against the corrupt RMC (the old rule).
         assert_eq!(compare(&entries, &clean).total().leaked, 1);
 
         // The corrupt RMC's speed got through at its fix's time.
-        let speed = store(&[(1000, 10.5), (1200, 10.6)], &gnss_export("speed_kmh", &[(1000, 30.0)]));
+        let speed = store(
+            &[(1000, 10.5), (1200, 10.6)],
+            &gnss_export("speed_kmh", &[(1000, 30.0)]),
+        );
         let r = compare_with(&entries, &speed, true);
         assert_eq!(r.total().leaked, 1, "{}", r.table(10));
         // A position while there was no fix.
@@ -1137,9 +1151,16 @@ mod tests {
         let elsewhere = store(&[(1000, 10.5), (1150, 10.55), (1200, 10.6)], "");
         let r = compare_with(&entries, &elsewhere, true);
         assert_eq!(r.total().leaked, 1);
-        assert!(r.table(10).contains("extra: gnss bus-17/GN ts=1150 (lat)"), "{}", r.table(10));
+        assert!(
+            r.table(10).contains("extra: gnss bus-17/GN ts=1150 (lat)"),
+            "{}",
+            r.table(10)
+        );
         // An extra field on a good fix.
-        let hdop = store(&[(1000, 10.5), (1200, 10.6)], &gnss_export("hdop", &[(1200, 0.9)]));
+        let hdop = store(
+            &[(1000, 10.5), (1200, 10.6)],
+            &gnss_export("hdop", &[(1200, 0.9)]),
+        );
         assert_eq!(compare_with(&entries, &hdop, true).total().leaked, 1);
         // Outside the manifest's time range: not this run's.
         let later = store(&[(1000, 10.5), (1200, 10.6), (9000, 11.0)], "");

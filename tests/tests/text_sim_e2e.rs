@@ -195,9 +195,16 @@ fn a_simulated_bus_gnss_and_a_polled_weather_station_reach_the_store_exactly() {
             Duration::from_secs(20),
         )
         .unwrap();
-        assert!(verdict.passed(), "{name}:\n{verdict}\n{}", gateway.log_tail(40));
+        assert!(
+            verdict.passed(),
+            "{name}:\n{verdict}\n{}",
+            gateway.log_tail(40)
+        );
         let c = verdict.counts();
-        assert_eq!((c.missing, c.mismatched, c.duplicates, c.leaked), (0, 0, 0, 0));
+        assert_eq!(
+            (c.missing, c.mismatched, c.duplicates, c.leaked),
+            (0, 0, 0, 0)
+        );
         assert!(c.rejected_sent > 0, "{name}: {verdict}");
         if name == "gnss" {
             assert_eq!(c.expected, gnss_kinds["stored"], "{verdict}");
