@@ -25,7 +25,7 @@ use serde_json::Value;
 
 const GATEWAY_ID: &str = "e2e-textsim-gw";
 const FIXES: u64 = 200;
-const ANSWERS: u64 = 16;
+const ANSWERS: u64 = 30;
 
 fn write_config(
     dir: &Path,
@@ -147,7 +147,7 @@ fn a_simulated_bus_gnss_and_a_polled_weather_station_reach_the_store_exactly() {
             "--frames",
             &ANSWERS.to_string(),
             "--faults",
-            "invalid=0.2,noise=0.15,truncate=0.15",
+            "invalid=0.2,noise=0.15,truncate=0.2",
             "--sensor-id",
             "wx-3",
             "--manifest",
