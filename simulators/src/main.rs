@@ -158,7 +158,7 @@ enum Command {
     },
     /// Stream a serial sensor into a new pseudo-terminal (prints its path first) or a file;
     /// `xy-md02` answers Modbus RTU requests on the pty instead.
-    Serial(SerialArgs),
+    Serial(Box<SerialArgs>),
     /// Compare a manifest with what the store holds; exit 0 only if nothing is missing or different.
     Verify {
         /// Manifest written by `run`.
