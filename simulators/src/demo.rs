@@ -233,6 +233,7 @@ fn post_plate_webhooks(
             scenario: "presets".into(),
             seed: 0,
             qos: 1,
+            exclusive: false,
         },
     )?;
     let mut opts = WebhookOptions::new(&base);

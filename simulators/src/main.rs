@@ -17,6 +17,8 @@ use sensor_sim::mqtt::{self, PublishOptions};
 use sensor_sim::scenario::Scenario;
 use sensor_sim::verify::{self, Shape, StoreApi, StoreQuery};
 
+mod text_serial;
+
 #[derive(Parser)]
 #[command(
     name = "sensor-sim",
@@ -49,6 +51,15 @@ enum SerialDeviceArg {
     /// (answers function 3/4 reads; see --slaves)
     #[value(name = "xy-md02", alias = "modbus")]
     XyMd02,
+    /// A GNSS receiver on a bus printing NMEA 0183 sentences (RMC + GGA per fix, optionally
+    /// VTG, GLL, GSA; 10 fixes/s by default), with checksum, torn-line and noise faults and an
+    /// optional stretch without a fix (see --talker, --sentences, --no-fix, --line-ending)
+    #[value(name = "nmea0183", alias = "nmea")]
+    Nmea0183,
+    /// A Vaisala weather station: a WXT5xx answering ASCII polls (`0R0` composite, `0R1`…`0R5`)
+    /// or a WMT700 sending `$`-framed message 25 (see --station, --interval-ms), with invalid
+    /// (`#`) values, noise, torn and corrupt messages
+    Vaisala,
 }
 
 #[derive(Subcommand)]
@@ -147,7 +158,7 @@ enum Command {
     },
     /// Stream a serial sensor into a new pseudo-terminal (prints its path first) or a file;
     /// `xy-md02` answers Modbus RTU requests on the pty instead.
-    Serial(SerialArgs),
+    Serial(Box<SerialArgs>),
     /// Compare a manifest with what the store holds; exit 0 only if nothing is missing or different.
     Verify {
         /// Manifest written by `run`.
@@ -217,19 +228,50 @@ struct PresetsArgs {
 
 #[derive(clap::Args)]
 struct SerialArgs {
-    /// Which sensor.
-    #[arg(long, value_enum)]
+    /// Which sensor or protocol.
+    #[arg(long, visible_alias = "protocol", value_enum)]
     device: SerialDeviceArg,
     /// Seed.
     #[arg(long)]
     seed: u64,
-    /// Frames per second.
-    #[arg(long, default_value_t = 1.0)]
-    rate_hz: f64,
+    /// Frames per second (nmea0183: fixes per second, default 10; others default 1).
+    #[arg(long)]
+    rate_hz: Option<f64>,
     /// Faults (probability per frame / answer). pms5003, sds011: noise=0.05,checksum=0.02,
-    /// truncate=0.01; xy-md02: timeout=..,bad_crc=..,exception=..,noise=..,slow=..
+    /// truncate=0.01; xy-md02: timeout=..,bad_crc=..,exception=..,noise=..,slow=..;
+    /// nmea0183 (per sentence): checksum=..,truncate=..,noise=..,split=..;
+    /// vaisala (per message): invalid=..,noise=..,truncate=..,checksum=.. (checksum: wmt700)
     #[arg(long, default_value = "")]
     faults: String,
+    /// `nmea0183`: talker of the sentences (GN multi-GNSS, GP GPS, GL, GA, BD).
+    #[arg(long, default_value = "GN")]
+    talker: String,
+    /// `nmea0183`: sentences per fix; RMC and GGA always, plus any of vtg, gll, gsa.
+    #[arg(long, default_value = "rmc,gga")]
+    sentences: String,
+    /// `nmea0183`: fixes FROM..FROM+COUNT without a fix (RMC status V, GGA quality 0), FROM:COUNT.
+    #[arg(long)]
+    no_fix: Option<String>,
+    /// `nmea0183`, `vaisala`: line ends, crlf, lf, cr or mix (each line one of the three).
+    #[arg(long, default_value = "crlf")]
+    line_ending: String,
+    /// `nmea0183`: UTC time of the first fix, `now` (the current second) or RFC 3339.
+    #[arg(long, default_value = "now")]
+    start: String,
+    /// `vaisala`: wxt530 (ASCII protocol) or wmt700 (`$`-framed message 25).
+    #[arg(long, default_value = "wxt530")]
+    station: String,
+    /// `vaisala` WXT5xx: the station's address (one character).
+    #[arg(long, default_value_t = '0')]
+    address: char,
+    /// `vaisala`: automatic mode, a composite message (WMT700: message 25) every this many ms,
+    /// besides answering polls.
+    #[arg(long)]
+    interval_ms: Option<u64>,
+    /// `nmea0183`, `vaisala`: the measurement the gateway's config gives the input (manifest;
+    /// default gnss / weather).
+    #[arg(long)]
+    measurement: Option<String>,
     /// Stop after this many frames (default: run until killed; `node`: simulated seconds to
     /// run; `xy-md02`: requests for our slaves).
     #[arg(long)]
@@ -408,6 +450,7 @@ fn real_main() -> anyhow::Result<ExitCode> {
                     scenario: sc.name.clone(),
                     seed,
                     qos,
+                    exclusive: false,
                 },
             )?;
             let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -439,6 +482,8 @@ fn real_main() -> anyhow::Result<ExitCode> {
         Command::Serial(args) => match args.device {
             SerialDeviceArg::Node => node_main(&args),
             SerialDeviceArg::XyMd02 => modbus_main(&args),
+            SerialDeviceArg::Nmea0183 => text_serial::nmea_main(&args),
+            SerialDeviceArg::Vaisala => text_serial::vaisala_main(&args),
             _ => serial_main(&args),
         },
         Command::Verify {
@@ -452,7 +497,7 @@ fn real_main() -> anyhow::Result<ExitCode> {
         } => {
             let file =
                 File::open(&manifest).with_context(|| format!("opening {}", manifest.display()))?;
-            let (_, mut entries) = manifest::read(std::io::BufReader::new(file))?;
+            let (header, mut entries) = manifest::read(std::io::BufReader::new(file))?;
             if check_cameras {
                 for e in entries
                     .iter_mut()
@@ -472,7 +517,8 @@ fn real_main() -> anyhow::Result<ExitCode> {
                 gateway_id,
             };
             let index = verify::fetch(&query, &shape)?;
-            let report = verify::compare(&entries, &index);
+            let exclusive = header.is_some_and(|h| h.exclusive);
+            let report = verify::compare_with(&entries, &index, exclusive);
             print!("{}", report.table(max_rows));
             println!("{}", report.summary_line());
             Ok(if report.total().ok() {
@@ -492,7 +538,7 @@ struct SerialManifest {
 }
 
 impl SerialManifest {
-    fn open(a: &SerialArgs, device: &str) -> anyhow::Result<Self> {
+    fn open(a: &SerialArgs, device: &str, exclusive: bool) -> anyhow::Result<Self> {
         let mut tags = std::collections::BTreeMap::new();
         for t in &a.tags {
             let (k, v) = t
@@ -514,6 +560,7 @@ impl SerialManifest {
                         scenario: format!("serial-{device}"),
                         seed: a.seed,
                         qos: 0,
+                        exclusive,
                     },
                 )?;
                 out.flush()?;
@@ -567,7 +614,8 @@ fn serial_main(a: &SerialArgs) -> anyhow::Result<ExitCode> {
         frame_fields, write_nonblocking, LineFault, SerialDevice, SerialFaults, SerialStream,
         SerialSummary,
     };
-    if !(a.rate_hz.is_finite() && a.rate_hz > 0.0) {
+    let rate_hz = a.rate_hz.unwrap_or(1.0);
+    if !(rate_hz.is_finite() && rate_hz > 0.0) {
         bail!("--rate-hz must be > 0");
     }
     let faults: SerialFaults = a.faults.parse()?;
@@ -575,12 +623,12 @@ fn serial_main(a: &SerialArgs) -> anyhow::Result<ExitCode> {
         SerialDeviceArg::Sds011 => (SerialDevice::Sds011, "sds011"),
         _ => (SerialDevice::Pms5003, "pms5003"),
     };
-    let mut record = SerialManifest::open(a, model)?;
+    let mut record = SerialManifest::open(a, model, false)?;
     record.tags.insert("model".into(), model.into());
     if let Some(id) = &a.sensor_id {
         record.tags.insert("sensor_id".into(), id.clone());
     }
-    let period = Duration::from_secs_f64(1.0 / a.rate_hz);
+    let period = Duration::from_secs_f64(1.0 / rate_hz);
     let start_ms = sensor_sim::civil_time::parse_rfc3339_ms("2026-11-24T00:30:00Z")?;
     let mut stream = SerialStream::new(
         device,
@@ -668,7 +716,7 @@ fn modbus_main(a: &SerialArgs) -> anyhow::Result<ExitCode> {
     let faults: ModbusFaults = a.faults.parse()?;
     let start_ms = sensor_sim::civil_time::parse_rfc3339_ms("2026-11-24T00:30:00Z")?;
     let mut bus = ModbusBus::new(a.seed, &slaves, faults, start_ms, a.sample_ms, a.slow_ms);
-    let mut record = SerialManifest::open(a, "xy-md02")?;
+    let mut record = SerialManifest::open(a, "xy-md02", false)?;
     let sensor_id = a.sensor_id.clone().unwrap_or_else(|| "th-{slave}".into());
     let addresses: Vec<u8> = slaves.iter().map(|s| s.address).collect();
     let pty = serial_pty(a, a.wait_reader, serde_json::json!({ "slaves": addresses }))?;
@@ -902,6 +950,7 @@ fn presets_main(a: PresetsArgs) -> anyhow::Result<ExitCode> {
             scenario: "presets".into(),
             seed: 0,
             qos: 1,
+            exclusive: false,
         },
     )?;
     let shared = SharedManifest(Arc::new(Mutex::new(out)));

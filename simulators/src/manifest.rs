@@ -72,6 +72,10 @@ pub enum FaultKind {
     Exception,
     /// Modbus: the answer came late.
     Slow,
+    /// NMEA: the receiver said it had no fix (RMC status `V`, GGA quality 0): no position.
+    NoFix,
+    /// Vaisala: values marked invalid (`#`, `999`), which the gateway must drop.
+    Invalid,
 }
 
 impl FaultKind {
@@ -91,6 +95,8 @@ impl FaultKind {
             FaultKind::Timeout => "timeout",
             FaultKind::Exception => "exception",
             FaultKind::Slow => "slow",
+            FaultKind::NoFix => "no_fix",
+            FaultKind::Invalid => "invalid",
         }
     }
 }
@@ -160,6 +166,12 @@ pub struct Header {
     pub seed: u64,
     /// MQTT QoS used.
     pub qos: u8,
+    /// Every point the store holds in a series of this manifest, within its time range, must
+    /// be explained by a `stored` entry (its key and its fields): anything else counts as
+    /// leaked. For streams whose readings carry their own time (NMEA fixes), where a corrupt
+    /// sentence that got through could land at any time.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub exclusive: bool,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -252,6 +264,7 @@ mod tests {
                 scenario: "s".into(),
                 seed: 9,
                 qos: 1,
+                exclusive: false,
             },
         )
         .unwrap();

@@ -466,6 +466,14 @@ fn same_value(a: f64, b: f64) -> bool {
 
 /// Compares manifest entries with store contents.
 pub fn compare(entries: &[Entry], store: &StoreIndex) -> Report {
+    compare_with(entries, store, false)
+}
+
+/// [`compare`], and when `exclusive` (the manifest header's `exclusive`), every store point of a
+/// series with `stored` or `rejected` entries, within the entries' time range (1 s before the
+/// first, 2 s after the last), that no `stored` entry explains — by its key, then by its fields
+/// — counts as leaked; a `rejected` entry then leaks only through such fields.
+pub fn compare_with(entries: &[Entry], store: &StoreIndex, exclusive: bool) -> Report {
     struct Expected<'a> {
         entry: &'a Entry,
         sends: u64,
@@ -475,6 +483,28 @@ pub fn compare(entries: &[Entry], store: &StoreIndex) -> Report {
     let mut sequences: BTreeMap<(String, String), Vec<&Entry>> = BTreeMap::new();
     let mut report = Report::default();
     let device_of = |e: &Entry| e.t.values().cloned().collect::<Vec<_>>().join("/");
+    // The fields the `stored` entries of each key expect. In an exclusive manifest, a
+    // `rejected` entry at a key that also has a good reading (an NMEA fix whose RMC was corrupt
+    // but whose GGA was whole) leaked only if the store holds a field no `stored` entry there
+    // explains; otherwise any point at its key is a leak.
+    let mut explained: HashMap<PointKey, BTreeSet<&str>> = HashMap::new();
+    for e in entries.iter().filter(|e| e.x == Expect::Stored) {
+        explained
+            .entry(entry_key(e))
+            .or_default()
+            .extend(e.f.keys().map(String::as_str));
+    }
+    let unexplained = |key: &PointKey| -> Option<Vec<String>> {
+        let stored = store.points.get(key)?;
+        let allowed = explained.get(key);
+        let extra: Vec<String> = stored
+            .keys()
+            .filter(|f| !allowed.is_some_and(|a| a.contains(f.as_str())))
+            .cloned()
+            .collect();
+        (!extra.is_empty()).then_some(extra)
+    };
+    let mut rejected_keys: BTreeSet<PointKey> = BTreeSet::new();
     for e in entries {
         let counts = report
             .devices
@@ -484,18 +514,29 @@ pub fn compare(entries: &[Entry], store: &StoreIndex) -> Report {
             Expect::Unchecked => counts.unchecked += 1,
             Expect::Rejected => {
                 counts.rejected_sent += 1;
-                if store.points.contains_key(&entry_key(e)) {
+                let key = entry_key(e);
+                let leak = if exclusive {
+                    unexplained(&key)
+                } else {
+                    store
+                        .points
+                        .get(&key)
+                        .map(|f| f.keys().cloned().collect::<Vec<_>>())
+                };
+                if let Some(extra) = leak {
                     counts.leaked += 1;
                     if report.examples.len() < 20 {
                         report.examples.push(format!(
-                            "leaked: {} {} ts={} ({:?}) is in the store",
+                            "leaked: {} {} ts={} ({:?}) is in the store ({})",
                             e.m,
                             device_of(e),
                             e.ts,
-                            e.fault
+                            e.fault,
+                            extra.join(",")
                         ));
                     }
                 }
+                rejected_keys.insert(key);
             }
             Expect::InOrder | Expect::MaybeInOrder | Expect::RejectedInOrder => {
                 if e.x == Expect::RejectedInOrder {
@@ -566,6 +607,46 @@ pub fn compare(entries: &[Entry], store: &StoreIndex) -> Report {
             }
         }
     }
+    if exclusive {
+        let checked = entries
+            .iter()
+            .filter(|e| matches!(e.x, Expect::Stored | Expect::Rejected));
+        let mut series: BTreeSet<(String, String)> = BTreeSet::new();
+        let (mut lo, mut hi) = (i64::MAX, i64::MIN);
+        for e in checked {
+            let (m, tags, ts) = entry_key(e);
+            series.insert((m, tags));
+            lo = lo.min(ts);
+            hi = hi.max(ts);
+        }
+        let mut extra: Vec<(&PointKey, Vec<String>)> = store
+            .points
+            .keys()
+            .filter(|k| series.contains(&(k.0.clone(), k.1.clone())))
+            .filter(|k| (lo.saturating_sub(1000)..=hi.saturating_add(2000)).contains(&k.2))
+            .filter(|k| !rejected_keys.contains(*k))
+            .filter_map(|k| unexplained(k).map(|f| (k, f)))
+            .collect();
+        extra.sort();
+        for ((m, tags, ts), fields) in extra {
+            let device = tags
+                .split(',')
+                .map(|kv| kv.split_once('=').map_or(kv, |(_, v)| v))
+                .collect::<Vec<_>>()
+                .join("/");
+            let counts = report
+                .devices
+                .entry((m.clone(), device.clone()))
+                .or_default();
+            counts.leaked += 1;
+            if report.examples.len() < 20 {
+                report.examples.push(format!(
+                    "extra: {m} {device} ts={ts} ({}) is in the store but was never sent intact",
+                    fields.join(",")
+                ));
+            }
+        }
+    }
     compare_sequences(&sequences, store, &mut report);
     report
 }
@@ -607,11 +688,13 @@ fn compare_sequences(
             out.push((*ts, row));
         }
     }
+    // An entry whose message had invalid values matches only a row without them: the
+    // gateway must have dropped them, not stored them as numbers.
     let matches = |e: &Entry, row: &BTreeMap<&str, f64>| {
         e.f.iter().all(|(f, want)| {
             row.get(f.as_str())
                 .is_some_and(|got| same_value(*got, *want))
-        })
+        }) && (e.fault != Some(FaultKind::Invalid) || row.keys().all(|k| e.f.contains_key(*k)))
     };
     let show = |row: &BTreeMap<&str, f64>| {
         row.iter()
@@ -998,6 +1081,92 @@ mod tests {
         assert_eq!(compare(&entries, &all).total().missing, 1);
     }
 
+    fn gnss(ts: i64, fields: &[(&str, f64)], x: Expect, fault: Option<FaultKind>) -> Entry {
+        Entry {
+            m: "gnss".into(),
+            t: [
+                ("sensor_id".to_string(), "bus-17".to_string()),
+                ("talker".to_string(), "GN".to_string()),
+            ]
+            .into(),
+            ts,
+            f: fields.iter().map(|(k, v)| ((*k).to_string(), *v)).collect(),
+            x,
+            fault,
+            resent: false,
+        }
+    }
+
+    fn gnss_export(field: &str, points: &[(i64, f64)]) -> String {
+        let (ts, vs): (Vec<i64>, Vec<f64>) = points.iter().copied().unzip();
+        format!(
+            "{{\"metric\":{{\"__name__\":\"gnss_{field}\",\"sensor_id\":\"bus-17\",\"talker\":\"GN\",\"gateway\":\"gw\"}},\"values\":{vs:?},\"timestamps\":{ts:?}}}\n"
+        )
+    }
+
+    #[test]
+    fn exclusive_manifests_explain_every_point_of_their_series() {
+        use Expect::{Rejected, Stored};
+        // Fix 1000: RMC corrupt, GGA whole (lat + satellites); fix 1100: no fix; fix 1200: whole.
+        let entries = vec![
+            gnss(1000, &[("lat", 10.5), ("satellites", 9.0)], Stored, None),
+            gnss(
+                1000,
+                &[("lat", 10.5), ("speed_kmh", 30.0)],
+                Rejected,
+                Some(FaultKind::Checksum),
+            ),
+            gnss(1100, &[], Rejected, Some(FaultKind::NoFix)),
+            gnss(1200, &[("lat", 10.6), ("satellites", 9.0)], Stored, None),
+        ];
+        let store = |lat: &[(i64, f64)], extra: &str| {
+            let mut body = gnss_export("lat", lat);
+            body.push_str(&gnss_export("satellites", &[(1000, 9.0), (1200, 9.0)]));
+            body.push_str(extra);
+            let mut index = StoreIndex::default();
+            parse_vm_export(&body, &Shape::of(&entries), None, &mut index).unwrap();
+            index
+        };
+        let clean = store(&[(1000, 10.5), (1200, 10.6)], "");
+        let t = compare_with(&entries, &clean, true).total();
+        assert!(t.ok(), "{t:?}");
+        assert_eq!(
+            (t.expected, t.found, t.rejected_sent, t.leaked),
+            (2, 2, 2, 0)
+        );
+        // Not exclusive: the GGA point at 1000 counts against the corrupt RMC (the old rule).
+        assert_eq!(compare(&entries, &clean).total().leaked, 1);
+
+        // The corrupt RMC's speed got through at its fix's time.
+        let speed = store(
+            &[(1000, 10.5), (1200, 10.6)],
+            &gnss_export("speed_kmh", &[(1000, 30.0)]),
+        );
+        let r = compare_with(&entries, &speed, true);
+        assert_eq!(r.total().leaked, 1, "{}", r.table(10));
+        // A position while there was no fix.
+        let no_fix = store(&[(1000, 10.5), (1100, 0.0), (1200, 10.6)], "");
+        assert_eq!(compare_with(&entries, &no_fix, true).total().leaked, 1);
+        // A point at a time no fix had (a corrupt time field that got through).
+        let elsewhere = store(&[(1000, 10.5), (1150, 10.55), (1200, 10.6)], "");
+        let r = compare_with(&entries, &elsewhere, true);
+        assert_eq!(r.total().leaked, 1);
+        assert!(
+            r.table(10).contains("extra: gnss bus-17/GN ts=1150 (lat)"),
+            "{}",
+            r.table(10)
+        );
+        // An extra field on a good fix.
+        let hdop = store(
+            &[(1000, 10.5), (1200, 10.6)],
+            &gnss_export("hdop", &[(1200, 0.9)]),
+        );
+        assert_eq!(compare_with(&entries, &hdop, true).total().leaked, 1);
+        // Outside the manifest's time range: not this run's.
+        let later = store(&[(1000, 10.5), (1200, 10.6), (9000, 11.0)], "");
+        assert!(compare_with(&entries, &later, true).total().ok());
+    }
+
     #[test]
     fn duplicates_sent_on_purpose_are_explained() {
         let mut dup = env_entry("env-0002", 1000, 9.9);
@@ -1217,6 +1386,26 @@ mod tests {
         assert!(sequence_totals(&dead, "").ok());
         let t = sequence_totals(&dead, &serial_export("pm-9", &[(10_100, 4.0)]));
         assert_eq!((t.leaked, t.rejected_sent), (1, 1));
+    }
+
+    #[test]
+    fn an_entry_with_invalid_values_matches_only_a_row_without_them() {
+        // The second message's pm10 was invalid (`#`): the gateway must drop it.
+        let mut wx = serial_entry("wx-3", 10_000, 8.0, Expect::InOrder);
+        wx.fault = Some(FaultKind::Invalid);
+        wx.f.remove("pm10");
+        let entries = vec![serial_entry("wx-3", 9_000, 7.0, Expect::InOrder), wx];
+        let export = |pm10: &str| {
+            format!(
+                "{{\"metric\":{{\"__name__\":\"air_quality_pm2_5\",\"model\":\"pms5003\",\"sensor_id\":\"wx-3\"}},\"values\":[7.0,8.0],\"timestamps\":[9050,10050]}}\n\
+                 {{\"metric\":{{\"__name__\":\"air_quality_pm10\",\"model\":\"pms5003\",\"sensor_id\":\"wx-3\"}},\"values\":{pm10},\"timestamps\":[9050{}]}}\n",
+                if pm10.contains(',') { ",10050" } else { "" }
+            )
+        };
+        assert!(sequence_totals(&entries, &export("[8.0]")).ok());
+        // The invalid value stored as a number.
+        let t = sequence_totals(&entries, &export("[8.0,0.0]"));
+        assert!(!t.ok(), "{t:?}");
     }
 
     #[test]

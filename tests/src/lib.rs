@@ -22,6 +22,7 @@
 //! | [`http_get`], [`gateway_metrics`], [`metric_in`] | a GET with a timeout; a gateway's `/metrics`, and one metric summed from it |
 //! | [`WebhookClient`] | keep-alive HTTP/1.1 POSTs to a webhook input, exact bytes, a missing answer told apart from a status |
 //! | [`pty()`] ([`Pty`]) | a raw pseudo-terminal pair standing in for a USB serial adapter |
+//! | [`SerialSim`] | runs `sensor-sim serial` (a simulated instrument on a pty it creates, behind a link) and collects its summary |
 //! | [`pms5003_oracle`] | a hand-written PMS5003 encoder independent of `ioc-frames`, to build the frames tests feed the gateway |
 //!
 //! Set `IOC_E2E_KEEP_DIRS=1` to keep every server's and gateway's temp dir (config, log, data)
@@ -56,6 +57,7 @@ mod pki;
 pub mod pms5003_oracle;
 mod proxy;
 mod pty;
+mod serial_sim;
 mod server;
 mod sim;
 pub mod steps;
@@ -71,6 +73,7 @@ pub use mqtt::{MqttPublisher, MqttSubscriber, ReceivedMessage};
 pub use pki::Pki;
 pub use proxy::{Fault, FaultProxy, ProxiedRequest};
 pub use pty::{pty, Pty};
+pub use serial_sim::SerialSim;
 pub use sim::{
     ManifestCounts, RunOptions, RunSummary, RunningSim, SensorSim, StoreApi, VerifyCounts,
     VerifyOutcome,
