@@ -5,8 +5,23 @@
 use std::path::Path;
 
 /// A raw pseudo-terminal pair from the test harness (one helper for these tests and the
-/// end-to-end ones).
-pub use ioc_e2e::pty;
+/// end-to-end ones). Also takes this test process's clock as synchronised ([`trust_clock`]).
+pub fn pty() -> ioc_e2e::Pty {
+    trust_clock();
+    ioc_e2e::pty()
+}
+
+/// These tests run the pipeline in process, where nothing reads a `[clock]` section: say that
+/// the clock is synchronised (`assume_synced`), as the end-to-end harness does for the binary,
+/// so that receipt-stamped readings carry no `clock_unsynced` tag on a machine whose kernel
+/// reports its clock unsynchronised. The unsynced behaviour has its own tests (`clock.rs`,
+/// `tests/tests/clock_e2e.rs`).
+pub fn trust_clock() {
+    ioc_gateway::clock::configure(ioc_gateway::clock::ClockSettings {
+        assume_synced: true,
+        ..Default::default()
+    });
+}
 
 /// Points the symlink `link` at `target` (a stable device path, as udev gives a USB adapter),
 /// atomically replacing what it pointed to.
