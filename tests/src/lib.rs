@@ -72,7 +72,7 @@ pub use mosquitto::Mosquitto;
 pub use mqtt::{MqttPublisher, MqttSubscriber, ReceivedMessage};
 pub use pki::Pki;
 pub use proxy::{Fault, FaultProxy, ProxiedRequest};
-pub use pty::{pty, Pty};
+pub use pty::{pty, wait_for_reader, Pty};
 pub use serial_sim::SerialSim;
 pub use sim::{
     ManifestCounts, RunOptions, RunSummary, RunningSim, SensorSim, StoreApi, VerifyCounts,

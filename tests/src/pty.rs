@@ -34,3 +34,31 @@ pub fn pty() -> Pty {
         path,
     }
 }
+
+/// Waits until another process has opened the terminal behind `master` (the tests close their
+/// slave handle first, so a hang-up on the master means nobody has it open), at most 20 s, then
+/// another 300 ms because the gateway flushes the terminal right after opening it. Panics when
+/// nobody opens it.
+pub fn wait_for_reader(master: &File) {
+    use std::os::fd::AsRawFd;
+    use std::time::{Duration, Instant};
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let mut pfd = nix::libc::pollfd {
+            fd: master.as_raw_fd(),
+            events: nix::libc::POLLOUT,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd, zero timeout.
+        let n = unsafe { nix::libc::poll(&mut pfd, 1, 0) };
+        if n >= 0 && pfd.revents & nix::libc::POLLHUP == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the gateway never opened the pty"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+}

@@ -16,11 +16,12 @@
 //! each outcome.
 
 use std::io::Write;
-use std::os::fd::AsRawFd;
 use std::path::Path;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use ioc_e2e::{free_port, gateway_metrics, metric_in, pty, GatewayProcess, VictoriaMetrics};
+use ioc_e2e::{
+    free_port, gateway_metrics, metric_in, pty, wait_for_reader, GatewayProcess, VictoriaMetrics,
+};
 
 const GATEWAY_ID: &str = "e2e-lines-gw";
 const PORT: &str = "canal-level-2";
@@ -46,30 +47,6 @@ fn line_values(start_ms: i64, n: u64) -> (i64, String, String) {
         format!("{:.1}", 24.0 + (n % 5) as f64 * 0.1)
     };
     (ts, level, temp)
-}
-
-/// Until the gateway opens the terminal (our slave handle closed), at most 20 s.
-fn wait_for_reader(master: &std::fs::File) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let mut pfd = nix::libc::pollfd {
-            fd: master.as_raw_fd(),
-            events: nix::libc::POLLOUT,
-            revents: 0,
-        };
-        // SAFETY: one valid pollfd, zero timeout.
-        let n = unsafe { nix::libc::poll(&mut pfd, 1, 0) };
-        if n >= 0 && pfd.revents & nix::libc::POLLHUP == 0 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the gateway never opened the pty"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    // The gateway flushes the terminal right after opening it.
-    std::thread::sleep(Duration::from_millis(300));
 }
 
 fn write_config(

@@ -11,11 +11,10 @@
 //! about 12 significant digits of a float.)
 
 use std::io::{Read, Write};
-use std::os::fd::AsRawFd;
 use std::path::Path;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use ioc_e2e::{pty, GatewayProcess, VictoriaMetrics};
+use ioc_e2e::{pty, wait_for_reader, GatewayProcess, VictoriaMetrics};
 
 const GATEWAY_ID: &str = "e2e-text-gw";
 const FIXES: u64 = 50;
@@ -122,30 +121,6 @@ fn fix_bytes(f: &BusFix, n: u64) -> (Vec<u8>, bool, bool) {
         bytes.extend(gga.as_bytes());
     }
     (bytes, rmc_ok, gga_ok)
-}
-
-/// Until someone else opens the terminal (our slave handle closed), at most 20 s.
-fn wait_for_reader(master: &std::fs::File) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let mut pfd = nix::libc::pollfd {
-            fd: master.as_raw_fd(),
-            events: nix::libc::POLLOUT,
-            revents: 0,
-        };
-        // SAFETY: one valid pollfd, zero timeout.
-        let n = unsafe { nix::libc::poll(&mut pfd, 1, 0) };
-        if n >= 0 && pfd.revents & nix::libc::POLLHUP == 0 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the gateway never opened the pty"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    // The gateway flushes the terminal right after opening it.
-    std::thread::sleep(Duration::from_millis(300));
 }
 
 fn write_config(dir: &Path, vm: &VictoriaMetrics, gnss: &Path, wx: &Path) -> std::path::PathBuf {
