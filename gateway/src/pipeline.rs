@@ -98,8 +98,9 @@ impl Ingest {
     pub fn encode(&self, input: &str, readings: Vec<Reading>, out: &mut Vec<u8>) -> u32 {
         let mut lines = 0;
         let start = out.len();
+        let clock = ClockNow::read();
         for mut reading in readings {
-            if !self.check(input, &mut reading) {
+            if !self.check(input, &mut reading, clock) {
                 continue;
             }
             encode(&reading, self.inner.flavor, out);
@@ -117,15 +118,16 @@ impl Ingest {
     /// encoding: what an aggregating input may put into its windows. Refusals are counted and
     /// logged as in `encode`.
     pub fn admit(&self, input: &str, readings: Vec<Reading>) -> Vec<Reading> {
+        let clock = ClockNow::read();
         readings
             .into_iter()
-            .filter_map(|mut r| self.check(input, &mut r).then_some(r))
+            .filter_map(|mut r| self.check(input, &mut r, clock).then_some(r))
             .collect()
     }
 
     /// Adds the gateway tag, validates and applies `[limits]` (which may clamp the timestamp);
     /// false (counted, logged) when the reading cannot be forwarded.
-    fn check(&self, input: &str, reading: &mut Reading) -> bool {
+    fn check(&self, input: &str, reading: &mut Reading, clock: ClockNow) -> bool {
         reading
             .tags
             .insert("gateway".to_owned(), self.inner.gateway_id.clone());
@@ -142,12 +144,7 @@ impl Ingest {
         // Counts and logs (rate-limited) what it refuses; may clamp the timestamp.
         self.inner
             .limits
-            .check_clock(
-                input,
-                reading,
-                crate::clock::now_ns(),
-                crate::clock::trusted(),
-            )
+            .check_clock(input, reading, clock.now_ns, clock.trusted)
             .is_ok()
     }
 
@@ -277,6 +274,24 @@ pub async fn run_forwarder(
                 _ = tokio::time::sleep(Duration::from_secs(1)) => {}
                 _ = shutdown.wait() => return,
             }
+        }
+    }
+}
+
+/// The clock as `[limits]` judges one call's readings by: read once per [`Ingest::encode`] or
+/// [`Ingest::admit`] (a message's or a group's readings), not once per reading, since the
+/// process clock takes a lock and notes steps on every read.
+#[derive(Debug, Clone, Copy)]
+struct ClockNow {
+    now_ns: i64,
+    trusted: bool,
+}
+
+impl ClockNow {
+    fn read() -> Self {
+        ClockNow {
+            now_ns: crate::clock::now_ns(),
+            trusted: crate::clock::trusted(),
         }
     }
 }

@@ -47,9 +47,9 @@ fn is_root() -> bool {
 }
 
 fn package_installed() -> bool {
+    // "install ok installed"; not "unknown ok not-installed" or "deinstall ok config-files".
     let out = run("dpkg-query", &["-W", "-f=${Status}", "ioc-gateway"]);
-    String::from_utf8_lossy(&out.stdout).contains("installed")
-        && !String::from_utf8_lossy(&out.stdout).contains("not-installed")
+    String::from_utf8_lossy(&out.stdout).ends_with(" installed")
 }
 
 /// Purges the package when the test ends, however it ends.
