@@ -8,7 +8,10 @@
 //! - [`task`]: the event loop that moves bytes between the socket and the session and never
 //!   waits on the disk; [`connection`] opens the TCP/TLS stream;
 //! - [`committer`]: decodes, stamps, encodes and appends each group to the durable buffer, then
-//!   reports it back so the session may send its PUBACKs in one write.
+//!   reports it back so the session may send its PUBACKs in one write;
+//! - [`held`]: the record of the topic filters the broker's persistent session holds, so a topic
+//!   added or removed in the config (by a reload or a restart) is subscribed or unsubscribed on a
+//!   resumed session.
 //!
 //! The session is persistent (`clean_session = false`), so a message whose readings are not yet
 //! durable is redelivered by the broker after a crash or a lost connection. Rejected messages
@@ -24,6 +27,7 @@
 
 pub mod committer;
 pub mod connection;
+pub mod held;
 pub mod session;
 pub mod task;
 
@@ -85,7 +89,14 @@ async fn run(
         input: name.clone(),
         message,
     };
-    let (session_cfg, endpoint) = settings(&cfg, &name).map_err(setup)?;
+    let (mut session_cfg, endpoint) = settings(&cfg, &name).map_err(setup)?;
+    let held = held::HeldFile::new(
+        &data_dir,
+        &name,
+        format!("{}:{}", endpoint.host, endpoint.port),
+        cfg.client_id.clone(),
+    );
+    session_cfg.held = held.load();
     let max_packet = MAX_PACKET.max(cfg.max_payload_bytes + 65_536);
     let aggregation = committer::aggregation(&cfg, &name, &data_dir).map_err(setup)?;
     let status = ingest.status().clone();
@@ -110,6 +121,7 @@ async fn run(
             connected_tx,
             status,
             shutdown,
+            held,
         },
         handoff,
     )
@@ -183,6 +195,7 @@ fn settings(
         max_outstanding_bytes: MAX_OUTSTANDING_BYTES,
         connack_timeout: Duration::from_secs(10),
         stall_after: STALL_AFTER,
+        held: None,
     };
     let endpoint = connection::Endpoint {
         host: addr.host,

@@ -24,13 +24,21 @@
 //!   socket, not missing).
 //! - **Stalls are reported.** Messages outstanding but no commit result for `stall_after`:
 //!   [`Action::Stalled`], then [`Action::Unstalled`] when results flow again.
+//! - **Subscriptions follow the config across a persistent session.** A broker that kept the
+//!   session keeps its subscriptions too, so a topic added to the config since (by a reload or a
+//!   restart) would never be subscribed and a removed one would still be delivered. The session
+//!   therefore knows which filters the broker holds ([`SessionConfig::held`], persisted by the
+//!   task from [`Action::SubscriptionsHeld`]) and, on a resumed session, subscribes only what is
+//!   missing and unsubscribes what the config no longer has; unchanged filters are not
+//!   re-subscribed (that would make the broker re-send every retained message). With no
+//!   session on the broker, everything is subscribed.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};
 
 use rumqttc::mqttbytes::v4::{
     ConnAck, Connect, ConnectReturnCode, Login, Packet, PubAck, PubComp, PubRec, Publish,
-    Subscribe, SubscribeFilter, SubscribeReasonCode,
+    Subscribe, SubscribeFilter, SubscribeReasonCode, Unsubscribe,
 };
 use rumqttc::mqttbytes::QoS;
 
@@ -43,6 +51,10 @@ pub struct SessionConfig {
     pub login: Option<(String, String)>,
     /// Topic filters and the QoS asked for each.
     pub filters: Vec<(String, QoS)>,
+    /// The filters the broker's session for this client held when it last confirmed them (from
+    /// the input's state file); `None` when not known (first start, or a file of another broker
+    /// or client id): then a resumed session is subscribed to every filter again.
+    pub held: Option<Vec<(String, QoS)>>,
     /// Messages delivered and not yet completed, at most, before reads pause.
     pub max_outstanding: usize,
     /// Payload bytes delivered and not yet completed, at most, before reads pause.
@@ -121,6 +133,9 @@ pub enum Action {
     SubscriptionRefused {
         filter: String,
     },
+    /// The broker confirmed a change of the session's subscriptions: these filters are what it
+    /// holds now (to be persisted, so the next start knows them).
+    SubscriptionsHeld(Vec<(String, QoS)>),
     /// A PUBLISH re-sent while its first copy is in flight: not delivered again.
     Duplicate {
         pkid: u16,
@@ -173,10 +188,19 @@ pub struct Session {
     stalled: bool,
     shutting_down: bool,
     next_pkid: u16,
+    /// What the broker's session holds, as far as confirmed (`None`: unknown).
+    held: Option<BTreeMap<String, QoS>>,
+    /// SUBSCRIBE and UNSUBSCRIBE of this connection waiting for their ack, by packet id.
+    pending_subscribe: HashMap<u16, Vec<(String, QoS)>>,
+    pending_unsubscribe: HashMap<u16, Vec<String>>,
 }
 
 impl Session {
     pub fn new(cfg: SessionConfig, now: Instant) -> Self {
+        let held = cfg
+            .held
+            .as_ref()
+            .map(|filters| filters.iter().cloned().collect());
         Session {
             cfg,
             link: Link::Down,
@@ -193,6 +217,9 @@ impl Session {
             stalled: false,
             shutting_down: false,
             next_pkid: 0,
+            held,
+            pending_subscribe: HashMap::new(),
+            pending_unsubscribe: HashMap::new(),
         }
     }
 
@@ -253,6 +280,8 @@ impl Session {
         self.awaiting_rel.clear();
         self.ping_sent = None;
         self.paused_since = None;
+        self.pending_subscribe.clear();
+        self.pending_unsubscribe.clear();
     }
 
     /// Stop reading new messages; the loop keeps servicing results until
@@ -290,17 +319,10 @@ impl Session {
                 }
             }
             Packet::PingResp => self.ping_sent = None,
-            Packet::SubAck(ack) => {
-                for (code, (filter, _)) in ack.return_codes.iter().zip(&self.cfg.filters) {
-                    if matches!(code, SubscribeReasonCode::Failure) {
-                        out.push(Action::SubscriptionRefused {
-                            filter: filter.clone(),
-                        });
-                    }
-                }
-            }
-            // Acks for packets we never publish, and unsubscribe acks: nothing to do.
-            Packet::PubAck(_) | Packet::PubRec(_) | Packet::PubComp(_) | Packet::UnsubAck(_) => {}
+            Packet::SubAck(ack) => self.on_suback(&ack, &mut out),
+            Packet::UnsubAck(ack) => self.on_unsuback(ack.pkid, &mut out),
+            // Acks for packets we never publish: nothing to do.
+            Packet::PubAck(_) | Packet::PubRec(_) | Packet::PubComp(_) => {}
             Packet::Connect(_)
             | Packet::Subscribe(_)
             | Packet::Unsubscribe(_)
@@ -330,16 +352,90 @@ impl Session {
             session_present: ack.session_present,
         });
         if !ack.session_present {
-            // The broker has no subscription for us (first start, or it lost the session).
-            let filters = self
-                .cfg
-                .filters
-                .iter()
-                .map(|(path, qos)| SubscribeFilter::new(path.clone(), *qos));
-            let mut subscribe = Subscribe::new_many(filters);
-            subscribe.pkid = self.next_pkid();
-            self.send(Packet::Subscribe(subscribe), now, out);
+            // The broker has no session for us (first start, or it lost it): nothing subscribed.
+            self.held = Some(BTreeMap::new());
         }
+        self.reconcile_subscriptions(now, out);
+    }
+
+    /// Subscribes the configured filters the broker's session lacks (all of them when what it
+    /// holds is unknown) and unsubscribes those the config no longer has.
+    fn reconcile_subscriptions(&mut self, now: Instant, out: &mut Vec<Action>) {
+        let (subscribe, unsubscribe): (Vec<(String, QoS)>, Vec<String>) = match &self.held {
+            None => (self.cfg.filters.clone(), Vec::new()),
+            Some(held) => (
+                self.cfg
+                    .filters
+                    .iter()
+                    .filter(|(path, qos)| held.get(path) != Some(qos))
+                    .cloned()
+                    .collect(),
+                held.keys()
+                    .filter(|path| !self.cfg.filters.iter().any(|(p, _)| p == *path))
+                    .cloned()
+                    .collect(),
+            ),
+        };
+        if !subscribe.is_empty() {
+            let mut packet = Subscribe::new_many(
+                subscribe
+                    .iter()
+                    .map(|(path, qos)| SubscribeFilter::new(path.clone(), *qos)),
+            );
+            packet.pkid = self.next_pkid();
+            self.pending_subscribe.insert(packet.pkid, subscribe);
+            self.send(Packet::Subscribe(packet), now, out);
+        }
+        if !unsubscribe.is_empty() {
+            let pkid = self.next_pkid();
+            self.pending_unsubscribe.insert(pkid, unsubscribe.clone());
+            self.send(
+                Packet::Unsubscribe(Unsubscribe {
+                    pkid,
+                    topics: unsubscribe,
+                }),
+                now,
+                out,
+            );
+        }
+    }
+
+    fn on_suback(&mut self, ack: &rumqttc::mqttbytes::v4::SubAck, out: &mut Vec<Action>) {
+        let Some(asked) = self.pending_subscribe.remove(&ack.pkid) else {
+            return;
+        };
+        let held = self.held.get_or_insert_with(BTreeMap::new);
+        for (code, (filter, qos)) in ack.return_codes.iter().zip(asked) {
+            if matches!(code, SubscribeReasonCode::Failure) {
+                held.remove(&filter);
+                out.push(Action::SubscriptionRefused { filter });
+            } else {
+                held.insert(filter, qos);
+            }
+        }
+        out.push(self.held_action());
+    }
+
+    fn on_unsuback(&mut self, pkid: u16, out: &mut Vec<Action>) {
+        let Some(gone) = self.pending_unsubscribe.remove(&pkid) else {
+            return;
+        };
+        if let Some(held) = self.held.as_mut() {
+            for filter in gone {
+                held.remove(&filter);
+            }
+        }
+        out.push(self.held_action());
+    }
+
+    fn held_action(&self) -> Action {
+        Action::SubscriptionsHeld(
+            self.held
+                .iter()
+                .flatten()
+                .map(|(path, qos)| (path.clone(), *qos))
+                .collect(),
+        )
     }
 
     fn on_publish(&mut self, p: Publish, now: Instant, out: &mut Vec<Action>) {
@@ -520,6 +616,7 @@ mod tests {
             max_outstanding_bytes: 1 << 20,
             connack_timeout: Duration::from_secs(5),
             stall_after: Duration::from_secs(15),
+            held: None,
         }
     }
 
@@ -599,9 +696,125 @@ mod tests {
         assert!(
             matches!(sent(&a).as_slice(), [Packet::Subscribe(sub)] if sub.filters[0].path == "city/#")
         );
+        let a = s.incoming(
+            Packet::SubAck(SubAck::new(
+                1,
+                vec![SubscribeReasonCode::Success(QoS::AtLeastOnce)],
+            )),
+            t,
+        );
+        assert_eq!(
+            a,
+            vec![Action::SubscriptionsHeld(vec![(
+                "city/#".into(),
+                QoS::AtLeastOnce
+            )])]
+        );
         s.connection_lost();
         let a = up(&mut s, t, true);
         assert!(sent(&a).is_empty(), "a resumed session needs no SUBSCRIBE");
+    }
+
+    #[test]
+    fn a_subscribe_lost_with_its_connection_is_sent_again() {
+        let t = Instant::now();
+        let mut s = Session::new(cfg(), t);
+        up(&mut s, t, false);
+        // No SUBACK before the connection died: the broker may or may not hold it.
+        s.connection_lost();
+        let a = up(&mut s, t, true);
+        assert!(matches!(sent(&a).as_slice(), [Packet::Subscribe(_)]));
+    }
+
+    fn with_filters(filters: &[&str], held: Option<&[&str]>) -> SessionConfig {
+        let f = |list: &[&str]| {
+            list.iter()
+                .map(|p| (p.to_string(), QoS::AtLeastOnce))
+                .collect::<Vec<_>>()
+        };
+        SessionConfig {
+            filters: f(filters),
+            held: held.map(f),
+            ..cfg()
+        }
+    }
+
+    #[test]
+    fn a_resumed_session_gets_only_the_filters_it_lacks_and_loses_the_removed_ones() {
+        let t = Instant::now();
+        let mut s = Session::new(
+            with_filters(&["city/a/#", "city/b/#"], Some(&["city/a/#", "city/old/#"])),
+            t,
+        );
+        let a = up(&mut s, t, true);
+        let packets = sent(&a);
+        assert_eq!(packets.len(), 2, "{packets:?}");
+        let Packet::Subscribe(sub) = &packets[0] else {
+            panic!("{packets:?}")
+        };
+        assert_eq!(
+            sub.filters
+                .iter()
+                .map(|f| f.path.as_str())
+                .collect::<Vec<_>>(),
+            ["city/b/#"],
+            "city/a/# is held already: re-subscribing it would re-send retained messages"
+        );
+        let Packet::Unsubscribe(unsub) = &packets[1] else {
+            panic!("{packets:?}")
+        };
+        assert_eq!(unsub.topics, ["city/old/#"]);
+        let a = s.incoming(
+            Packet::SubAck(SubAck::new(
+                sub.pkid,
+                vec![SubscribeReasonCode::Success(QoS::AtLeastOnce)],
+            )),
+            t,
+        );
+        let held = |names: &[&str]| {
+            Action::SubscriptionsHeld(
+                names
+                    .iter()
+                    .map(|p| (p.to_string(), QoS::AtLeastOnce))
+                    .collect(),
+            )
+        };
+        assert_eq!(a, vec![held(&["city/a/#", "city/b/#", "city/old/#"])]);
+        let a = s.incoming(
+            Packet::UnsubAck(rumqttc::mqttbytes::v4::UnsubAck::new(unsub.pkid)),
+            t,
+        );
+        assert_eq!(a, vec![held(&["city/a/#", "city/b/#"])]);
+        // Nothing left to change on the next resume.
+        s.connection_lost();
+        assert!(sent(&up(&mut s, t, true)).is_empty());
+    }
+
+    #[test]
+    fn unknown_held_filters_or_a_lost_session_subscribe_everything() {
+        let t = Instant::now();
+        let mut s = Session::new(with_filters(&["a/#", "b/#"], None), t);
+        let a = up(&mut s, t, true);
+        assert!(matches!(sent(&a).as_slice(), [Packet::Subscribe(sub)] if sub.filters.len() == 2));
+        // The broker lost the session although we thought it held everything.
+        let mut s = Session::new(with_filters(&["a/#", "b/#"], Some(&["a/#", "b/#"])), t);
+        let a = up(&mut s, t, false);
+        assert!(
+            matches!(sent(&a).as_slice(), [Packet::Subscribe(sub)] if sub.filters.len() == 2),
+            "no UNSUBSCRIBE either: the broker holds nothing"
+        );
+    }
+
+    #[test]
+    fn a_changed_qos_is_subscribed_again() {
+        let t = Instant::now();
+        let mut c = with_filters(&["a/#"], Some(&["a/#"]));
+        c.filters[0].1 = QoS::AtMostOnce;
+        let mut s = Session::new(c, t);
+        let a = up(&mut s, t, true);
+        assert!(
+            matches!(sent(&a).as_slice(), [Packet::Subscribe(sub)] if sub.filters[0].qos == QoS::AtMostOnce)
+        );
     }
 
     #[test]
@@ -920,9 +1133,12 @@ mod tests {
         );
         assert_eq!(
             a,
-            vec![Action::SubscriptionRefused {
-                filter: "city/#".into()
-            }]
+            vec![
+                Action::SubscriptionRefused {
+                    filter: "city/#".into()
+                },
+                Action::SubscriptionsHeld(vec![])
+            ]
         );
     }
 }

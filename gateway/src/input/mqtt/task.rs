@@ -47,6 +47,8 @@ pub struct Wiring {
     pub connected_tx: watch::Sender<Option<Instant>>,
     pub status: crate::status::StatusRegistry,
     pub shutdown: Shutdown,
+    /// Where the filters the broker's session holds are recorded.
+    pub held: super::held::HeldFile,
 }
 
 /// How one connection ended.
@@ -177,6 +179,20 @@ fn note(a: &Action, m: &Metrics, w: &Wiring) {
         }
         Action::SubscriptionRefused { filter } => {
             tracing::error!(topic = %filter, "broker refused the subscription: check the broker's ACL for this client");
+        }
+        Action::SubscriptionsHeld(filters) => {
+            // A few hundred bytes, written when the subscriptions change (a connect after a
+            // config change), so writing it in the loop costs nothing that matters.
+            match w.held.store(filters) {
+                Ok(()) => tracing::info!(
+                    topics = ?filters.iter().map(|(f, _)| f.as_str()).collect::<Vec<_>>(),
+                    "broker confirmed the subscriptions"
+                ),
+                Err(e) => tracing::warn!(
+                    path = %w.held.path().display(),
+                    "cannot record the broker's subscriptions ({e}); the next start subscribes every topic again"
+                ),
+            }
         }
         Action::Connected { session_present } => {
             tracing::info!(session_present, "connected to broker");
