@@ -9,18 +9,27 @@
 //! 3. the forwarder abandons its in-flight batch, which stays in the buffer and is re-sent next
 //!    time ([`FORWARDER_DEADLINE`]);
 //! 4. the HTTP server stops, live streams end ([`HTTP_DEADLINE`]).
+//!
+//! A reload ([`Reloads`]: SIGHUP or `systemctl reload` in the binary) loads and checks the file
+//! again and applies it in place while the buffer stays open: what may change and what needs a
+//! restart is [`crate::reload`]'s rule; the output is swapped at a batch boundary
+//! ([`run_forwarder`]), inputs are restarted, started, stopped or updated one by one
+//! ([`crate::input::set`]). A file that is invalid or changes what needs a restart is refused
+//! as a whole: the gateway keeps running on the config it had and says why.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 
-use tokio::task::{JoinHandle, JoinSet};
+use tokio::task::JoinHandle;
 
 use crate::buffer::{self, BufferConfig, BufferReader, BufferWriter};
 use crate::config::{resolve_secret, Config, InfluxApi};
 use crate::output::{Api, InfluxSink, InfluxSinkConfig};
-use crate::pipeline::{run_forwarder, ForwarderConfig, Ingest};
+use crate::input::set::{self as inputs_set, InputSet};
+use crate::pipeline::{run_forwarder, ForwarderConfig, Ingest, OutputSetup};
 use crate::shutdown::Shutdown;
 
 /// How long the inputs get to commit and acknowledge what they hold.
@@ -65,20 +74,32 @@ pub fn sink_config(config: &Config) -> anyhow::Result<InfluxSinkConfig> {
     Ok(s)
 }
 
+/// Where reload requests come from, and the file they reload.
+pub struct Reloads {
+    pub path: PathBuf,
+    /// One message per request (SIGHUP); requests arriving during a reload are merged.
+    pub requests: tokio::sync::mpsc::Receiver<()>,
+}
+
 /// Runs the gateway until `shutdown` is triggered (the binary wires it to SIGTERM/SIGINT), then
 /// stops it in order (see the module docs).
 pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
+    run_with_reloads(config, shutdown, None).await
+}
+
+/// [`run`], reloading the config in place on every request of `reloads`.
+pub async fn run_with_reloads(
+    config: Config,
+    shutdown: Shutdown,
+    mut reloads: Option<Reloads>,
+) -> anyhow::Result<()> {
     crate::clock::configure(config.clock.clone());
     let (writer, reader) = open_buffer(&config).await?;
     let observers = crate::status::Observers::new(config.gateway.id.clone(), writer.clone());
     observers
         .live
         .set_always(config.http.live_board == crate::http::config::LiveBoardMode::Always);
-    let sink = Arc::new(
-        InfluxSink::new(sink_config(&config)?)
-            .context("cannot set up the output")?
-            .with_observer(observers.store.clone()),
-    );
+    let sink = build_sink(&config, &observers)?;
     // Each stage has its own signal: the inputs' stops with the whole, the others are stopped
     // in order once the stage before them has finished.
     let inputs_stop = shutdown.child();
@@ -87,32 +108,16 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
 
     // HTTP before the inputs.
     let http_task = start_http(&config, &observers, &http_stop).await?;
-    let ingest = Ingest::with_observers(
-        writer.clone(),
-        config.gateway.id.clone(),
-        sink.flavor(),
-        observers.live.clone(),
-        observers.inputs.clone(),
-    )
-    .with_limits(config.limits.clone());
+    let ingest = new_ingest(&config, &writer, &sink, &observers);
+    let (output_tx, output_rx) =
+        tokio::sync::watch::channel(OutputSetup::new(sink, forwarder_config(&config)));
     let forwarder = tokio::spawn(run_forwarder(
         reader,
-        sink,
-        ForwarderConfig {
-            batch_max_lines: config.output.influxdb.batch_max_lines,
-            flush_interval: Duration::from_millis(config.output.influxdb.flush_interval_ms),
-        },
+        output_rx,
         observers.store.clone(),
         forwarder_stop.clone(),
     ));
-    let mut inputs = crate::input::spawn_inputs(
-        &config.inputs.mqtt,
-        &config.inputs.serial,
-        &config.inputs.http,
-        &ingest,
-        &config.gateway.data_dir,
-        &inputs_stop,
-    );
+    let inputs = InputSet::start(inputs_set::specs(&config), &ingest, inputs_stop.clone());
     let supervise_stop = Shutdown::new();
     let clock_watch = tokio::spawn(watch_clock(supervise_stop.clone()));
     let supervisor = tokio::spawn(crate::supervise::run(
@@ -126,8 +131,40 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
         http_inputs = config.inputs.http.len(),
         "gateway running"
     );
+    let mut running = Running {
+        config,
+        writer: writer.clone(),
+        observers,
+        ingest,
+        inputs,
+        output: output_tx,
+    };
 
-    let mut failure = until_stop_or_failure(&mut inputs, &shutdown).await;
+    let mut failure = None;
+    loop {
+        tokio::select! {
+            ended = running.inputs.next_ended(), if !running.inputs.is_empty() => {
+                if let Some((_, res)) = ended {
+                    note_input_end(res, &mut failure);
+                }
+                if failure.is_some() {
+                    break;
+                }
+            }
+            () = shutdown.wait() => break,
+            Some(()) = next_request(&mut reloads) => {
+                if let Some(r) = reloads.as_mut() {
+                    // Requests sent while the last one was applied are served by this one.
+                    while r.requests.try_recv().is_ok() {}
+                    let path = r.path.clone();
+                    if let Some(e) = running.reload(&path).await {
+                        failure = Some(e);
+                        break;
+                    }
+                }
+            }
+        }
+    }
     // Tell systemd it is stopping (STOPPING=1) before the stages stop.
     supervise_stop.trigger();
     let _ = supervisor.await;
@@ -135,8 +172,10 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
 
     // 1. Inputs.
     inputs_stop.trigger();
-    stop_inputs(&mut inputs, &mut failure).await;
-    drop(ingest);
+    for (_, res) in running.inputs.stop_all(INPUTS_DEADLINE).await {
+        note_input_end(res, &mut failure);
+    }
+    drop(running);
     // 2. The buffer.
     if tokio::time::timeout(BUFFER_DEADLINE, writer.shutdown())
         .await
@@ -161,6 +200,150 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
     match failure {
         Some(e) => Err(e),
         None => Ok(()),
+    }
+}
+
+/// The next reload request; never without a source of them.
+async fn next_request(reloads: &mut Option<Reloads>) -> Option<()> {
+    match reloads {
+        Some(r) => r.requests.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The output for a config, reporting to the store observer.
+fn build_sink(
+    config: &Config,
+    observers: &crate::status::Observers,
+) -> anyhow::Result<Arc<InfluxSink>> {
+    Ok(Arc::new(
+        InfluxSink::new(sink_config(config)?)
+            .context("cannot set up the output")?
+            .with_observer(observers.store.clone()),
+    ))
+}
+
+fn forwarder_config(config: &Config) -> ForwarderConfig {
+    ForwarderConfig {
+        batch_max_lines: config.output.influxdb.batch_max_lines,
+        flush_interval: Duration::from_millis(config.output.influxdb.flush_interval_ms),
+    }
+}
+
+fn new_ingest(
+    config: &Config,
+    writer: &BufferWriter,
+    sink: &InfluxSink,
+    observers: &crate::status::Observers,
+) -> Ingest {
+    Ingest::with_observers(
+        writer.clone(),
+        config.gateway.id.clone(),
+        sink.flavor(),
+        observers.live.clone(),
+        observers.inputs.clone(),
+    )
+    .with_limits(config.limits.clone())
+}
+
+/// What a reload changes.
+struct Running {
+    config: Config,
+    writer: BufferWriter,
+    observers: crate::status::Observers,
+    ingest: Ingest,
+    inputs: InputSet,
+    output: tokio::sync::watch::Sender<Arc<OutputSetup>>,
+}
+
+impl Running {
+    /// Reloads the config from `path` (see the module docs); said in the log, in metrics
+    /// (`config_reloads_total{result}`, `config_last_reload_successful`) and to systemd. An
+    /// input that fails while being restarted is returned: the gateway then stops, as when an
+    /// input fails at start.
+    async fn reload(&mut self, path: &std::path::Path) -> Option<anyhow::Error> {
+        crate::supervise::notify_once("RELOADING=1\nSTATUS=reloading the config");
+        tracing::info!(path = %path.display(), "reload requested: loading and checking the config");
+        let outcome = self.try_reload(path).await;
+        let ok = outcome.is_ok();
+        metrics::counter!("config_reloads_total", "result" => if ok { "applied" } else { "refused" })
+            .increment(1);
+        metrics::gauge!("config_last_reload_successful").set(if ok { 1.0 } else { 0.0 });
+        match outcome {
+            Ok((applied, failures)) => {
+                tracing::info!(
+                    started = ?applied.started,
+                    restarted = ?applied.restarted,
+                    stopped = ?applied.stopped,
+                    topics_updated = ?applied.updated,
+                    unchanged = applied.unchanged.len(),
+                    "config reloaded: the output takes over at the next batch; nothing buffered was lost"
+                );
+                crate::supervise::notify_once("READY=1\nSTATUS=config reloaded");
+                let mut failure = None;
+                for (key, res) in failures {
+                    if let Err(e) = res {
+                        tracing::error!(input = %key, "input failed while being restarted: {e:#}");
+                        failure.get_or_insert(e);
+                    }
+                }
+                failure
+            }
+            Err(why) => {
+                tracing::error!(
+                    path = %path.display(),
+                    "reload refused, still running on the config loaded before: {why:#}"
+                );
+                crate::supervise::notify_once(&format!(
+                    "READY=1\nSTATUS=reload refused (still on the old config): {}",
+                    crate::supervise::one_line(&format!("{why:#}"))
+                ));
+                None
+            }
+        }
+    }
+
+    async fn try_reload(
+        &mut self,
+        path: &std::path::Path,
+    ) -> anyhow::Result<(inputs_set::Applied, Vec<inputs_set::Ended>)> {
+        let owned = path.to_path_buf();
+        let (new, problems) =
+            tokio::task::spawn_blocking(move || Config::load_and_preflight(&owned))
+                .await
+                .context("config loading task failed")??;
+        if let Some(first) = problems.into_iter().next() {
+            return Err(first.into());
+        }
+        let fixed = crate::reload::fixed_changes(&self.config, &new);
+        if !fixed.is_empty() {
+            anyhow::bail!(
+                "{} changed, which takes effect only on a restart (systemctl restart ioc-gateway); nothing of the new file was applied",
+                fixed.join(", ")
+            );
+        }
+        // Everything that can fail is built before anything is replaced.
+        let sink = build_sink(&new, &self.observers)?;
+        let restart_all = crate::reload::ingest_changed(&self.config, &new);
+        crate::clock::configure(new.clock.clone());
+        let old = self
+            .output
+            .send_replace(OutputSetup::new(sink.clone(), forwarder_config(&new)));
+        old.superseded.trigger();
+        if restart_all {
+            self.ingest = new_ingest(&new, &self.writer, &sink, &self.observers);
+        }
+        let outcome = self
+            .inputs
+            .apply(
+                inputs_set::specs(&new),
+                &self.ingest,
+                restart_all,
+                INPUTS_DEADLINE,
+            )
+            .await;
+        self.config = new;
+        Ok(outcome)
     }
 }
 
@@ -240,66 +423,11 @@ async fn start_http(
     ))))
 }
 
-/// Waits until told to stop, or until an input fails: a broken input (bad TLS files, secrets)
-/// is a setup error, so the gateway stops cleanly and says so. No inputs at all, or all ended
-/// on their own: the backlog is still forwarded until told to stop. The failure, if any.
-async fn until_stop_or_failure(
-    inputs: &mut JoinSet<anyhow::Result<()>>,
-    shutdown: &Shutdown,
-) -> Option<anyhow::Error> {
-    let mut failure = None;
-    loop {
-        tokio::select! {
-            res = inputs.join_next(), if !inputs.is_empty() => {
-                if let Some(res) = res {
-                    note_input_end(res, &mut failure);
-                }
-                if failure.is_some() {
-                    return failure;
-                }
-            }
-            () = shutdown.wait() => return failure,
-        }
-    }
-}
-
-/// Waits up to [`INPUTS_DEADLINE`] for the inputs, told to stop, to commit and acknowledge what
-/// they hold; aborts those still running then.
-async fn stop_inputs(
-    inputs: &mut JoinSet<anyhow::Result<()>>,
-    failure: &mut Option<anyhow::Error>,
-) {
-    let done = tokio::time::timeout(INPUTS_DEADLINE, async {
-        while let Some(res) = inputs.join_next().await {
-            note_input_end(res, failure);
-        }
-    })
-    .await;
-    if done.is_err() {
-        tracing::warn!(
-            still_running = inputs.len(),
-            "inputs did not stop within {} s; aborted, their unacknowledged messages will be redelivered",
-            INPUTS_DEADLINE.as_secs()
-        );
-        inputs.shutdown().await;
-    }
-}
-
 /// Records how an input task ended; the first failure is kept.
-fn note_input_end(
-    res: Result<anyhow::Result<()>, tokio::task::JoinError>,
-    failure: &mut Option<anyhow::Error>,
-) {
-    match res {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => {
-            tracing::error!("input failed: {e:#}");
-            failure.get_or_insert(e);
-        }
-        Err(e) => {
-            tracing::error!("input task panicked: {e}");
-            failure.get_or_insert(anyhow::anyhow!("input task panicked: {e}"));
-        }
+fn note_input_end(res: anyhow::Result<()>, failure: &mut Option<anyhow::Error>) {
+    if let Err(e) = res {
+        tracing::error!("input failed: {e:#}");
+        failure.get_or_insert(e);
     }
 }
 

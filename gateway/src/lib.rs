@@ -24,6 +24,7 @@ pub mod limits;
 pub mod loglimit;
 pub mod output;
 pub mod pipeline;
+pub mod reload;
 pub mod secret;
 pub mod shutdown;
 pub mod spacer;

@@ -150,6 +150,19 @@ impl StatusRegistry {
         }
     }
 
+    /// Forgets an input that stopped (at shutdown, or removed or restarted by a reload).
+    pub fn unregister(&self, name: &str) {
+        if let Ok(mut map) = self.inputs.lock() {
+            map.remove(name);
+        }
+    }
+
+    /// Forgets a serial port whose input stopped.
+    pub fn unregister_port(&self, port: &str) {
+        let mut map = self.ports.lock().unwrap_or_else(|e| e.into_inner());
+        map.remove(port);
+    }
+
     /// Marks an input up or down; `since_ms` changes only when the state flips.
     pub fn set(&self, name: &str, up: bool, error: Option<String>) {
         if let Ok(mut map) = self.inputs.lock() {

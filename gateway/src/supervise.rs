@@ -262,6 +262,25 @@ fn facts(observers: &Observers, stalled: Option<String>) -> StatusFacts {
     }
 }
 
+/// Sends one message to systemd when started with `NOTIFY_SOCKET` (a reload's `RELOADING=1`
+/// and `READY=1`); nothing otherwise. A socket that cannot be reached is logged.
+pub fn notify_once(message: &str) {
+    match Notifier::from_env() {
+        Ok(Some(n)) => n.send_logged(message),
+        Ok(None) => {}
+        Err(e) => tracing::warn!("{e}; not notifying systemd"),
+    }
+}
+
+/// `text` as one `STATUS=` line: newlines folded, at most 200 characters.
+pub fn one_line(text: &str) -> String {
+    let folded = text.split(['\n', '\r']).map(str::trim).filter(|s| !s.is_empty()).collect::<Vec<_>>().join("; ");
+    match folded.char_indices().nth(200) {
+        Some((i, _)) => format!("{}…", &folded[..i]),
+        None => folded,
+    }
+}
+
 /// Tells systemd how the gateway is doing until `stop` is triggered, then sends `STOPPING=1`.
 /// Does nothing but wait for `stop` when not started with `NOTIFY_SOCKET`.
 pub async fn run(observers: Observers, stop: Shutdown) {

@@ -15,7 +15,7 @@
 //! - after `fsfreeze -f` (every write and fsync on the buffer's disk blocks, as on a hung card)
 //!   and a few more messages, the gateway logs that it withholds the ping and no `WATCHDOG=1`
 //!   arrives for three intervals; `STATUS=` says `STALLED`;
-//! - after the thaw the pings resume; SIGHUP is logged and does not stop the gateway; SIGTERM
+//! - after the thaw the pings resume; SIGHUP reloads in place (RELOADING=1, READY=1); SIGTERM
 //!   brings `STOPPING=1` and exit 0.
 //!
 //! Needs root (loop devices, mount, fsfreeze), as the test suite has on its machines.
@@ -220,16 +220,28 @@ enabled = false
     );
     assert!(publisher.wait_all_acked(Duration::from_secs(30)));
 
-    // SIGHUP (what `systemctl reload` or a stray `kill -HUP` sends) must not kill it: its
-    // default action would, without a flush, and systemd would count that as a clean exit.
+    // SIGHUP (what `systemctl reload` sends) reloads the config in place: systemd is told
+    // RELOADING=1, then READY=1 again with the outcome.
+    let readies = received.count("READY=1");
     let pid = nix::unistd::Pid::from_raw(i32::try_from(gateway.pid().unwrap()).unwrap());
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGHUP).unwrap();
     assert!(
-        wait_until(Duration::from_secs(10), || gateway
+        wait_until(Duration::from_secs(20), || gateway
             .log()
-            .contains("SIGHUP received")),
+            .contains("config reloaded")),
         "{}",
         gateway.log_tail(20)
+    );
+    assert!(
+        wait_until(Duration::from_secs(5), || received.count("RELOADING=1") == 1
+            && received.count("READY=1") == readies + 1),
+        "reload not told to systemd; received:\n{}",
+        received.all()
+    );
+    assert!(
+        received.all().contains("STATUS=config reloaded"),
+        "{}",
+        received.all()
     );
     assert!(gateway.is_running(), "SIGHUP stopped the gateway");
     gateway.sigterm();

@@ -1,7 +1,9 @@
 //! `ioc-gateway run --config FILE`: the gateway itself, until SIGTERM or SIGINT.
 //!
-//! Loads and preflights the config (as `check-config` does), installs the metrics recorder, starts the gateway's runtime and hands
-//! [`crate::app::run`] a [`crate::shutdown::Shutdown`] triggered by the first SIGTERM/SIGINT.
+//! Loads and preflights the config (as `check-config` does), installs the metrics recorder,
+//! starts the gateway's runtime and hands [`crate::app::run_with_reloads`] a
+//! [`crate::shutdown::Shutdown`] triggered by the first SIGTERM/SIGINT, and a reload request
+//! for every SIGHUP (`systemctl reload`).
 
 use std::path::Path;
 
@@ -47,27 +49,29 @@ fn run(path: &Path) -> anyhow::Result<()> {
     // Before anything records a metric (buffer recovery does).
     crate::http::install_metrics_recorder();
     let runtime = runtime::build(Kind::Gateway)?;
+    let path = path.to_path_buf();
     runtime.block_on(async move {
         let shutdown = crate::shutdown::Shutdown::new();
         let on_signal = shutdown.clone();
+        // One pending request is enough: requests during a reload are served by the next one.
+        let (reload_tx, requests) = tokio::sync::mpsc::channel(1);
         tokio::spawn(async move {
-            wait_for_signal().await;
+            wait_for_signal(reload_tx).await;
             tracing::info!(
                 target: LOG_TARGET,
                 "shutdown requested: stopping inputs and flushing the buffer"
             );
             on_signal.trigger();
         });
-        crate::app::run(config, shutdown).await
+        let reloads = crate::app::Reloads { path, requests };
+        crate::app::run_with_reloads(config, shutdown, Some(reloads)).await
     })
 }
 
-/// Returns on the first SIGTERM or SIGINT (on Ctrl-C alone if those cannot be watched).
-///
-/// SIGHUP does not stop the gateway (its default action would kill it without a flush, and
-/// systemd counts that death as clean, so `Restart=on-failure` would leave it down): reloading
-/// the config in place is not implemented yet, so it is logged and ignored.
-async fn wait_for_signal() {
+/// Returns on the first SIGTERM or SIGINT (on Ctrl-C alone if those cannot be watched); asks
+/// for a reload on every SIGHUP (whose default action would kill the gateway without a flush,
+/// and systemd counts that death as clean, so `Restart=on-failure` would leave it down).
+async fn wait_for_signal(reload: tokio::sync::mpsc::Sender<()>) {
     use tokio::signal::unix::{signal, SignalKind};
     let mut hup = signal(SignalKind::hangup()).ok();
     match (
@@ -79,10 +83,9 @@ async fn wait_for_signal() {
                 _ = term.recv() => return,
                 _ = int.recv() => return,
                 Some(()) = async { match hup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => {
-                    tracing::warn!(
-                        target: LOG_TARGET,
-                        "SIGHUP received: reloading the config in place is not supported yet; the gateway keeps running on the config it started with (restart it to apply a new one)"
-                    );
+                    tracing::info!(target: LOG_TARGET, "SIGHUP received: reloading the config");
+                    // Full: a reload is pending already and will read the file as it is now.
+                    let _ = reload.try_send(());
                 }
             }
         },

@@ -4,7 +4,7 @@
 //! buffer cannot persist, `4xx` with the reason for what can never be stored (see [`server`]).
 //!
 //! Inputs with the same `listen` address share one socket and are told apart by `path`; each
-//! address is one task that [`crate::input::spawn_inputs`] starts like any other input, so the
+//! address is one task that [`crate::input::set`] starts like any other input, so the
 //! ordered shutdown stops it first: it stops accepting, finishes the requests in flight (their
 //! commits included) and returns.
 //!
@@ -139,8 +139,9 @@ pub async fn run_address(
             permits: Arc::new(tokio::sync::Semaphore::new(permits.max(1))),
         };
         listener.run(socket, shutdown).await;
+        // Gone from the status: a reload that removed them must not leave them "down".
         for name in &names {
-            status.set(name, false, Some("stopped".into()));
+            status.unregister(name);
         }
         tracing::info!("webhook inputs stopped; requests in flight finished");
         Ok(())

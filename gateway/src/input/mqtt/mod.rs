@@ -71,11 +71,35 @@ pub async fn run_mqtt_input(
     data_dir: std::path::PathBuf,
     shutdown: Shutdown,
 ) -> Result<(), MqttInputError> {
-    let name = cfg.name.clone().unwrap_or_else(|| format!("mqtt{index}"));
+    let (_keep, filters) = watch::channel(filters_of(&cfg));
+    run_mqtt_input_with_filters(cfg, index, ingest, data_dir, shutdown, filters).await
+}
+
+/// [`run_mqtt_input`] whose topic filters follow `filters` (a reload that changes only the
+/// topics or the QoS of an input sends them here: no reconnect, nothing in flight disturbed).
+pub async fn run_mqtt_input_with_filters(
+    cfg: MqttInputConfig,
+    index: usize,
+    ingest: Ingest,
+    data_dir: std::path::PathBuf,
+    shutdown: Shutdown,
+    filters: watch::Receiver<Vec<(String, QoS)>>,
+) -> Result<(), MqttInputError> {
+    let name = input_name(&cfg, index);
     let span = tracing::info_span!("mqtt", input = %name, url = %cfg.url);
-    run(cfg, name, ingest, data_dir, shutdown)
+    run(cfg, name, ingest, data_dir, shutdown, filters)
         .instrument(span)
         .await
+}
+
+/// The input's name in logs, metrics and status: its `name`, else `mqtt<index>`.
+pub fn input_name(cfg: &MqttInputConfig, index: usize) -> String {
+    cfg.name.clone().unwrap_or_else(|| format!("mqtt{index}"))
+}
+
+/// The topic filters and QoS an input's config asks for.
+pub fn filters_of(cfg: &MqttInputConfig) -> Vec<(String, QoS)> {
+    cfg.topics.iter().map(|t| (t.clone(), qos(cfg.qos))).collect()
 }
 
 async fn run(
@@ -84,6 +108,7 @@ async fn run(
     ingest: Ingest,
     data_dir: std::path::PathBuf,
     shutdown: Shutdown,
+    filters: watch::Receiver<Vec<(String, QoS)>>,
 ) -> Result<(), MqttInputError> {
     let setup = |message: String| MqttInputError::Setup {
         input: name.clone(),
@@ -111,6 +136,7 @@ async fn run(
     let committer =
         tokio::spawn(committer::run(queue, done_tx, committer, connected_rx).in_current_span());
     let session = session::Session::new(session_cfg, std::time::Instant::now());
+    let w_name = name.clone();
     task::run(
         session,
         task::Wiring {
@@ -119,13 +145,15 @@ async fn run(
             max_packet,
             completions,
             connected_tx,
-            status,
+            status: status.clone(),
             shutdown,
             held,
+            filters,
         },
         handoff,
     )
     .await;
+    status.unregister(&w_name);
     // The loop has waited for the committer's last results (or given up); it is done or about
     // to be, and holds nothing that is acked.
     if tokio::time::timeout(Duration::from_secs(2), committer)
@@ -186,11 +214,7 @@ fn settings(
         client_id: cfg.client_id.clone(),
         keep_alive,
         login,
-        filters: cfg
-            .topics
-            .iter()
-            .map(|t| (t.clone(), qos(cfg.qos)))
-            .collect(),
+        filters: filters_of(cfg),
         max_outstanding: MAX_OUTSTANDING,
         max_outstanding_bytes: MAX_OUTSTANDING_BYTES,
         connack_timeout: Duration::from_secs(10),

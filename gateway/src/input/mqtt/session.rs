@@ -284,6 +284,21 @@ impl Session {
         self.pending_unsubscribe.clear();
     }
 
+    /// The config's topic filters changed (a reload): on a live connection the broker is told at
+    /// once (SUBSCRIBE what is new, UNSUBSCRIBE what is gone; the connection and every message
+    /// in flight stay as they are); while down, the next CONNACK does it.
+    pub fn set_filters(&mut self, filters: Vec<(String, QoS)>, now: Instant) -> Vec<Action> {
+        let mut out = Vec::new();
+        if filters == self.cfg.filters {
+            return out;
+        }
+        self.cfg.filters = filters;
+        if self.link == Link::Up && self.held.is_some() {
+            self.reconcile_subscriptions(now, &mut out);
+        }
+        out
+    }
+
     /// Stop reading new messages; the loop keeps servicing results until
     /// [`Session::drained`], then calls [`Session::disconnect`].
     pub fn begin_shutdown(&mut self) {
@@ -361,7 +376,18 @@ impl Session {
     /// Subscribes the configured filters the broker's session lacks (all of them when what it
     /// holds is unknown) and unsubscribes those the config no longer has.
     fn reconcile_subscriptions(&mut self, now: Instant, out: &mut Vec<Action>) {
-        let (subscribe, unsubscribe): (Vec<(String, QoS)>, Vec<String>) = match &self.held {
+        // What the broker will hold once the requests in flight are answered.
+        let expected = self.held.as_ref().map(|held| {
+            let mut expected = held.clone();
+            for asked in self.pending_subscribe.values() {
+                expected.extend(asked.iter().cloned());
+            }
+            for gone in self.pending_unsubscribe.values().flatten() {
+                expected.remove(gone);
+            }
+            expected
+        });
+        let (subscribe, unsubscribe): (Vec<(String, QoS)>, Vec<String>) = match &expected {
             None => (self.cfg.filters.clone(), Vec::new()),
             Some(held) => (
                 self.cfg
@@ -802,6 +828,51 @@ mod tests {
         assert!(
             matches!(sent(&a).as_slice(), [Packet::Subscribe(sub)] if sub.filters.len() == 2),
             "no UNSUBSCRIBE either: the broker holds nothing"
+        );
+    }
+
+    #[test]
+    fn filters_changed_on_a_live_connection_are_subscribed_without_reconnecting() {
+        let t = Instant::now();
+        let mut s = Session::new(with_filters(&["a/#"], Some(&["a/#"])), t);
+        up(&mut s, t, true);
+        let g = s.generation();
+        s.incoming(publish(7, "x"), t);
+        let a = s.set_filters(
+            vec![
+                ("a/#".into(), QoS::AtLeastOnce),
+                ("b/#".into(), QoS::AtLeastOnce),
+            ],
+            t,
+        );
+        assert!(
+            matches!(sent(&a).as_slice(), [Packet::Subscribe(sub)] if sub.filters.len() == 1 && sub.filters[0].path == "b/#"),
+            "{a:?}"
+        );
+        assert_eq!(s.generation(), g, "same connection");
+        // The message in flight is still acked on it.
+        assert_eq!(pubacks(&s.completed(done(g, &[7], 1), t)), [7]);
+        // Setting the same filters again sends nothing; removing one unsubscribes it.
+        assert!(s
+            .set_filters(
+                vec![
+                    ("a/#".into(), QoS::AtLeastOnce),
+                    ("b/#".into(), QoS::AtLeastOnce)
+                ],
+                t
+            )
+            .is_empty());
+        let a = s.set_filters(vec![("b/#".into(), QoS::AtLeastOnce)], t);
+        assert!(matches!(sent(&a).as_slice(), [Packet::Unsubscribe(u)] if u.topics == ["a/#"]));
+        // While down, nothing is sent; the next CONNACK reconciles.
+        s.connection_lost();
+        assert!(s
+            .set_filters(vec![("c/#".into(), QoS::AtLeastOnce)], t)
+            .is_empty());
+        let a = up(&mut s, t, true);
+        assert!(
+            matches!(sent(&a).as_slice(), [Packet::Subscribe(sub), Packet::Unsubscribe(_)] if sub.filters[0].path == "c/#"),
+            "{a:?}"
         );
     }
 

@@ -49,6 +49,8 @@ pub struct Wiring {
     pub shutdown: Shutdown,
     /// Where the filters the broker's session holds are recorded.
     pub held: super::held::HeldFile,
+    /// The topic filters the config asks for now (a reload changes them in place).
+    pub filters: watch::Receiver<Vec<(String, rumqttc::mqttbytes::QoS)>>,
 }
 
 /// How one connection ended.
@@ -217,6 +219,10 @@ async fn serve(
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut shutdown_deadline: Option<tokio::time::Instant> = None;
+    // Filters changed while disconnected are asked for by the coming CONNACK.
+    let filters = w.filters.borrow_and_update().clone();
+    session.set_filters(filters, Instant::now());
+    let mut filters_open = true;
     let mut pending = session.connect(Instant::now());
     loop {
         // Carry out what the session asked for; decode what is buffered while it wants more.
@@ -319,6 +325,16 @@ async fn serve(
                 Err(e) => return Ended::Lost(format!("broker connection lost: {e}")),
             },
             _ = tick.tick() => pending = session.tick(Instant::now()),
+            changed = w.filters.changed(), if filters_open => {
+                if changed.is_err() {
+                    // Nobody can change them any more (no reload in this process).
+                    filters_open = false;
+                    continue;
+                }
+                let filters = w.filters.borrow_and_update().clone();
+                tracing::info!(topics = ?filters.iter().map(|(f, _)| f.as_str()).collect::<Vec<_>>(), "topics changed by a reload; telling the broker without reconnecting");
+                pending = session.set_filters(filters, Instant::now());
+            }
             _ = w.shutdown.wait(), if shutdown_deadline.is_none() => {
                 session.begin_shutdown();
                 // Closing the hand-off lets the committer finish what it holds and stop.

@@ -18,6 +18,13 @@ pub(super) struct PortHealth {
     status: StatusRegistry,
 }
 
+/// The port leaves the status with its input (stopped, or removed by a reload).
+impl Drop for PortHealth {
+    fn drop(&mut self) {
+        self.status.unregister_port(&self.port);
+    }
+}
+
 impl PortHealth {
     pub(super) fn new(port: &str, path: &Path, status: StatusRegistry) -> Self {
         let now = SystemTime::now();

@@ -99,9 +99,25 @@ impl InfluxSink {
         lines: u32,
         shutdown: &Shutdown,
     ) -> Result<Delivered, SinkError> {
+        self.deliver_unless_superseded(body_gz, lines, shutdown, None)
+            .await
+    }
+
+    /// [`InfluxSink::deliver`], giving up with [`SinkError::Superseded`] when `superseded` is
+    /// triggered while waiting to retry the whole batch (so a reload that fixes a wrong URL or
+    /// token takes effect at once). Never while a request is in flight, and never once part of
+    /// a split batch is stored: the batch is then finished with this sink, so nothing is sent
+    /// twice.
+    pub async fn deliver_unless_superseded(
+        &self,
+        body_gz: &[u8],
+        lines: u32,
+        shutdown: &Shutdown,
+        superseded: Option<&Shutdown>,
+    ) -> Result<Delivered, SinkError> {
         let mut delivered = Delivered::default();
         let result = match self
-            .send_until_settled(body_gz, lines, shutdown, &mut delivered)
+            .send_until_settled(body_gz, lines, shutdown, superseded, &mut delivered)
             .await?
         {
             Settled::Accepted => {
@@ -133,6 +149,7 @@ impl InfluxSink {
         body_gz: &[u8],
         lines: u32,
         shutdown: &Shutdown,
+        superseded: Option<&Shutdown>,
         delivered: &mut Delivered,
     ) -> Result<Settled, SinkError> {
         let mut backoff = self.retry_backoff();
@@ -231,6 +248,7 @@ impl InfluxSink {
             tokio::select! {
                 biased;
                 _ = shutdown.wait() => return Err(SinkError::Shutdown),
+                () = wait_opt(superseded) => return Err(SinkError::Superseded),
                 () = tokio::time::sleep(delay) => {}
             }
         }
@@ -326,7 +344,7 @@ impl InfluxSink {
                     let body = gzip_lines(part);
                     let count = u32::try_from(part.len()).unwrap_or(u32::MAX);
                     match self
-                        .send_until_settled(&body, count, shutdown, delivered)
+                        .send_until_settled(&body, count, shutdown, None, delivered)
                         .await?
                     {
                         Settled::Accepted => delivered.lines_sent += count,
@@ -418,5 +436,13 @@ mod tests {
                 "cannot reach the store at db:8086: connection reset by peer".to_owned()
             )
         );
+    }
+}
+
+/// Waits for `signal`, or for ever without one.
+async fn wait_opt(signal: Option<&Shutdown>) {
+    match signal {
+        Some(s) => s.wait().await,
+        None => std::future::pending().await,
     }
 }

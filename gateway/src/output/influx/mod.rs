@@ -172,6 +172,10 @@ pub enum SinkError {
     },
     #[error("shutdown requested before the batch was fully delivered")]
     Shutdown,
+    /// A reload replaced this sink while it waited to retry a batch nothing of which was
+    /// stored yet: the batch is to be sent with the new sink.
+    #[error("the output was replaced by a reload before the batch was delivered")]
+    Superseded,
 }
 
 /// What the store answered to one write attempt.
