@@ -27,8 +27,8 @@ use tokio::task::JoinHandle;
 
 use crate::buffer::{self, BufferConfig, BufferReader, BufferWriter};
 use crate::config::{resolve_secret, Config, InfluxApi};
-use crate::output::{Api, InfluxSink, InfluxSinkConfig};
 use crate::input::set::{self as inputs_set, InputSet};
+use crate::output::{Api, InfluxSink, InfluxSinkConfig};
 use crate::pipeline::{run_forwarder, ForwarderConfig, Ingest, OutputSetup};
 use crate::shutdown::Shutdown;
 

@@ -63,6 +63,7 @@ database = "iot"
 url = "mqtt://127.0.0.1:1883"
 client_id = "gw"
 topics = ["city/#"]
+measurement = "m"
 {extra}
 "#
         );
@@ -73,7 +74,7 @@ topics = ["city/#"]
     fn topics_batches_and_clock_need_no_restart() {
         let old = config("");
         let new = config(
-            "[clock]\ntag_unsynced = false\n[[inputs.mqtt]]\nurl = \"mqtt://127.0.0.1:1883\"\nclient_id = \"gw2\"\ntopics = [\"b/#\"]\n",
+            "[clock]\ntag_unsynced = false\n[[inputs.mqtt]]\nurl = \"mqtt://127.0.0.1:1883\"\nclient_id = \"gw2\"\ntopics = [\"b/#\"]\nmeasurement = \"m\"\n",
         );
         assert!(fixed_changes(&old, &new).is_empty());
         assert!(!ingest_changed(&old, &new));

@@ -274,7 +274,12 @@ pub fn notify_once(message: &str) {
 
 /// `text` as one `STATUS=` line: newlines folded, at most 200 characters.
 pub fn one_line(text: &str) -> String {
-    let folded = text.split(['\n', '\r']).map(str::trim).filter(|s| !s.is_empty()).collect::<Vec<_>>().join("; ");
+    let folded = text
+        .split(['\n', '\r'])
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .collect::<Vec<_>>()
+        .join("; ");
     match folded.char_indices().nth(200) {
         Some((i, _)) => format!("{}…", &folded[..i]),
         None => folded,

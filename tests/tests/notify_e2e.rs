@@ -233,7 +233,8 @@ enabled = false
         gateway.log_tail(20)
     );
     assert!(
-        wait_until(Duration::from_secs(5), || received.count("RELOADING=1") == 1
+        wait_until(Duration::from_secs(5), || received.count("RELOADING=1")
+            == 1
             && received.count("READY=1") == readies + 1),
         "reload not told to systemd; received:\n{}",
         received.all()

@@ -178,7 +178,8 @@ fn sighup_under_load_applies_a_new_topic_and_batch_size_refuses_bad_files_and_lo
     };
     let at_least = |n: u64| {
         assert!(
-            wait_until(Duration::from_secs(60), || sent.load(Ordering::Relaxed) >= n),
+            wait_until(Duration::from_secs(60), || sent.load(Ordering::Relaxed)
+                >= n),
             "the publisher fell behind"
         )
     };
@@ -262,7 +263,10 @@ fn sighup_under_load_applies_a_new_topic_and_batch_size_refuses_bad_files_and_lo
         metric_in(&metrics, "config_reloads_total", &[("result", "applied")]),
         1.0
     );
-    assert_eq!(metric_in(&metrics, "config_last_reload_successful", &[]), 0.0);
+    assert_eq!(
+        metric_in(&metrics, "config_last_reload_successful", &[]),
+        0.0
+    );
 
     // 4. A change that restarts the input (keep-alive), under the same load.
     write(&Settings {
@@ -289,7 +293,10 @@ fn sighup_under_load_applies_a_new_topic_and_batch_size_refuses_bad_files_and_lo
     });
     let env = stored(&vm, "rl_n");
     let cars = stored(&vm, "rl_cars");
-    let missing: Vec<u64> = (0..total).filter(|k| !env.contains_key(k)).take(20).collect();
+    let missing: Vec<u64> = (0..total)
+        .filter(|k| !env.contains_key(k))
+        .take(20)
+        .collect();
     assert!(
         complete,
         "{} of {total} env messages and {} of {TRAFFIC_MESSAGES} traffic messages stored; first missing: {missing:?}\n{}",
@@ -308,7 +315,12 @@ fn sighup_under_load_applies_a_new_topic_and_batch_size_refuses_bad_files_and_lo
         "{}",
         gateway.log_tail(40)
     );
-    assert_eq!(count(&log, "connected to broker"), 2, "{}", gateway.log_tail(60));
+    assert_eq!(
+        count(&log, "connected to broker"),
+        2,
+        "{}",
+        gateway.log_tail(60)
+    );
     // The resumed session was not subscribed again (the broker would re-send retained
     // messages): once for the first start, once for the topic the first reload added.
     assert_eq!(broker.subscription_count(GATEWAY_ID, "city/+/env/+"), 1);
@@ -321,8 +333,100 @@ fn sighup_under_load_applies_a_new_topic_and_batch_size_refuses_bad_files_and_lo
         "reload under load: {total} env + {TRAFFIC_MESSAGES} traffic messages stored exactly once; {before:.0} lines per batch before, {after:.1} after"
     );
     assert!(before > 100.0, "{before} lines per batch before the reload");
-    assert!(after <= 50.0, "{after} lines per batch after batch_max_lines = 50");
+    assert!(
+        after <= 50.0,
+        "{after} lines per batch after batch_max_lines = 50"
+    );
     gateway.sigterm();
     let status = gateway.wait_exit(Duration::from_secs(40)).unwrap();
     assert!(status.success(), "{status:?}\n{}", gateway.log_tail(30));
+}
+
+/// The same rule across a restart: the broker kept the session (and its subscriptions), so a
+/// topic added to the file while the gateway was stopped must be subscribed, and a removed one
+/// unsubscribed, on the resumed session, without subscribing the unchanged one again.
+#[test]
+fn a_restart_with_changed_topics_subscribes_the_new_and_unsubscribes_the_removed() {
+    let _heavy = HeavyTestLock::acquire();
+    let broker = Mosquitto::start().unwrap();
+    let vm = VictoriaMetrics::start().unwrap();
+    let dir = TempDir::new().unwrap();
+    let http = free_port();
+    let data = dir.path().join("data");
+    let path = dir.path().join("gateway.toml");
+    let write = |topics: &[&str]| {
+        let s = Settings {
+            topics,
+            batch_max_lines: 500,
+            keep_alive_s: 30,
+            buffer_mb: 256,
+        };
+        std::fs::write(
+            &path,
+            config_text(&s, &data, &broker.url(), &vm.url(), http),
+        )
+        .unwrap()
+    };
+    write(&["city/+/env/+", "city/+/old/+"]);
+    let mut gateway = GatewayProcess::spawn(&path).unwrap();
+    assert!(broker.wait_for_subscription(GATEWAY_ID, "city/+/old/+", 0, Duration::from_secs(20)));
+    gateway.sigterm();
+    assert!(gateway
+        .wait_exit(Duration::from_secs(40))
+        .unwrap()
+        .success());
+
+    write(&["city/+/env/+", "city/+/traffic/+"]);
+    gateway.start_again().unwrap();
+    assert!(
+        broker.wait_for_subscription(GATEWAY_ID, "city/+/traffic/+", 0, Duration::from_secs(20)),
+        "the topic added while stopped was not subscribed\n{}",
+        gateway.log_tail(30)
+    );
+    assert!(
+        wait_until(Duration::from_secs(10), || gateway
+            .log()
+            .contains("broker confirmed the subscriptions")),
+        "{}",
+        gateway.log_tail(30)
+    );
+    let mut publisher = MqttPublisher::connect(&broker.url(), "restart-pub").unwrap();
+    // Removed topic first, then the others: once the last of those is stored, anything the
+    // broker still delivered for the removed one would be stored too.
+    for k in 0..100u64 {
+        let ts = BASE_TS_MS + k as i64;
+        publisher
+            .publish("city/d1/old/s1", format!(r#"{{"gone":{k},"ts":{ts}}}"#))
+            .unwrap();
+    }
+    for k in 0..100u64 {
+        let ts = BASE_TS_MS + k as i64;
+        publisher
+            .publish("city/d1/env/s1", format!(r#"{{"n":{k},"ts":{ts}}}"#))
+            .unwrap();
+        publisher
+            .publish("city/d1/traffic/c1", format!(r#"{{"cars":{k},"ts":{ts}}}"#))
+            .unwrap();
+    }
+    assert!(publisher.wait_all_acked(Duration::from_secs(30)));
+    assert!(
+        wait_until(Duration::from_secs(30), || stored(&vm, "rl_n").len() == 100
+            && stored(&vm, "rl_cars").len() == 100),
+        "{}",
+        gateway.log_tail(30)
+    );
+    assert!(
+        stored(&vm, "rl_gone").is_empty(),
+        "the removed topic is still delivered"
+    );
+    assert_eq!(
+        broker.subscription_count(GATEWAY_ID, "city/+/env/+"),
+        1,
+        "the unchanged topic was subscribed again (the broker re-sends retained messages then)"
+    );
+    gateway.sigterm();
+    assert!(gateway
+        .wait_exit(Duration::from_secs(40))
+        .unwrap()
+        .success());
 }

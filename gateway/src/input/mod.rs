@@ -6,4 +6,3 @@ pub mod http;
 pub mod mqtt;
 pub mod serial;
 pub mod set;
-

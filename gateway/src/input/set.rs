@@ -128,7 +128,11 @@ pub fn specs(config: &Config) -> Vec<InputSpec> {
 
 /// A hash of a config value (its `Debug` form: every config type derives it, and none holds a
 /// map with a random order), of the files it names and of the variables it reads.
-fn fingerprint(value: &impl std::fmt::Debug, files: &[Option<&Path>], envs: &[Option<&str>]) -> u64 {
+fn fingerprint(
+    value: &impl std::fmt::Debug,
+    files: &[Option<&Path>],
+    envs: &[Option<&str>],
+) -> u64 {
     let mut h = std::collections::hash_map::DefaultHasher::new();
     format!("{value:?}").hash(&mut h);
     for path in files.iter().flatten() {
@@ -338,4 +342,3 @@ impl InputSet {
         ended
     }
 }
-

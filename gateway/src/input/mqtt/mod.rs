@@ -99,7 +99,10 @@ pub fn input_name(cfg: &MqttInputConfig, index: usize) -> String {
 
 /// The topic filters and QoS an input's config asks for.
 pub fn filters_of(cfg: &MqttInputConfig) -> Vec<(String, QoS)> {
-    cfg.topics.iter().map(|t| (t.clone(), qos(cfg.qos))).collect()
+    cfg.topics
+        .iter()
+        .map(|t| (t.clone(), qos(cfg.qos)))
+        .collect()
 }
 
 async fn run(
