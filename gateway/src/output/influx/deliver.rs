@@ -361,6 +361,14 @@ impl InfluxSink {
     }
 }
 
+/// Waits for `signal`, or for ever without one.
+async fn wait_opt(signal: Option<&Shutdown>) {
+    match signal {
+        Some(s) => s.wait().await,
+        None => std::future::pending().await,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -436,13 +444,5 @@ mod tests {
                 "cannot reach the store at db:8086: connection reset by peer".to_owned()
             )
         );
-    }
-}
-
-/// Waits for `signal`, or for ever without one.
-async fn wait_opt(signal: Option<&Shutdown>) {
-    match signal {
-        Some(s) => s.wait().await,
-        None => std::future::pending().await,
     }
 }
