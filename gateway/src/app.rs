@@ -119,6 +119,14 @@ pub async fn run_with_reloads(
     ));
     let inputs = InputSet::start(inputs_set::specs(&config), &ingest, inputs_stop.clone());
     let supervise_stop = Shutdown::new();
+    let (health_tx, health_rx) = tokio::sync::watch::channel(
+        crate::fleet_health::HealthSetup::new(ingest.clone(), config.gateway.health_interval_s),
+    );
+    let health = tokio::spawn(crate::fleet_health::run(
+        observers.clone(),
+        health_rx,
+        supervise_stop.clone(),
+    ));
     let clock_watch = tokio::spawn(watch_clock(supervise_stop.clone()));
     let supervisor = tokio::spawn(crate::supervise::run(
         observers.clone(),
@@ -138,6 +146,7 @@ pub async fn run_with_reloads(
         ingest,
         inputs,
         output: output_tx,
+        health: health_tx,
     };
 
     let mut failure = None;
@@ -169,6 +178,7 @@ pub async fn run_with_reloads(
     supervise_stop.trigger();
     let _ = supervisor.await;
     let _ = clock_watch.await;
+    let _ = health.await;
 
     // 1. Inputs.
     inputs_stop.trigger();
@@ -254,6 +264,8 @@ struct Running {
     ingest: Ingest,
     inputs: InputSet,
     output: tokio::sync::watch::Sender<Arc<OutputSetup>>,
+    /// The fleet health task's ingest and interval.
+    health: tokio::sync::watch::Sender<crate::fleet_health::HealthSetup>,
 }
 
 impl Running {
@@ -342,6 +354,11 @@ impl Running {
                 INPUTS_DEADLINE,
             )
             .await;
+        self.health
+            .send_replace(crate::fleet_health::HealthSetup::new(
+                self.ingest.clone(),
+                new.gateway.health_interval_s,
+            ));
         self.config = new;
         Ok(outcome)
     }

@@ -18,6 +18,7 @@ pub mod build_info;
 pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod fleet_health;
 pub mod http;
 pub mod input;
 pub mod limits;

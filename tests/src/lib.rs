@@ -63,6 +63,7 @@ mod sim;
 pub mod steps;
 mod tmpfs;
 mod victoria;
+mod vmalert;
 mod webhook;
 
 pub use fake_broker::{BrokerLog, FakeBroker, Script};
@@ -80,6 +81,7 @@ pub use sim::{
 };
 pub use tmpfs::{FreezableFs, Tmpfs};
 pub use victoria::{ExportedSeries, VictoriaMetrics};
+pub use vmalert::{Alert, Notifier, VmAlert};
 pub use webhook::{WebhookClient, WebhookResponse};
 
 use std::collections::HashSet;

@@ -229,6 +229,47 @@ impl VictoriaMetrics {
         Ok(sum)
     }
 
+    /// Runs the instant query `promql` now and returns each result's labels and value (an
+    /// error when VictoriaMetrics refuses the query: used to check that shipped queries parse).
+    pub fn query_vector(
+        &self,
+        promql: &str,
+    ) -> Result<Vec<(std::collections::BTreeMap<String, String>, f64)>> {
+        let url = format!("{}/api/v1/query", self.url());
+        let answer: serde_json::Value = self
+            .agent
+            .get(&url)
+            .query("query", promql)
+            .call()
+            .map_err(|e| http_error("GET", &url, e))?
+            .into_json()
+            .map_err(|e| HarnessError::io("read /api/v1/query answer", e))?;
+        let parse_error = || HarnessError::Parse {
+            what: format!("{url}?query={promql}"),
+            detail: crate::truncate(&answer.to_string(), 500),
+        };
+        let result = answer["data"]["result"]
+            .as_array()
+            .ok_or_else(parse_error)?;
+        let mut out = Vec::new();
+        for sample in result {
+            let labels = sample["metric"]
+                .as_object()
+                .map(|m| {
+                    m.iter()
+                        .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_owned()))
+                        .collect()
+                })
+                .unwrap_or_default();
+            let value = sample["value"][1]
+                .as_str()
+                .and_then(|v| v.parse::<f64>().ok())
+                .ok_or_else(parse_error)?;
+            out.push((labels, value));
+        }
+        Ok(out)
+    }
+
     /// Number of series VictoriaMetrics knows (`/api/v1/series/count`).
     pub fn series_count(&self) -> Result<u64> {
         let url = format!("{}/api/v1/series/count", self.url());

@@ -126,7 +126,8 @@ fn count(log: &str, needle: &str) -> usize {
 fn sighup_under_load_applies_a_new_topic_and_batch_size_refuses_bad_files_and_loses_nothing() {
     let _heavy = HeavyTestLock::acquire();
     let broker = Mosquitto::start().unwrap();
-    let vm = VictoriaMetrics::start().unwrap();
+    // Without deduplication, so a reading stored twice shows twice.
+    let vm = VictoriaMetrics::start_with_flags(&[]).unwrap();
     let dir = TempDir::new().unwrap();
     let http = free_port();
     let data = dir.path().join("data");
@@ -349,7 +350,8 @@ fn sighup_under_load_applies_a_new_topic_and_batch_size_refuses_bad_files_and_lo
 fn a_restart_with_changed_topics_subscribes_the_new_and_unsubscribes_the_removed() {
     let _heavy = HeavyTestLock::acquire();
     let broker = Mosquitto::start().unwrap();
-    let vm = VictoriaMetrics::start().unwrap();
+    // Without deduplication, so a reading stored twice shows twice.
+    let vm = VictoriaMetrics::start_with_flags(&[]).unwrap();
     let dir = TempDir::new().unwrap();
     let http = free_port();
     let data = dir.path().join("data");

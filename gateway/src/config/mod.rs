@@ -57,6 +57,14 @@ pub struct GatewayConfig {
     pub id: String,
     /// The buffer and the dead-letter file live here.
     pub data_dir: PathBuf,
+    /// Every this many seconds the gateway writes its own health as one reading of measurement
+    /// `ioc_gateway` through the buffer and outputs (see `crate::fleet_health`); 0 turns it off.
+    #[serde(default = "default_health_interval_s")]
+    pub health_interval_s: u64,
+}
+
+fn default_health_interval_s() -> u64 {
+    60
 }
 
 impl GatewayConfig {
