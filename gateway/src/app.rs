@@ -48,7 +48,10 @@ pub fn sink_config(config: &Config) -> anyhow::Result<InfluxSinkConfig> {
         InfluxApi::V1 => Api::V1,
         InfluxApi::V2 => Api::V2,
     };
-    let mut s = InfluxSinkConfig::new(o.url.clone(), api, config.gateway.data_dir.clone());
+    let mut endpoints = o.endpoints().into_iter();
+    let first = endpoints.next().unwrap_or_default();
+    let mut s = InfluxSinkConfig::new(first, api, config.gateway.data_dir.clone());
+    s.fallback_urls = endpoints.collect();
     s.org = o.org.clone().unwrap_or_default();
     s.bucket = o.bucket.clone().unwrap_or_default();
     s.database = o.database.clone().unwrap_or_default();

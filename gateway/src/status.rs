@@ -405,6 +405,9 @@ pub struct StoreSnapshot {
     pub last_error: Option<String>,
     pub batches_sent: u64,
     pub lines_sent: u64,
+    /// `host:port` of the store URL in use, once the output has several (`urls`) and moved.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
 }
 
 /// Shared, updated by the forwarder.
@@ -414,6 +417,12 @@ pub struct StoreState {
 }
 
 impl StoreState {
+    /// The output moved to another of its URLs.
+    pub fn set_endpoint(&self, endpoint: String) {
+        if let Ok(mut s) = self.inner.lock() {
+            s.endpoint = Some(endpoint);
+        }
+    }
     pub fn sending(&self) {
         if let Ok(mut s) = self.inner.lock() {
             s.sending_since_ms.get_or_insert_with(now_ms);

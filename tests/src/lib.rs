@@ -63,6 +63,7 @@ mod sim;
 pub mod steps;
 mod tmpfs;
 mod victoria;
+mod vmagent;
 mod vmalert;
 mod webhook;
 
@@ -81,6 +82,7 @@ pub use sim::{
 };
 pub use tmpfs::{FreezableFs, Tmpfs};
 pub use victoria::{ExportedSeries, VictoriaMetrics};
+pub use vmagent::VmAgent;
 pub use vmalert::{Alert, Notifier, VmAlert};
 pub use webhook::{WebhookClient, WebhookResponse};
 

@@ -29,7 +29,7 @@ pub fn execute(path: &Path, json_output: bool) -> Exit {
             c.gateway.id,
             c.inputs.mqtt.len(),
             c.inputs.serial.len(),
-            c.output.influxdb.url
+            c.output.influxdb.endpoints().join(" | ")
         )
     });
     if json_output {

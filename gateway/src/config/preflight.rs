@@ -61,7 +61,7 @@ pub fn check(config: &Config) -> Vec<Problem> {
             o.password_file.as_deref(),
         ),
     );
-    if o.url.starts_with("https://") && !o.insecure_skip_verify {
+    if o.endpoints().iter().any(|u| u.starts_with("https://")) && !o.insecure_skip_verify {
         note(
             tls_key("output.influxdb", o.ca_file.is_some()),
             tls(ClientTlsFiles {

@@ -443,3 +443,41 @@ fn lines_mistakes_name_file_line_and_key() {
     assert!(e.starts_with(&format!("gw.toml:{line}:")), "{e}");
     assert!(e.contains("nmea-xor"), "{e}");
 }
+
+#[test]
+fn an_output_takes_url_or_urls_not_both_nor_neither() {
+    let several = GOOD.replace(
+        "url = \"http://127.0.0.1:8086\"",
+        "urls = [\"http://a:8429\", \"http://b:8429\"]",
+    );
+    let c = Config::parse(Path::new("gw.toml"), &several).unwrap();
+    assert_eq!(
+        c.output.influxdb.endpoints(),
+        ["http://a:8429", "http://b:8429"]
+    );
+    let both = GOOD.replace(
+        "url = \"http://127.0.0.1:8086\"",
+        "url = \"http://a:8429\"\nurls = [\"http://b:8429\"]",
+    );
+    let e = err(&both);
+    assert!(e.contains("key `output.influxdb.urls`"), "{e}");
+    assert!(e.contains("not both"), "{e}");
+    let neither = GOOD.replace("url = \"http://127.0.0.1:8086\"\n", "");
+    let e = err(&neither);
+    assert!(e.contains("key `output.influxdb.url`"), "{e}");
+    let mixed = GOOD.replace(
+        "url = \"http://127.0.0.1:8086\"",
+        "urls = [\"http://a:8429\", \"https://b:8429\"]",
+    );
+    assert!(err(&mixed).contains("same scheme"));
+    let twice = GOOD.replace(
+        "url = \"http://127.0.0.1:8086\"",
+        "urls = [\"http://a:8429\", \"http://a:8429\"]",
+    );
+    assert!(err(&twice).contains("listed twice"));
+    let bad = GOOD.replace(
+        "url = \"http://127.0.0.1:8086\"",
+        "urls = [\"http://a:8429\", \"ftp://b\"]",
+    );
+    assert!(err(&bad).contains("http:// or https://"));
+}

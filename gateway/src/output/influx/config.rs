@@ -16,7 +16,13 @@ pub enum InfluxApi {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct InfluxConfig {
+    /// The store's base URL; or `urls`, several of them in order of preference.
+    #[serde(default)]
     pub url: String,
+    /// Several base URLs of one store (e.g. `vmagent` instances in front of it): a request that
+    /// fails on one is sent to the next; a failing one rests (see `output::influx::failover`).
+    #[serde(default)]
+    pub urls: Vec<String>,
     #[serde(default)]
     pub api: InfluxApi,
     pub org: Option<String>,
@@ -44,6 +50,17 @@ pub struct InfluxConfig {
     pub timeout_ms: u64,
 }
 
+impl InfluxConfig {
+    /// Every base URL, in order of preference (`url` alone, or `urls`).
+    pub fn endpoints(&self) -> Vec<String> {
+        if self.urls.is_empty() {
+            vec![self.url.clone()]
+        } else {
+            self.urls.clone()
+        }
+    }
+}
+
 fn default_batch_max_lines() -> u32 {
     5000
 }
@@ -58,13 +75,38 @@ impl InfluxConfig {
     /// Checks the store's section; the error's key is relative to `[output.influxdb]`.
     pub fn validate(&self) -> Result<(), (String, String)> {
         let bad = |key: &str, msg: String| Err((key.to_owned(), msg));
-        match self.url.split_once("://").map(|(scheme, _)| scheme) {
-            Some("http") | Some("https") => {}
-            _ => {
+        let (key, urls) = match (self.url.is_empty(), self.urls.is_empty()) {
+            (false, true) => ("url", vec![self.url.clone()]),
+            (true, false) => ("urls", self.urls.clone()),
+            (true, true) => return bad("url", "missing: set url (or urls = [...])".into()),
+            (false, false) => {
                 return bad(
-                    "url",
-                    format!("must be an http:// or https:// URL, got {:?}", self.url),
+                    "urls",
+                    "set either url or urls, not both (urls lists every URL, in order)".into(),
                 )
+            }
+        };
+        for url in &urls {
+            match url.split_once("://").map(|(scheme, _)| scheme) {
+                Some("http") | Some("https") => {}
+                _ => {
+                    return bad(
+                        key,
+                        format!("must be an http:// or https:// URL, got {url:?}"),
+                    )
+                }
+            }
+        }
+        let scheme = |u: &String| u.split_once("://").map(|(s, _)| s.to_owned());
+        if urls.iter().any(|u| scheme(u) != scheme(&urls[0])) {
+            return bad(
+                "urls",
+                "every URL of one output must use the same scheme (http or https)".into(),
+            );
+        }
+        for (i, u) in urls.iter().enumerate() {
+            if urls[..i].contains(u) {
+                return bad("urls", format!("{u:?} is listed twice"));
             }
         }
         match self.api {

@@ -245,6 +245,12 @@ impl InfluxSink {
                 Err(other) => return Err(other),
             };
             metrics::counter!("output_retries_total").increment(1);
+            // Another URL of this output is not resting: try it now.
+            let delay = if self.can_switch_now() {
+                Duration::ZERO
+            } else {
+                delay
+            };
             tokio::select! {
                 biased;
                 _ = shutdown.wait() => return Err(SinkError::Shutdown),

@@ -39,6 +39,7 @@
 pub mod config;
 mod dead_letter;
 mod deliver;
+pub mod failover;
 
 use deliver::FailureLog;
 pub use deliver::FAILURE_LOG_INTERVAL;
@@ -94,6 +95,9 @@ impl Api {
 pub struct InfluxSinkConfig {
     /// Base URL of the store, e.g. `http://127.0.0.1:8086` or `https://ioc.example/influx`.
     pub url: String,
+    /// Further base URLs of the same store (`urls = [...]` after the first), in order of
+    /// preference: a request that fails on one goes to the next (see [`failover`]).
+    pub fallback_urls: Vec<String>,
     pub api: Api,
     /// v2 only; left out of the request when empty (VictoriaMetrics ignores it).
     pub org: String,
@@ -131,6 +135,7 @@ impl InfluxSinkConfig {
     pub fn new(url: impl Into<String>, api: Api, dead_letter_dir: impl Into<PathBuf>) -> Self {
         InfluxSinkConfig {
             url: url.into(),
+            fallback_urls: Vec::new(),
             api,
             org: String::new(),
             bucket: String::new(),
@@ -212,6 +217,9 @@ pub struct Delivered {
 pub struct InfluxSink {
     client: reqwest::Client,
     write_url: Url,
+    /// Every URL (the first is `write_url`), with its `host:port` for messages.
+    endpoints: Vec<(Url, String)>,
+    failover: std::sync::Mutex<failover::Failover>,
     api: Api,
     token: Option<Secret>,
     username: Option<String>,
@@ -282,7 +290,17 @@ enum Settled {
 impl InfluxSink {
     /// Checks the config and builds the HTTP client (reads the CA file).
     pub fn new(config: InfluxSinkConfig) -> Result<Self, SinkError> {
-        let write_url = build_write_url(&config)?;
+        let write_url = build_write_url(&config, &config.url)?;
+        let mut endpoints = vec![(write_url.clone(), authority(&write_url))];
+        for url in &config.fallback_urls {
+            let u = build_write_url(&config, url)?;
+            if u.scheme() != write_url.scheme() {
+                return Err(SinkError::InvalidConfig(
+                    "every url of one output must use the same scheme (http or https)".into(),
+                ));
+            }
+            endpoints.push((u.clone(), authority(&u)));
+        }
         let mut builder = reqwest::Client::builder()
             .connect_timeout(config.connect_timeout)
             .timeout(config.request_timeout)
@@ -318,14 +336,19 @@ impl InfluxSink {
                 "backoff_initial must be > 0 and <= backoff_max".into(),
             ));
         }
-        let store_authority = match (write_url.host_str(), write_url.port_or_known_default()) {
-            (Some(host), Some(port)) => format!("{host}:{port}"),
-            (Some(host), None) => host.to_owned(),
-            _ => write_url.to_string(),
-        };
+        let store_authority = authority(&write_url);
+        for (i, (_, name)) in endpoints.iter().enumerate() {
+            metrics::gauge!("output_endpoint_active", "url" => name.clone()).set(if i == 0 {
+                1.0
+            } else {
+                0.0
+            });
+        }
         Ok(InfluxSink {
             client,
             write_url,
+            failover: std::sync::Mutex::new(failover::Failover::new(endpoints.len())),
+            endpoints,
             api: config.api,
             token: config.token,
             username: config.username,
@@ -364,9 +387,84 @@ impl InfluxSink {
     /// several gzip members concatenated). `Err` only for a failure with no HTTP response
     /// ([`SinkError::Transport`]); every response is an `Ok` outcome.
     pub async fn write(&self, body_gz: &[u8], lines: u32) -> Result<WriteOutcome, SinkError> {
+        let index = self.failover_state().pick(Instant::now());
+        let result = self.write_to(index, body_gz, lines).await;
+        let failed = matches!(
+            result,
+            Err(SinkError::Transport { .. })
+                | Ok(WriteOutcome::Retry {
+                    status: 500..=599,
+                    ..
+                })
+        );
+        if failed {
+            self.note_endpoint_failure(index);
+        } else {
+            self.failover_state().succeeded(index);
+        }
+        result
+    }
+
+    fn failover_state(&self) -> std::sync::MutexGuard<'_, failover::Failover> {
+        self.failover.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Rests a URL that failed and says which one the next request goes to.
+    fn note_endpoint_failure(&self, index: usize) {
+        if self.endpoints.len() < 2 {
+            return;
+        }
+        let now = Instant::now();
+        let (can_switch, next) = {
+            let mut f = self.failover_state();
+            let can_switch = f.failed(index, now);
+            (can_switch, f.clone().pick(now))
+        };
+        if next != index {
+            let (from, to) = (&self.endpoints[index].1, &self.endpoints[next].1);
+            metrics::counter!("output_failovers_total").increment(1);
+            metrics::gauge!("output_endpoint_active", "url" => from.clone()).set(0.0);
+            metrics::gauge!("output_endpoint_active", "url" => to.clone()).set(1.0);
+            if let Some(o) = &self.observer {
+                o.set_endpoint(to.clone());
+            }
+            tracing::warn!(
+                failed = %from,
+                next = %to,
+                immediately = can_switch,
+                "store URL failed; sending to the next one"
+            );
+        }
+    }
+
+    /// Whether another URL can take a request right now (after a failure).
+    pub(crate) fn can_switch_now(&self) -> bool {
+        if self.endpoints.len() < 2 {
+            return false;
+        }
+        let mut f = self.failover_state().clone();
+        let before = f.current();
+        let now = Instant::now();
+        let next = f.pick(now);
+        next != before
+    }
+
+    /// The `host:port` of the URL in use.
+    pub fn active_endpoint(&self) -> &str {
+        let i = self.failover_state().current();
+        &self.endpoints[i.min(self.endpoints.len() - 1)].1
+    }
+
+    async fn write_to(
+        &self,
+        index: usize,
+        body_gz: &[u8],
+        lines: u32,
+    ) -> Result<WriteOutcome, SinkError> {
+        let url = &self.endpoints[index.min(self.endpoints.len() - 1)].0;
         let mut request = self
             .client
-            .post(self.write_url.clone())
+            .post(url.clone())
             .header(CONTENT_TYPE, "text/plain; charset=utf-8")
             .header(CONTENT_ENCODING, "gzip")
             .body(body_gz.to_vec());
@@ -438,12 +536,21 @@ pub fn decompress(body_gz: &[u8]) -> std::io::Result<Vec<u8>> {
     Ok(text)
 }
 
-fn build_write_url(config: &InfluxSinkConfig) -> Result<Url, SinkError> {
+/// `host:port` of a URL, for messages and labels.
+fn authority(url: &Url) -> String {
+    match (url.host_str(), url.port_or_known_default()) {
+        (Some(host), Some(port)) => format!("{host}:{port}"),
+        (Some(host), None) => host.to_owned(),
+        _ => url.to_string(),
+    }
+}
+
+fn build_write_url(config: &InfluxSinkConfig, base: &str) -> Result<Url, SinkError> {
     let invalid = |reason: &str| SinkError::InvalidUrl {
-        url: redact_userinfo(&config.url),
+        url: redact_userinfo(base),
         reason: reason.to_owned(),
     };
-    let mut url = Url::parse(&config.url).map_err(|e| invalid(&e.to_string()))?;
+    let mut url = Url::parse(base).map_err(|e| invalid(&e.to_string()))?;
     if !matches!(url.scheme(), "http" | "https") {
         return Err(invalid("the scheme must be http or https"));
     }
@@ -599,22 +706,22 @@ mod tests {
         v2.org = "ioc city".into();
         v2.bucket = "telemetry".into();
         assert_eq!(
-            build_write_url(&v2).unwrap().as_str(),
+            build_write_url(&v2, &v2.url).unwrap().as_str(),
             "https://ioc.example/influx/api/v2/write?org=ioc+city&bucket=telemetry&precision=ns"
         );
         let mut v1 = InfluxSinkConfig::new("http://127.0.0.1:8086", Api::V1, "/tmp");
         v1.database = "telemetry".into();
         assert_eq!(
-            build_write_url(&v1).unwrap().as_str(),
+            build_write_url(&v1, &v1.url).unwrap().as_str(),
             "http://127.0.0.1:8086/write?db=telemetry&precision=ns"
         );
         v1.database.clear();
         assert!(matches!(
-            build_write_url(&v1),
+            build_write_url(&v1, &v1.url),
             Err(SinkError::InvalidConfig(_))
         ));
         let creds = InfluxSinkConfig::new("http://u:p@127.0.0.1:8086", Api::V1, "/tmp");
-        let err = build_write_url(&creds).unwrap_err();
+        let err = build_write_url(&creds, &creds.url).unwrap_err();
         assert!(matches!(err, SinkError::InvalidUrl { .. }));
         assert_eq!(
             err.to_string(),
@@ -624,7 +731,10 @@ mod tests {
         assert_eq!(redact_userinfo("https://a:b@c@h/p@q"), "https://***@h/p@q");
         assert_eq!(redact_userinfo("not a url"), "not a url");
         assert!(matches!(
-            build_write_url(&InfluxSinkConfig::new("ftp://x", Api::V1, "/tmp")),
+            build_write_url(
+                &InfluxSinkConfig::new("ftp://x", Api::V1, "/tmp"),
+                "ftp://x"
+            ),
             Err(SinkError::InvalidUrl { .. })
         ));
     }

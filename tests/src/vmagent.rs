@@ -1,0 +1,80 @@
+//! `vmagent` (from Debian's `victoria-metrics` package) in front of a real VictoriaMetrics: an
+//! ingest point that takes InfluxDB line protocol (`/write`, `/api/v2/write`) and forwards it
+//! with its own disk queue, as an IOC puts one or more in front of its store.
+//!
+//! Why it exists: an output with several `urls` is meant for exactly this (two vmagents, one
+//! restarted or failed), and vmagent 1.79 is what Debian ships.
+
+use crate::server::{ChildServer, ReadyProbe};
+use crate::{free_port, HarnessError, Result};
+use std::path::Path;
+use std::time::Duration;
+use tempfile::TempDir;
+
+/// A vmagent child process forwarding to one store. Killed on `Drop`.
+pub struct VmAgent {
+    port: u16,
+    server: ChildServer,
+    dir: TempDir,
+}
+
+impl VmAgent {
+    /// Starts vmagent on a free loopback port, forwarding to `store` (a VictoriaMetrics base
+    /// URL), its queue in a temp dir.
+    pub fn start(store: &str) -> Result<Self> {
+        let dir = crate::harness_temp_dir("ioc-e2e-vmagent-")?;
+        let mut last_error = None;
+        for _attempt in 0..3 {
+            let port = free_port();
+            let args = vec![
+                format!("-remoteWrite.url={store}/api/v1/write"),
+                format!(
+                    "-remoteWrite.tmpDataPath={}",
+                    dir.path().join("queue").display()
+                ),
+                format!("-httpListenAddr=127.0.0.1:{port}"),
+                "-remoteWrite.flushInterval=200ms".into(),
+                "-loggerLevel=WARN".into(),
+            ];
+            let mut server = ChildServer::new(
+                "vmagent",
+                "vmagent",
+                args,
+                dir.path().join("vmagent.log"),
+                ReadyProbe::Http(format!("http://127.0.0.1:{port}/health")),
+            );
+            match server.start(Duration::from_secs(30)) {
+                Ok(()) => return Ok(VmAgent { port, server, dir }),
+                Err(e) => last_error = Some(e),
+            }
+        }
+        Err(last_error.unwrap_or_else(|| HarnessError::Timeout("vmagent start".into())))
+    }
+
+    /// `http://127.0.0.1:PORT`
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Graceful stop (SIGTERM: vmagent keeps what it has not forwarded in its disk queue).
+    pub fn stop(&mut self) {
+        self.server.stop(Duration::from_secs(15));
+    }
+
+    /// Starts it again on the same port and queue (it forwards what its queue holds).
+    pub fn start_again(&mut self) -> Result<()> {
+        self.server.start(Duration::from_secs(30))
+    }
+
+    pub fn log_tail(&self, lines: usize) -> String {
+        self.server.log_tail(lines)
+    }
+}
