@@ -887,6 +887,7 @@ mod tests {
                 got.good,
                 got.no_fix,
                 got.skipped,
+                got.no_time,
                 bad(BadLine::Checksum),
                 bad(BadLine::Truncated),
                 bad(BadLine::Noise)
@@ -895,6 +896,7 @@ mod tests {
                 want.ok,
                 want.no_fix,
                 want.skipped,
+                want.no_time,
                 want.checksum,
                 want.truncated,
                 want.noise
@@ -907,7 +909,7 @@ mod tests {
             want.checksum + want.truncated + want.noise
         );
         assert!(
-            want.checksum > 50 && want.truncated > 50 && want.noise > 50,
+            want.checksum > 50 && want.truncated > 50 && want.noise > 50 && want.no_time > 3,
             "{want:?}"
         );
         // Every reading lands on its fix's stored point, with a value it expects.
