@@ -730,7 +730,9 @@ impl GnssReceiver {
                     }
                     None => {
                         burst.counts.no_time += 1;
-                        burst.rejected.push((SentenceFault::NoTime, p.fields.clone()));
+                        burst
+                            .rejected
+                            .push((SentenceFault::NoTime, p.fields.clone()));
                     }
                 },
                 None => {

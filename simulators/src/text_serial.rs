@@ -27,12 +27,12 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
+use sensor_sim::line_sensor::{LineCounts, LineFormat, LineSensor, SensorOptions};
 use sensor_sim::manifest::{Entry, Expect, FaultKind};
 use sensor_sim::modbus_slave::unix_ms;
 use sensor_sim::nmea::{
     ExpectedCounts, GnssReceiver, LineEnding, NmeaFaults, ReceiverOptions, SentenceFault,
 };
-use sensor_sim::line_sensor::{LineCounts, LineFormat, LineSensor, SensorOptions};
 use sensor_sim::serial::write_nonblocking;
 use sensor_sim::vaisala::{MessageOutcome, StationFaults, StationModel, WeatherStation};
 

@@ -263,7 +263,10 @@ fn a_simulated_bus_gnss_and_a_polled_weather_station_reach_the_store_exactly() {
 /// `name` in config/text-instruments.toml, its `port` set to `port`: the test runs the example
 /// configs as a technician would copy them.
 fn example_input(name: &str, port: &Path) -> String {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../config/text-instruments.toml");
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../config/text-instruments.toml"
+    );
     let text = std::fs::read_to_string(path).unwrap();
     let block = text
         .split("[[inputs.serial]]")

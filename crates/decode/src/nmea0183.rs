@@ -861,8 +861,16 @@ $GPVTG,84.6,T,84.6,M,148.8,N,275.6,K,D*25\r\n",
     fn a_receiver_printing_only_vtg_gets_receipt_times() {
         let mut d = decoder();
         let mut out = LineOutput::default();
-        d.push(b"$GPVTG,054.7,T,034.4,M,005.5,N,010.2,K*48\r\n", 1_000, &mut out);
-        d.push(b"$GPVTG,054.7,T,034.4,M,005.5,N,010.2,K*48\r\n", 2_000, &mut out);
+        d.push(
+            b"$GPVTG,054.7,T,034.4,M,005.5,N,010.2,K*48\r\n",
+            1_000,
+            &mut out,
+        );
+        d.push(
+            b"$GPVTG,054.7,T,034.4,M,005.5,N,010.2,K*48\r\n",
+            2_000,
+            &mut out,
+        );
         let times: Vec<i64> = out.readings.iter().map(|r| r.timestamp_ns).collect();
         assert_eq!((times, out.no_time), (vec![1_000, 2_000], 0));
     }

@@ -8,7 +8,10 @@ use ioc_decode::text_line::{BadLine, LineOutput};
 
 /// The `[inputs.serial.lines]` section and the input's measurement of the example input `name`.
 fn example(name: &str) -> (LinesConfig, Option<String>) {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../config/text-instruments.toml");
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../config/text-instruments.toml"
+    );
     let text = std::fs::read_to_string(path).unwrap();
     let doc: toml::Value = toml::from_str(&text).unwrap();
     let input = doc["inputs"]["serial"]
@@ -109,7 +112,9 @@ fn play(
     for r in &got.readings {
         assert_eq!(r.measurement, format.measurement());
         assert_eq!(r.tags.get("sensor_id").map(String::as_str), Some("s-1"));
-        assert!(readings.insert(r.timestamp_ns / 1_000_000, values(r)).is_none());
+        assert!(readings
+            .insert(r.timestamp_ns / 1_000_000, values(r))
+            .is_none());
         assert_eq!(r.timestamp_ns % 1_000_000, 0);
     }
     assert_eq!(readings, stored);
@@ -139,7 +144,10 @@ fn level_logger_faults_are_counted_as_the_gateway_counts_them() {
         );
         // Every injected fault is one count: a torn line and the line glued to it fail the
         // checksum together.
-        assert_eq!(counts.checksum, f["checksum"] + f["truncate"] - counts.truncated);
+        assert_eq!(
+            counts.checksum,
+            f["checksum"] + f["truncate"] - counts.truncated
+        );
         assert_eq!(counts.no_checksum, f["noise"]);
         assert_eq!(counts.no_match, 0);
         assert!(counts.no_values > 0 && f["split"] > 0, "{counts:?} {f:?}");
@@ -200,8 +208,11 @@ fn the_lines_look_as_documented() {
 #[test]
 fn same_seed_same_bytes_and_bad_options_refused() {
     let run = |seed| {
-        let mut s = LineSensor::new(seed, options(LineFormat::Level, "checksum=0.1,truncate=0.1"))
-            .unwrap();
+        let mut s = LineSensor::new(
+            seed,
+            options(LineFormat::Level, "checksum=0.1,truncate=0.1"),
+        )
+        .unwrap();
         (0..200)
             .flat_map(|_| s.next_line().writes.concat())
             .collect::<Vec<u8>>()
