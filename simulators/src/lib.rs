@@ -9,6 +9,7 @@
 pub mod civil_time;
 pub mod demo;
 pub mod generator;
+pub mod line_sensor;
 pub mod manifest;
 pub mod modbus_slave;
 pub mod models;

@@ -60,6 +60,10 @@ enum SerialDeviceArg {
     /// or a WMT700 sending `$`-framed message 25 (see --station, --interval-ms), with invalid
     /// (`#`) values, noise, torn and corrupt messages
     Vaisala,
+    /// An instrument printing one reading per line, for `protocol = "lines"` (see
+    /// --line-format: a water-level logger `$LVL,<ms>,<mm>,<°C>*hh` or a sound level meter's
+    /// CSV), with checksum, torn-line, noise and sentinel faults
+    Lines,
 }
 
 #[derive(Subcommand)]
@@ -234,13 +238,15 @@ struct SerialArgs {
     /// Seed.
     #[arg(long)]
     seed: u64,
-    /// Frames per second (nmea0183: fixes per second, default 10; others default 1).
+    /// Frames per second (nmea0183: fixes per second, default 10; lines: lines per second;
+    /// others default 1).
     #[arg(long)]
     rate_hz: Option<f64>,
     /// Faults (probability per frame / answer). pms5003, sds011: noise=0.05,checksum=0.02,
     /// truncate=0.01; xy-md02: timeout=..,bad_crc=..,exception=..,noise=..,slow=..;
     /// nmea0183 (per sentence): checksum=..,truncate=..,noise=..,split=..;
-    /// vaisala (per message): invalid=..,noise=..,truncate=..,checksum=.. (checksum: wmt700)
+    /// vaisala (per message): invalid=..,noise=..,truncate=..,checksum=.. (checksum: wmt700);
+    /// lines (per line): checksum=..,truncate=..,noise=..,invalid=..,split=.. (checksum: level)
     #[arg(long, default_value = "")]
     faults: String,
     /// `nmea0183`: talker of the sentences (GN multi-GNSS, GP GPS, GL, GA, BD).
@@ -252,12 +258,20 @@ struct SerialArgs {
     /// `nmea0183`: fixes FROM..FROM+COUNT without a fix (RMC status V, GGA quality 0), FROM:COUNT.
     #[arg(long)]
     no_fix: Option<String>,
-    /// `nmea0183`, `vaisala`: line ends, crlf, lf, cr or mix (each line one of the three).
+    /// `nmea0183`, `vaisala`, `lines`: line ends, crlf, lf, cr or mix (each line one of the
+    /// three).
     #[arg(long, default_value = "crlf")]
     line_ending: String,
-    /// `nmea0183`: UTC time of the first fix, `now` (the current second) or RFC 3339.
+    /// `nmea0183`, `lines`: UTC time of the first fix / line, `now` (the current second) or
+    /// RFC 3339.
     #[arg(long, default_value = "now")]
     start: String,
+    /// `lines`: level (a canal water-level logger, `$LVL,<unix ms>,<mm>,<°C>*hh`, NMEA-style
+    /// checksum, -9999 for no echo) or noise (a sound level meter, CSV with a header and its
+    /// own local time, one line per second of its clock, -99.9 for an overload); read by the
+    /// example inputs canal-level-3 and noise-hoan-kiem of config/text-instruments.toml.
+    #[arg(long, default_value = "level")]
+    line_format: String,
     /// `vaisala`: wxt530 (ASCII protocol) or wmt700 (`$`-framed message 25).
     #[arg(long, default_value = "wxt530")]
     station: String,
@@ -268,8 +282,8 @@ struct SerialArgs {
     /// besides answering polls.
     #[arg(long)]
     interval_ms: Option<u64>,
-    /// `nmea0183`, `vaisala`: the measurement the gateway's config gives the input (manifest;
-    /// default gnss / weather).
+    /// `nmea0183`, `vaisala`, `lines`: the measurement the gateway's config gives the input
+    /// (manifest; default gnss / weather / water_level or noise).
     #[arg(long)]
     measurement: Option<String>,
     /// Stop after this many frames (default: run until killed; `node`: simulated seconds to
@@ -315,7 +329,7 @@ struct SerialArgs {
     #[arg(long)]
     wait_reader: bool,
     /// Write a manifest of what was sent, in the gateway's mapping, for `sensor-sim verify`
-    /// (pms5003, sds011, xy-md02).
+    /// (pms5003, sds011, xy-md02, nmea0183, vaisala, lines).
     #[arg(long)]
     manifest: Option<PathBuf>,
     /// The `sensor_id` the gateway's config gives this input (manifest tags); `{slave}` is
@@ -484,6 +498,7 @@ fn real_main() -> anyhow::Result<ExitCode> {
             SerialDeviceArg::XyMd02 => modbus_main(&args),
             SerialDeviceArg::Nmea0183 => text_serial::nmea_main(&args),
             SerialDeviceArg::Vaisala => text_serial::vaisala_main(&args),
+            SerialDeviceArg::Lines => text_serial::lines_main(&args),
             _ => serial_main(&args),
         },
         Command::Verify {

@@ -76,6 +76,8 @@ pub enum FaultKind {
     NoFix,
     /// Vaisala: values marked invalid (`#`, `999`), which the gateway must drop.
     Invalid,
+    /// NMEA: a VTG (no time of its own) after faulted fix sentences: no fix time to put it at.
+    NoTime,
 }
 
 impl FaultKind {
@@ -97,6 +99,7 @@ impl FaultKind {
             FaultKind::Slow => "slow",
             FaultKind::NoFix => "no_fix",
             FaultKind::Invalid => "invalid",
+            FaultKind::NoTime => "no_time",
         }
     }
 }

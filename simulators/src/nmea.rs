@@ -47,10 +47,11 @@
 //!
 //! One point per fix at the fix's time, with the union of the fields of its intact sentences
 //! (RMC: `lat`, `lon`, `speed_kmh`, `course_deg`; GGA: `lat`, `lon`, `fix_quality`,
-//! `satellites`, `hdop`, `alt_m`; VTG: `course_deg`, `speed_kmh`; GLL: `lat`, `lon`). The
-//! gateway gives a VTG, which has no time, the time of the fix sentence it received just
-//! before; a VTG after only faulted RMC/GGA would land on the previous fix, so the receiver
-//! here leaves the VTG out of such a burst (counted as `vtg_withheld`).
+//! `satellites`, `hdop`, `alt_m`; VTG: `course_deg`, `speed_kmh`; GLL: `lat`, `lon`). A VTG,
+//! which has no time, is placed as the gateway places it (`ioc_decode::nmea0183`): at the fix
+//! time of the intact RMC/GGA just before it, unless a sentence between them was faulted or
+//! said "no fix", or an earlier VTG took that time; otherwise it must make no reading (a
+//! `rejected` entry with fault `no_time`, counted in `serial_frames_total{result="no_time"}`).
 //! [`ExpectedCounts`] says what the gateway's `serial_frames_total` and
 //! `serial_frames_bad_total` must count for the stream.
 
@@ -215,6 +216,9 @@ pub struct ExpectedCounts {
     pub no_fix: u64,
     /// Valid sentences the gateway does not read (`result="skipped"`).
     pub skipped: u64,
+    /// Valid VTG sentences the gateway cannot place at a fix time (`result="no_time"`).
+    #[serde(default)]
+    pub no_time: u64,
     /// `reason="checksum"`.
     pub checksum: u64,
     /// `reason="truncated"`.
@@ -229,6 +233,7 @@ impl ExpectedCounts {
         self.ok += o.ok;
         self.no_fix += o.no_fix;
         self.skipped += o.skipped;
+        self.no_time += o.no_time;
         self.checksum += o.checksum;
         self.truncated += o.truncated;
         self.noise += o.noise;
@@ -242,6 +247,8 @@ pub enum SentenceFault {
     Checksum,
     /// Cut short.
     Truncate,
+    /// An intact VTG after faulted fix sentences: no fix time to put it at.
+    NoTime,
 }
 
 /// One fix's bytes and what they mean.
@@ -259,7 +266,7 @@ pub struct Burst {
     pub rejected: Vec<(SentenceFault, BTreeMap<String, f64>)>,
     /// The receiver had no fix.
     pub no_fix: bool,
-    /// Injected faults by name (`checksum`, `truncate`, `noise`, `split`, `vtg_withheld`).
+    /// Injected faults by name (`checksum`, `truncate`, `noise`, `split`).
     pub faults: BTreeMap<&'static str, u64>,
     /// What the gateway must count for this burst.
     pub counts: ExpectedCounts,
@@ -420,6 +427,10 @@ pub struct GnssReceiver {
     alt_dm: i64,
     n: u64,
     prev_torn: bool,
+    /// The fix time the next VTG may take, as the gateway tracks it (see the module docs).
+    vtg_time: Option<i64>,
+    /// The fix time the last VTG took.
+    vtg_taken: Option<i64>,
 }
 
 impl GnssReceiver {
@@ -437,6 +448,8 @@ impl GnssReceiver {
             alt_dm: 85,
             n: 0,
             prev_torn: false,
+            vtg_time: None,
+            vtg_taken: None,
         }
     }
 
@@ -647,7 +660,6 @@ impl GnssReceiver {
             faults: BTreeMap::new(),
             counts: ExpectedCounts::default(),
         };
-        let mut timed_intact = false;
         for p in planned {
             let rng = &mut self.fault_rng;
             let (noise, corrupt, torn, split) = (
@@ -658,10 +670,6 @@ impl GnssReceiver {
             );
             let torn = torn && !self.prev_torn;
             let corrupt = corrupt && !torn;
-            if p.vtg && !timed_intact && !no_fix {
-                *burst.faults.entry("vtg_withheld").or_default() += 1;
-                continue;
-            }
             let eol = self.opts.line_ending.bytes(rng);
             if noise && !self.prev_torn {
                 let out = burst.writes.last_mut().expect("one write at least");
@@ -702,15 +710,36 @@ impl GnssReceiver {
             };
             match faulted {
                 Some(fault) => {
+                    // It may have been the fix sentence of a following VTG.
+                    self.vtg_time = None;
                     if !p.fields.is_empty() {
                         burst.rejected.push((fault, p.fields.clone()));
                     }
                 }
                 None if p.other => burst.counts.skipped += 1,
-                None if p.no_fix => burst.counts.no_fix += 1,
+                None if p.no_fix => {
+                    self.vtg_time = None;
+                    burst.counts.no_fix += 1;
+                }
+                // The first burst is clean, so a fix time is always known before a VTG.
+                None if p.vtg => match self.vtg_time.take() {
+                    Some(t) => {
+                        self.vtg_taken = Some(t);
+                        burst.counts.ok += 1;
+                        burst.stored.extend(p.fields.clone());
+                    }
+                    None => {
+                        burst.counts.no_time += 1;
+                        burst
+                            .rejected
+                            .push((SentenceFault::NoTime, p.fields.clone()));
+                    }
+                },
                 None => {
+                    if p.timed && self.vtg_taken != Some(ts_ms) {
+                        self.vtg_time = Some(ts_ms);
+                    }
                     burst.counts.ok += 1;
-                    timed_intact |= p.timed;
                     burst.stored.extend(p.fields.clone());
                 }
             }
@@ -860,6 +889,7 @@ mod tests {
                 got.good,
                 got.no_fix,
                 got.skipped,
+                got.no_time,
                 bad(BadLine::Checksum),
                 bad(BadLine::Truncated),
                 bad(BadLine::Noise)
@@ -868,6 +898,7 @@ mod tests {
                 want.ok,
                 want.no_fix,
                 want.skipped,
+                want.no_time,
                 want.checksum,
                 want.truncated,
                 want.noise
@@ -880,7 +911,7 @@ mod tests {
             want.checksum + want.truncated + want.noise
         );
         assert!(
-            want.checksum > 50 && want.truncated > 50 && want.noise > 50,
+            want.checksum > 50 && want.truncated > 50 && want.noise > 50 && want.no_time > 3,
             "{want:?}"
         );
         // Every reading lands on its fix's stored point, with a value it expects.

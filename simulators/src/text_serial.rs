@@ -1,8 +1,9 @@
-//! `sensor-sim serial --protocol nmea0183 | vaisala`: the text instruments on a pty (part of the
-//! `sensor-sim` binary, not of the library).
+//! `sensor-sim serial --protocol nmea0183 | vaisala | lines`: the text instruments on a pty
+//! (part of the `sensor-sim` binary, not of the library).
 //!
 //! Why it exists: the byte streams come from the library's pure models
-//! ([`sensor_sim::nmea::GnssReceiver`], [`sensor_sim::vaisala::WeatherStation`]); this module
+//! ([`sensor_sim::nmea::GnssReceiver`], [`sensor_sim::vaisala::WeatherStation`],
+//! [`sensor_sim::line_sensor::LineSensor`]); this module
 //! only paces them in real time, writes them to the pty (never blocking: bytes nobody reads are
 //! dropped, as on a real line), answers the gateway's polls, and writes the manifest:
 //!
@@ -13,8 +14,11 @@
 //! - Vaisala messages are stamped by the gateway on receipt: `in_order` entries (sent time,
 //!   values without the invalid ones, fault `invalid` / `noise`), `rejected_in_order` for torn
 //!   and corrupt messages.
+//! - `lines` instruments print their own time: a `stored` entry per intact line at that time
+//!   (without its sentinel values), a `rejected` entry for a corrupt or torn line, the line glued
+//!   to a torn one and a line of sentinels only; `exclusive`, as NMEA.
 //!
-//! Both print, at the end, a JSON summary with `expect`: what the gateway's
+//! All print, at the end, a JSON summary with `expect`: what the gateway's
 //! `serial_frames_total{result}` / `serial_frames_bad_total{reason}` must have counted.
 
 use std::collections::BTreeMap;
@@ -23,6 +27,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
+use sensor_sim::line_sensor::{LineCounts, LineFormat, LineSensor, SensorOptions};
 use sensor_sim::manifest::{Entry, Expect, FaultKind};
 use sensor_sim::modbus_slave::unix_ms;
 use sensor_sim::nmea::{
@@ -65,6 +70,152 @@ fn talker_ok(t: &str) -> bool {
     t.len() == 2 && t.bytes().all(|b| b.is_ascii_uppercase())
 }
 
+/// `--start`: `now` (the current whole second when streaming starts) or an RFC 3339 instant.
+fn start_at(text: &str) -> anyhow::Result<impl Fn() -> i64> {
+    let fixed = match text {
+        "now" => None,
+        text => Some(
+            sensor_sim::civil_time::parse_rfc3339_ms(text)
+                .map_err(|e| anyhow::anyhow!("--start: {e}"))?,
+        ),
+    };
+    Ok(move || fixed.unwrap_or_else(|| unix_ms() / 1000 * 1000))
+}
+
+/// Totals of a `lines` run.
+#[derive(Debug, Default, serde::Serialize)]
+struct LinesSummary {
+    /// Lines sent (the noise meter's header not counted).
+    frames: u64,
+    bytes: u64,
+    dropped_bytes: u64,
+    faults: BTreeMap<String, u64>,
+    /// What the gateway must count.
+    expect: LineCounts,
+}
+
+/// Plays a line-printing instrument (`--line-format level | noise`).
+pub(super) fn lines_main(a: &SerialArgs) -> anyhow::Result<ExitCode> {
+    let format: LineFormat = a
+        .line_format
+        .parse()
+        .map_err(|e| anyhow::anyhow!("--line-format: {e}"))?;
+    let rate = a.rate_hz.unwrap_or(1.0);
+    if !(rate.is_finite() && rate > 0.0 && rate <= 1000.0) {
+        bail!("--rate-hz must be in (0, 1000]");
+    }
+    let period_ms = ((1000.0 / rate).round() as i64).max(1);
+    let start_ms = start_at(&a.start)?;
+    let mut opts = SensorOptions {
+        format,
+        faults: a.faults.parse()?,
+        line_ending: a
+            .line_ending
+            .parse::<LineEnding>()
+            .map_err(|e| anyhow::anyhow!("--line-ending: {e}"))?,
+        start_ms: 0,
+        step_ms: period_ms,
+    };
+    // Refuse bad options before creating anything.
+    LineSensor::new(a.seed, opts.clone())?;
+    let mut record = SerialManifest::open(a, "lines", true)?;
+    if let Some(id) = &a.sensor_id {
+        record.tags.insert("sensor_id".into(), id.clone());
+    }
+    let measurement = a
+        .measurement
+        .clone()
+        .unwrap_or_else(|| format.measurement().into());
+    let limit = a.frames.unwrap_or(u64::MAX);
+    let mut summary = LinesSummary::default();
+    let tally = |summary: &mut LinesSummary, b: &sensor_sim::line_sensor::LineBurst| {
+        summary.frames += 1;
+        summary.expect.add(&b.counts);
+        for (k, n) in &b.faults {
+            *summary.faults.entry((*k).to_owned()).or_default() += n;
+        }
+    };
+    if let Some(path) = &a.output {
+        use std::io::Write;
+        let mut out = std::io::BufWriter::new(
+            std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?,
+        );
+        opts.start_ms = start_ms();
+        let mut sensor = LineSensor::new(a.seed, opts)?;
+        for _ in 0..limit.min(10_000_000) {
+            let b = sensor.next_line();
+            for w in &b.writes {
+                out.write_all(w)?;
+                summary.bytes += w.len() as u64;
+            }
+            tally(&mut summary, &b);
+        }
+        let (last, counts) = sensor.finish();
+        if let Some(w) = last {
+            out.write_all(&w)?;
+            summary.bytes += w.len() as u64;
+        }
+        summary.expect.add(&counts);
+        out.flush()?;
+        println!("{}", serde_json::to_string(&summary)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let pty = serial_pty(
+        a,
+        a.wait_reader || a.manifest.is_some(),
+        serde_json::json!({ "line_format": a.line_format }),
+    )?;
+    opts.start_ms = start_ms();
+    let mut sensor = LineSensor::new(a.seed, opts)?;
+    let started = Instant::now();
+    let period = Duration::from_millis(period_ms as u64);
+    let write = |bytes: &[u8], summary: &mut LinesSummary| -> anyhow::Result<u64> {
+        let written = write_nonblocking(&pty.master, bytes)?;
+        summary.bytes += written as u64;
+        let dropped = (bytes.len() - written) as u64;
+        summary.dropped_bytes += dropped;
+        Ok(dropped)
+    };
+    for n in 0..limit {
+        let b = sensor.next_line();
+        if let Some(wait) = period.mul_f64(n as f64).checked_sub(started.elapsed()) {
+            std::thread::sleep(wait);
+        }
+        let mut dropped = 0u64;
+        for (i, w) in b.writes.iter().enumerate() {
+            if i > 0 {
+                std::thread::sleep(SPLIT_PAUSE);
+            }
+            dropped += write(w, &mut summary)?;
+        }
+        tally(&mut summary, &b);
+        let (x, fault, fields) = b.entry;
+        record.write(&Entry {
+            m: measurement.clone(),
+            t: record.tags.clone(),
+            ts: b.ts_ms,
+            f: fields,
+            // Bytes nobody read: what the gateway made of this line is unknown.
+            x: if dropped > 0 { Expect::Unchecked } else { x },
+            fault,
+            resent: false,
+        })?;
+    }
+    let (last, counts) = sensor.finish();
+    if let Some(w) = last {
+        write(&w, &mut summary)?;
+    }
+    summary.expect.add(&counts);
+    // Quiet before the pty closes, so that the gateway reads the last line (and counts a torn
+    // last one once the line is idle).
+    std::thread::sleep(Duration::from_millis(1500));
+    if let Some(l) = &a.link {
+        let _ = std::fs::remove_file(l);
+    }
+    println!("{}", serde_json::to_string(&summary)?);
+    Ok(ExitCode::SUCCESS)
+}
+
 /// Plays a GNSS receiver.
 pub(super) fn nmea_main(a: &SerialArgs) -> anyhow::Result<ExitCode> {
     let rate = a.rate_hz.unwrap_or(10.0);
@@ -78,15 +229,8 @@ pub(super) fn nmea_main(a: &SerialArgs) -> anyhow::Result<ExitCode> {
         );
     }
     let period_ms = ((1000.0 / rate).round() as i64).max(1);
-    let fixed_start = match a.start.as_str() {
-        "now" => None,
-        text => Some(
-            sensor_sim::civil_time::parse_rfc3339_ms(text)
-                .map_err(|e| anyhow::anyhow!("--start: {e}"))?,
-        ),
-    };
     // `now`: the whole second when streaming starts (after the gateway opened the pty).
-    let start_ms = move || fixed_start.unwrap_or_else(|| unix_ms() / 1000 * 1000);
+    let start_ms = start_at(&a.start)?;
     let mut opts = ReceiverOptions {
         talker: a.talker.clone(),
         sentences: a
@@ -181,6 +325,7 @@ pub(super) fn nmea_main(a: &SerialArgs) -> anyhow::Result<ExitCode> {
             let kind = match fault {
                 SentenceFault::Checksum => FaultKind::Checksum,
                 SentenceFault::Truncate => FaultKind::Truncate,
+                SentenceFault::NoTime => FaultKind::NoTime,
             };
             record.write(&entry(sure(Expect::Rejected), Some(kind), fields.clone()))?;
         }

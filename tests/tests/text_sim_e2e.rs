@@ -9,7 +9,13 @@
 //!   sentences, and nothing else is in the series (the manifest is `exclusive`);
 //! - a WXT530 weather station in polled mode (`--protocol vaisala`; the gateway sends `0R0`
 //!   every 300 ms), with invalid (`#`) wind values, noise and torn answers: every answer is in
-//!   the store once, in order, stamped on arrival, without its invalid values.
+//!   the store once, in order, stamped on arrival, without its invalid values;
+//! - two `protocol = "lines"` instruments read by the example inputs of
+//!   `config/text-instruments.toml` as they stand (`--protocol lines`): a canal level logger
+//!   (`$LVL,…*hh`, its own time in ms, 10 lines/s) with bad checksums, torn lines, noise,
+//!   `-9999` sentinels and split writes, and a sound level meter (CSV with a header and its own
+//!   local time) with torn lines, noise and overloads, CR/LF/CRLF mixed: every intact line is in
+//!   the store once at its own time, without its sentinels, nothing else in the series.
 //!
 //! The gateway's `serial_frames_total` / `serial_frames_bad_total` must count exactly what the
 //! simulators say they injected.
@@ -237,6 +243,8 @@ fn a_simulated_bus_gnss_and_a_polled_weather_station_reach_the_store_exactly() {
     assert_eq!(frames(g, "ok"), expect(gnss_summary, "ok"), "{metrics}");
     assert_eq!(frames(g, "no_fix"), expect(gnss_summary, "no_fix"));
     assert_eq!(frames(g, "skipped"), expect(gnss_summary, "skipped"));
+    // VTGs after a fix whose RMC and GGA were both faulted: not placed on the previous fix.
+    assert_eq!(frames(g, "no_time"), expect(gnss_summary, "no_time"));
     assert_eq!(bad(g, "checksum"), expect(gnss_summary, "checksum"));
     assert_eq!(bad(g, "truncated"), expect(gnss_summary, "truncated"));
     assert_eq!(bad(g, "noise"), expect(gnss_summary, "noise"));
@@ -249,4 +257,245 @@ fn a_simulated_bus_gnss_and_a_polled_weather_station_reach_the_store_exactly() {
 
     gateway.sigterm();
     gateway.wait_exit(Duration::from_secs(10)).unwrap();
+}
+
+/// The `[[inputs.serial]]` block (with its `[inputs.serial.lines]` table) of the example input
+/// `name` in config/text-instruments.toml, its `port` set to `port`: the test runs the example
+/// configs as a technician would copy them.
+fn example_input(name: &str, port: &Path) -> String {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../config/text-instruments.toml"
+    );
+    let text = std::fs::read_to_string(path).unwrap();
+    let block = text
+        .split("[[inputs.serial]]")
+        .find(|b| b.contains(&format!("name = \"{name}\"")))
+        .unwrap_or_else(|| panic!("no example input {name} in {path}"));
+    let body: Vec<String> = block
+        .lines()
+        .filter(|l| !l.trim_start().starts_with('#'))
+        .map(|l| {
+            if l.starts_with("port = ") {
+                format!("port = \"{}\"", port.display())
+            } else {
+                l.to_owned()
+            }
+        })
+        .collect();
+    format!("[[inputs.serial]]{}\n", body.join("\n"))
+}
+
+#[test]
+fn line_instruments_with_faults_reach_the_store_exactly_as_the_example_configs_read_them() {
+    let vm = VictoriaMetrics::start().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let http_port = free_port();
+    let level_manifest = dir.path().join("level.jsonl");
+    let noise_manifest = dir.path().join("noise.jsonl");
+    const LEVEL_LINES: u64 = 200;
+    const NOISE_LINES: u64 = 150;
+
+    // Given: a canal level logger at 10 lines/s with bad checksums, torn lines, noise, no-echo
+    // sentinels and split writes, CR/LF/CRLF mixed.
+    let level = SerialSim::spawn(
+        "level",
+        dir.path(),
+        &[
+            "--protocol",
+            "lines",
+            "--line-format",
+            "level",
+            "--seed",
+            "21",
+            "--frames",
+            &LEVEL_LINES.to_string(),
+            "--rate-hz",
+            "10",
+            "--faults",
+            "checksum=0.05,truncate=0.05,noise=0.04,invalid=0.08,split=0.2",
+            "--line-ending",
+            "mix",
+            "--sensor-id",
+            "lvl-3",
+            "--manifest",
+            level_manifest.to_str().unwrap(),
+        ],
+    )
+    .unwrap();
+    // Given: a sound level meter replaying its memory (a line per second of its clock, ten a
+    // second on the wire, from ten minutes ago), with torn lines, noise and overloads, LF and
+    // CRLF mixed with CR.
+    let ten_minutes_ago = {
+        let now_s = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64
+            - 600;
+        let (days, sod) = (now_s.div_euclid(86_400), now_s.rem_euclid(86_400));
+        let (y, mo, d) = civil_from_days(days);
+        format!(
+            "{y:04}-{mo:02}-{d:02}T{:02}:{:02}:{:02}Z",
+            sod / 3600,
+            sod / 60 % 60,
+            sod % 60
+        )
+    };
+    let noise = SerialSim::spawn(
+        "noise",
+        dir.path(),
+        &[
+            "--protocol",
+            "lines",
+            "--line-format",
+            "noise",
+            "--seed",
+            "22",
+            "--frames",
+            &NOISE_LINES.to_string(),
+            "--rate-hz",
+            "10",
+            "--start",
+            &ten_minutes_ago,
+            "--faults",
+            "truncate=0.06,noise=0.05,invalid=0.1,split=0.2",
+            "--line-ending",
+            "mix",
+            "--sensor-id",
+            "slm-1",
+            "--manifest",
+            noise_manifest.to_str().unwrap(),
+        ],
+    )
+    .unwrap();
+    let data_dir = dir.path().join("data");
+    std::fs::create_dir_all(&data_dir).unwrap();
+    let config = dir.path().join("gateway.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"[gateway]
+id = "{GATEWAY_ID}"
+data_dir = "{data}"
+
+[output.influxdb]
+url = "{url}"
+api = "v2"
+bucket = "telemetry"
+flush_interval_ms = 200
+
+[http]
+listen = "127.0.0.1:{http_port}"
+
+{level_input}
+{noise_input}"#,
+            data = data_dir.display(),
+            url = vm.url(),
+            level_input = example_input("canal-level-3", &level.pty),
+            noise_input = example_input("noise-hoan-kiem", &noise.pty),
+        ),
+    )
+    .unwrap();
+    let mut gateway = GatewayProcess::spawn(&config).unwrap();
+
+    // When: both have played their stream to the end.
+    let level_out = level.finish(Duration::from_secs(180)).unwrap();
+    let noise_out = noise.finish(Duration::from_secs(180)).unwrap();
+    let ls = summary(&level_out);
+    let ns = summary(&noise_out);
+    assert_eq!(ls["frames"], LEVEL_LINES, "{ls}");
+    assert_eq!(ls["dropped_bytes"], 0, "{ls}");
+    assert_eq!(ns["frames"], NOISE_LINES, "{ns}");
+    assert_eq!(ns["dropped_bytes"], 0, "{ns}");
+    let fault = |s: &Value, f: &str| s["faults"][f].as_u64().unwrap_or(0) as f64;
+    for f in ["checksum", "truncate", "noise", "invalid", "split"] {
+        assert!(fault(ls, f) > 0.0, "seed 21 should inject {f}: {ls}");
+    }
+    for f in ["truncate", "noise", "invalid", "split"] {
+        assert!(fault(ns, f) > 0.0, "seed 22 should inject {f}: {ns}");
+    }
+
+    // Then: the store holds exactly what the manifests say, nothing of the faulty lines.
+    for (name, manifest) in [("level", &level_manifest), ("noise", &noise_manifest)] {
+        let kinds = entries_by_kind(manifest);
+        let verdict = SensorSim::verify_until_passed(
+            manifest,
+            &vm.url(),
+            StoreApi::V2,
+            &["--gateway-id", GATEWAY_ID],
+            Duration::from_secs(60),
+            Duration::from_secs(20),
+        )
+        .unwrap();
+        assert!(
+            verdict.passed(),
+            "{name}:\n{verdict}\n{}",
+            gateway.log_tail(40)
+        );
+        let c = verdict.counts();
+        assert_eq!(
+            (c.missing, c.mismatched, c.duplicates, c.leaked),
+            (0, 0, 0, 0)
+        );
+        assert_eq!(c.expected, kinds["stored"], "{name}: {verdict}");
+        assert_eq!(c.rejected_sent, kinds["rejected"], "{name}: {verdict}");
+        assert!(kinds["stored"] >= 100, "{name}: {kinds:?}");
+    }
+
+    // Then: every injected fault is one count at the gateway, of the kind the player says.
+    let metrics = gateway_metrics(http_port);
+    let frames = |port: &str, result: &str| {
+        metric_in(
+            &metrics,
+            "serial_frames_total",
+            &[("port", port), ("result", result)],
+        )
+    };
+    let bad = |port: &str, reason: &str| {
+        metric_in(
+            &metrics,
+            "serial_frames_bad_total",
+            &[("port", port), ("reason", reason)],
+        )
+    };
+    let l = "canal-level-3";
+    assert_eq!(frames(l, "ok"), expect(ls, "ok"), "{metrics}");
+    assert_eq!(frames(l, "no_values"), expect(ls, "no_values"));
+    assert_eq!(frames(l, "no_match"), 0.0);
+    assert_eq!(bad(l, "checksum"), expect(ls, "checksum"));
+    assert_eq!(bad(l, "no_checksum"), expect(ls, "no_checksum"));
+    assert_eq!(bad(l, "truncated"), expect(ls, "truncated"));
+    // A torn line and the one glued to it fail the checksum once; a torn last line is
+    // `truncated` once the port is idle.
+    assert_eq!(
+        bad(l, "checksum") + bad(l, "truncated"),
+        fault(ls, "checksum") + fault(ls, "truncate")
+    );
+    assert_eq!(bad(l, "no_checksum"), fault(ls, "noise"));
+    let n = "noise-hoan-kiem";
+    assert_eq!(frames(n, "ok"), expect(ns, "ok"), "{metrics}");
+    assert_eq!(frames(n, "skipped"), 1.0, "the header");
+    assert_eq!(frames(n, "no_match"), expect(ns, "no_match"));
+    assert_eq!(bad(n, "truncated"), expect(ns, "truncated"));
+    assert_eq!(
+        frames(n, "no_match") + bad(n, "truncated"),
+        fault(ns, "truncate") + fault(ns, "noise")
+    );
+    assert_eq!(frames(n, "no_values"), 0.0);
+
+    gateway.sigterm();
+    gateway.wait_exit(Duration::from_secs(10)).unwrap();
+}
+
+/// (year, month, day) of a day number since 1970-01-01 (Howard Hinnant's `civil_from_days`).
+fn civil_from_days(z: i64) -> (i64, i64, i64) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    (yoe + era * 400 + i64::from(m <= 2), m, d)
 }

@@ -35,9 +35,24 @@
 //! Each reading carries the fix's own UTC time. RMC carries date and time; GGA and GLL carry only
 //! the time of day, combined with the last date an RMC (with a fix) gave, moved a day forward when
 //! that would put it more than 12 h before the previous fix (midnight passed). Before any date is
-//! known, the time of day is put on the UTC day that brings it nearest the receipt time. VTG has
-//! no time: it takes the time of the fix sentence received just before it in the same burst
-//! (within [`SAME_BURST_NS`]), else the receipt time. Two-digit years are 1980–2079.
+//! known, the time of day is put on the UTC day that brings it nearest the receipt time. Two-digit
+//! years are 1980–2079.
+//!
+//! VTG has no time of its own: it belongs to the fix whose RMC/GGA came just before it (receivers
+//! print a fix's RMC and GGA before its VTG: u-blox, SiRF, MediaTek). It takes that fix's time
+//! only when
+//!
+//! 1. the fix sentence was received at most [`SAME_BURST_NS`] before it,
+//! 2. no line was rejected after that fix sentence (bad checksum, torn, malformed, too long)
+//!    and no sentence said "no fix" — either could have been this VTG's own fix, and
+//! 3. no other VTG took that fix time already (a fix has one VTG; sentences can also vanish
+//!    without a trace, when a serial buffer overruns).
+//!
+//! Otherwise the VTG makes **no** reading and is counted as `no_time`: at 10 fixes a second, a
+//! fix whose RMC and GGA were both corrupt would otherwise lend its speed to the previous fix's
+//! point, a wrong speed at a real time. Only a receiver that has printed no timed fix sentence
+//! at all since the port opened (a VTG-only configuration) gets its VTGs stamped on receipt.
+//! An RMC, GGA or GLL with an empty time field is placed as a VTG is.
 
 use std::collections::BTreeMap;
 
@@ -366,6 +381,11 @@ pub struct NmeaDecoder {
     last_date: Option<i64>,
     /// The last fix time given to a reading, and when its sentence was received.
     last_fix: Option<(i64, i64)>,
+    /// The fix time a VTG may take (rules 1–3 of the module docs) and when its sentence was
+    /// received; cleared by a rejected line, a no-fix sentence or a VTG taking it.
+    vtg_time: Option<(i64, i64)>,
+    /// The fix time the last VTG took.
+    vtg_taken: Option<i64>,
 }
 
 impl NmeaDecoder {
@@ -375,6 +395,8 @@ impl NmeaDecoder {
             spec,
             last_date: None,
             last_fix: None,
+            vtg_time: None,
+            vtg_taken: None,
         }
     }
 
@@ -396,34 +418,54 @@ impl NmeaDecoder {
     /// The port went idle: an unfinished sentence is torn.
     pub fn flush(&mut self, out: &mut LineOutput) {
         if self.framer.flush() > 0 {
+            self.rejected(BadLine::Truncated);
             out.bad.push(BadLine::Truncated);
         }
     }
 
-    /// Forgets an unfinished sentence without counting it (the port was reopened).
+    /// Forgets an unfinished sentence without counting it (the port was reopened: sentences
+    /// may have been lost, so no VTG takes a fix time from before).
     pub fn reset(&mut self) {
         self.framer.flush();
+        self.vtg_time = None;
     }
 
     fn line(&mut self, line: &[u8], received_ns: i64, out: &mut LineOutput) {
         let (sentence, before) = parse_sentence(line);
         if let Some(b) = before {
+            self.rejected(b);
             out.bad.push(b);
         }
         match sentence {
-            Err(bad) => out.bad.push(bad),
-            Ok(Sentence::Other) => out.skipped += 1,
-            Ok(Sentence::NoFix) => out.no_fix += 1,
-            Ok(Sentence::Fix(fix)) => {
-                let ts = self.fix_time(&fix, received_ns);
-                out.good += 1;
-                out.readings.push(self.reading(fix, ts));
+            Err(bad) => {
+                self.rejected(bad);
+                out.bad.push(bad);
             }
+            Ok(Sentence::Other) => out.skipped += 1,
+            Ok(Sentence::NoFix) => {
+                self.vtg_time = None;
+                out.no_fix += 1;
+            }
+            Ok(Sentence::Fix(fix)) => match self.fix_time(&fix, received_ns) {
+                Some(ts) => {
+                    out.good += 1;
+                    out.readings.push(self.reading(fix, ts));
+                }
+                None => out.no_time += 1,
+            },
         }
     }
 
-    /// The time rules of the module docs.
-    fn fix_time(&mut self, fix: &Fix, received_ns: i64) -> i64 {
+    /// A rejected line may have been the fix sentence a following VTG belongs to (rule 2);
+    /// bytes without a start character (noise) cannot.
+    fn rejected(&mut self, bad: BadLine) {
+        if bad != BadLine::Noise {
+            self.vtg_time = None;
+        }
+    }
+
+    /// The time rules of the module docs; `None`: a VTG that cannot be placed.
+    fn fix_time(&mut self, fix: &Fix, received_ns: i64) -> Option<i64> {
         let ts = match (fix.date_days, fix.time_of_day_ns) {
             (Some(days), Some(tod)) => {
                 self.last_date = Some(days);
@@ -454,11 +496,18 @@ impl NmeaDecoder {
         match ts {
             Some(t) => {
                 self.last_fix = Some((t, received_ns));
-                t
+                if self.vtg_taken != Some(t) {
+                    self.vtg_time = Some((t, received_ns));
+                }
+                Some(t)
             }
-            None => match self.last_fix {
-                Some((t, at)) if (0..=SAME_BURST_NS).contains(&(received_ns - at)) => t,
-                _ => received_ns,
+            None if self.last_fix.is_none() => Some(received_ns),
+            None => match self.vtg_time.take() {
+                Some((t, at)) if (0..=SAME_BURST_NS).contains(&(received_ns - at)) => {
+                    self.vtg_taken = Some(t);
+                    Some(t)
+                }
+                _ => None,
             },
         }
     }
@@ -699,6 +748,131 @@ $GPVTG,84.6,T,84.6,M,148.8,N,275.6,K,D*25\r\n",
     fn sentence(body: &str) -> String {
         let sum = text::hex2(text::nmea_checksum(body.as_bytes()));
         format!("${body}*{}{}\r\n", sum[0] as char, sum[1] as char)
+    }
+
+    /// One 10 Hz burst (RMC, GGA, VTG) of fix `n` after 2026-12-03 10:00:10 UTC, each sentence
+    /// corrupted (a byte changed, checksum kept) where asked.
+    fn burst(n: i64, corrupt: [bool; 3]) -> Vec<u8> {
+        let cs = n % 10 * 10;
+        let s = 10 + n / 10;
+        let kmh = format!("{:.1}", 30.0 + n as f64);
+        let bodies = [
+            format!("GNRMC,1000{s:02}.{cs:02},A,1046.37400,N,10641.88600,E,16.2,45.0,031226,,,A"),
+            format!("GNGGA,1000{s:02}.{cs:02},1046.37400,N,10641.88600,E,1,09,0.9,8.5,M,2.1,M,,"),
+            format!("GNVTG,45.0,T,,M,16.2,N,{kmh},K,A"),
+        ];
+        let mut out = Vec::new();
+        for (body, bad) in bodies.iter().zip(corrupt) {
+            let mut line = sentence(body).into_bytes();
+            if bad {
+                // The byte before the last comma changed: the checksum no longer matches.
+                let i = line.iter().rposition(|&b| b == b',').unwrap() - 1;
+                line[i] = if line[i] == b'1' { b'2' } else { b'1' };
+            }
+            out.extend(line);
+        }
+        out
+    }
+
+    /// (reading time, speed_kmh) of the VTG readings.
+    fn vtg_points(out: &LineOutput) -> Vec<(i64, f64)> {
+        out.readings
+            .iter()
+            .filter(|r| !r.fields.contains_key("lat"))
+            .map(|r| match r.fields.get("speed_kmh") {
+                Some(FieldValue::Float(v)) => (r.timestamp_ns, *v),
+                other => panic!("{other:?}"),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_vtg_whose_fix_sentences_were_rejected_lends_its_speed_to_no_other_fix() {
+        let t = |n: i64| epoch_ns(2026, 12, 3, 10, 0, 10) + n * 100_000_000;
+        let ok = [false; 3];
+        let mut d = decoder();
+        let mut out = LineOutput::default();
+        // Fix 0 clean; fix 1 with RMC and GGA corrupt (its VTG must not land on fix 0); fix 2
+        // clean; fix 3 with its VTG corrupt and fix 4 with RMC and GGA corrupt (fix 3's time is
+        // still untaken: rule 2 keeps fix 4's VTG off it); fix 5 clean.
+        for (n, corrupt) in [
+            (0, ok),
+            (1, [true, true, false]),
+            (2, ok),
+            (3, [false, false, true]),
+            (4, [true, true, false]),
+            (5, ok),
+        ] {
+            d.push(&burst(n, corrupt), t(n) + 40_000_000, &mut out);
+        }
+        assert_eq!(
+            vtg_points(&out),
+            vec![(t(0), 30.0), (t(2), 32.0), (t(5), 35.0)]
+        );
+        assert_eq!(out.no_time, 2);
+        assert_eq!(out.bad, vec![BadLine::Checksum; 5]);
+
+        // Fix 6's RMC and GGA vanish without a trace (a serial overrun): fix 5's time was taken
+        // by fix 5's VTG (rule 3).
+        let mut out = LineOutput::default();
+        let vtg_only = burst(6, ok);
+        let start = vtg_only.windows(6).position(|w| w == b"$GNVTG").unwrap();
+        d.push(&vtg_only[start..], t(6) + 40_000_000, &mut out);
+        assert_eq!((out.good, out.no_time, out.readings.len()), (0, 1, 0));
+
+        // RMC intact, GGA corrupt: the VTG is dropped (rule 2; the RMC carries the same speed
+        // and course), the RMC stored at its own time.
+        let mut out = LineOutput::default();
+        d.push(&burst(7, [false, true, false]), t(7) + 40_000_000, &mut out);
+        assert_eq!((out.good, out.no_time), (1, 1));
+        assert_eq!(out.readings[0].timestamp_ns, t(7));
+
+        // A torn GGA (a start character in the line before the VTG) is rejected too; line noise
+        // before the VTG is not a fix sentence and changes nothing.
+        let mut out = LineOutput::default();
+        let b = burst(8, ok);
+        let vtg = b.windows(6).position(|w| w == b"$GNVTG").unwrap();
+        let gga = b.windows(6).position(|w| w == b"$GNGGA").unwrap();
+        let mut torn = b[..gga + 20].to_vec();
+        torn.extend_from_slice(&b[vtg..]);
+        d.push(&torn, t(8) + 40_000_000, &mut out);
+        assert_eq!((out.good, out.no_time), (1, 1));
+        assert_eq!(out.bad, vec![BadLine::Truncated]);
+        let mut out = LineOutput::default();
+        let b = burst(9, ok);
+        let vtg = b.windows(6).position(|w| w == b"$GNVTG").unwrap();
+        let mut noisy = b[..vtg].to_vec();
+        noisy.extend_from_slice(b"\xfe\x81\xc3");
+        noisy.extend_from_slice(&b[vtg..]);
+        d.push(&noisy, t(9) + 40_000_000, &mut out);
+        assert_eq!(vtg_points(&out), vec![(t(9), 39.0)]);
+        assert_eq!(out.bad, vec![BadLine::Noise]);
+
+        // A VTG more than a second after its fix sentence is not placed either.
+        let mut out = LineOutput::default();
+        let b = burst(10, ok);
+        let vtg = b.windows(6).position(|w| w == b"$GNVTG").unwrap();
+        d.push(&b[..vtg], t(10), &mut out);
+        d.push(&b[vtg..], t(10) + SAME_BURST_NS + 1, &mut out);
+        assert_eq!((out.good, out.no_time), (2, 1));
+    }
+
+    #[test]
+    fn a_receiver_printing_only_vtg_gets_receipt_times() {
+        let mut d = decoder();
+        let mut out = LineOutput::default();
+        d.push(
+            b"$GPVTG,054.7,T,034.4,M,005.5,N,010.2,K*48\r\n",
+            1_000,
+            &mut out,
+        );
+        d.push(
+            b"$GPVTG,054.7,T,034.4,M,005.5,N,010.2,K*48\r\n",
+            2_000,
+            &mut out,
+        );
+        let times: Vec<i64> = out.readings.iter().map(|r| r.timestamp_ns).collect();
+        assert_eq!((times, out.no_time), (vec![1_000, 2_000], 0));
     }
 
     #[test]

@@ -79,6 +79,9 @@ pub struct LineOutput {
     pub skipped: u64,
     /// Valid NMEA sentences saying the receiver has no fix (RMC status `V`, GGA quality 0, …).
     pub no_fix: u64,
+    /// Valid NMEA VTG sentences (which carry no time) that could not be placed at a fix time:
+    /// the fix sentences before them were rejected, or their fix time was already taken.
+    pub no_time: u64,
     /// `lines`: lines the pattern did not match.
     pub no_match: u64,
     /// `lines`: lines that matched but whose every field was empty or a `drop_values` sentinel
@@ -105,6 +108,7 @@ impl LineOutput {
         self.good = 0;
         self.skipped = 0;
         self.no_fix = 0;
+        self.no_time = 0;
         self.no_match = 0;
         self.no_values = 0;
         self.unmatched.clear();

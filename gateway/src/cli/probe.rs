@@ -59,6 +59,7 @@ struct Tally {
     good: u64,
     skipped: u64,
     no_fix: u64,
+    no_time: u64,
     no_match: u64,
     no_values: u64,
     bad: BTreeMap<&'static str, u64>,
@@ -304,6 +305,7 @@ async fn listen(
                 tally.good += out.good;
                 tally.skipped += out.skipped;
                 tally.no_fix += out.no_fix;
+                tally.no_time += out.no_time;
                 tally.no_match += out.no_match;
                 tally.no_values += out.no_values;
                 // A traced decoder shows every line with its outcome (no_match ones included).
@@ -367,6 +369,9 @@ async fn listen(
             let mut extra = String::new();
             if t.no_fix > 0 {
                 extra.push_str(&format!(", no fix {}", t.no_fix));
+            }
+            if t.no_time > 0 {
+                extra.push_str(&format!(", VTG without a fix time {}", t.no_time));
             }
             if t.no_match > 0 {
                 extra.push_str(&format!(", no match {}", t.no_match));

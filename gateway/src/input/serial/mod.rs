@@ -47,7 +47,7 @@
 //!
 //! # Metrics (label `port` = the input's `name`, else its device path)
 //!
-//! `serial_frames_total{port,result=ok|skipped|no_fix|no_match|no_values|bad}`, `serial_frames_bad_total{port,reason}`
+//! `serial_frames_total{port,result=ok|skipped|no_fix|no_time|no_match|no_values|bad}`, `serial_frames_bad_total{port,reason}`
 //! (reasons: [`crate::decode::serial_frame::BadFrame::label`], the node decoder's labels, or
 //! the text protocols' [`crate::decode::text_line::BadLine::label`]: `checksum`, `too_long`, …), `serial_port_up{port}` (0/1),
 //! `serial_port_down_since_seconds{port}` (Unix time the port went down, 0 while up),

@@ -28,6 +28,8 @@ pub struct StreamOutput {
     pub node_duplicates: u64,
     /// Text protocols: valid sentences saying the receiver has no fix.
     pub no_fix: u64,
+    /// NMEA: valid VTG sentences that could not be placed at a fix time.
+    pub no_time: u64,
     /// Text protocols: lines no pattern matched, and the first of them (for the probe).
     pub no_match: u64,
     pub unmatched: Vec<String>,
@@ -48,6 +50,7 @@ impl StreamOutput {
         self.node_reboots = 0;
         self.node_duplicates = 0;
         self.no_fix = 0;
+        self.no_time = 0;
         self.no_match = 0;
         self.unmatched.clear();
         self.no_values = 0;
@@ -60,6 +63,7 @@ impl StreamOutput {
         self.good += lines.good;
         self.skipped += lines.skipped;
         self.no_fix += lines.no_fix;
+        self.no_time += lines.no_time;
         self.no_match += lines.no_match;
         self.unmatched.append(&mut lines.unmatched);
         self.no_values += lines.no_values;
@@ -417,6 +421,10 @@ fn count_frames(port: &str, status: &StatusRegistry, out: &StreamOutput) {
     if out.no_fix > 0 {
         metrics::counter!("serial_frames_total", "port" => port.to_owned(), "result" => "no_fix")
             .increment(out.no_fix);
+    }
+    if out.no_time > 0 {
+        metrics::counter!("serial_frames_total", "port" => port.to_owned(), "result" => "no_time")
+            .increment(out.no_time);
     }
     if out.no_match > 0 {
         metrics::counter!("serial_frames_total", "port" => port.to_owned(), "result" => "no_match")
