@@ -51,8 +51,8 @@
 //! gateway gives a VTG, which has no time, the time of the fix sentence it received just
 //! before; a VTG after only faulted RMC/GGA would land on the previous fix, so the receiver
 //! here leaves the VTG out of such a burst (counted as `vtg_withheld`).
-//! [`ExpectedCounts`] says what the gateway's `serial_frames_total` and
-//! `serial_frames_bad_total` must count for the stream.
+//! [`ExpectedCounts`] says what the gateway's `ioc_gateway_serial_frames_total` and
+//! `ioc_gateway_serial_frames_bad_total` must count for the stream.
 
 use std::collections::BTreeMap;
 use std::str::FromStr;
@@ -205,8 +205,8 @@ pub struct ReceiverOptions {
     pub period_ms: i64,
 }
 
-/// What the gateway must count for a stream (`serial_frames_total{result}` and
-/// `serial_frames_bad_total{reason}`).
+/// What the gateway must count for a stream (`ioc_gateway_serial_frames_total{result}` and
+/// `ioc_gateway_serial_frames_bad_total{reason}`).
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ExpectedCounts {
     /// Sentences that made a reading (`result="ok"`).

@@ -15,7 +15,7 @@
 //!   and corrupt messages.
 //!
 //! Both print, at the end, a JSON summary with `expect`: what the gateway's
-//! `serial_frames_total{result}` / `serial_frames_bad_total{reason}` must have counted.
+//! `ioc_gateway_serial_frames_total{result}` / `ioc_gateway_serial_frames_bad_total{reason}` must have counted.
 
 use std::collections::BTreeMap;
 use std::os::fd::AsRawFd;
