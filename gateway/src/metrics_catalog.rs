@@ -581,8 +581,10 @@ mod tests {
                     .filter(|(_, key)| *key)
                     .map(|(l, _)| l.clone())
                     .collect();
+                let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+                let shown = path.strip_prefix(&root).unwrap_or(path);
                 out.push(Site {
-                    at: format!("{}:{line}", path.display()),
+                    at: format!("{}:{line}", shown.display()),
                     kind,
                     name,
                     labels,
