@@ -581,8 +581,7 @@ mod tests {
                     .filter(|(_, key)| *key)
                     .map(|(l, _)| l.clone())
                     .collect();
-                let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-                let shown = path.strip_prefix(&root).unwrap_or(path);
+                let shown = path.strip_prefix(workspace_root()).unwrap_or(path);
                 out.push(Site {
                     at: format!("{}:{line}", shown.display()),
                     kind,
@@ -593,12 +592,16 @@ mod tests {
         }
     }
 
+    fn workspace_root() -> &'static Path {
+        let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+        manifest.parent().unwrap_or(manifest)
+    }
+
     /// The recording sites of the gateway's sources and of every crate under `crates/`.
     fn recording_sites() -> Vec<Site> {
-        let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
         let mut files = Vec::new();
-        rust_files(&manifest.join("src"), &mut files);
-        let crates = manifest.join("../crates");
+        rust_files(&workspace_root().join("gateway/src"), &mut files);
+        let crates = workspace_root().join("crates");
         if let Ok(entries) = std::fs::read_dir(&crates) {
             for entry in entries.flatten() {
                 rust_files(&entry.path().join("src"), &mut files);
@@ -761,7 +764,7 @@ mod tests {
         const BEGIN: &str =
             "<!-- metrics table: generated from gateway/src/metrics_catalog.rs -->\n";
         const END: &str = "<!-- end of metrics table -->";
-        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md");
+        let path = workspace_root().join("README.md");
         let readme = std::fs::read_to_string(&path).expect("README.md readable");
         let (Some(start), Some(end)) = (readme.find(BEGIN), readme.find(END)) else {
             panic!("README.md has no metrics table markers ({BEGIN:?} … {END:?})");

@@ -247,6 +247,13 @@ fn json_webhooks_plain_gzip_and_multipart_are_stored_exactly() {
         .unwrap();
     assert_eq!(detected.values, vec![1_742_259_179_426.0]);
     let metrics = gateway_metrics(s.http_port);
+    // The page of a real run with a webhook input: every family prefixed and documented.
+    let problems = ioc_e2e::metrics_page_problems(&metrics);
+    assert!(
+        problems.is_empty(),
+        "/metrics: {}\n{metrics}",
+        problems.join("\n")
+    );
     assert_eq!(
         metric_in(
             &metrics,
