@@ -125,7 +125,7 @@ pub const CATALOG: &[MetricDoc] = &[
         "clock_synchronised",
         &[],
         None,
-        "1 while the wall clock is trusted (kernel reports it synchronised, or clock.assume_synced), else 0",
+        "1 while the wall clock is trusted (kernel reports it synchronised, or [clock] assume_synced), else 0",
     ),
     counter(
         "clock_steps_total",
