@@ -1,5 +1,5 @@
 //! Records which build this is: the git commit the binary was built from, so `--version`,
-//! `/healthz`, the live page and the `build_info` metric can say which build a box runs.
+//! `/healthz`, the live page and the `ioc_gateway_build_info` metric can say which build a box runs.
 //!
 //! `IOC_GATEWAY_COMMIT` set at build time wins (a package built from a tarball has no `.git`);
 //! otherwise `git rev-parse`; otherwise `unknown`.

@@ -23,6 +23,7 @@ pub mod http;
 pub mod input;
 pub mod limits;
 pub mod loglimit;
+pub mod metrics_catalog;
 pub mod output;
 pub mod pipeline;
 pub mod reload;

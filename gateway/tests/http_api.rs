@@ -97,6 +97,40 @@ async fn scrape(gw: &TestGateway) -> prometheus_parse::Scrape {
     prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_owned()))).unwrap()
 }
 
+/// Every metric of the catalogue, touched with its labels, shows on `/metrics` under
+/// `ioc_gateway_<name>` with its type and its `# HELP` text, and nothing on the page lacks
+/// either (the e2e tests check the same on a real run's page).
+#[tokio::test]
+async fn every_metric_on_metrics_has_the_prefix_type_and_help() {
+    use ioc_gateway::metrics_catalog::{Kind, CATALOG};
+    let gw = TestGateway::start(None, settings()).await;
+    for m in CATALOG {
+        let labels: Vec<metrics::Label> = m
+            .labels
+            .iter()
+            .map(|k| metrics::Label::new(*k, "catalogue-test"))
+            .collect();
+        // Registered, values untouched: the other tests of this binary read some of them.
+        match m.kind {
+            Kind::Counter => drop(metrics::counter!(m.name, labels)),
+            Kind::Gauge => drop(metrics::gauge!(m.name, labels)),
+            Kind::Histogram => drop(metrics::histogram!(m.name, labels)),
+        }
+    }
+    let (code, text) = get(&gw.url("/metrics"), None).await;
+    assert_eq!(code, 200);
+    let problems = ioc_e2e::metrics_page_problems(&text);
+    assert!(problems.is_empty(), "{}\n{text}", problems.join("\n"));
+    for m in CATALOG {
+        let name = m.exported_name();
+        let help = format!("# HELP {name} {}\n", m.help);
+        let kind = format!("# TYPE {name} {}\n", m.kind.as_str());
+        assert!(text.contains(&help), "{help:?} not on /metrics:\n{text}");
+        assert!(text.contains(&kind), "{kind:?} not on /metrics:\n{text}");
+    }
+    gw.stop().await;
+}
+
 #[tokio::test]
 async fn metrics_parse_and_counters_move_with_readings_and_rejects() {
     let gw = TestGateway::start(None, settings()).await;
@@ -116,22 +150,27 @@ async fn metrics_parse_and_counters_move_with_readings_and_rejects() {
     assert_eq!(
         sample_value(
             &before,
-            "build_info",
+            "ioc_gateway_build_info",
             &[
                 ("version", ioc_gateway::build_info::VERSION),
                 ("commit", ioc_gateway::build_info::COMMIT)
             ]
         ),
         Some(1.0),
-        "build_info{{version,commit}} 1"
+        "ioc_gateway_build_info{{version,commit}} 1"
     );
     let accepted = |s: &prometheus_parse::Scrape| {
-        sample_value(s, "readings_accepted_total", &[("input", "metrics-in")]).unwrap_or(0.0)
+        sample_value(
+            s,
+            "ioc_gateway_readings_accepted_total",
+            &[("input", "metrics-in")],
+        )
+        .unwrap_or(0.0)
     };
     let rejected = |s: &prometheus_parse::Scrape| {
         sample_value(
             s,
-            "readings_rejected_total",
+            "ioc_gateway_readings_rejected_total",
             &[("input", "metrics-in"), ("reason", "non_finite")],
         )
         .unwrap_or(0.0)
@@ -149,8 +188,9 @@ async fn metrics_parse_and_counters_move_with_readings_and_rejects() {
     );
     assert_eq!(lines, 2);
     ingest.commit(Priority::Normal, lines, lp).await.unwrap();
-    metrics::histogram!("http_test_latency_seconds").record(0.03);
-    metrics::histogram!("http_test_latency_seconds").record(0.2);
+    // Nothing in this test binary writes to a store: these are the only samples.
+    metrics::histogram!("output_write_seconds").record(0.03);
+    metrics::histogram!("output_write_seconds").record(0.2);
 
     let after = scrape(&gw).await;
     assert_eq!(accepted(&after), accepted(&before) + 2.0);
@@ -158,24 +198,27 @@ async fn metrics_parse_and_counters_move_with_readings_and_rejects() {
     assert_eq!(
         sample_value(
             &after,
-            "input_up",
+            "ioc_gateway_input_up",
             &[("input", "metrics-in"), ("kind", "mqtt")]
         ),
         Some(1.0)
     );
-    assert_eq!(sample_value(&after, "buffer_unsent_lines", &[]), Some(2.0));
     assert_eq!(
-        sample_value(&after, "buffer_max_bytes", &[]),
+        sample_value(&after, "ioc_gateway_buffer_unsent_lines", &[]),
+        Some(2.0)
+    );
+    assert_eq!(
+        sample_value(&after, "ioc_gateway_buffer_max_bytes", &[]),
         Some(f64::from(64u32 << 20))
     );
-    let age = sample_value(&after, "buffer_oldest_unsent_age_seconds", &[]).unwrap();
+    let age = sample_value(&after, "ioc_gateway_buffer_oldest_unsent_age_seconds", &[]).unwrap();
     assert!((0.0..5.0).contains(&age), "oldest unsent age {age}");
-    assert_eq!(sample_value(&after, "gateway_ready", &[]), Some(1.0));
+    assert_eq!(sample_value(&after, "ioc_gateway_ready", &[]), Some(1.0));
     // Histograms are real Prometheus histograms with buckets.
     let hist = after
         .samples
         .iter()
-        .find(|s| s.metric == "http_test_latency_seconds")
+        .find(|s| s.metric == "ioc_gateway_output_write_seconds")
         .expect("histogram present");
     match &hist.value {
         prometheus_parse::Value::Histogram(buckets) => {

@@ -9,7 +9,7 @@
 //!   that retry on any error or missing answer, while the gateway is killed with SIGKILL and
 //!   restarted; every webhook that got a `204` is in the store;
 //! - `bad_webhooks_get_their_status_reason_and_counter_and_nothing_else_is_lost`: each kind of
-//!   bad input with its status, reason and `readings_rejected_total` label, a good webhook after
+//!   bad input with its status, reason and `ioc_gateway_readings_rejected_total` label, a good webhook after
 //!   each one stored;
 //! - `a_full_disk_answers_503_with_retry_after`: ENOSPC on a 4 MiB tmpfs (root only; skipped
 //!   otherwise, saying so);
@@ -247,16 +247,27 @@ fn json_webhooks_plain_gzip_and_multipart_are_stored_exactly() {
         .unwrap();
     assert_eq!(detected.values, vec![1_742_259_179_426.0]);
     let metrics = gateway_metrics(s.http_port);
+    // The page of a real run with a webhook input: every family prefixed and documented.
+    let problems = ioc_e2e::metrics_page_problems(&metrics);
+    assert!(
+        problems.is_empty(),
+        "/metrics: {}\n{metrics}",
+        problems.join("\n")
+    );
     assert_eq!(
         metric_in(
             &metrics,
-            "http_input_requests_total",
+            "ioc_gateway_http_input_requests_total",
             &[("input", INPUT), ("status", "204")]
         ),
         3.0
     );
     assert_eq!(
-        metric_in(&metrics, "readings_accepted_total", &[("input", INPUT)]),
+        metric_in(
+            &metrics,
+            "ioc_gateway_readings_accepted_total",
+            &[("input", INPUT)]
+        ),
         3.0
     );
     // The input shows like the others.
@@ -579,17 +590,17 @@ fn bad_webhooks_get_their_status_reason_and_counter_and_nothing_else_is_lost() {
         assert_eq!(
             metric_in(
                 &metrics,
-                "readings_rejected_total",
+                "ioc_gateway_readings_rejected_total",
                 &[("input", INPUT), ("reason", label)]
             ),
             *n,
-            "readings_rejected_total{{reason={label}}}"
+            "ioc_gateway_readings_rejected_total{{reason={label}}}"
         );
     }
     assert_eq!(
         metric_in(
             &metrics,
-            "http_input_requests_total",
+            "ioc_gateway_http_input_requests_total",
             &[("input", INPUT), ("status", "204")]
         ),
         good as f64
@@ -597,7 +608,7 @@ fn bad_webhooks_get_their_status_reason_and_counter_and_nothing_else_is_lost() {
     assert_eq!(
         metric_in(
             &metrics,
-            "http_input_requests_total",
+            "ioc_gateway_http_input_requests_total",
             &[("input", INPUT), ("status", "401")]
         ),
         2.0

@@ -166,10 +166,10 @@ async fn serial_port_state_in_readyz_api_and_status() {
     assert_eq!(why, error);
     let (_, metrics) = get(&gw.url("/metrics"), None).await;
     assert!(
-        metrics.contains("input_up{input=\"pm-north\",kind=\"serial\"} 0"),
+        metrics.contains("ioc_gateway_input_up{input=\"pm-north\",kind=\"serial\"} 0"),
         "{metrics}"
     );
-    assert!(metrics.contains("serial_port_up{port=\"pm-north\"} 0"));
+    assert!(metrics.contains("ioc_gateway_serial_port_up{port=\"pm-north\"} 0"));
 
     // `status` says the same.
     let base = format!("http://{}", gw.addr);

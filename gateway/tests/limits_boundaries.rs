@@ -8,7 +8,6 @@ use ioc_gateway::limits::{
     LimitValues, LimitViolation, Limits, LimitsConfig, Passed, TimestampPolicy, SERIES_WINDOW_NS,
 };
 use ioc_gateway::model::{FieldValue, Reading};
-use metrics_exporter_prometheus::PrometheusBuilder;
 
 const NOW: i64 = 1_800_000_000_000_000_000;
 const S: i64 = 1_000_000_000;
@@ -338,8 +337,8 @@ fn counter(text: &str, name: &str, labels: &[(&str, &str)]) -> u64 {
 
 #[test]
 fn every_limit_has_a_distinct_reason_and_clamps_are_counted() {
-    let recorder = PrometheusBuilder::new().build_recorder();
-    let handle = recorder.handle();
+    // The gateway's own recorder, so the names are those /metrics shows.
+    let (recorder, handle) = ioc_gateway::metrics_catalog::recorder();
     metrics::with_local_recorder(&recorder, || {
         let l = limits(small());
         let mut cases: Vec<Reading> = vec![
@@ -386,7 +385,7 @@ fn every_limit_has_a_distinct_reason_and_clamps_are_counted() {
         assert_eq!(
             counter(
                 &text,
-                "readings_rejected_total",
+                "ioc_gateway_readings_rejected_total",
                 &[("input", "cam"), ("reason", reason)]
             ),
             1,
@@ -394,7 +393,11 @@ fn every_limit_has_a_distinct_reason_and_clamps_are_counted() {
         );
     }
     assert_eq!(
-        counter(&text, "readings_clamped_total", &[("input", "cam")]),
+        counter(
+            &text,
+            "ioc_gateway_readings_clamped_total",
+            &[("input", "cam")]
+        ),
         1,
         "{text}"
     );

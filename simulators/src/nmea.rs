@@ -51,9 +51,9 @@
 //! which has no time, is placed as the gateway places it (`ioc_decode::nmea0183`): at the fix
 //! time of the intact RMC/GGA just before it, unless a sentence between them was faulted or
 //! said "no fix", or an earlier VTG took that time; otherwise it must make no reading (a
-//! `rejected` entry with fault `no_time`, counted in `serial_frames_total{result="no_time"}`).
-//! [`ExpectedCounts`] says what the gateway's `serial_frames_total` and
-//! `serial_frames_bad_total` must count for the stream.
+//! `rejected` entry with fault `no_time`, counted in `ioc_gateway_serial_frames_total{result="no_time"}`).
+//! [`ExpectedCounts`] says what the gateway's `ioc_gateway_serial_frames_total` and
+//! `ioc_gateway_serial_frames_bad_total` must count for the stream.
 
 use std::collections::BTreeMap;
 use std::str::FromStr;
@@ -206,8 +206,8 @@ pub struct ReceiverOptions {
     pub period_ms: i64,
 }
 
-/// What the gateway must count for a stream (`serial_frames_total{result}` and
-/// `serial_frames_bad_total{reason}`).
+/// What the gateway must count for a stream (`ioc_gateway_serial_frames_total{result}` and
+/// `ioc_gateway_serial_frames_bad_total{reason}`).
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ExpectedCounts {
     /// Sentences that made a reading (`result="ok"`).

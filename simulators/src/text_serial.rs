@@ -19,7 +19,7 @@
 //!   to a torn one and a line of sentinels only; `exclusive`, as NMEA.
 //!
 //! All print, at the end, a JSON summary with `expect`: what the gateway's
-//! `serial_frames_total{result}` / `serial_frames_bad_total{reason}` must have counted.
+//! `ioc_gateway_serial_frames_total{result}` / `ioc_gateway_serial_frames_bad_total{reason}` must have counted.
 
 use std::collections::BTreeMap;
 use std::os::fd::AsRawFd;

@@ -20,6 +20,7 @@
 //! | [`SensorSim`] | runs the real `sensor-sim run` (→ [`RunSummary`]) and `sensor-sim verify` (→ [`VerifyOutcome`]); [`ManifestCounts`] reads a manifest |
 //! | [`bin_path`], [`free_port`], [`wait_until`], [`HeavyTestLock`], [`gzip`] | small helpers |
 //! | [`http_get`], [`gateway_metrics`], [`metric_in`] | a GET with a timeout; a gateway's `/metrics`, and one metric summed from it |
+//! | [`metrics_page_problems`] | what a `/metrics` page breaks of the gateway's naming rules: a family without `# HELP`, a name without the `ioc_gateway_` prefix |
 //! | [`WebhookClient`] | keep-alive HTTP/1.1 POSTs to a webhook input, exact bytes, a missing answer told apart from a status |
 //! | [`pty()`] ([`Pty`]) | a raw pseudo-terminal pair standing in for a USB serial adapter |
 //! | [`SerialSim`] | runs `sensor-sim serial` (a simulated instrument on a pty it creates, behind a link) and collects its summary |
@@ -330,6 +331,65 @@ pub fn metric_in(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
     sum
 }
 
+/// The prefix of every metric the gateway exports.
+pub const METRIC_PREFIX: &str = "ioc_gateway_";
+
+/// What the Prometheus text `text` (a gateway's `/metrics`) breaks of the gateway's rules, one
+/// line per problem (empty when none): every `# TYPE` line has a `# HELP` line with text for the
+/// same name before it, every sample belongs to a family with a `# TYPE` line, and every name
+/// starts with [`METRIC_PREFIX`] exactly once. An empty page is a problem too (nothing was
+/// checked).
+pub fn metrics_page_problems(text: &str) -> Vec<String> {
+    let mut problems = Vec::new();
+    let mut helped = std::collections::BTreeSet::new();
+    let mut typed: std::collections::BTreeMap<String, String> = Default::default();
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("# HELP ") {
+            let (name, help) = rest.split_once(' ').unwrap_or((rest, ""));
+            if help.trim().is_empty() {
+                problems.push(format!("{name}: empty # HELP text"));
+            }
+            helped.insert(name.to_owned());
+        } else if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (name, kind) = rest.split_once(' ').unwrap_or((rest, ""));
+            if !helped.contains(name) {
+                problems.push(format!(
+                    "{name}: # TYPE {kind} without a # HELP line before it"
+                ));
+            }
+            typed.insert(name.to_owned(), kind.to_owned());
+        } else if !line.starts_with('#') && !line.trim().is_empty() {
+            let series = line.rsplit_once(' ').map_or(line, |(s, _)| s);
+            let name = series.split_once('{').map_or(series, |(n, _)| n);
+            let family = ["_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|suffix| {
+                    let base = name.strip_suffix(suffix)?;
+                    matches!(
+                        typed.get(base).map(String::as_str),
+                        Some("histogram" | "summary")
+                    )
+                    .then_some(base)
+                })
+                .unwrap_or(name);
+            if !typed.contains_key(family) {
+                problems.push(format!("{name}: a sample without a # TYPE line"));
+            }
+        }
+    }
+    for name in typed.keys() {
+        if !name.starts_with(METRIC_PREFIX) {
+            problems.push(format!("{name}: does not start with {METRIC_PREFIX}"));
+        } else if name[METRIC_PREFIX.len()..].starts_with(METRIC_PREFIX) {
+            problems.push(format!("{name}: the prefix twice"));
+        }
+    }
+    if typed.is_empty() {
+        problems.push("no metric on the page".to_owned());
+    }
+    problems
+}
+
 /// Resident memory (`VmRSS`, KiB) of process `pid` now, from `/proc/<pid>/status`.
 pub fn rss_kib(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
@@ -337,4 +397,38 @@ pub fn rss_kib(pid: u32) -> Option<u64> {
         .lines()
         .find_map(|l| l.strip_prefix("VmRSS:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+#[cfg(test)]
+mod metrics_page_tests {
+    use super::metrics_page_problems;
+
+    #[test]
+    fn a_documented_prefixed_page_passes() {
+        let page = "# HELP ioc_gateway_a_total What a counts.\n# TYPE ioc_gateway_a_total counter\n\
+                    ioc_gateway_a_total{input=\"x\"} 3\n\n\
+                    # HELP ioc_gateway_w_seconds How long.\n# TYPE ioc_gateway_w_seconds histogram\n\
+                    ioc_gateway_w_seconds_bucket{le=\"0.5\"} 1\nioc_gateway_w_seconds_bucket{le=\"+Inf\"} 1\n\
+                    ioc_gateway_w_seconds_sum 0.2\nioc_gateway_w_seconds_count 1\n";
+        assert_eq!(metrics_page_problems(page), Vec::<String>::new());
+    }
+
+    #[test]
+    fn missing_help_prefix_or_type_is_reported() {
+        let page = "# TYPE ioc_gateway_a_total counter\nioc_gateway_a_total 1\n\
+                    # HELP node_reboots_total Reboots.\n# TYPE node_reboots_total counter\nnode_reboots_total 2\n\
+                    # HELP ioc_gateway_ioc_gateway_b B.\n# TYPE ioc_gateway_ioc_gateway_b gauge\nioc_gateway_ioc_gateway_b 1\n\
+                    stray 5\n";
+        let problems = metrics_page_problems(page);
+        assert_eq!(
+            problems,
+            [
+                "ioc_gateway_a_total: # TYPE counter without a # HELP line before it",
+                "stray: a sample without a # TYPE line",
+                "ioc_gateway_ioc_gateway_b: the prefix twice",
+                "node_reboots_total: does not start with ioc_gateway_",
+            ]
+        );
+        assert_eq!(metrics_page_problems(""), ["no metric on the page"]);
+    }
 }

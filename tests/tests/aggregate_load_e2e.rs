@@ -121,7 +121,7 @@ fn every_window_closes_by_the_clock_under_sustained_load_with_exact_values() {
     ));
     let late = metric_in(
         &gateway_metrics(http_port),
-        "readings_rejected_total",
+        "ioc_gateway_readings_rejected_total",
         &[("input", "env-load")],
     );
     if late != 0.0 {

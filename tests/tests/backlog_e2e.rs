@@ -16,9 +16,9 @@
 //! with VictoriaMetrics up. Then:
 //! - every one of the N readings is in VictoriaMetrics exactly once: `sensor-sim verify` finds 0
 //!   missing, 0 mismatched, 0 duplicates, and the store holds no sample beyond the manifest's;
-//! - the gateway received exactly N messages (`messages_received_total`: a redelivery would count
+//! - the gateway received exactly N messages (`ioc_gateway_messages_received_total`: a redelivery would count
 //!   twice), its log of the drain has no WARN or ERROR line (a stall, a dropped connection, a refused
-//!   commit all log at warn or above), `mqtt_connection_errors_total` is 0, and the broker's log
+//!   commit all log at warn or above), `ioc_gateway_mqtt_connection_errors_total` is 0, and the broker's log
 //!   shows no keep-alive timeout and exactly one new connection of the gateway for the drain;
 //! - printed: drain rate (messages/s from the restart to the moment the last reading is queryable),
 //!   the gateway's CPU seconds over that run and µs per message, and its peak RSS.
@@ -304,7 +304,7 @@ fn when_the_gateway_comes_back_and_drains_the_backlog(
     let log = gateway.log()[log_before..].to_string();
     let connection_errors = metric_in(
         &metrics,
-        "mqtt_connection_errors_total",
+        "ioc_gateway_mqtt_connection_errors_total",
         &[("input", "backlog")],
     );
     DrainRun {
@@ -325,12 +325,12 @@ fn then_the_drain_did_not_stall(run: &DrainRun, broker: &Mosquitto, max_inflight
         panic!(
             "backlog drain stalled with max_inflight_messages {max_inflight}: {why}; \
              broker keep-alive timeouts {}, gateway connections {}, \
-             mqtt_connection_errors_total {}, messages_received_total {}\n\
+             ioc_gateway_mqtt_connection_errors_total {}, ioc_gateway_messages_received_total {}\n\
              --- gateway warnings ---\n{}\n--- broker log ---\n{}",
             run.broker_timeouts,
             run.connections,
             run.connection_errors,
-            metric_in(&run.metrics, "messages_received_total", &[]),
+            metric_in(&run.metrics, "ioc_gateway_messages_received_total", &[]),
             warnings(&run.log).join("\n"),
             broker.log_tail(20)
         );
@@ -400,7 +400,7 @@ fn then_each_message_arrived_once_on_one_connection_without_a_warning(
     broker: &Mosquitto,
     n: u64,
 ) {
-    let received = metric_in(&run.metrics, "messages_received_total", &[]);
+    let received = metric_in(&run.metrics, "ioc_gateway_messages_received_total", &[]);
     assert_eq!(
         received, n as f64,
         "messages the gateway received in the drain run (a redelivery counts twice)"

@@ -85,7 +85,7 @@ impl CityGateway {
         }
     }
 
-    /// Sum of `readings_rejected_total` over all inputs and reasons, from `/metrics`.
+    /// Sum of `ioc_gateway_readings_rejected_total` over all inputs and reasons, from `/metrics`.
     fn rejected_total(&self) -> u64 {
         let text = ureq::get(&format!("http://127.0.0.1:{}/metrics", self.http_port))
             .timeout(Duration::from_secs(5))
@@ -94,7 +94,7 @@ impl CityGateway {
             .and_then(|r| r.into_string().ok())
             .unwrap_or_default();
         text.lines()
-            .filter(|l| l.starts_with("readings_rejected_total"))
+            .filter(|l| l.starts_with("ioc_gateway_readings_rejected_total"))
             .filter_map(|l| l.rsplit_once(' '))
             .filter_map(|(_, v)| v.parse::<f64>().ok())
             .sum::<f64>() as u64
@@ -226,7 +226,7 @@ fn assert_rejections_counted(gateway: &CityGateway, played: &[Played]) {
         );
     }
     eprintln!(
-        "gateway /metrics: readings_rejected_total = {got} (manifests: {want}, {resent} re-sent)"
+        "gateway /metrics: ioc_gateway_readings_rejected_total = {got} (manifests: {want}, {resent} re-sent)"
     );
 }
 

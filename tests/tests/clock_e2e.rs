@@ -20,7 +20,7 @@
 //!    within 1 s of it, until the wall clock passes it again.
 //!
 //! Every receipt-stamped point carries `clock_unsynced=true`, no device-stamped one does;
-//! `clock_steps_total` counts one forward and one backward step; nothing is refused.
+//! `ioc_gateway_clock_steps_total` counts one forward and one backward step; nothing is refused.
 
 use std::path::Path;
 use std::time::Duration;
@@ -242,11 +242,17 @@ listen = "127.0.0.1:{http}"
     assert!(d.iter().all(|(_, _, tag)| tag.is_none()), "{d:?}");
 
     let metrics = gateway_metrics(http);
-    let steps = |direction| metric_in(&metrics, "clock_steps_total", &[("direction", direction)]);
+    let steps = |direction| {
+        metric_in(
+            &metrics,
+            "ioc_gateway_clock_steps_total",
+            &[("direction", direction)],
+        )
+    };
     assert_eq!(steps("forward"), 1.0, "{}", gateway.log_tail(30));
     assert_eq!(steps("backward"), 1.0, "{}", gateway.log_tail(30));
     assert_eq!(
-        metric_in(&metrics, "readings_rejected_total", &[]),
+        metric_in(&metrics, "ioc_gateway_readings_rejected_total", &[]),
         0.0,
         "{}",
         gateway.log_tail(30)

@@ -122,17 +122,17 @@ impl Gateway {
 
 impl Gateway {
     /// How many readings/messages of `input` were rejected for `reason`: from
-    /// `readings_rejected_total{input,reason}` on `/metrics` when the gateway serves it, else from
+    /// `ioc_gateway_readings_rejected_total{input,reason}` on `/metrics` when the gateway serves it, else from
     /// its log (`*` counts every reason; `message rejected ... reason="<reason>"` in the `input=<input>` span; each is
     /// logged, up to 10 per 10 s per input, which these tests stay under).
     fn rejections(&self, input: &str, reason: &str) -> f64 {
         let text = self.metrics_text();
-        if text.contains("readings_rejected_total") {
+        if text.contains("ioc_gateway_readings_rejected_total") {
             let mut labels = vec![("input", input)];
             if reason != "*" {
                 labels.push(("reason", reason));
             }
-            return metric_in(&text, "readings_rejected_total", &labels);
+            return metric_in(&text, "ioc_gateway_readings_rejected_total", &labels);
         }
         let span = format!("input={input} ");
         let reason_field = format!("reason=\"{reason}\"");

@@ -19,8 +19,8 @@
 use std::time::Duration;
 
 use ioc_e2e::{
-    free_port, gateway_metrics, metric_in, wait_until, GatewayProcess, HeavyTestLock, Mosquitto,
-    MqttPublisher, VictoriaMetrics,
+    free_port, gateway_metrics, metric_in, metrics_page_problems, wait_until, GatewayProcess,
+    HeavyTestLock, Mosquitto, MqttPublisher, VictoriaMetrics,
 };
 use tempfile::TempDir;
 
@@ -133,11 +133,18 @@ listen = "127.0.0.1:{http}"
     let rejected = |text: &str| {
         metric_in(
             text,
-            "readings_rejected_total",
+            "ioc_gateway_readings_rejected_total",
             &[("reason", "too_large_for_buffer")],
         )
     };
     let metrics = gateway_metrics(http);
+    // The page of a real run: every family prefixed and documented.
+    let problems = metrics_page_problems(&metrics);
+    assert!(
+        problems.is_empty(),
+        "/metrics: {}\n{metrics}",
+        problems.join("\n")
+    );
     assert!(
         arrived,
         "{} of {expected} readings stored\n{}",
@@ -175,7 +182,11 @@ listen = "127.0.0.1:{http}"
     std::thread::sleep(Duration::from_secs(3));
     let metrics = gateway_metrics(http);
     assert_eq!(
-        metric_in(&metrics, "messages_received_total", &[("input", "mqtt0")]),
+        metric_in(
+            &metrics,
+            "ioc_gateway_messages_received_total",
+            &[("input", "mqtt0")]
+        ),
         0.0,
         "the broker redelivered after the restart: something was left unacked\n{}",
         gateway.log_tail(20)

@@ -213,14 +213,14 @@ fn a_line_sensor_with_faults_reaches_the_store_exactly_and_is_counted() {
     let frames = |result: &str| {
         metric_in(
             &text,
-            "serial_frames_total",
+            "ioc_gateway_serial_frames_total",
             &[("port", PORT), ("result", result)],
         )
     };
     let bad = |reason: &str| {
         metric_in(
             &text,
-            "serial_frames_bad_total",
+            "ioc_gateway_serial_frames_bad_total",
             &[("port", PORT), ("reason", reason)],
         )
     };

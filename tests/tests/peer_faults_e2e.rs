@@ -429,12 +429,20 @@ fn slow_store_backlog_goes_to_disk_memory_stays_bounded_and_all_arrives_once() {
     while flood_started.elapsed() < FLOOD_TIME {
         std::thread::sleep(Duration::from_millis(500));
         let text = gateway.metrics();
-        let received = metric_in(&text, "messages_received_total", &[("input", "mqtt0")]);
+        let received = metric_in(
+            &text,
+            "ioc_gateway_messages_received_total",
+            &[("input", "mqtt0")],
+        );
         let sent = published.load(Ordering::SeqCst) as f64;
         worst_lag = worst_lag.max(sent - received);
-        peak_backlog =
-            peak_backlog.max(metric_in(&text, "buffer_readings", &[("class", "normal")]));
-        peak_buffer_bytes = peak_buffer_bytes.max(metric_in(&text, "buffer_bytes", &[]));
+        peak_backlog = peak_backlog.max(metric_in(
+            &text,
+            "ioc_gateway_buffer_readings",
+            &[("class", "normal")],
+        ));
+        peak_buffer_bytes =
+            peak_buffer_bytes.max(metric_in(&text, "ioc_gateway_buffer_bytes", &[]));
     }
     stop.store(true, Ordering::SeqCst);
     let publisher = publisher.join().unwrap();
@@ -444,7 +452,7 @@ fn slow_store_backlog_goes_to_disk_memory_stays_bounded_and_all_arrives_once() {
 
     // The input is served at the broker's pace although the store is still slow.
     let caught_up = wait_until(Duration::from_secs(10), || {
-        gateway.metric("messages_received_total", &[("input", "mqtt0")]) >= total as f64
+        gateway.metric("ioc_gateway_messages_received_total", &[("input", "mqtt0")]) >= total as f64
     });
     let ingest_done = flood_started.elapsed();
     // Everything received is either delivered or waiting in the buffer (the gauge follows the
@@ -452,15 +460,15 @@ fn slow_store_backlog_goes_to_disk_memory_stays_bounded_and_all_arrives_once() {
     let (mut delivered_while_slow, mut backlog_now) = (0.0, 0.0);
     let accounted = wait_until(Duration::from_secs(5), || {
         let text = gateway.metrics();
-        delivered_while_slow = metric_in(&text, "output_lines_sent_total", &[]);
-        backlog_now = metric_in(&text, "buffer_readings", &[("class", "normal")]);
+        delivered_while_slow = metric_in(&text, "ioc_gateway_output_lines_sent_total", &[]);
+        backlog_now = metric_in(&text, "ioc_gateway_buffer_readings", &[("class", "normal")]);
         backlog_now + delivered_while_slow >= total as f64
     });
     let slow_requests = proxy.requests().len();
     assert!(
         caught_up,
         "the input fell behind: {} of {total} received\n{}",
-        gateway.metric("messages_received_total", &[("input", "mqtt0")]),
+        gateway.metric("ioc_gateway_messages_received_total", &[("input", "mqtt0")]),
         gateway.process.log_tail(30)
     );
     eprintln!(
@@ -498,7 +506,7 @@ fn slow_store_backlog_goes_to_disk_memory_stays_bounded_and_all_arrives_once() {
         Duration::from_secs(45),
     );
     let drained = wait_until(Duration::from_secs(10), || {
-        gateway.metric("buffer_readings", &[("class", "normal")]) == 0.0
+        gateway.metric("ioc_gateway_buffer_readings", &[("class", "normal")]) == 0.0
     });
     assert!(drained, "the buffer's backlog did not drain to 0");
     let (peak_rss, samples) = rss.stop();
@@ -680,15 +688,20 @@ fn store_500_then_429_then_hang_is_retried_with_backoff_and_nothing_is_lost() {
     }
     // The gateway counted each failed attempt under its reason, exactly.
     let text = gateway.metrics();
-    let failed =
-        |reason: &str| metric_in(&text, "output_batches_failed_total", &[("reason", reason)]);
+    let failed = |reason: &str| {
+        metric_in(
+            &text,
+            "ioc_gateway_output_batches_failed_total",
+            &[("reason", reason)],
+        )
+    };
     assert_eq!(failed("server_error"), r500.len() as f64);
     assert_eq!(failed("throttled"), r429.len() as f64);
     assert_eq!(failed("timeout"), hung.len() as f64);
     assert_eq!(failed("bad_batch"), 0.0);
     // Nothing dead-lettered.
     assert_eq!(
-        metric_in(&text, "output_dead_lettered_lines_total", &[]),
+        metric_in(&text, "ioc_gateway_output_dead_lettered_lines_total", &[]),
         0.0
     );
     assert!(!gateway.data_dir.join("dead-letter.lp").exists());
@@ -819,7 +832,7 @@ fn serial_port_spewing_garbage_keeps_the_gateway_up_and_every_valid_frame_decode
         vm.url()
     ));
     let up = wait_until(Duration::from_secs(20), || {
-        gateway.metric("serial_port_up", &[("port", "flood")]) == 1.0
+        gateway.metric("ioc_gateway_serial_port_up", &[("port", "flood")]) == 1.0
     });
     assert!(
         up,
@@ -942,13 +955,13 @@ fn serial_port_spewing_garbage_keeps_the_gateway_up_and_every_valid_frame_decode
     let expect_noise = stream.good + stream.checksum_frames;
     let bad = |reason: &str| {
         gateway.metric(
-            "serial_frames_bad_total",
+            "ioc_gateway_serial_frames_bad_total",
             &[("port", "flood"), ("reason", reason)],
         )
     };
     let counted = wait_until(Duration::from_secs(10), || {
         gateway.metric(
-            "serial_frames_total",
+            "ioc_gateway_serial_frames_total",
             &[("port", "flood"), ("result", "ok")],
         ) >= stream.good as f64
             && bad("noise") >= expect_noise as f64
@@ -956,12 +969,12 @@ fn serial_port_spewing_garbage_keeps_the_gateway_up_and_every_valid_frame_decode
     let text = gateway.metrics();
     let ok_frames = metric_in(
         &text,
-        "serial_frames_total",
+        "ioc_gateway_serial_frames_total",
         &[("port", "flood"), ("result", "ok")],
     );
     let bad_total = metric_in(
         &text,
-        "serial_frames_total",
+        "ioc_gateway_serial_frames_total",
         &[("port", "flood"), ("result", "bad")],
     );
     let (peak_rss, samples) = rss.stop();
@@ -1169,14 +1182,18 @@ fn store_name_not_resolving_is_retried_and_nothing_is_lost_once_it_resolves() {
         gateway.log_tail(30)
     );
     let text = metrics_at(config.http_port);
-    let received = metric_in(&text, "messages_received_total", &[("input", "mqtt0")]);
+    let received = metric_in(
+        &text,
+        "ioc_gateway_messages_received_total",
+        &[("input", "mqtt0")],
+    );
     let failures = metric_in(
         &text,
-        "output_batches_failed_total",
+        "ioc_gateway_output_batches_failed_total",
         &[("reason", "connection")],
     );
-    let sent = metric_in(&text, "output_lines_sent_total", &[]);
-    let backlog = metric_in(&text, "buffer_readings", &[("class", "normal")]);
+    let sent = metric_in(&text, "ioc_gateway_output_lines_sent_total", &[]);
+    let backlog = metric_in(&text, "ioc_gateway_buffer_readings", &[("class", "normal")]);
     let log = gateway.log();
     let dns_line = log
         .lines()

@@ -298,7 +298,7 @@ fn presets_reach_the_store(store: Store<'_>) {
     let rejected = || {
         metric_in(
             &gateway_metrics(http),
-            "readings_rejected_total",
+            "ioc_gateway_readings_rejected_total",
             &[("input", "lorawan"), ("reason", "not_an_uplink")],
         )
     };

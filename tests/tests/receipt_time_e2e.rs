@@ -115,7 +115,11 @@ fn publish_phase(broker: &Mosquitto, client_id: &str, base: u64) {
 }
 
 fn messages_received(http: u16) -> f64 {
-    metric_in(&gateway_metrics(http), "messages_received_total", &[])
+    metric_in(
+        &gateway_metrics(http),
+        "ioc_gateway_messages_received_total",
+        &[],
+    )
 }
 
 /// Per sensor id: (timestamp in ms, seq) of every stored `seq` reading of this gateway.

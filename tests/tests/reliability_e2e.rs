@@ -215,7 +215,7 @@ impl Gateway {
 
     /// Lines made durable in the buffer since this process started.
     fn appended(&self) -> u64 {
-        self.metric("buffer_appended_lines_total", &[]) as u64
+        self.metric("ioc_gateway_buffer_appended_lines_total", &[]) as u64
     }
 }
 
@@ -477,9 +477,10 @@ fn then_it_dropped_the_oldest_said_so_and_stayed_alive(run: &mut DiskFullRun) ->
         gateway.healthz_ok(),
         "/healthz not OK while the disk is full"
     );
-    let errors = gateway.metric("buffer_append_errors_total", &[]) as u64;
-    let dropped_lines = gateway.metric("buffer_dropped_oldest_lines_total", &[]) as u64;
-    let dropped_segments = gateway.metric("buffer_dropped_oldest_segments_total", &[]) as u64;
+    let errors = gateway.metric("ioc_gateway_buffer_append_errors_total", &[]) as u64;
+    let dropped_lines = gateway.metric("ioc_gateway_buffer_dropped_oldest_lines_total", &[]) as u64;
+    let dropped_segments =
+        gateway.metric("ioc_gateway_buffer_dropped_oldest_segments_total", &[]) as u64;
     let log = gateway.process.log();
     eprintln!(
         "[{mode:?}] {FILL_MESSAGES} messages durable, {errors} append errors, \
@@ -575,7 +576,7 @@ fn when_space_returns_then_appends_resume_without_errors(run: &mut DiskFullRun, 
         gateway.appended(),
         gateway.process.log_tail(30)
     );
-    let errors_after = gateway.metric("buffer_append_errors_total", &[]) as u64;
+    let errors_after = gateway.metric("ioc_gateway_buffer_append_errors_total", &[]) as u64;
     eprintln!(
         "[{mode:?}] space back: {AFTER_SPACE_MESSAGES} messages durable in {:.2} s, append errors {errors} -> {errors_after}",
         space_back.elapsed().as_secs_f64()
@@ -592,7 +593,9 @@ fn when_the_store_comes_back_onto_a_filesystem_full_to_the_brim(run: &mut DiskFu
         let left = fill_to_the_brim(&run.fs_dir.join("filler-to-the-brim"));
         eprintln!("[{mode:?}] filesystem filled to the brim by another file ({left} bytes)");
     }
-    let dropped_lines = run.gateway.metric("buffer_dropped_oldest_lines_total", &[]) as u64;
+    let dropped_lines =
+        run.gateway
+            .metric("ioc_gateway_buffer_dropped_oldest_lines_total", &[]) as u64;
     run.vm.start_again().unwrap();
     dropped_lines
 }
@@ -604,8 +607,8 @@ fn then_the_buffer_drains_and_frees_its_disk(run: &DiskFullRun) {
     let gateway = &run.gateway;
     let store_back = Instant::now();
     let drained = wait_until(Duration::from_secs(40), || {
-        gateway.metric("buffer_readings", &[("class", "normal")]) == 0.0
-            && gateway.metric("buffer_unsent_lines", &[]) == 0.0
+        gateway.metric("ioc_gateway_buffer_readings", &[("class", "normal")]) == 0.0
+            && gateway.metric("ioc_gateway_buffer_unsent_lines", &[]) == 0.0
     });
     let drain_s = store_back.elapsed().as_secs_f64();
     assert!(
@@ -614,16 +617,16 @@ fn then_the_buffer_drains_and_frees_its_disk(run: &DiskFullRun) {
         gateway.process.log_tail(30)
     );
     let freed = wait_until(Duration::from_secs(10), || {
-        gateway.metric("buffer_bytes", &[]) < 600_000.0
+        gateway.metric("ioc_gateway_buffer_bytes", &[]) < 600_000.0
     });
     eprintln!(
         "[{mode:?}] drained in {drain_s:.1} s; after the drain the buffer holds {} bytes on disk",
-        gateway.metric("buffer_bytes", &[])
+        gateway.metric("ioc_gateway_buffer_bytes", &[])
     );
     assert!(
         freed,
         "delivered data not deleted: {} bytes\n{}",
-        gateway.metric("buffer_bytes", &[]),
+        gateway.metric("ioc_gateway_buffer_bytes", &[]),
         gateway.process.log_tail(30)
     );
     if mode == DiskMode::TmpfsEnospc {
@@ -682,7 +685,9 @@ fn then_every_acked_message_is_stored_or_inside_the_dropped_range(
     let flags = run.publisher.acked_flags();
     assert_eq!(flags.len() as u64, total);
     assert!(flags.iter().all(|f| *f), "broker did not ack everything");
-    let dropped_after = run.gateway.metric("buffer_dropped_oldest_lines_total", &[]) as u64;
+    let dropped_after =
+        run.gateway
+            .metric("ioc_gateway_buffer_dropped_oldest_lines_total", &[]) as u64;
     assert_eq!(
         dropped_after, dropped_lines,
         "drops after the store came back"
@@ -785,10 +790,10 @@ fn dns_failure_buffers_reports_the_host_and_delivers_exactly_once_after_the_fix(
     // Let the output fail for a while: retries go on, the log does not repeat itself per retry.
     let failing_since = Instant::now();
     let retries_enough = wait_until(Duration::from_secs(20), || {
-        gateway.metric("output_retries_total", &[]) >= 6.0
+        gateway.metric("ioc_gateway_output_retries_total", &[]) >= 6.0
     });
     std::thread::sleep(Duration::from_secs(2));
-    let retries = gateway.metric("output_retries_total", &[]) as u64;
+    let retries = gateway.metric("ioc_gateway_output_retries_total", &[]) as u64;
     let log = gateway.process.log();
     let store_lines: Vec<&str> = log
         .lines()
@@ -827,7 +832,10 @@ fn dns_failure_buffers_reports_the_host_and_delivers_exactly_once_after_the_fix(
         body.contains(&expected),
         "/readyz does not give the DNS reason: {body}"
     );
-    assert_eq!(gateway.metric("buffer_unsent_lines", &[]) as u64, N);
+    assert_eq!(
+        gateway.metric("ioc_gateway_buffer_unsent_lines", &[]) as u64,
+        N
+    );
 
     // The right URL, a restart: everything buffered arrives, each message once.
     gateway.process.sigterm();
@@ -850,7 +858,7 @@ fn dns_failure_buffers_reports_the_host_and_delivers_exactly_once_after_the_fix(
     assert_eq!(doubled, 0);
     assert_eq!(stored, (0..N).collect::<BTreeSet<u64>>());
     assert!(wait_until(Duration::from_secs(10), || gateway
-        .metric("buffer_unsent_lines", &[])
+        .metric("ioc_gateway_buffer_unsent_lines", &[])
         == 0.0));
     let rows = vm_influx_rows(&vm);
     eprintln!(
@@ -982,7 +990,7 @@ fn given_readings_buffered_after_an_ack_cursor_with_the_store_down() -> PowerCut
         wait_until(Duration::from_secs(30), || stored_numbers(&vm).0.len()
             as u64
             == M
-            && gateway.metric("buffer_unsent_lines", &[]) == 0.0),
+            && gateway.metric("ioc_gateway_buffer_unsent_lines", &[]) == 0.0),
         "phase 0 not delivered\n{}",
         gateway.process.log_tail(30)
     );
@@ -1205,7 +1213,7 @@ fn then_exactly_the_intact_records_arrive_once(cut: &PowerCut, damage: &Damage, 
     let (gateway, vm, intact) = (&cut.gateway, &cut.vm, &damage.intact);
     let all_in = wait_until(Duration::from_secs(40), || {
         stored_numbers(vm).0.len() == intact.len()
-            && gateway.metric("buffer_unsent_lines", &[]) == 0.0
+            && gateway.metric("ioc_gateway_buffer_unsent_lines", &[]) == 0.0
     });
     let recover_s = restart.elapsed().as_secs_f64();
     let (stored, doubled) = stored_numbers(vm);
@@ -1232,7 +1240,8 @@ fn then_exactly_the_intact_records_arrive_once(cut: &PowerCut, damage: &Damage, 
         ranges(intact.iter().copied()),
         "the store does not hold exactly the intact records"
     );
-    let dropped_metric = gateway.metric("buffer_recovery_dropped_bytes_total", &[]) as u64;
+    let dropped_metric =
+        gateway.metric("ioc_gateway_buffer_recovery_dropped_bytes_total", &[]) as u64;
     let rows = vm_influx_rows(vm);
     let (expected_dropped, intact_lines) = (damage.expected_dropped, damage.intact_lines);
     eprintln!(
@@ -1246,7 +1255,7 @@ fn then_exactly_the_intact_records_arrive_once(cut: &PowerCut, damage: &Damage, 
     );
     assert_eq!(
         dropped_metric, expected_dropped,
-        "buffer_recovery_dropped_bytes_total"
+        "ioc_gateway_buffer_recovery_dropped_bytes_total"
     );
     assert_eq!(
         rows,
@@ -1309,7 +1318,8 @@ fn when_the_broker_comes_back_then_only_the_unacknowledged_tail_returns(
     let settled = wait_until(Duration::from_secs(20), || {
         let redelivered = gateway.appended();
         std::thread::sleep(Duration::from_millis(500));
-        gateway.appended() == redelivered && gateway.metric("buffer_unsent_lines", &[]) == 0.0
+        gateway.appended() == redelivered
+            && gateway.metric("ioc_gateway_buffer_unsent_lines", &[]) == 0.0
     });
     assert!(settled, "redelivery did not settle");
     let redelivered = gateway.appended();

@@ -9,7 +9,10 @@
 //! value sequence per series), plus exact spot checks made here from the manifest and the store
 //! directly, and the gateway's own error counters per slave and reason.
 
-use ioc_e2e::{free_port, wait_until, GatewayProcess, SensorSim, StoreApi, VictoriaMetrics};
+use ioc_e2e::{
+    free_port, gateway_metrics, metric_in, metrics_page_problems, wait_until, GatewayProcess,
+    SensorSim, StoreApi, VictoriaMetrics,
+};
 use serde_json::Value;
 use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader};
@@ -455,15 +458,29 @@ fn then_slave_1_is_stored_and_the_faulty_slaves_are_not(vm: &VictoriaMetrics, ma
 /// at least 16 each, and no other reason for any slave), and every request to slave 1 that did not
 /// fail gave one of the readings stored (slave 1 times out only once the simulator has stopped).
 fn then_the_gateway_counts_each_fault_per_slave(http_port: u16) {
-    let errors =
-        |slave, reason| modbus_metric(http_port, "modbus_errors_total", slave, Some(reason));
+    // The page of a real run (serial ports, Modbus, store): every family prefixed and documented.
+    let page = gateway_metrics(http_port);
+    let problems = metrics_page_problems(&page);
+    assert!(
+        problems.is_empty(),
+        "/metrics: {}\n{page}",
+        problems.join("\n")
+    );
+    let errors = |slave, reason| {
+        modbus_metric(
+            http_port,
+            "ioc_gateway_modbus_errors_total",
+            slave,
+            Some(reason),
+        )
+    };
     let (timeouts, bad_crc, exceptions) = (
         errors(2, "timeout"),
         errors(3, "bad_crc"),
         errors(4, "exception"),
     );
-    let slave1_ok = modbus_metric(http_port, "modbus_requests_total", 1, None)
-        - modbus_metric(http_port, "modbus_errors_total", 1, None);
+    let slave1_ok = modbus_metric(http_port, "ioc_gateway_modbus_requests_total", 1, None)
+        - modbus_metric(http_port, "ioc_gateway_modbus_errors_total", 1, None);
     println!(
         "gateway: slave 2 timeouts {timeouts}, slave 3 bad CRC {bad_crc}, slave 4 exceptions {exceptions}, slave 1 good answers {slave1_ok}"
     );
@@ -549,7 +566,8 @@ tags = {{ district = "d2" }}
 "#,
         port = node.pty.display(),
     );
-    let config = write_config(dir.path(), &vm, None, &inputs);
+    let http_port = free_port();
+    let config = write_config(dir.path(), &vm, Some(http_port), &inputs);
     let mut gateway = GatewayProcess::spawn(&config).unwrap();
     let lines = node.finish(Duration::from_secs(40));
     let summary = lines.last().unwrap();
@@ -610,8 +628,26 @@ tags = {{ district = "d2" }}
     }
     println!("gateway log tail:\n{}", gateway.log_tail(15));
 
-    // The gateway's node counters saw the forced gap and the reboot (they are also counted as
-    // `node_frames_lost_total` and `node_reboots_total` in /metrics).
+    // The gateway's node counters saw the forced gap and the reboot, on /metrics under the
+    // gateway's prefix (not node_exporter's `node_` namespace) and in the log.
+    let page = gateway_metrics(http_port);
+    let problems = metrics_page_problems(&page);
+    assert!(
+        problems.is_empty(),
+        "/metrics: {}\n{page}",
+        problems.join("\n")
+    );
+    let node_port = [("port", "node-bus")];
+    assert_eq!(
+        metric_in(&page, "ioc_gateway_node_frames_lost_total", &node_port),
+        3.0,
+        "{page}"
+    );
+    assert_eq!(
+        metric_in(&page, "ioc_gateway_node_reboots_total", &node_port),
+        1.0,
+        "{page}"
+    );
     let log = gateway.log();
     let lost: u64 = log
         .lines()

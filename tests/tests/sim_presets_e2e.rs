@@ -301,7 +301,7 @@ fn every_preset_fixture_over_mqtt_and_as_webhook(store: Store) {
             assert_eq!(
                 metric_in(
                     &metrics,
-                    "readings_rejected_total",
+                    "ioc_gateway_readings_rejected_total",
                     &[("input", &input), ("reason", reason)]
                 ),
                 n,
@@ -314,7 +314,7 @@ fn every_preset_fixture_over_mqtt_and_as_webhook(store: Store) {
         assert!(
             !metrics
                 .lines()
-                .any(|l| l.starts_with("readings_rejected_total") && l.contains(reason)),
+                .any(|l| l.starts_with("ioc_gateway_readings_rejected_total") && l.contains(reason)),
             "{reason}:\n{metrics}"
         );
     }

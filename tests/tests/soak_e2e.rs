@@ -139,13 +139,13 @@ fn store_down_for_a_long_run_at_full_rate_keeps_memory_bounded() {
     let outage_s = started.elapsed().as_secs_f64();
     let counts = ManifestCounts::read(&manifest).unwrap();
     // Let the gateway take what the broker still holds.
-    let received = |http| metric(http, "readings_accepted_total");
+    let received = |http| metric(http, "ioc_gateway_readings_accepted_total");
     let mut last = -1.0;
     while received(http) != last {
         last = received(http);
         std::thread::sleep(Duration::from_secs(1));
     }
-    let buffered = metric(http, "buffer_unsent_lines");
+    let buffered = metric(http, "ioc_gateway_buffer_unsent_lines");
     // Every message the broker acknowledged reached the gateway (nothing dropped on the way).
     assert_eq!(
         received(http) as u64,
@@ -153,7 +153,7 @@ fn store_down_for_a_long_run_at_full_rate_keeps_memory_bounded() {
         "the gateway did not get every acknowledged message\n{}",
         gateway.log_tail(20)
     );
-    let disk = metric(http, "buffer_bytes");
+    let disk = metric(http, "ioc_gateway_buffer_bytes");
     eprintln!(
         "store down {outage_s:.0} s: sensor-sim published {} (acked {}) at {:.0} msg/s; gateway buffered {buffered} lines, {:.1} MiB on disk",
         run.published,
@@ -170,7 +170,7 @@ fn store_down_for_a_long_run_at_full_rate_keeps_memory_bounded() {
     vm.start_again().unwrap();
     let drain_started = Instant::now();
     let drain_peak = sample_peak(pid, || {
-        metric(http, "buffer_unsent_lines") == 0.0
+        metric(http, "ioc_gateway_buffer_unsent_lines") == 0.0
             || drain_started.elapsed() > Duration::from_secs(600)
     });
     let drain_s = drain_started.elapsed().as_secs_f64();
@@ -181,7 +181,7 @@ fn store_down_for_a_long_run_at_full_rate_keeps_memory_bounded() {
         gateway.peak_rss_kib().unwrap_or(0) as f64 / 1024.0
     );
     assert_eq!(
-        metric(http, "buffer_unsent_lines"),
+        metric(http, "ioc_gateway_buffer_unsent_lines"),
         0.0,
         "buffer not drained"
     );

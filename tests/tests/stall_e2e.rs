@@ -10,9 +10,9 @@
 //!
 //! - within the stall threshold (15 s) plus a little: an `ingest stalled` error in the log,
 //!   `/readyz` answering 503 with reason `ingest_stalled` naming the input, and the
-//!   `ingest_stalled{input}` gauge at 1;
+//!   `ioc_gateway_ingest_stalled{input}` gauge at 1;
 //! - meanwhile the broker connection stays up for four keep-alive periods and more (no
-//!   `mqtt_connection_errors_total`, still one "connected to broker" line): the loop that answers
+//!   `ioc_gateway_mqtt_connection_errors_total`, still one "connected to broker" line): the loop that answers
 //!   pings never waits on the disk;
 //! - when the filesystem thaws, every message published (before and during the freeze) is in
 //!   VictoriaMetrics exactly once, the gauge goes back to 0 and `/readyz` to 200.
@@ -132,7 +132,7 @@ listen = "127.0.0.1:{http}"
         readyz = get(http, "/readyz");
         readyz.0 == 503
             && readyz.1.contains("ingest_stalled")
-            && metric(http, "ingest_stalled") == 1.0
+            && metric(http, "ioc_gateway_ingest_stalled") == 1.0
             && gateway.log().contains("ingest stalled")
     });
     let reported_after = frozen_at.elapsed();
@@ -155,7 +155,7 @@ listen = "127.0.0.1:{http}"
     let hold = Duration::from_secs(22).saturating_sub(frozen_at.elapsed());
     std::thread::sleep(hold);
     assert_eq!(
-        metric(http, "mqtt_connection_errors_total"),
+        metric(http, "ioc_gateway_mqtt_connection_errors_total"),
         0.0,
         "the broker connection dropped while the disk was frozen\n{}",
         gateway.log_tail(30)
@@ -192,8 +192,10 @@ listen = "127.0.0.1:{http}"
     let twice: Vec<_> = seen.iter().filter(|(_, n)| **n > 1).collect();
     assert!(twice.is_empty(), "stored more than once: {twice:?}");
     assert!(
-        wait_until(Duration::from_secs(20), || metric(http, "ingest_stalled")
-            == 0.0
+        wait_until(Duration::from_secs(20), || metric(
+            http,
+            "ioc_gateway_ingest_stalled"
+        ) == 0.0
             && get(http, "/readyz").0 == 200),
         "still reported stalled after the thaw: {:?}\n{}",
         get(http, "/readyz"),

@@ -17,7 +17,7 @@
 //!   local time) with torn lines, noise and overloads, CR/LF/CRLF mixed: every intact line is in
 //!   the store once at its own time, without its sentinels, nothing else in the series.
 //!
-//! The gateway's `serial_frames_total` / `serial_frames_bad_total` must count exactly what the
+//! The gateway's `ioc_gateway_serial_frames_total` / `ioc_gateway_serial_frames_bad_total` must count exactly what the
 //! simulators say they injected.
 
 use std::path::{Path, PathBuf};
@@ -228,14 +228,14 @@ fn a_simulated_bus_gnss_and_a_polled_weather_station_reach_the_store_exactly() {
     let frames = |port: &str, result: &str| {
         metric_in(
             &metrics,
-            "serial_frames_total",
+            "ioc_gateway_serial_frames_total",
             &[("port", port), ("result", result)],
         )
     };
     let bad = |port: &str, reason: &str| {
         metric_in(
             &metrics,
-            "serial_frames_bad_total",
+            "ioc_gateway_serial_frames_bad_total",
             &[("port", port), ("reason", reason)],
         )
     };
@@ -253,7 +253,9 @@ fn a_simulated_bus_gnss_and_a_polled_weather_station_reach_the_store_exactly() {
     assert_eq!(frames(w, "ok"), expect(wx_summary, "ok"), "{metrics}");
     assert_eq!(bad(w, "truncated"), expect(wx_summary, "truncated"));
     assert_eq!(bad(w, "noise"), expect(wx_summary, "noise"));
-    assert!(metric_in(&metrics, "serial_polls_total", &[("port", w)]) >= ANSWERS as f64);
+    assert!(
+        metric_in(&metrics, "ioc_gateway_serial_polls_total", &[("port", w)]) >= ANSWERS as f64
+    );
 
     gateway.sigterm();
     gateway.wait_exit(Duration::from_secs(10)).unwrap();

@@ -259,7 +259,7 @@ pub fn readings_from_answer(
 pub use ioc_frames::modbus::{crc16, with_crc};
 
 /// Why a request got no usable answer. [`label`](Self::label) is the `reason` label of
-/// `modbus_errors_total{port,slave,reason}`.
+/// `ioc_gateway_modbus_errors_total{port,slave,reason}`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ModbusFailure {
     /// Nothing came back in time.

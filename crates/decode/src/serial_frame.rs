@@ -7,7 +7,7 @@
 //! still buffered (at most one frame's worth) waiting for more bytes.
 
 /// Why bytes on the line did not make a reading. [`label`](Self::label) is the stable `reason`
-/// label of `serial_frames_bad_total{port,reason}`.
+/// label of `ioc_gateway_serial_frames_bad_total{port,reason}`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum BadFrame {
     /// A complete frame whose checksum does not match its contents.

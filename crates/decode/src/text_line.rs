@@ -28,7 +28,7 @@ pub const DEFAULT_MAX_LINE_BYTES: usize = 1024;
 pub const MAX_LINE_BYTES_LIMIT: usize = 65_536;
 
 /// Why a line made no reading. [`label`](Self::label) is the stable `reason` label of
-/// `serial_frames_bad_total{port,reason}`.
+/// `ioc_gateway_serial_frames_bad_total{port,reason}`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum BadLine {
     /// The line's checksum does not match its contents.

@@ -4,7 +4,8 @@
 //! - `GET /healthz`: liveness, JSON, never authenticated;
 //! - `GET /readyz`: readiness with reasons (see [`readiness`]), 503 when not ready; `warnings`
 //!   name inputs that are down (an unplugged serial port) without making it not ready;
-//! - `GET /metrics`: Prometheus text format, with buffer gauges sampled at scrape time;
+//! - `GET /metrics`: Prometheus text format, with buffer gauges sampled at scrape time; every
+//!   name prefixed `ioc_gateway_` and described (`# HELP`) by [`crate::metrics_catalog`];
 //! - `GET /api/sensors`: every sensor with its latest values, plus inputs (MQTT connections and
 //!   serial ports, with up/down, since when, last error and, for ports, frame counts), buffer
 //!   and store;
@@ -65,11 +66,6 @@ const MAX_LIVE_CLIENTS: usize = 32;
 /// Encoded events queued per live client; beyond it the client's task waits on the socket.
 const LIVE_CLIENT_QUEUE: usize = 64;
 
-/// Buckets for every histogram (seconds): store write latency and the like.
-const LATENCY_BUCKETS: [f64; 12] = [
-    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
-];
-
 /// Why the HTTP server could not run.
 #[derive(Debug, thiserror::Error)]
 pub enum HttpError {
@@ -117,19 +113,17 @@ pub fn resolve_token(http: &HttpSection) -> Result<Option<Secret>, SecretError> 
     )
 }
 
-/// Installs the Prometheus recorder as the process's `metrics` recorder and returns its handle.
-/// Safe to call more than once: later calls return the same handle. If some other recorder was
-/// installed first, logs it and returns a handle that renders an empty page.
+/// Installs the gateway's recorder ([`crate::metrics_catalog::recorder`]: Prometheus behind the
+/// `ioc_gateway_` prefix, every metric described) as the process's `metrics` recorder and
+/// returns its handle. Safe to call more than once: later calls return the same handle. If some
+/// other recorder was installed first, logs it and returns a handle that renders an empty page.
 pub fn install_metrics_recorder() -> PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
     HANDLE
         .get_or_init(|| {
-            let builder = match PrometheusBuilder::new().set_buckets(&LATENCY_BUCKETS) {
-                Ok(b) => b,
-                Err(_) => PrometheusBuilder::new(),
-            };
-            let handle = match builder.install_recorder() {
-                Ok(handle) => handle,
+            let (recorder, handle) = crate::metrics_catalog::recorder();
+            let handle = match metrics::set_global_recorder(recorder) {
+                Ok(()) => handle,
                 Err(e) => {
                     tracing::warn!(
                         "cannot install the Prometheus recorder ({e}); /metrics will be empty"
@@ -324,8 +318,8 @@ impl AppState {
         metrics::gauge!("buffer_segments").set(buffer.segments as f64);
         metrics::gauge!("buffer_oldest_unsent_age_seconds")
             .set(buffer.oldest_unsent_age_ms.unwrap_or(0) as f64 / 1000.0);
-        metrics::gauge!("gateway_ready").set(if ready.ready { 1.0 } else { 0.0 });
-        metrics::gauge!("gateway_uptime_seconds")
+        metrics::gauge!("ready").set(if ready.ready { 1.0 } else { 0.0 });
+        metrics::gauge!("uptime_seconds")
             .set(now.saturating_sub(self.observers.started_ms) as f64 / 1000.0);
         if let Some(ok) = store.last_success_ms {
             metrics::gauge!("store_last_success_age_seconds")
