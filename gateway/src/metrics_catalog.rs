@@ -363,6 +363,28 @@ pub const CATALOG: &[MetricDoc] = &[
         "Store writes retried after a backoff",
     ),
     counter(
+        "output_failovers_total",
+        &[],
+        "Times the output moved to another of its urls because the one in use failed",
+    ),
+    gauge(
+        "output_endpoint_active",
+        &["url"],
+        None,
+        "1 for the url (host:port) of the output in use, 0 for its other urls",
+    ),
+    counter(
+        "config_reloads_total",
+        &["result"],
+        "Config reloads (SIGHUP), by result: applied or refused",
+    ),
+    gauge(
+        "config_last_reload_successful",
+        &[],
+        None,
+        "1 if the last config reload was applied, 0 if it was refused (the old config runs on)",
+    ),
+    counter(
         "output_dead_lettered_lines_total",
         &[],
         "Lines the store refused as bad, written to the dead-letter file instead",

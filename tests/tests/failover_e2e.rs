@@ -8,7 +8,7 @@
 //! 1. everything goes to the first vmagent;
 //! 2. it is stopped (SIGTERM; it keeps what it has not forwarded in its disk queue): the
 //!    gateway moves to the second at once — said in the log, in `/api/sensors` (`store.endpoint`)
-//!    and in `output_failovers_total` / `output_endpoint_active{url}`;
+//!    and in `ioc_gateway_output_failovers_total` / `ioc_gateway_output_endpoint_active{url}`;
 //! 3. the first is started again (its queue drains): every message is in VictoriaMetrics.
 
 use std::collections::BTreeSet;
@@ -132,11 +132,11 @@ listen = "127.0.0.1:{http}"
         .log()
         .contains("store URL failed; sending to the next one"));
     let metrics = gateway_metrics(http);
-    assert!(metric_in(&metrics, "output_failovers_total", &[]) >= 1.0);
+    assert!(metric_in(&metrics, "ioc_gateway_output_failovers_total", &[]) >= 1.0);
     assert_eq!(
         metric_in(
             &metrics,
-            "output_endpoint_active",
+            "ioc_gateway_output_endpoint_active",
             &[("url", &format!("127.0.0.1:{}", second.port()))]
         ),
         1.0

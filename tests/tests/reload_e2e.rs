@@ -13,7 +13,7 @@
 //!    the new topic arrive, and batches sent afterwards carry at most 50 lines where they carried
 //!    hundreds before;
 //! 3. SIGHUP with a broken file, then with one that changes `[buffer]`: both refused, said in
-//!    the log and in `config_reloads_total{result="refused"}`, the gateway still running on the
+//!    the log and in `ioc_gateway_config_reloads_total{result="refused"}`, the gateway still running on the
 //!    last good config;
 //! 4. SIGHUP with a file that changes the input's keep-alive: that input is restarted (its
 //!    session resumed on the broker) under the same load;
@@ -257,15 +257,15 @@ fn sighup_under_load_applies_a_new_topic_and_batch_size_refuses_bad_files_and_lo
     assert!(gateway.is_running());
     let metrics = gateway_metrics(http);
     assert_eq!(
-        metric_in(&metrics, "config_reloads_total", &[("result", "refused")]),
+        metric_in(&metrics, "ioc_gateway_config_reloads_total", &[("result", "refused")]),
         2.0
     );
     assert_eq!(
-        metric_in(&metrics, "config_reloads_total", &[("result", "applied")]),
+        metric_in(&metrics, "ioc_gateway_config_reloads_total", &[("result", "applied")]),
         1.0
     );
     assert_eq!(
-        metric_in(&metrics, "config_last_reload_successful", &[]),
+        metric_in(&metrics, "ioc_gateway_config_last_reload_successful", &[]),
         0.0
     );
 

@@ -449,14 +449,14 @@ listen = "127.0.0.1:{http_port}"
     let frames = |port: &str, result: &str| {
         metric_in(
             &metrics,
-            "serial_frames_total",
+            "ioc_gateway_serial_frames_total",
             &[("port", port), ("result", result)],
         )
     };
     let bad = |port: &str, reason: &str| {
         metric_in(
             &metrics,
-            "serial_frames_bad_total",
+            "ioc_gateway_serial_frames_bad_total",
             &[("port", port), ("reason", reason)],
         )
     };
