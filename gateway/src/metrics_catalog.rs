@@ -311,7 +311,7 @@ pub const CATALOG: &[MetricDoc] = &[
     ),
     counter(
         "buffer_acked_lines_total",
-        &["class"],
+        &["class", "output"],
         "Lines the store confirmed and the buffer released, by class",
     ),
     counter(
@@ -326,8 +326,8 @@ pub const CATALOG: &[MetricDoc] = &[
     ),
     counter(
         "buffer_dropped_oldest_lines_total",
-        &[],
-        "Unsent lines dropped with the oldest segments to stay within the disk bound",
+        &["output"],
+        "Unsent lines dropped with the oldest segments to stay within the disk bound, by output that had not sent them",
     ),
     counter(
         "buffer_dropped_oldest_segments_total",
@@ -361,6 +361,18 @@ pub const CATALOG: &[MetricDoc] = &[
         "output_retries_total",
         &[],
         "Store writes retried after a backoff",
+    ),
+    gauge(
+        "output_buffer_unsent_lines",
+        &["output"],
+        None,
+        "Lines in the buffer this output has not had confirmed yet",
+    ),
+    gauge(
+        "output_buffer_oldest_unsent_age_seconds",
+        &["output"],
+        Some(Unit::Seconds),
+        "Age of the oldest reading this output has not had confirmed yet (0 when none waits)",
     ),
     counter(
         "output_failovers_total",

@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-use super::cursor::{self, Pos, CURSOR_FILE, CURSOR_LEN};
+use super::cursor::{self, Pos, CURSOR_LEN};
 use super::lock::read_lock_pid;
 use super::record::RecordMeta;
 use super::segment::{list_segments, SegmentScanner, Step};
@@ -80,7 +80,8 @@ pub fn locate_buffer(dir: &Path) -> Result<PathBuf, InspectError> {
 // With `cursor::decode`, not `cursor::load` (which removes a leftover temp file): inspection must
 // not change anything.
 
-/// The state of a class's ack cursor.
+/// The state of a class's ack cursor. With several consumers (outputs) this is the cursor of
+/// the one furthest behind: "unsent" means not yet acknowledged by at least one output.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(tag = "state", rename_all = "snake_case")]
 pub enum CursorState {
@@ -102,20 +103,56 @@ impl CursorState {
     }
 }
 
-fn read_cursor(class_dir: &Path) -> Result<CursorState, InspectError> {
-    let path = class_dir.join(CURSOR_FILE);
-    let file = match File::open(&path) {
+fn read_one_cursor(path: &Path) -> Result<CursorState, InspectError> {
+    let file = match File::open(path) {
         Ok(file) => file,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(CursorState::Missing),
-        Err(e) => return Err(InspectError::read(&path, e)),
+        Err(e) => return Err(InspectError::read(path, e)),
     };
     let mut bytes = Vec::with_capacity(CURSOR_LEN + 1);
     file.take(CURSOR_LEN as u64 + 1)
         .read_to_end(&mut bytes)
-        .map_err(|e| InspectError::read(&path, e))?;
+        .map_err(|e| InspectError::read(path, e))?;
     Ok(match cursor::decode(&bytes) {
         Some(Pos { segment, offset }) => CursorState::Valid { segment, offset },
         None => CursorState::Corrupt,
+    })
+}
+
+/// The cursor of the consumer furthest behind among every `ack*.cursor` in `class_dir`: corrupt
+/// if any is, missing if there is none.
+fn read_cursor(class_dir: &Path) -> Result<CursorState, InspectError> {
+    let entries = match std::fs::read_dir(class_dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(CursorState::Missing),
+        Err(e) => return Err(InspectError::read(class_dir, e)),
+    };
+    let mut files = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(|e| InspectError::read(class_dir, e))?;
+        let name = entry.file_name();
+        if name
+            .to_str()
+            .is_some_and(|n| cursor::consumer_of_file(n).is_some())
+        {
+            files.push(entry.path());
+        }
+    }
+    files.sort();
+    let mut lowest: Option<Pos> = None;
+    for path in files {
+        match read_one_cursor(&path)? {
+            CursorState::Corrupt => return Ok(CursorState::Corrupt),
+            CursorState::Missing => {}
+            CursorState::Valid { segment, offset } => {
+                let pos = Pos { segment, offset };
+                lowest = Some(lowest.map_or(pos, |l| l.min(pos)));
+            }
+        }
+    }
+    Ok(match lowest {
+        Some(Pos { segment, offset }) => CursorState::Valid { segment, offset },
+        None => CursorState::Missing,
     })
 }
 
@@ -719,6 +756,7 @@ mod tests {
         assert_eq!(read_cursor(dir.path()).unwrap(), CursorState::Missing);
         cursor::store(
             dir.path(),
+            cursor::DEFAULT_CONSUMER,
             Pos {
                 segment: 7,
                 offset: 4242,
@@ -732,7 +770,7 @@ mod tests {
                 offset: 4242
             }
         );
-        let path = dir.path().join(CURSOR_FILE);
+        let path = dir.path().join(cursor::CURSOR_FILE);
         let mut bytes = std::fs::read(&path).unwrap();
         bytes[9] ^= 0x01;
         std::fs::write(&path, &bytes).unwrap();
@@ -806,6 +844,7 @@ mod tests {
         std::fs::write(normal.join(segment_file_name(3)), &seg).unwrap();
         cursor::store(
             &normal,
+            cursor::DEFAULT_CONSUMER,
             Pos {
                 segment: 3,
                 offset: ends[0],
@@ -936,7 +975,7 @@ mod tests {
                 seg.extend_from_slice(&tail);
                 std::fs::write(normal.join(segment_file_name(5)), &seg).unwrap();
                 if keep_cursor {
-                    std::fs::write(normal.join(CURSOR_FILE), &cursor_bytes).unwrap();
+                    std::fs::write(normal.join(cursor::CURSOR_FILE), &cursor_bytes).unwrap();
                 }
                 let report = stats(root.path(), Some(1), 0, &mut |_| {}).unwrap();
                 let mut out = Vec::new();

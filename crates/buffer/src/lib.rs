@@ -1,17 +1,20 @@
 //! The durable local buffer: every acknowledged reading lives here until the store confirms it.
 //!
 //! Inputs call [`BufferWriter::append`] and acknowledge their source only when it resolves: the
-//! bytes are then written and fsync'd. The output pulls [`Batch`]es with
-//! [`BufferReader::next_batch`] (urgent class first) and calls [`BufferReader::ack`] once the
-//! store has confirmed a batch; only then can the data be deleted. A crash at any moment loses
-//! nothing that was acknowledged, and re-sends (byte for byte the same) what was sent but not
-//! acknowledged, so replays are idempotent at the store.
+//! bytes are then written and fsync'd. Each output is a *consumer* with its own
+//! [`BufferReader`]: it pulls [`Batch`]es with [`BufferReader::next_batch`] (urgent class first)
+//! and calls [`BufferReader::ack`] once its store has confirmed a batch; a segment is deleted
+//! only once every consumer has acknowledged it. A crash at any moment loses nothing that was
+//! acknowledged, and re-sends to each consumer (byte for byte the same) what was sent to it but
+//! not acknowledged, so replays are idempotent at the store. Consumers are independent: one
+//! whose store is down keeps its data on disk while the others carry on.
 //!
 //! # On disk
 //!
 //! ```text
 //! <dir>/normal/00000000000000000042.seg   append-only segments, one log per priority class
-//! <dir>/normal/ack.cursor                 how far the store has confirmed this class
+//! <dir>/normal/ack.cursor                 how far consumer `default` has confirmed this class
+//! <dir>/normal/ack.<name>.cursor          the same for consumer <name>
 //! <dir>/urgent/...                        the same for the urgent class
 //! <dir>/LOCK                              flock'd by the gateway using the buffer; holds its pid
 //! ```
@@ -39,8 +42,21 @@
 //! consecutive records concatenated: a valid multi-member gzip stream that the HTTP stores decode
 //! with `Content-Encoding: gzip`, with no recompression on the send path.
 //!
-//! The cursor file is 28 bytes: `"IOCA"`, version `1`, 3 zero bytes, segment id `u64`, offset
+//! A cursor file is 28 bytes: `"IOCA"`, version `1`, 3 zero bytes, segment id `u64`, offset
 //! `u64`, CRC32 of the first 24 bytes. It is replaced by write-temp + fsync + rename + fsync-dir.
+//!
+//! # Consumers
+//!
+//! [`open_consumers`] takes the list of consumers (one per output, by name); [`open`] is the
+//! single consumer [`DEFAULT_CONSUMER`], whose cursor file `ack.cursor` is the one the buffer had
+//! before it had several consumers, so an upgraded gateway neither re-sends nor loses anything.
+//! A consumer with no cursor file yet starts at the end of the buffered data
+//! ([`ConsumerStart::End`], what Telegraf and Vector do for a new output) unless it asks for
+//! [`ConsumerStart::Oldest`] (an archive that wants everything still on disk); `default`, and
+//! every consumer of a buffer no one has a cursor in yet, start at the oldest data. The new
+//! cursor is written before `open` returns. The cursor file of a consumer no longer in the list
+//! is deleted (and logged): it no longer holds data back. At run time
+//! [`BufferReader::add_consumer`] and [`BufferReader::remove`] do the same for a reload.
 //!
 //! # Policies
 //!
@@ -57,10 +73,12 @@
 //!   after an outage go out within a batch or two; when the backlog lane reaches the live
 //!   lane's start they merge. The persisted cursor only passes a contiguous prefix of acked
 //!   batches, so live batches acked ahead of the backlog are re-sent after a crash (never lost).
-//! - **Deletion** only after ack, except when the disk bound `max_disk_bytes` would be exceeded:
-//!   then the oldest segments are dropped even if unsent: normal class first, oldest first, and
-//!   urgent segments only when no normal segment is left; never the data being appended. Dropped
-//!   lines are counted (`buffer_dropped_oldest_lines_total`) and logged with their time span.
+//! - **Deletion** only after every consumer's ack, except when the disk bound `max_disk_bytes`
+//!   would be exceeded: then the oldest segments are dropped even if unsent: normal class first,
+//!   oldest first, and urgent segments only when no normal segment is left; never the data being
+//!   appended. The bound is for the whole buffer; the lines each consumer lost (that it had not
+//!   acknowledged) are counted per consumer (`buffer_dropped_oldest_lines_total{output}`) and
+//!   logged with their time span.
 //! - **Disk errors** on append (ENOSPC, EIO): the callers of that group get an error (their
 //!   sources will redeliver), the half-written tail is cut back, the segment is sealed, one oldest
 //!   segment is dropped to make room if the disk is full, and the next append starts afresh.
@@ -74,9 +92,10 @@
 //!
 //! # Metrics
 //!
-//! `buffer_bytes`, `buffer_readings{class}` (unsent lines), `buffer_appended_lines_total{class}`,
-//! `buffer_acked_lines_total{class}`, `buffer_fsyncs_total`, `buffer_append_errors_total`,
-//! `buffer_dropped_oldest_lines_total`, `buffer_dropped_oldest_segments_total`,
+//! `buffer_bytes`, `buffer_readings{class}` (unsent lines of the consumer furthest behind),
+//! `buffer_appended_lines_total{class}`,
+//! `buffer_acked_lines_total{class,output}`, `buffer_fsyncs_total`, `buffer_append_errors_total`,
+//! `buffer_dropped_oldest_lines_total{output}`, `buffer_dropped_oldest_segments_total`,
 //! `buffer_recovery_dropped_bytes_total`.
 
 mod cursor;
@@ -90,14 +109,18 @@ mod state;
 mod writer;
 
 #[cfg(test)]
+mod consumer_tests;
+#[cfg(test)]
 mod tests;
 
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+pub use cursor::{valid_consumer_name, DEFAULT_CONSUMER, MAX_CONSUMER_NAME};
 pub use lock::{read_lock_pid, LOCK_FILE};
 pub use reader::{Batch, BufferReader};
+pub use state::ConsumerStats;
 pub use writer::filesystem_free_bytes;
 pub use writer::BufferWriter;
 
@@ -132,6 +155,50 @@ pub fn default_segment_bytes(max_disk_bytes: u64) -> u64 {
         .max(4096)
 }
 
+/// Where a consumer with no cursor file yet starts reading.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ConsumerStart {
+    /// At the end of what is buffered: it gets what is committed from now on.
+    #[default]
+    End,
+    /// At the oldest data still on disk (everything not yet deleted).
+    Oldest,
+}
+
+/// One consumer of the buffer (an output): its name, and where it starts if it is new.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConsumerSpec {
+    /// 1 to 64 of `A-Z a-z 0-9 _ -` ([`valid_consumer_name`]); unique.
+    pub name: String,
+    pub start: ConsumerStart,
+}
+
+impl ConsumerSpec {
+    pub fn new(name: impl Into<String>, start: ConsumerStart) -> Self {
+        ConsumerSpec {
+            name: name.into(),
+            start,
+        }
+    }
+}
+
+fn check_consumer_names<'a>(names: impl IntoIterator<Item = &'a str>) -> Result<(), BufferError> {
+    let mut seen = std::collections::BTreeSet::new();
+    for name in names {
+        if !valid_consumer_name(name) {
+            return Err(BufferError::Config(format!(
+                "consumer name {name:?} must be 1 to {MAX_CONSUMER_NAME} of A-Z a-z 0-9 _ -"
+            )));
+        }
+        if !seen.insert(name) {
+            return Err(BufferError::Config(format!(
+                "consumer name {name:?} is given twice"
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// What recovery found on open.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RecoveryReport {
@@ -141,13 +208,16 @@ pub struct RecoveryReport {
     pub records: u64,
     /// Lines in the kept records.
     pub lines: u64,
-    /// Lines after the ack cursor (to be sent).
+    /// Lines after the ack cursor of at least one consumer (to be sent).
     pub unsent_lines: u64,
+    /// Lines to be sent, per consumer name.
+    pub unsent_lines_by_consumer: std::collections::BTreeMap<String, u64>,
     /// Bytes that held no valid record (torn tails and damaged ranges).
     pub dropped_bytes: u64,
     /// Number of damaged ranges found; each lost at least one record.
     pub dropped_records_hint: u64,
-    /// Classes whose ack cursor was corrupt, so everything on disk is re-sent.
+    /// Cursors (class × consumer) that were corrupt, so everything on disk is re-sent to
+    /// that consumer.
     pub cursor_fallbacks: u32,
 }
 
@@ -157,15 +227,17 @@ pub struct BufferStats {
     /// Total size of the segment files.
     pub disk_bytes: u64,
     pub segments: usize,
-    /// Lines not yet acknowledged by the store (both classes).
+    /// Lines not yet acknowledged by the consumer furthest behind (both classes).
     pub unsent_lines: u64,
-    /// Of which urgent.
+    /// Of which urgent (again the consumer furthest behind in that class).
     pub urgent_unsent_lines: u64,
-    /// Bytes on disk not yet acknowledged.
+    /// Bytes on disk not yet acknowledged by the consumer furthest behind.
     pub unsent_bytes: u64,
-    /// Age of the oldest unacknowledged record (an upper bound, exact to 64 KiB of appends).
+    /// Age of the oldest record some consumer has not acknowledged (an upper bound, exact to
+    /// 64 KiB of appends).
     pub oldest_unsent_age_ms: Option<u64>,
-    /// Lines dropped unsent because the disk bound was reached, since open.
+    /// Lines dropped because the disk bound was reached that at least one consumer had not
+    /// acknowledged, since open.
     pub dropped_oldest_lines: u64,
     pub dropped_oldest_segments: u64,
     /// Bytes recovery dropped on open.
@@ -178,6 +250,15 @@ pub struct BufferStats {
     pub data_fsyncs: u64,
     /// fsyncs for ack cursors and deletions since open.
     pub meta_fsyncs: u64,
+    /// Each consumer's own figures, by the order they were opened or added.
+    pub consumers: Vec<ConsumerStats>,
+}
+
+impl BufferStats {
+    /// The figures of consumer `name`.
+    pub fn consumer(&self, name: &str) -> Option<&ConsumerStats> {
+        self.consumers.iter().find(|c| c.name == name)
+    }
 }
 
 /// Why a buffer operation failed.
@@ -218,19 +299,42 @@ impl BufferError {
     }
 }
 
-/// Opens (creating) the buffer in `cfg.dir`, recovers it, and starts the writer thread.
+/// Opens (creating) the buffer in `cfg.dir` for the single consumer [`DEFAULT_CONSUMER`],
+/// recovers it, and starts the writer thread. See [`open_consumers`].
+pub fn open(
+    cfg: BufferConfig,
+) -> Result<(BufferWriter, BufferReader, RecoveryReport), BufferError> {
+    let (writer, mut readers, report) = open_consumers(
+        cfg,
+        &[ConsumerSpec::new(DEFAULT_CONSUMER, ConsumerStart::Oldest)],
+    )?;
+    let reader = readers
+        .pop()
+        .ok_or_else(|| BufferError::Config("no consumer".into()))?;
+    Ok((writer, reader, report))
+}
+
+/// Opens (creating) the buffer in `cfg.dir`, recovers it, and starts the writer thread; returns
+/// one reader per consumer, in the order given (at least one consumer; names unique).
 ///
 /// Takes an exclusive lock on `<dir>/LOCK` first: a second gateway on the same directory gets
 /// [`BufferError::InUse`] naming the holder's pid.
 ///
 /// Blocking (it scans every segment): call it before the runtime gets busy, or from
-/// `spawn_blocking`. The reader's methods need a tokio runtime.
-pub fn open(
+/// `spawn_blocking`. The readers' methods need a tokio runtime.
+pub fn open_consumers(
     cfg: BufferConfig,
-) -> Result<(BufferWriter, BufferReader, RecoveryReport), BufferError> {
+    consumers: &[ConsumerSpec],
+) -> Result<(BufferWriter, Vec<BufferReader>, RecoveryReport), BufferError> {
     if cfg.max_disk_bytes == 0 {
         return Err(BufferError::Config("max_disk_bytes must be above 0".into()));
     }
+    if consumers.is_empty() {
+        return Err(BufferError::Config(
+            "the buffer needs at least one consumer".into(),
+        ));
+    }
+    check_consumer_names(consumers.iter().map(|c| c.name.as_str()))?;
     let segment_bytes = if cfg.segment_bytes == 0 {
         default_segment_bytes(cfg.max_disk_bytes)
     } else {
@@ -239,14 +343,24 @@ pub fn open(
     // One gateway per directory: lock before recovery touches anything.
     std::fs::create_dir_all(&cfg.dir).map_err(|e| BufferError::io(&cfg.dir, e))?;
     let dir_lock = lock::acquire(&cfg.dir)?;
-    let recovered = recovery::recover(&cfg.dir)?;
+    let recovered = recovery::recover(&cfg.dir, consumers)?;
     let report = recovered.report.clone();
-    let start = [
-        recovery::start_position(&recovered.state.classes[0]),
-        recovery::start_position(&recovered.state.classes[1]),
-    ];
+    let starts: Vec<(state::ConsumerId, String, [cursor::Pos; 2])> = recovered.state.classes[0]
+        .consumers
+        .iter()
+        .map(|(id, c)| {
+            (
+                *id,
+                c.name.clone(),
+                [
+                    recovery::start_position(&recovered.state.classes[0], *id),
+                    recovery::start_position(&recovered.state.classes[1], *id),
+                ],
+            )
+        })
+        .collect();
     // The lock lives in the shared state: released once the writer thread, the writers and the
-    // reader are all gone.
+    // readers are all gone.
     let shared = Arc::new(state::Shared::new(recovered.state, Some(dir_lock)));
     shared.publish_gauges();
     let writer = writer::start(
@@ -257,6 +371,9 @@ pub fn open(
         },
         recovered.next_segment_id,
     )?;
-    let reader = BufferReader::new(shared, start);
-    Ok((writer, reader, report))
+    let readers = starts
+        .into_iter()
+        .map(|(id, name, start)| BufferReader::new(Arc::clone(&shared), id, name, start))
+        .collect();
+    Ok((writer, readers, report))
 }

@@ -1,11 +1,12 @@
-//! The reader: hands out batches of committed records, urgent class first, and persists acks.
+//! The reader: one per consumer (output); hands out batches of committed records, urgent class
+//! first, and persists that consumer's acks.
 //!
-//! Each class has a read position (how far batches have been handed out) and an ack cursor (how
-//! far the store has confirmed). Batches may be acknowledged out of order; the persisted cursor
+//! Each reader has, per class, its own read lanes (how far batches have been handed out) and its
+//! own ack cursor (how far its store has confirmed); readers never wait for one another. Batches may be acknowledged out of order; the persisted cursor
 //! only ever advances over a contiguous prefix of acknowledged batches, so a crash re-sends
 //! whatever was not confirmed (the same records, byte for byte) and loses nothing.
 //!
-//! A segment is deleted once the persisted cursor has passed it, with one exception: when the
+//! A segment is deleted once every consumer's persisted cursor has passed it, with one exception: when the
 //! cursor cannot be written (a full disk has no room even for it), wholly delivered segments are
 //! deleted first to make room. That is safe: after a crash the older cursor on disk only makes
 //! the segments after it be sent again.
@@ -22,9 +23,10 @@ use tokio::sync::watch;
 use super::cursor::{self, Pos};
 use super::segment::{SegmentScanner, Step};
 use super::state::{
-    class_dir_name, class_index, delete_files, Actor, Shared, CLASSES_URGENT_FIRST,
+    class_dir_name, class_index, delete_files, Actor, ConsumerCursor, ConsumerId, Shared,
+    CLASSES_URGENT_FIRST,
 };
-use super::{BufferError, BufferStats};
+use super::{check_consumer_names, BufferError, BufferStats, ConsumerStart, ConsumerStats};
 use ioc_model::Priority;
 
 /// A batch body stops growing past this many compressed bytes (one record may exceed it).
@@ -145,10 +147,12 @@ impl ReaderClass {
     }
 }
 
-/// The output side of the buffer (one per gateway).
+/// The output side of the buffer: one per consumer (output).
 #[derive(Debug)]
 pub struct BufferReader {
     pub(super) shared: Arc<Shared>,
+    consumer: ConsumerId,
+    name: String,
     committed: watch::Receiver<u64>,
     /// Indexed by `class_index`.
     classes: [ReaderClass; 2],
@@ -247,10 +251,17 @@ enum Planned {
 }
 
 impl BufferReader {
-    pub(crate) fn new(shared: Arc<Shared>, start: [Pos; 2]) -> Self {
+    pub(crate) fn new(
+        shared: Arc<Shared>,
+        consumer: ConsumerId,
+        name: String,
+        start: [Pos; 2],
+    ) -> Self {
         let committed = shared.committed.subscribe();
         BufferReader {
             shared,
+            consumer,
+            name,
             committed,
             classes: start.map(ReaderClass::new),
             next_batch_id: 0,
@@ -524,28 +535,37 @@ impl BufferReader {
         let dir = {
             let mut state = self.shared.lock();
             let class = state.class_mut(priority);
-            if pos > class.ack {
+            let Some(consumer) = class.consumers.get_mut(&self.consumer) else {
+                // Removed: nothing of ours is persisted any more.
+                return Ok(());
+            };
+            if pos > consumer.ack {
                 let in_new_segment: u64 = passed
                     .iter()
                     .filter(|(segment, _)| *segment == pos.segment)
                     .map(|(_, lines)| lines)
                     .sum();
-                if pos.segment == class.ack.segment {
-                    class.ack_lines_in_segment += in_new_segment;
+                if pos.segment == consumer.ack.segment {
+                    consumer.ack_lines_in_segment += in_new_segment;
                 } else {
-                    class.ack_lines_in_segment = in_new_segment;
+                    consumer.ack_lines_in_segment = in_new_segment;
                 }
-                class.ack = pos;
+                consumer.ack = pos;
             }
             class.dir.clone()
         };
         let total: u64 = passed.iter().map(|(_, lines)| lines).sum();
-        metrics::counter!("buffer_acked_lines_total", "class" => class_dir_name(priority))
-            .increment(total);
+        metrics::counter!(
+            "buffer_acked_lines_total",
+            "class" => class_dir_name(priority),
+            "output" => self.name.clone()
+        )
+        .increment(total);
 
         let cursor_dir = dir.clone();
+        let name = self.name.clone();
         let stored = blocking(&self.shared, "store cursor", move || {
-            cursor::store(&cursor_dir, pos)
+            cursor::store(&cursor_dir, &name, pos)
         })
         .await;
         let fsyncs = match stored {
@@ -563,8 +583,9 @@ impl BufferReader {
                 );
                 self.delete_acked_segments(priority, &dir).await?;
                 let cursor_dir = dir.clone();
+                let name = self.name.clone();
                 match blocking(&self.shared, "store cursor", move || {
-                    cursor::store(&cursor_dir, pos)
+                    cursor::store(&cursor_dir, &name, pos)
                 })
                 .await
                 {
@@ -596,7 +617,8 @@ impl BufferReader {
         Ok(())
     }
 
-    /// Deletes the class's sealed segments that lie wholly before its (in-memory) ack cursor.
+    /// Deletes the class's sealed segments that lie wholly before every consumer's (in-memory)
+    /// ack cursor.
     async fn delete_acked_segments(
         &self,
         priority: Priority,
@@ -617,10 +639,151 @@ impl BufferReader {
         Ok(())
     }
 
-    /// Bytes on disk, unsent lines and bytes, age of the oldest unsent record, drop counters.
-    /// Lines of batches acked ahead of the cursor (live lane) count as unsent until it passes.
+    /// Bytes on disk, unsent lines and bytes, age of the oldest unsent record, drop counters,
+    /// for the whole buffer (the unsent figures of the consumer furthest behind) and per
+    /// consumer. Lines of batches acked ahead of the cursor (live lane) count as unsent until
+    /// it passes.
     pub fn stats(&self) -> BufferStats {
         self.shared.stats()
+    }
+
+    /// This consumer's own figures.
+    pub fn consumer_stats(&self) -> ConsumerStats {
+        self.shared
+            .lock()
+            .consumer_stats(self.consumer, super::state::unix_ms())
+            .unwrap_or_else(|| ConsumerStats {
+                name: self.name.clone(),
+                ..ConsumerStats::default()
+            })
+    }
+
+    /// The consumer's name (its output's).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The names of every consumer of the buffer, in the order they were opened or added.
+    pub fn consumer_names(&self) -> Vec<String> {
+        self.shared
+            .lock()
+            .consumer_names()
+            .into_iter()
+            .map(|(_, name)| name)
+            .collect()
+    }
+
+    /// Adds a consumer at run time (an output added by a reload): it starts at the end of
+    /// the committed data or at the oldest data on disk, as `start` says; its cursor file is
+    /// written before this returns. Fails if the name is invalid or taken.
+    pub async fn add_consumer(
+        &self,
+        name: &str,
+        start: ConsumerStart,
+    ) -> Result<BufferReader, BufferError> {
+        let mut names = self.consumer_names();
+        names.push(name.to_string());
+        check_consumer_names(names.iter().map(String::as_str))?;
+        let (id, starts, dirs) = {
+            let mut state = self.shared.lock();
+            let id = state.next_consumer;
+            state.next_consumer = id.saturating_add(1);
+            let mut starts = [Pos::default(); 2];
+            let mut dirs = Vec::new();
+            for (i, class) in state.classes.iter_mut().enumerate() {
+                let cursor = match start {
+                    ConsumerStart::Oldest => ConsumerCursor::new(name, Pos::default(), 0),
+                    ConsumerStart::End => {
+                        let end = class.end();
+                        let lines = class.segments.get(&end.segment).map_or(0, |m| m.lines);
+                        ConsumerCursor::new(name, end, lines)
+                    }
+                };
+                starts[i] = cursor.ack;
+                dirs.push((class.dir.clone(), cursor.ack));
+                class.consumers.insert(id, cursor);
+            }
+            (id, starts, dirs)
+        };
+        let cursor_name = name.to_string();
+        let stored = blocking(&self.shared, "store cursor", move || {
+            let mut fsyncs = 0;
+            for (dir, pos) in &dirs {
+                fsyncs += cursor::store(dir, &cursor_name, *pos)?;
+            }
+            Ok(fsyncs)
+        })
+        .await;
+        match stored {
+            Ok(fsyncs) => {
+                self.shared.meta_fsyncs.fetch_add(fsyncs, Ordering::Relaxed);
+            }
+            Err((e, _)) => {
+                let dir = self.shared.lock().classes[0].dir.clone();
+                self.forget_consumer(id);
+                return Err(BufferError::io(&dir, e));
+            }
+        }
+        tracing::info!(
+            output = %name,
+            start = match start {
+                ConsumerStart::End => "end",
+                ConsumerStart::Oldest => "oldest",
+            },
+            "buffer: output added"
+        );
+        self.shared.publish_gauges();
+        Ok(BufferReader::new(
+            Arc::clone(&self.shared),
+            id,
+            name.to_string(),
+            starts,
+        ))
+    }
+
+    fn forget_consumer(&self, id: ConsumerId) {
+        let mut state = self.shared.lock();
+        for class in &mut state.classes {
+            class.consumers.remove(&id);
+        }
+        state.consumer_dropped.remove(&id);
+    }
+
+    /// Removes this consumer (an output removed by a reload): its cursor files are deleted and
+    /// it no longer holds data on disk; segments every remaining consumer has passed go now.
+    /// The last consumer cannot be removed (the data would have no one to wait for).
+    pub async fn remove(self) -> Result<(), BufferError> {
+        let dirs: Vec<std::path::PathBuf> = {
+            let state = self.shared.lock();
+            if state.classes[0].consumers.len() <= 1 {
+                return Err(BufferError::Config(format!(
+                    "consumer {:?} is the buffer's last one and cannot be removed",
+                    self.name
+                )));
+            }
+            state.classes.iter().map(|c| c.dir.clone()).collect()
+        };
+        self.forget_consumer(self.consumer);
+        let name = self.name.clone();
+        let removing = dirs.clone();
+        blocking(&self.shared, "remove cursor", move || {
+            for dir in &removing {
+                cursor::remove(dir, &name)?;
+            }
+            Ok(())
+        })
+        .await
+        .map_err(|(e, _)| BufferError::io(&dirs[0], e))?;
+        tracing::info!(
+            output = %self.name,
+            "buffer: output removed; its ack cursor is deleted and it no longer holds data on disk"
+        );
+        for priority in CLASSES_URGENT_FIRST {
+            let dir = self.shared.lock().class(priority).dir.clone();
+            self.delete_acked_segments(priority, &dir).await?;
+        }
+        self.shared.publish_gauges();
+        Ok(())
     }
 }
 
@@ -681,7 +844,9 @@ mod tests {
         assert!(!err.is_disk_full(), "{err}");
         // The first segment was wholly delivered: gone, though no cursor says so.
         assert_eq!(segments(dir.path()).len(), 2);
-        assert!(!dir.path().join("normal").join("ack.cursor").exists());
+        // The cursor still says "nothing acked" (as written at open).
+        let on_disk = std::fs::read(dir.path().join("normal").join("ack.cursor")).unwrap();
+        assert_eq!(super::cursor::decode(&on_disk), Some(super::Pos::default()));
         drop(second);
         writer.shutdown().await;
         drop(reader);

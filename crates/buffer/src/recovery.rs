@@ -3,17 +3,30 @@
 //! Every segment is scanned record by record. Complete records with a good CRC are kept; a damaged
 //! range in the middle (flipped bits) is skipped by resynchronising on the next valid record, and
 //! whatever follows it is kept; bytes after the last valid record (a torn write at power loss)
-//! are truncated away. Nothing in any file can make this panic. The ack cursor is then restored;
-//! if it is missing or corrupt, everything on disk counts as unsent (re-sent rather than lost).
+//! are truncated away. Nothing in any file can make this panic.
+//!
+//! Then each consumer's ack cursor is restored: a corrupt one falls back to "nothing acked"
+//! (re-sent rather than lost). A consumer without a cursor file is new and starts where its
+//! [`ConsumerStart`] says, except that the [`DEFAULT_CONSUMER`] (whose file is the single-output
+//! buffer's `ack.cursor`) and every consumer of a class no cursor file exists for at all (a
+//! fresh buffer, or one written but never acknowledged) start at the oldest data, as a
+//! single-output buffer always did. The new cursors are written before [`open`](super::open)
+//! returns, so a crash right after cannot move a new consumer's start. Cursor files of
+//! consumers no longer configured are deleted (logged): they stop holding data on disk.
 
 use std::fs::OpenOptions;
 use std::io;
 use std::path::Path;
 
-use super::cursor::{self, LoadedCursor, Pos};
+use std::collections::BTreeMap;
+
+use super::cursor::{self, LoadedCursor, Pos, DEFAULT_CONSUMER};
 use super::segment::{fsync_dir, list_segments, SegmentScanner, Step};
-use super::state::{class_dir_name, class_index, delete_files, ClassState, SegMeta, State};
-use super::{BufferError, RecoveryReport};
+use super::state::{
+    class_dir_name, class_index, delete_files, ClassState, ConsumerCursor, ConsumerId, SegMeta,
+    State,
+};
+use super::{BufferError, ConsumerSpec, ConsumerStart, RecoveryReport};
 use ioc_model::Priority;
 
 /// The result of recovery: the state to start from and the id the next new segment gets.
@@ -26,20 +39,20 @@ pub(crate) struct Recovered {
 /// What scanning one segment found.
 struct ScannedSegment {
     meta: SegMeta,
-    /// Lines of the records before `lines_before` offset (for the cursor's segment).
-    lines_before_cursor: u64,
+    /// For each offset asked about: lines of the records that start before it.
+    lines_before: Vec<u64>,
     dropped_bytes: u64,
     damaged_ranges: u64,
 }
 
-fn scan_segment(path: &Path, cursor_offset: Option<u64>) -> io::Result<ScannedSegment> {
+fn scan_segment(path: &Path, cursor_offsets: &[u64]) -> io::Result<ScannedSegment> {
     let file = OpenOptions::new().read(true).write(true).open(path)?;
     let len = file.metadata()?.len();
     let truncate_handle = file.try_clone()?;
     let mut scanner = SegmentScanner::new(file, len);
     let mut scanned = ScannedSegment {
         meta: SegMeta::default(),
-        lines_before_cursor: 0,
+        lines_before: vec![0; cursor_offsets.len()],
         dropped_bytes: 0,
         damaged_ranges: 0,
     };
@@ -51,8 +64,10 @@ fn scan_segment(path: &Path, cursor_offset: Option<u64>) -> io::Result<ScannedSe
                 scanned
                     .meta
                     .add_record(at, meta.record_len(), meta.lines, meta.append_ms);
-                if cursor_offset.is_some_and(|c| at < c) {
-                    scanned.lines_before_cursor += u64::from(meta.lines);
+                for (c, lines) in cursor_offsets.iter().zip(&mut scanned.lines_before) {
+                    if at < *c {
+                        *lines += u64::from(meta.lines);
+                    }
                 }
                 offset = at + meta.record_len();
                 valid_end = offset;
@@ -85,37 +100,85 @@ fn io_err(path: &Path, source: io::Error) -> BufferError {
     BufferError::io(path, source)
 }
 
+/// A consumer's cursor as found on disk, before the scan.
+enum Found {
+    At(Pos),
+    /// No file (or a corrupt one, which is counted and logged): decided after the scan.
+    New {
+        corrupt: bool,
+    },
+}
+
 fn recover_class(
     root: &Path,
     priority: Priority,
+    consumers: &[(ConsumerId, ConsumerSpec)],
     report: &mut RecoveryReport,
 ) -> Result<ClassState, BufferError> {
     let dir = root.join(class_dir_name(priority));
     std::fs::create_dir_all(&dir).map_err(|e| io_err(&dir, e))?;
     let mut class = ClassState::new(dir.clone());
 
-    let cursor = match cursor::load(&dir).map_err(|e| io_err(&dir, e))? {
-        LoadedCursor::Valid(pos) => Some(pos),
-        LoadedCursor::Missing => None,
-        LoadedCursor::Corrupt => {
-            tracing::warn!(
+    // Cursor files of consumers no longer configured: they stop holding data.
+    let on_disk = cursor::list(&dir).map_err(|e| io_err(&dir, e))?;
+    let any_cursor = !on_disk.is_empty();
+    for name in &on_disk {
+        if !consumers.iter().any(|(_, spec)| spec.name == *name) {
+            tracing::info!(
                 class = class_dir_name(priority),
-                "buffer ack cursor is corrupt: re-sending everything still on disk"
+                output = %name,
+                "buffer: output no longer configured; its ack cursor is deleted and it no longer \
+                 holds data on disk"
             );
-            report.cursor_fallbacks += 1;
-            None
+            cursor::remove(&dir, name).map_err(|e| io_err(&dir, e))?;
         }
-    };
-    class.ack = cursor.unwrap_or_default();
+    }
 
+    let mut found = Vec::with_capacity(consumers.len());
+    for (_, spec) in consumers {
+        found.push(
+            match cursor::load(&dir, &spec.name).map_err(|e| io_err(&dir, e))? {
+                LoadedCursor::Valid(pos) => Found::At(pos),
+                LoadedCursor::Missing => Found::New { corrupt: false },
+                LoadedCursor::Corrupt => {
+                    tracing::warn!(
+                        class = class_dir_name(priority),
+                        output = %spec.name,
+                        "buffer ack cursor is corrupt: re-sending everything still on disk to \
+                         this output"
+                    );
+                    report.cursor_fallbacks += 1;
+                    Found::New { corrupt: true }
+                }
+            },
+        );
+    }
+    let known: Vec<Pos> = found
+        .iter()
+        .filter_map(|f| match f {
+            Found::At(pos) => Some(*pos),
+            Found::New { .. } => None,
+        })
+        .collect();
+
+    let mut lines_before: Vec<u64> = vec![0; known.len()];
     let mut removed_empty = Vec::new();
     for (id, path) in list_segments(&dir).map_err(|e| io_err(&dir, e))? {
-        let cursor_offset = cursor.filter(|c| c.segment == id).map(|c| c.offset);
-        let scanned = scan_segment(&path, cursor_offset).map_err(|e| io_err(&path, e))?;
+        let offsets: Vec<u64> = known
+            .iter()
+            .map(|pos| if pos.segment == id { pos.offset } else { 0 })
+            .collect();
+        let scanned = scan_segment(&path, &offsets).map_err(|e| io_err(&path, e))?;
         report.dropped_bytes += scanned.dropped_bytes;
         report.dropped_records_hint += scanned.damaged_ranges;
-        if cursor_offset.is_some() {
-            class.ack_lines_in_segment = scanned.lines_before_cursor;
+        for ((pos, lines), before) in known
+            .iter()
+            .zip(&mut lines_before)
+            .zip(&scanned.lines_before)
+        {
+            if pos.segment == id {
+                *lines = *before;
+            }
         }
         if scanned.meta.records == 0 {
             removed_empty.push(path);
@@ -123,7 +186,44 @@ fn recover_class(
         }
         class.segments.insert(id, scanned.meta);
     }
-    // Data before the cursor may go now; empty segments too.
+
+    // Place the new consumers, and write their cursors now.
+    let end = class.end();
+    let end_lines = class
+        .segments
+        .get(&end.segment)
+        .map_or(0, |meta| meta.lines);
+    let mut known_lines = lines_before.into_iter();
+    for ((id, spec), found) in consumers.iter().zip(found) {
+        let cursor = match found {
+            Found::At(pos) => ConsumerCursor::new(&spec.name, pos, known_lines.next().unwrap_or(0)),
+            Found::New { corrupt } => {
+                let oldest = corrupt
+                    || !any_cursor
+                    || spec.name == DEFAULT_CONSUMER
+                    || spec.start == ConsumerStart::Oldest;
+                let cursor = if oldest {
+                    ConsumerCursor::new(&spec.name, Pos::default(), 0)
+                } else {
+                    ConsumerCursor::new(&spec.name, end, end_lines)
+                };
+                if !corrupt && any_cursor {
+                    tracing::info!(
+                        class = class_dir_name(priority),
+                        output = %spec.name,
+                        start = if oldest { "oldest" } else { "end" },
+                        "buffer: new output; it starts at the {} of the buffered data",
+                        if oldest { "oldest" } else { "end" }
+                    );
+                }
+                cursor::store(&dir, &spec.name, cursor.ack).map_err(|e| io_err(&dir, e))?;
+                cursor
+            }
+        };
+        class.consumers.insert(*id, cursor);
+    }
+
+    // Data before every cursor may go now; empty segments too.
     let mut to_delete = class.take_acked_segments();
     to_delete.extend(removed_empty);
     delete_files(&dir, &to_delete).map_err(|e| io_err(&dir, e))?;
@@ -131,23 +231,41 @@ fn recover_class(
     report.segments += class.segments.len();
     report.records += class.segments.values().map(|m| m.records).sum::<u64>();
     report.lines += class.segments.values().map(|m| m.lines).sum::<u64>();
-    report.unsent_lines += class.unsent_lines();
+    // Unsent for at least one consumer.
+    report.unsent_lines += class
+        .segments
+        .iter()
+        .map(|(id, meta)| class.unsent_lines_in_any(*id, meta))
+        .sum::<u64>();
+    for cursor in class.consumers.values() {
+        *report
+            .unsent_lines_by_consumer
+            .entry(cursor.name.clone())
+            .or_default() += class.unsent_lines(cursor);
+    }
     Ok(class)
 }
 
 /// Scans `root` (creating it and the class directories if needed) and rebuilds the state.
-pub(crate) fn recover(root: &Path) -> Result<Recovered, BufferError> {
+pub(crate) fn recover(root: &Path, consumers: &[ConsumerSpec]) -> Result<Recovered, BufferError> {
     std::fs::create_dir_all(root).map_err(|e| io_err(root, e))?;
     let mut report = RecoveryReport::default();
-    let normal = recover_class(root, Priority::Normal, &mut report)?;
-    let urgent = recover_class(root, Priority::Urgent, &mut report)?;
+    let ids: Vec<(ConsumerId, ConsumerSpec)> = (0..).zip(consumers.iter().cloned()).collect();
+    let normal = recover_class(root, Priority::Normal, &ids, &mut report)?;
+    let urgent = recover_class(root, Priority::Urgent, &ids, &mut report)?;
     // New segment ids must stay above every id on disk and every id a cursor names, or a new
     // segment could be mistaken for acknowledged data.
     let next_segment_id = [&normal, &urgent]
         .iter()
         .flat_map(|c| {
             let last = c.segments.keys().next_back().copied().unwrap_or(0);
-            [last, c.ack.segment]
+            let cursors = c
+                .consumers
+                .values()
+                .map(|k| k.ack.segment)
+                .max()
+                .unwrap_or(0);
+            [last, cursors]
         })
         .max()
         .unwrap_or(0)
@@ -167,6 +285,8 @@ pub(crate) fn recover(root: &Path) -> Result<Recovered, BufferError> {
     }
     let state = State {
         classes,
+        next_consumer: ConsumerId::try_from(ids.len()).unwrap_or(ConsumerId::MAX),
+        consumer_dropped: BTreeMap::new(),
         dropped_oldest_lines: 0,
         dropped_oldest_segments: 0,
         recovery_dropped_bytes: report.dropped_bytes,
@@ -186,7 +306,7 @@ pub(crate) fn recover(root: &Path) -> Result<Recovered, BufferError> {
     })
 }
 
-/// Start position of a class's reader: the cursor (segments before it are gone).
-pub(crate) fn start_position(class: &ClassState) -> Pos {
-    class.ack
+/// Start position of consumer `id`'s reader in a class: its cursor.
+pub(crate) fn start_position(class: &ClassState, id: ConsumerId) -> Pos {
+    class.consumer(id).map(|c| c.ack).unwrap_or_default()
 }

@@ -94,32 +94,26 @@ impl SegMeta {
     }
 }
 
-/// One class's log.
-#[derive(Debug)]
-pub(crate) struct ClassState {
-    pub dir: PathBuf,
-    pub segments: BTreeMap<u64, SegMeta>,
+/// One consumer's (output's) position in one class's log.
+#[derive(Debug, Clone)]
+pub(crate) struct ConsumerCursor {
+    pub name: String,
     /// The persisted ack cursor.
     pub ack: Pos,
     /// Lines of the records of `ack.segment` that lie before `ack.offset`.
     pub ack_lines_in_segment: u64,
 }
 
-impl ClassState {
-    pub fn new(dir: PathBuf) -> Self {
-        ClassState {
-            dir,
-            segments: BTreeMap::new(),
-            ack: Pos::default(),
-            ack_lines_in_segment: 0,
+impl ConsumerCursor {
+    pub fn new(name: &str, ack: Pos, ack_lines_in_segment: u64) -> Self {
+        ConsumerCursor {
+            name: name.to_string(),
+            ack,
+            ack_lines_in_segment,
         }
     }
 
-    pub fn segment_path(&self, id: u64) -> PathBuf {
-        self.dir.join(segment_file_name(id))
-    }
-
-    /// Lines of segment `id` not yet acknowledged.
+    /// Lines of segment `id` this consumer has not acknowledged.
     pub fn unsent_lines_in(&self, id: u64, meta: &SegMeta) -> u64 {
         if id > self.ack.segment {
             meta.lines
@@ -129,22 +123,85 @@ impl ClassState {
             0
         }
     }
+}
 
-    pub fn unsent_lines(&self) -> u64 {
+/// Consumer handle: an index into every class's consumer map (never reused within a process).
+pub(crate) type ConsumerId = u32;
+
+/// One class's log.
+#[derive(Debug)]
+pub(crate) struct ClassState {
+    pub dir: PathBuf,
+    pub segments: BTreeMap<u64, SegMeta>,
+    /// Every consumer's cursor in this class; a segment lives until all of them passed it.
+    pub consumers: BTreeMap<ConsumerId, ConsumerCursor>,
+}
+
+impl ClassState {
+    pub fn new(dir: PathBuf) -> Self {
+        ClassState {
+            dir,
+            segments: BTreeMap::new(),
+            consumers: BTreeMap::new(),
+        }
+    }
+
+    pub fn segment_path(&self, id: u64) -> PathBuf {
+        self.dir.join(segment_file_name(id))
+    }
+
+    /// Consumer `id`'s cursor (a consumer that is gone has acked nothing: callers only ask
+    /// for consumers they hold).
+    pub fn consumer(&self, id: ConsumerId) -> Option<&ConsumerCursor> {
+        self.consumers.get(&id)
+    }
+
+    /// The position every consumer has passed: data before it is needed by none.
+    /// With no consumer at all nothing is released (the data waits for whoever comes).
+    pub fn released(&self) -> Pos {
+        self.consumers
+            .values()
+            .map(|c| c.ack)
+            .min()
+            .unwrap_or_default()
+    }
+
+    /// The end of the committed log: where a consumer that starts "at the end" starts.
+    pub fn end(&self) -> Pos {
+        match self.segments.iter().next_back() {
+            Some((&segment, meta)) => Pos {
+                segment,
+                offset: meta.size,
+            },
+            None => Pos::default(),
+        }
+    }
+
+    /// Lines of segment `id` not acknowledged by at least one consumer (the most behind one).
+    pub fn unsent_lines_in_any(&self, id: u64, meta: &SegMeta) -> u64 {
+        self.consumers
+            .values()
+            .map(|c| c.unsent_lines_in(id, meta))
+            .max()
+            .unwrap_or(meta.lines)
+    }
+
+    pub fn unsent_lines(&self, consumer: &ConsumerCursor) -> u64 {
         self.segments
             .iter()
-            .map(|(id, meta)| self.unsent_lines_in(*id, meta))
+            .map(|(id, meta)| consumer.unsent_lines_in(*id, meta))
             .sum()
     }
 
-    pub fn unsent_bytes(&self) -> u64 {
+    pub fn unsent_bytes(&self, consumer: &ConsumerCursor) -> u64 {
+        let ack = consumer.ack;
         self.segments
             .iter()
             .map(|(id, meta)| {
-                if *id > self.ack.segment {
+                if *id > ack.segment {
                     meta.size
-                } else if *id == self.ack.segment {
-                    meta.size.saturating_sub(self.ack.offset)
+                } else if *id == ack.segment {
+                    meta.size.saturating_sub(ack.offset)
                 } else {
                     0
                 }
@@ -156,15 +213,16 @@ impl ClassState {
         self.segments.values().map(|m| m.size).sum()
     }
 
-    /// Append time of the oldest record not yet acknowledged.
-    pub fn oldest_unsent_ms(&self) -> Option<u64> {
-        for (id, meta) in self.segments.range(self.ack.segment..) {
+    /// Append time of the oldest record `consumer` has not acknowledged.
+    pub fn oldest_unsent_ms(&self, consumer: &ConsumerCursor) -> Option<u64> {
+        let ack = consumer.ack;
+        for (id, meta) in self.segments.range(ack.segment..) {
             if meta.records == 0 {
                 continue;
             }
-            if *id == self.ack.segment {
-                if self.ack.offset < meta.size {
-                    return meta.ms_at(self.ack.offset);
+            if *id == ack.segment {
+                if ack.offset < meta.size {
+                    return meta.ms_at(ack.offset);
                 }
                 continue;
             }
@@ -173,10 +231,13 @@ impl ClassState {
         None
     }
 
-    /// Removes from the map every sealed segment wholly before the ack cursor; returns the
-    /// paths of the files to delete.
+    /// Removes from the map every sealed segment wholly before every consumer's ack cursor;
+    /// returns the paths of the files to delete.
     pub fn take_acked_segments(&mut self) -> Vec<PathBuf> {
-        let ack = self.ack;
+        if self.consumers.is_empty() {
+            return Vec::new();
+        }
+        let ack = self.released();
         let done: Vec<u64> = self
             .segments
             .iter()
@@ -195,11 +256,31 @@ impl ClassState {
     }
 }
 
+/// What one consumer has still to send, for `/metrics`, health and status.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ConsumerStats {
+    pub name: String,
+    /// Lines this consumer has not acknowledged (both classes).
+    pub unsent_lines: u64,
+    /// Of which urgent.
+    pub urgent_unsent_lines: u64,
+    pub unsent_bytes: u64,
+    /// Age of the oldest record this consumer has not acknowledged.
+    pub oldest_unsent_age_ms: Option<u64>,
+    /// Lines dropped at the disk bound before this consumer had them, since open.
+    pub dropped_oldest_lines: u64,
+}
+
 /// Everything the writer and reader share.
 #[derive(Debug)]
 pub(crate) struct State {
-    /// Indexed by [`class_index`].
+    /// Indexed by [`class_index`]. Both classes hold the same consumer ids.
     pub classes: [ClassState; 2],
+    /// The next [`ConsumerId`] to hand out.
+    pub next_consumer: ConsumerId,
+    /// Per consumer: lines dropped at the disk bound that it had not acknowledged.
+    pub consumer_dropped: BTreeMap<ConsumerId, u64>,
+    /// Lines dropped at the disk bound that at least one consumer had not acknowledged.
     pub dropped_oldest_lines: u64,
     pub dropped_oldest_segments: u64,
     pub recovery_dropped_bytes: u64,
@@ -217,6 +298,43 @@ impl State {
 
     pub fn disk_bytes(&self) -> u64 {
         self.classes.iter().map(ClassState::disk_bytes).sum()
+    }
+
+    /// Every consumer's id and name, by id.
+    pub fn consumer_names(&self) -> Vec<(ConsumerId, String)> {
+        self.classes[0]
+            .consumers
+            .iter()
+            .map(|(id, c)| (*id, c.name.clone()))
+            .collect()
+    }
+
+    /// What consumer `id` has still to send.
+    pub fn consumer_stats(&self, id: ConsumerId, now: u64) -> Option<ConsumerStats> {
+        let urgent = self.class(Priority::Urgent);
+        let normal = self.class(Priority::Normal);
+        let (u, n) = (urgent.consumer(id)?, normal.consumer(id)?);
+        let urgent_unsent = urgent.unsent_lines(u);
+        let oldest = [urgent.oldest_unsent_ms(u), normal.oldest_unsent_ms(n)]
+            .into_iter()
+            .flatten()
+            .min();
+        Some(ConsumerStats {
+            name: n.name.clone(),
+            unsent_lines: urgent_unsent + normal.unsent_lines(n),
+            urgent_unsent_lines: urgent_unsent,
+            unsent_bytes: urgent.unsent_bytes(u) + normal.unsent_bytes(n),
+            oldest_unsent_age_ms: oldest.map(|ms| now.saturating_sub(ms)),
+            dropped_oldest_lines: self.consumer_dropped.get(&id).copied().unwrap_or(0),
+        })
+    }
+
+    /// Every consumer's stats, by id.
+    pub fn all_consumer_stats(&self, now: u64) -> Vec<ConsumerStats> {
+        self.consumer_names()
+            .into_iter()
+            .filter_map(|(id, _)| self.consumer_stats(id, now))
+            .collect()
     }
 }
 
@@ -284,23 +402,23 @@ impl Shared {
         self.committed.send_modify(|generation| *generation += 1);
     }
 
-    /// Snapshot of the counters, also pushed to the `metrics` gauges.
+    /// Snapshot of the counters. The buffer-wide unsent figures are those of the consumer
+    /// furthest behind (the one that holds the most data on disk); `consumers` has each one's.
     pub fn stats(&self) -> BufferStats {
         let state = self.lock();
         let now = unix_ms();
-        let urgent = state.class(Priority::Urgent);
-        let normal = state.class(Priority::Normal);
-        let oldest = [urgent.oldest_unsent_ms(), normal.oldest_unsent_ms()]
-            .into_iter()
-            .flatten()
-            .min();
+        let consumers = state.all_consumer_stats(now);
+        let worst = |f: fn(&ConsumerStats) -> u64| consumers.iter().map(f).max().unwrap_or(0);
         let stats = BufferStats {
             disk_bytes: state.disk_bytes(),
-            segments: urgent.segments.len() + normal.segments.len(),
-            unsent_lines: urgent.unsent_lines() + normal.unsent_lines(),
-            urgent_unsent_lines: urgent.unsent_lines(),
-            unsent_bytes: urgent.unsent_bytes() + normal.unsent_bytes(),
-            oldest_unsent_age_ms: oldest.map(|ms| now.saturating_sub(ms)),
+            segments: state.classes.iter().map(|c| c.segments.len()).sum(),
+            unsent_lines: worst(|c| c.unsent_lines),
+            urgent_unsent_lines: worst(|c| c.urgent_unsent_lines),
+            unsent_bytes: worst(|c| c.unsent_bytes),
+            oldest_unsent_age_ms: consumers
+                .iter()
+                .filter_map(|c| c.oldest_unsent_age_ms)
+                .max(),
             dropped_oldest_lines: state.dropped_oldest_lines,
             dropped_oldest_segments: state.dropped_oldest_segments,
             recovery_dropped_bytes: state.recovery_dropped_bytes,
@@ -308,21 +426,33 @@ impl Shared {
             disk_failing: self.disk_failing.load(Ordering::Relaxed),
             data_fsyncs: self.data_fsyncs.load(Ordering::Relaxed),
             meta_fsyncs: self.meta_fsyncs.load(Ordering::Relaxed),
+            consumers,
         };
         drop(state);
         stats
     }
 
-    /// Updates the gauges from the current state (called after commits, acks and drops).
+    /// Updates the gauges from the current state (called after commits, acks and drops):
+    /// `buffer_readings{class}` is for the consumer furthest behind (per-consumer figures are
+    /// in [`BufferStats::consumers`]).
     pub fn publish_gauges(&self) {
         let state = self.lock();
         let disk = state.disk_bytes();
-        let urgent = state.class(Priority::Urgent).unsent_lines();
-        let normal = state.class(Priority::Normal).unsent_lines();
+        let mut worst = [0u64; 2];
+        for priority in CLASSES_URGENT_FIRST {
+            let class = state.class(priority);
+            for consumer in class.consumers.values() {
+                let unsent = class.unsent_lines(consumer);
+                let w = &mut worst[class_index(priority)];
+                *w = (*w).max(unsent);
+            }
+        }
         drop(state);
         metrics::gauge!("buffer_bytes").set(disk as f64);
-        metrics::gauge!("buffer_readings", "class" => "urgent").set(urgent as f64);
-        metrics::gauge!("buffer_readings", "class" => "normal").set(normal as f64);
+        metrics::gauge!("buffer_readings", "class" => "urgent")
+            .set(worst[class_index(Priority::Urgent)] as f64);
+        metrics::gauge!("buffer_readings", "class" => "normal")
+            .set(worst[class_index(Priority::Normal)] as f64);
     }
 }
 
@@ -372,23 +502,24 @@ mod tests {
         b.add_record(0, 50, 7, 3);
         class.segments.insert(1, a);
         class.segments.insert(2, b);
-        class.ack = Pos {
-            segment: 1,
-            offset: 100,
-        };
-        class.ack_lines_in_segment = 10;
-        assert_eq!(class.unsent_lines(), 12);
-        assert_eq!(class.unsent_bytes(), 150);
+        let at = |offset, lines| ConsumerCursor::new("x", Pos { segment: 1, offset }, lines);
+        class.consumers.insert(0, at(100, 10));
+        let c = class.consumers[&0].clone();
+        assert_eq!(class.unsent_lines(&c), 12);
+        assert_eq!(class.unsent_bytes(&c), 150);
         assert!(class.take_acked_segments().is_empty());
-        class.ack = Pos {
-            segment: 1,
-            offset: 200,
-        };
-        class.ack_lines_in_segment = 15;
-        assert_eq!(class.oldest_unsent_ms(), Some(3));
+        class.consumers.insert(0, at(200, 15));
+        let c = class.consumers[&0].clone();
+        assert_eq!(class.oldest_unsent_ms(&c), Some(3));
+        // A second consumer still behind holds the segment.
+        class.consumers.insert(1, at(0, 0));
+        assert_eq!(class.released(), at(0, 0).ack);
+        assert_eq!(class.unsent_lines_in_any(1, &class.segments[&1]), 15);
+        assert!(class.take_acked_segments().is_empty());
+        class.consumers.insert(1, at(200, 15));
         let gone = class.take_acked_segments();
         assert_eq!(gone.len(), 1);
-        assert_eq!(class.unsent_lines(), 7);
+        assert_eq!(class.unsent_lines(&c), 7);
     }
 }
 

@@ -545,18 +545,27 @@ impl WriterThread {
         {
             self.seal(priority);
         }
-        let (dir, path, meta, unsent) = {
+        let (dir, path, meta, unsent, lost) = {
             let mut state = self.shared.lock();
             let class = state.class_mut(priority);
             let Some(meta) = class.segments.remove(&id) else {
                 return false;
             };
-            let unsent = class.unsent_lines_in(id, &meta);
+            let unsent = class.unsent_lines_in_any(id, &meta);
+            // What each consumer had not acknowledged of it.
+            let lost: Vec<(u32, String, u64)> = class
+                .consumers
+                .iter()
+                .map(|(cid, c)| (*cid, c.name.clone(), c.unsent_lines_in(id, &meta)))
+                .collect();
             let dir = class.dir.clone();
             let path = class.segment_path(id);
             state.dropped_oldest_lines += unsent;
             state.dropped_oldest_segments += 1;
-            (dir, path, meta, unsent)
+            for (cid, _, lines) in &lost {
+                *state.consumer_dropped.entry(*cid).or_default() += lines;
+            }
+            (dir, path, meta, unsent, lost)
         };
         match delete_files(&dir, std::slice::from_ref(&path)) {
             Ok(fsyncs) => {
@@ -566,12 +575,22 @@ impl WriterThread {
                 tracing::error!(error = %e, path = %path.display(), "could not delete dropped buffer segment");
             }
         }
-        metrics::counter!("buffer_dropped_oldest_lines_total").increment(unsent);
+        for (_, name, lines) in &lost {
+            metrics::counter!("buffer_dropped_oldest_lines_total", "output" => name.clone())
+                .increment(*lines);
+        }
         metrics::counter!("buffer_dropped_oldest_segments_total").increment(1);
+        let per_output = lost
+            .iter()
+            .filter(|(_, _, lines)| *lines > 0)
+            .map(|(_, name, lines)| format!("{name}={lines}"))
+            .collect::<Vec<_>>()
+            .join(" ");
         tracing::warn!(
             class = class_dir_name(priority),
             segment = id,
             readings = unsent,
+            unsent_per_output = %per_output,
             oldest_ms = meta.first_ms,
             newest_ms = meta.last_ms,
             span_s = meta.last_ms.saturating_sub(meta.first_ms) / 1000,

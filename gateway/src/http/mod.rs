@@ -318,6 +318,14 @@ impl AppState {
         metrics::gauge!("buffer_segments").set(buffer.segments as f64);
         metrics::gauge!("buffer_oldest_unsent_age_seconds")
             .set(buffer.oldest_unsent_age_ms.unwrap_or(0) as f64 / 1000.0);
+        // The same per output (buffer consumer); the two above are the worst of these.
+        for consumer in &buffer.consumers {
+            let output = consumer.name.clone();
+            metrics::gauge!("output_buffer_unsent_lines", "output" => output.clone())
+                .set(consumer.unsent_lines as f64);
+            metrics::gauge!("output_buffer_oldest_unsent_age_seconds", "output" => output)
+                .set(consumer.oldest_unsent_age_ms.unwrap_or(0) as f64 / 1000.0);
+        }
         metrics::gauge!("ready").set(if ready.ready { 1.0 } else { 0.0 });
         metrics::gauge!("uptime_seconds")
             .set(now.saturating_sub(self.observers.started_ms) as f64 / 1000.0);
