@@ -279,6 +279,7 @@ impl InfluxSink {
     /// Checks the config and builds the HTTP client (reads the CA file).
     pub fn new(config: InfluxSinkConfig) -> Result<Self, SinkError> {
         let write_url = build_write_url(&config)?;
+        crate::tls::install_crypto_provider();
         let mut builder = reqwest::Client::builder()
             .connect_timeout(config.connect_timeout)
             .timeout(config.request_timeout)
@@ -297,14 +298,14 @@ impl InfluxSink {
                 "insecure_skip_verify = true: the store's TLS certificate is NOT verified; anyone \
                  on the path can read the data and the token. Use ca_file instead."
             );
-            builder = builder.danger_accept_invalid_certs(true);
+            builder = builder.tls_danger_accept_invalid_certs(true);
             if let Some(identity) = insecure_identity(files)? {
                 builder = builder.identity(identity);
             }
         } else if write_url.scheme() == "https" {
             // The system's trust store plus ca_file, and the client certificate: the same
             // trust as the MQTT side.
-            builder = builder.use_preconfigured_tls(crate::tls::client_config(files)?);
+            builder = builder.tls_backend_preconfigured(crate::tls::client_config(files)?);
         }
         let client = builder
             .build()
