@@ -72,8 +72,8 @@ impl Backoff {
         let nanos = u64::try_from(ceiling.as_nanos()).unwrap_or(u64::MAX);
         let wait = match self.jitter {
             Jitter::None => nanos,
-            Jitter::Equal => nanos / 2 + rand::thread_rng().gen_range(0..=nanos - nanos / 2),
-            Jitter::Full => rand::thread_rng().gen_range(0..=nanos),
+            Jitter::Equal => nanos / 2 + rand::rng().random_range(0..=nanos - nanos / 2),
+            Jitter::Full => rand::rng().random_range(0..=nanos),
         };
         Duration::from_nanos(wait)
     }

@@ -8,13 +8,32 @@
 //! only. One builder now serves both: the system's trust store (`SSL_CERT_FILE` /
 //! `SSL_CERT_DIR` honoured, as by OpenSSL) plus the optional `ca_file`, and an optional client
 //! certificate chain and key. The webhook input's HTTPS server reads its certificate and key
-//! here too ([`server_config`]). rustls with ring, the one crypto stack of the tree.
+//! here too ([`server_config`]). rustls with ring, the one crypto stack of the tree: reqwest is built
+//! without a provider of its own (`rustls-no-provider`), so [`install_crypto_provider`] makes ring
+//! the process default before any HTTP client is built.
 
 use std::path::{Path, PathBuf};
 
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::{ClientConfig, RootCertStore};
+
+/// Makes ring the process's default rustls crypto provider (once; later calls, or a provider
+/// some other code installed first, leave it as it is).
+///
+/// Every `reqwest::Client` needs one, even for plain `http://` URLs: reqwest 0.13 is built with
+/// `rustls-no-provider` (its `rustls` feature would link aws-lc-rs, a second crypto stack beside
+/// the ring the MQTT side and the webhook server use), and its `ClientBuilder::build` panics
+/// when no default provider is installed. [`crate::output::influx::InfluxSink::new`] and
+/// `ioc-gateway status` call this before building theirs; code building its own client in the
+/// same process (tests) calls it first too.
+pub fn install_crypto_provider() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        // Err: a provider is installed already, which is all that is needed.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    });
+}
 
 /// The files a TLS client section names (`ca_file`, `client_cert_file`, `client_key_file`).
 #[derive(Debug, Clone, Copy, Default)]
@@ -145,6 +164,17 @@ pub fn server_config(cert_file: &Path, key_file: &Path) -> Result<rustls::Server
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ring_is_the_process_provider_and_a_client_builds() {
+        install_crypto_provider();
+        install_crypto_provider();
+        let provider = rustls::crypto::CryptoProvider::get_default().expect("installed");
+        let ring = rustls::crypto::ring::default_provider();
+        assert_eq!(provider.cipher_suites.len(), ring.cipher_suites.len());
+        // reqwest builds a rustls config even for plain HTTP: it must find the provider.
+        reqwest::Client::builder().build().expect("client builds");
+    }
 
     #[test]
     fn a_missing_ca_file_names_key_and_path() {

@@ -100,6 +100,7 @@ async fn influx_points(url: &str, measurement: &str) -> InfluxPoints {
         "SELECT * FROM \"{}\" GROUP BY *",
         measurement.replace('"', "\\\"")
     );
+    ioc_gateway::tls::install_crypto_provider();
     let body: Value = reqwest::Client::new()
         .get(format!("{url}/query"))
         .query(&[("db", "telemetry"), ("epoch", "ns"), ("q", query.as_str())])
@@ -278,6 +279,7 @@ async fn influxdb_1x_wrong_database_is_not_a_bad_batch() {
 type Sample = (String, BTreeMap<String, String>, i64, f64);
 
 async fn victoria_samples(url: &str, selector: &str) -> Vec<Sample> {
+    ioc_gateway::tls::install_crypto_provider();
     let client = reqwest::Client::new();
     let flushed = client
         .get(format!("{url}/internal/force_flush"))
@@ -433,7 +435,7 @@ async fn https_trusts_the_system_store_plus_a_ca_file() {
     );
 
     let client = reqwest::Client::builder()
-        .danger_accept_invalid_certs(true)
+        .tls_danger_accept_invalid_certs(true)
         .build()
         .unwrap();
     let count: Value = client

@@ -7,6 +7,7 @@
 //! seed always gives the same byte stream.
 
 pub mod civil_time;
+#[cfg(feature = "demo")]
 pub mod demo;
 pub mod generator;
 pub mod line_sensor;

@@ -66,41 +66,46 @@ enum SerialDeviceArg {
     Lines,
 }
 
+/// `sensor-sim demo`'s options.
+#[derive(clap::Args)]
+struct DemoArgs {
+    /// Working directory (generated gateway config, buffer, manifest).
+    #[arg(long, default_value = "ioc-demo")]
+    dir: PathBuf,
+    /// Store URL to forward to (default: VictoriaMetrics on 127.0.0.1:8428 or InfluxDB on
+    /// :8086 if one answers; otherwise readings stay in the disk buffer).
+    #[arg(long)]
+    store: Option<String>,
+    /// API of --store.
+    #[arg(long, value_enum, default_value_t = ApiArg::V2)]
+    api: ApiArg,
+    /// Port of the embedded MQTT broker (another free port if taken; 0 = any free port).
+    #[arg(long, default_value_t = 1883)]
+    mqtt_port: u16,
+    /// Address of the gateway's live page (another free port if taken; port 0 = any).
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    http: std::net::SocketAddr,
+    /// Address of the gateway's webhook inputs, where the demo posts the plate engines'
+    /// webhooks (another free port if taken; port 0 = any).
+    #[arg(long, default_value = "127.0.0.1:8181")]
+    webhook: std::net::SocketAddr,
+    /// Seed of the simulated district.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Stop after this many seconds (default: until Ctrl-C).
+    #[arg(long)]
+    duration: Option<f64>,
+    /// A scenario file instead of the built-in district.
+    #[arg(long)]
+    scenario: Option<PathBuf>,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// The one-command demo: an embedded MQTT broker, a simulated district and the gateway with
-    /// its live page, in one process. Forwards to a store if one is found or given.
-    Demo {
-        /// Working directory (generated gateway config, buffer, manifest).
-        #[arg(long, default_value = "ioc-demo")]
-        dir: PathBuf,
-        /// Store URL to forward to (default: VictoriaMetrics on 127.0.0.1:8428 or InfluxDB on
-        /// :8086 if one answers; otherwise readings stay in the disk buffer).
-        #[arg(long)]
-        store: Option<String>,
-        /// API of --store.
-        #[arg(long, value_enum, default_value_t = ApiArg::V2)]
-        api: ApiArg,
-        /// Port of the embedded MQTT broker (another free port if taken; 0 = any free port).
-        #[arg(long, default_value_t = 1883)]
-        mqtt_port: u16,
-        /// Address of the gateway's live page (another free port if taken; port 0 = any).
-        #[arg(long, default_value = "127.0.0.1:8080")]
-        http: std::net::SocketAddr,
-        /// Address of the gateway's webhook inputs, where the demo posts the plate engines'
-        /// webhooks (another free port if taken; port 0 = any).
-        #[arg(long, default_value = "127.0.0.1:8181")]
-        webhook: std::net::SocketAddr,
-        /// Seed of the simulated district.
-        #[arg(long, default_value_t = 1)]
-        seed: u64,
-        /// Stop after this many seconds (default: until Ctrl-C).
-        #[arg(long)]
-        duration: Option<f64>,
-        /// A scenario file instead of the built-in district.
-        #[arg(long)]
-        scenario: Option<PathBuf>,
-    },
+    /// its live page, in one process. Forwards to a store if one is found or given. Needs the
+    /// `demo` feature (`cargo run --release -p sensor-sim --features demo -- demo`).
+    Demo(DemoArgs),
     /// Publish a scenario to an MQTT broker; prints a one-line JSON summary.
     Run {
         /// Scenario TOML file.
@@ -351,52 +356,66 @@ fn main() -> ExitCode {
     }
 }
 
+/// `sensor-sim demo`: the embedded broker, the district and the real gateway in this process.
+#[cfg(feature = "demo")]
+fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
+    let DemoArgs {
+        dir,
+        store,
+        api,
+        mqtt_port,
+        http,
+        webhook,
+        seed,
+        duration,
+        scenario,
+    } = args;
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new(
+            "warn,ioc_gateway=info,ioc_gateway::output::influx=error,rumqttd=off",
+        )
+    });
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    ioc_gateway::http::install_metrics_recorder();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let options = sensor_sim::demo::DemoOptions {
+        dir,
+        store,
+        api_v1: matches!(api, ApiArg::V1),
+        mqtt_port,
+        http_listen: http,
+        webhook_listen: webhook,
+        seed,
+        duration: duration.map(Duration::from_secs_f64),
+        scenario,
+    };
+    let result = runtime.block_on(sensor_sim::demo::run_demo(options));
+    // Blocking helpers (the publisher's pacing thread) may be mid-sleep: do not wait long.
+    runtime.shutdown_timeout(Duration::from_secs(2));
+    result?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `sensor-sim demo` in a build without the `demo` feature (which brings in the gateway and the
+/// embedded broker, rumqttd, that nothing else of the simulators needs): says how to get it.
+#[cfg(not(feature = "demo"))]
+fn demo(_args: DemoArgs) -> anyhow::Result<ExitCode> {
+    anyhow::bail!(
+        "this sensor-sim was built without the `demo` feature (the embedded broker and the \
+         gateway): run `cargo run --release -p sensor-sim --features demo -- demo`"
+    )
+}
+
 fn real_main() -> anyhow::Result<ExitCode> {
     match Cli::parse().command {
-        Command::Demo {
-            dir,
-            store,
-            api,
-            mqtt_port,
-            http,
-            webhook,
-            seed,
-            duration,
-            scenario,
-        } => {
-            let filter =
-                tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-                    tracing_subscriber::EnvFilter::new(
-                        "warn,ioc_gateway=info,ioc_gateway::output::influx=error,rumqttd=off",
-                    )
-                });
-            tracing_subscriber::fmt()
-                .with_env_filter(filter)
-                .with_writer(std::io::stderr)
-                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-                .init();
-            ioc_gateway::http::install_metrics_recorder();
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()?;
-            let options = sensor_sim::demo::DemoOptions {
-                dir,
-                store,
-                api_v1: matches!(api, ApiArg::V1),
-                mqtt_port,
-                http_listen: http,
-                webhook_listen: webhook,
-                seed,
-                duration: duration.map(Duration::from_secs_f64),
-                scenario,
-            };
-            let result = runtime.block_on(sensor_sim::demo::run_demo(options));
-            // Blocking helpers (the publisher's pacing thread) may be mid-sleep: do not wait long.
-            runtime.shutdown_timeout(Duration::from_secs(2));
-            result?;
-            Ok(ExitCode::SUCCESS)
-        }
+        Command::Demo(args) => demo(args),
         Command::Run {
             scenario,
             broker,

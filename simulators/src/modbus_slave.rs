@@ -25,7 +25,7 @@
 //! drawn at random), noise bytes before an intact answer, a slow answer.
 
 use std::collections::BTreeMap;
-use std::os::fd::AsRawFd;
+use std::os::fd::AsFd;
 use std::str::FromStr;
 use std::time::{Duration, Instant};
 
@@ -521,7 +521,7 @@ pub fn serve_pty(
         }
         // The master fd is non-blocking: poll it every millisecond. 4 ms without a byte
         // (≈ 3.5 characters at 9600 baud) ends an RTU frame.
-        let n = match nix::unistd::read(pty.master.as_raw_fd(), &mut buf) {
+        let n = match nix::unistd::read(pty.master.as_fd(), &mut buf) {
             Ok(n) => n,
             // EAGAIN: nothing to read; EIO: no reader has the terminal open (yet, or any more).
             Err(nix::errno::Errno::EAGAIN | nix::errno::Errno::EIO) => 0,

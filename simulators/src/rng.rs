@@ -23,7 +23,7 @@ impl SimRng {
 
     /// Uniform in `[0, 1)`.
     pub fn unit(&mut self) -> f64 {
-        self.inner.gen::<f64>()
+        self.inner.random::<f64>()
     }
 
     /// Uniform in `[low, high)`.
@@ -33,7 +33,7 @@ impl SimRng {
 
     /// Uniform integer in `[0, n)`; `n` must be positive.
     pub fn below(&mut self, n: u64) -> u64 {
-        self.inner.gen_range(0..n.max(1))
+        self.inner.random_range(0..n.max(1))
     }
 
     /// True with probability `p`.

@@ -16,7 +16,7 @@
 //!   checksum = low byte of the sum of the six data bytes, `ab`.
 
 use std::collections::BTreeMap;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::PathBuf;
 use std::str::FromStr;
 
@@ -401,9 +401,9 @@ pub fn open_pty() -> Result<Pty, PtyError> {
     let mut tio = tcgetattr(pair.slave.as_fd()).map_err(sys("tcgetattr"))?;
     cfmakeraw(&mut tio);
     tcsetattr(pair.slave.as_fd(), SetArg::TCSANOW, &tio).map_err(sys("tcsetattr"))?;
-    let flags = fcntl(pair.master.as_raw_fd(), FcntlArg::F_GETFL).map_err(sys("fcntl(F_GETFL)"))?;
+    let flags = fcntl(pair.master.as_fd(), FcntlArg::F_GETFL).map_err(sys("fcntl(F_GETFL)"))?;
     fcntl(
-        pair.master.as_raw_fd(),
+        pair.master.as_fd(),
         FcntlArg::F_SETFL(OFlag::from_bits_truncate(flags) | OFlag::O_NONBLOCK),
     )
     .map_err(sys("fcntl(F_SETFL)"))?;

@@ -364,7 +364,7 @@ fn read_some(fd: &std::os::fd::OwnedFd, timeout: Duration, buf: &mut [u8]) -> us
         }
         return 0;
     }
-    nix::unistd::read(fd.as_raw_fd(), buf).unwrap_or(0)
+    nix::unistd::read(fd, buf).unwrap_or(0)
 }
 
 /// Plays a weather station.

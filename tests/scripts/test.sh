@@ -3,7 +3,9 @@
 #
 # 1. installs the servers the end-to-end tests need if they are missing (install-deps.sh);
 # 2. builds every binary of the workspace, because the end-to-end tests run `ioc-gateway` and `sensor-sim`
-#    as real processes from the target dir;
+#    as real processes from the target dir; with `sensor-sim`'s `demo` feature (the embedded broker and the
+#    in-process gateway) for the demo test. Every cargo command below passes the same features, so the test
+#    run reuses that build instead of rebuilding `sensor-sim` without the demo;
 # 3. runs every test of the workspace: with cargo-nextest when it is installed (one process per test,
 #    clear per-test timing), else with `cargo test`. The tests start their own mosquitto, VictoriaMetrics
 #    and InfluxDB on free loopback ports in temp dirs; nothing needs to be running beforehand.
@@ -19,6 +21,7 @@ root="$(cd "$here/../.." && pwd)"
 cd "$root"
 
 threads="${IOC_TEST_THREADS:-2}"
+features=(--features sensor-sim/demo)
 
 echo "==> installing test dependencies (if missing)"
 bash "$here/install-deps.sh"
@@ -26,17 +29,17 @@ echo "    $(PATH="$PATH:/usr/sbin" mosquitto -h 2>/dev/null | head -n 1)"
 echo "    $(victoria-metrics -version 2>/dev/null | head -n 1 || true) $(dpkg-query -W victoria-metrics 2>/dev/null || true)"
 echo "    $(influxd version 2>/dev/null | head -n 1)"
 
-echo "==> cargo build --workspace --bins"
-cargo build --workspace --bins
+echo "==> cargo build --workspace --bins ${features[*]}"
+cargo build --workspace --bins "${features[@]}"
 
 if cargo nextest --version >/dev/null 2>&1; then
   # nextest does not run doctests: run them first, so that nextest's summary closes the output.
   echo "==> cargo test --workspace --doc"
-  cargo test --workspace --doc
+  cargo test --workspace --doc "${features[@]}"
   echo "==> cargo nextest run --workspace"
-  cargo nextest run --workspace --no-fail-fast --test-threads "$threads" \
+  cargo nextest run --workspace "${features[@]}" --no-fail-fast --test-threads "$threads" \
     --config-file "$root/tests/nextest.toml" "$@"
 else
   echo "==> cargo test --workspace (cargo-nextest not installed)"
-  cargo test --workspace --no-fail-fast -- --test-threads "$threads" "$@"
+  cargo test --workspace "${features[@]}" --no-fail-fast -- --test-threads "$threads" "$@"
 fi

@@ -215,8 +215,8 @@ pub fn bin_path(name: &str) -> PathBuf {
     let path = dir.join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
     if !path.is_file() {
         panic!(
-            "binary `{name}` not found at {}: run `cargo build --workspace --bins` first \
-             (tests/scripts/test.sh does it), or set IOC_E2E_BIN_DIR",
+            "binary `{name}` not found at {}: run `cargo build --workspace --bins --features \
+             sensor-sim/demo` first (tests/scripts/test.sh does it), or set IOC_E2E_BIN_DIR",
             path.display()
         );
     }

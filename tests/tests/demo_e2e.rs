@@ -1,5 +1,7 @@
 //! The one-command demo works as the README says: `sensor-sim demo`, here with a temp
-//! `--dir` and free ports so it cannot clash with anything on the machine.
+//! `--dir` and free ports so it cannot clash with anything on the machine. The binary must be
+//! built with the demo in it: `cargo build -p sensor-sim --features demo` (tests/scripts/test.sh
+//! builds the workspace with `--features sensor-sim/demo`).
 //!
 //! - Without a store (`--store` naming a port nothing listens on): it prints where to look,
 //!   serves the live page, `/api/sensors` shows the district's sensors with readings that keep

@@ -46,6 +46,7 @@ fn status_blocking(url: &str, token_env: Option<&str>) -> anyhow::Result<String>
 /// Fetches `/api/sensors` and `/readyz` from the gateway at `url` and returns the summary.
 pub async fn status(url: &str, token: Option<Secret>) -> anyhow::Result<String> {
     let base = url.trim_end_matches('/');
+    crate::tls::install_crypto_provider();
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(5))
         .build()

@@ -5,7 +5,7 @@
 
 use std::ops::Range;
 
-use toml_edit::{ImDocument, InlineTable, Item, Table, Value};
+use toml_edit::{Document, InlineTable, Item, Table, Value};
 
 /// Where a config problem is.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -29,7 +29,7 @@ fn line_of(text: &str, pos: usize) -> usize {
 
 /// Locates a problem by byte span (from the parser) or by key path (from validation).
 pub fn locate(text: &str, span: Option<Range<usize>>, key: Option<&str>) -> Location {
-    let doc = ImDocument::parse(text).ok();
+    let doc = Document::parse(text).ok();
     let pos = match (&doc, key, &span) {
         (Some(doc), Some(key), _) => find_path(doc, key),
         (_, _, Some(span)) => Some(span.start),

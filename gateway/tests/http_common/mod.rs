@@ -26,6 +26,7 @@ pub struct TestGateway {
 impl TestGateway {
     pub async fn start(token: Option<&str>, settings: HttpSettings) -> TestGateway {
         let metrics = install_metrics_recorder();
+        ioc_gateway::tls::install_crypto_provider();
         let dir = tempfile::tempdir().unwrap();
         let (writer, reader, _report) =
             buffer::open(BufferConfig::new(dir.path().join("buffer"), 64 << 20)).unwrap();
@@ -87,6 +88,7 @@ pub fn settings() -> HttpSettings {
 
 /// GET with an optional bearer token: (status, body).
 pub async fn get(url: &str, token: Option<&str>) -> (u16, String) {
+    ioc_gateway::tls::install_crypto_provider();
     let client = reqwest::Client::new();
     let mut req = client.get(url);
     if let Some(t) = token {

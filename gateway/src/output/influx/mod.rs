@@ -301,6 +301,7 @@ impl InfluxSink {
             }
             endpoints.push((u.clone(), authority(&u)));
         }
+        crate::tls::install_crypto_provider();
         let mut builder = reqwest::Client::builder()
             .connect_timeout(config.connect_timeout)
             .timeout(config.request_timeout)
@@ -319,14 +320,14 @@ impl InfluxSink {
                 "insecure_skip_verify = true: the store's TLS certificate is NOT verified; anyone \
                  on the path can read the data and the token. Use ca_file instead."
             );
-            builder = builder.danger_accept_invalid_certs(true);
+            builder = builder.tls_danger_accept_invalid_certs(true);
             if let Some(identity) = insecure_identity(files)? {
                 builder = builder.identity(identity);
             }
         } else if write_url.scheme() == "https" {
             // The system's trust store plus ca_file, and the client certificate: the same
             // trust as the MQTT side.
-            builder = builder.use_preconfigured_tls(crate::tls::client_config(files)?);
+            builder = builder.tls_backend_preconfigured(crate::tls::client_config(files)?);
         }
         let client = builder
             .build()
