@@ -257,11 +257,19 @@ fn sighup_under_load_applies_a_new_topic_and_batch_size_refuses_bad_files_and_lo
     assert!(gateway.is_running());
     let metrics = gateway_metrics(http);
     assert_eq!(
-        metric_in(&metrics, "ioc_gateway_config_reloads_total", &[("result", "refused")]),
+        metric_in(
+            &metrics,
+            "ioc_gateway_config_reloads_total",
+            &[("result", "refused")]
+        ),
         2.0
     );
     assert_eq!(
-        metric_in(&metrics, "ioc_gateway_config_reloads_total", &[("result", "applied")]),
+        metric_in(
+            &metrics,
+            "ioc_gateway_config_reloads_total",
+            &[("result", "applied")]
+        ),
         1.0
     );
     assert_eq!(
