@@ -19,7 +19,6 @@
 //! interval.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use crate::model::{FieldValue, Priority, Reading};
@@ -30,20 +29,7 @@ use crate::status::Observers;
 /// The measurement.
 pub const MEASUREMENT: &str = "ioc_gateway";
 /// The input name the health readings go through the ingest under.
-pub const INPUT: &str = "_health";
-
-static ACCEPTED: AtomicU64 = AtomicU64::new(0);
-static REJECTED: AtomicU64 = AtomicU64::new(0);
-
-/// Sensor readings accepted (the health readings themselves are not counted).
-pub fn count_accepted(lines: u32) {
-    ACCEPTED.fetch_add(u64::from(lines), Ordering::Relaxed);
-}
-
-/// One message or reading refused by an input.
-pub fn count_rejected() {
-    REJECTED.fetch_add(1, Ordering::Relaxed);
-}
+pub const INPUT: &str = crate::totals::HEALTH_INPUT;
 
 /// What one health reading says.
 #[derive(Debug, Clone, PartialEq)]
@@ -76,8 +62,8 @@ impl HealthFacts {
             buffer_oldest_unsent_age_s: stats.oldest_unsent_age_ms.unwrap_or(0) / 1000,
             buffer_disk_bytes: stats.disk_bytes,
             dropped_lines_total: stats.dropped_oldest_lines,
-            rejected_total: REJECTED.load(Ordering::Relaxed),
-            accepted_total: ACCEPTED.load(Ordering::Relaxed),
+            rejected_total: crate::totals::rejected(),
+            accepted_total: crate::totals::accepted(),
             inputs_up: inputs.values().filter(|s| s.up).count() as u64,
             inputs_total: inputs.len() as u64,
             output_last_success_age_s: store

@@ -33,6 +33,7 @@ pub mod spacer;
 pub mod status;
 pub mod supervise;
 pub mod tls;
+pub mod totals;
 
 // The pipeline's pure stages are crates of their own; these names keep `crate::model::Reading`
 // and friends reading as the pipeline they are.

@@ -33,7 +33,7 @@ pub struct Limits {
 pub fn count_rejected(input: &str, reason: &'static str) {
     metrics::counter!("readings_rejected_total", "input" => input.to_owned(), "reason" => reason)
         .increment(1);
-    crate::fleet_health::count_rejected();
+    crate::totals::count_rejected();
 }
 
 impl Limits {

@@ -111,9 +111,7 @@ impl Ingest {
             live.offer(input, out.get(start..).unwrap_or_default());
         }
         accepted_counter(input).increment(u64::from(lines));
-        if input != crate::fleet_health::INPUT {
-            crate::fleet_health::count_accepted(lines);
-        }
+        crate::totals::count_accepted(input, lines);
         lines
     }
 
