@@ -122,6 +122,16 @@ fn count(log: &str, needle: &str) -> usize {
     log.matches(needle).count()
 }
 
+/// Waits up to 30 s until the gateway's log holds `needle` exactly `times` times.
+fn wait_for_log(gateway: &GatewayProcess, needle: &str, times: usize) {
+    assert!(
+        wait_until(Duration::from_secs(30), || count(&gateway.log(), needle)
+            == times),
+        "{needle:?} not {times} times in the log\n{}",
+        gateway.log_tail(30)
+    );
+}
+
 #[test]
 fn sighup_under_load_applies_a_new_topic_and_batch_size_refuses_bad_files_and_loses_nothing() {
     let _heavy = HeavyTestLock::acquire();
@@ -226,27 +236,13 @@ fn sighup_under_load_applies_a_new_topic_and_batch_size_refuses_bad_files_and_lo
     // 3. A broken file, then one that changes what needs a restart: both refused.
     std::fs::write(&path, "[gateway]\nid = \"reload-gw\"\ndata_dir = 7\n").unwrap();
     hup(&gateway);
-    assert!(
-        wait_until(Duration::from_secs(30), || count(
-            &gateway.log(),
-            "reload refused"
-        ) == 1),
-        "{}",
-        gateway.log_tail(30)
-    );
+    wait_for_log(&gateway, "reload refused", 1);
     write(&Settings {
         buffer_mb: 64,
         ..with_traffic
     });
     hup(&gateway);
-    assert!(
-        wait_until(Duration::from_secs(30), || count(
-            &gateway.log(),
-            "reload refused"
-        ) == 2),
-        "{}",
-        gateway.log_tail(30)
-    );
+    wait_for_log(&gateway, "reload refused", 2);
     let log = gateway.log();
     assert!(
         log.contains("buffer changed, which takes effect only on a restart"),
@@ -283,14 +279,7 @@ fn sighup_under_load_applies_a_new_topic_and_batch_size_refuses_bad_files_and_lo
         ..with_traffic
     });
     hup(&gateway);
-    assert!(
-        wait_until(Duration::from_secs(30), || count(
-            &gateway.log(),
-            "config reloaded"
-        ) == 2),
-        "{}",
-        gateway.log_tail(30)
-    );
+    wait_for_log(&gateway, "config reloaded", 2);
     at_least(sent.load(Ordering::Relaxed) + RATE * 3);
     stop.store(true, Ordering::Relaxed);
     let total = load.join().unwrap();
