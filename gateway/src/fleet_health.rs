@@ -28,8 +28,6 @@ use crate::status::Observers;
 
 /// The measurement.
 pub const MEASUREMENT: &str = "ioc_gateway";
-/// The input name the health readings go through the ingest under.
-pub const INPUT: &str = crate::totals::HEALTH_INPUT;
 
 /// What one health reading says.
 #[derive(Debug, Clone, PartialEq)]
@@ -163,9 +161,11 @@ pub async fn run(
         let now_ms = u64::try_from(now_ns / 1_000_000).unwrap_or(0);
         let facts = HealthFacts::gather(&observers, interval, now_ms);
         let mut lp = Vec::with_capacity(512);
-        let lines = current
-            .ingest
-            .encode(INPUT, vec![facts.reading(now_ns)], &mut lp);
+        let lines = current.ingest.encode(
+            crate::totals::HEALTH_INPUT,
+            vec![facts.reading(now_ns)],
+            &mut lp,
+        );
         if let Err(e) = current.ingest.commit(Priority::Urgent, lines, lp).await {
             tracing::warn!("cannot buffer the gateway's own health reading: {e}");
         }
