@@ -28,8 +28,10 @@ use tokio::task::JoinHandle;
 use crate::buffer::{self, BufferConfig, BufferReader, BufferWriter};
 use crate::config::{resolve_secret, Config, InfluxApi};
 use crate::input::set::{self as inputs_set, InputSet};
-use crate::output::{Api, InfluxSink, InfluxSinkConfig};
-use crate::pipeline::{run_forwarder, ForwarderConfig, Ingest, OutputSetup};
+use crate::output::{
+    run_forwarder, Api, ForwarderConfig, InfluxSink, InfluxSinkConfig, OutputSetup,
+};
+use crate::pipeline::Ingest;
 use crate::shutdown::Shutdown;
 
 /// How long the inputs get to commit and acknowledge what they hold.
