@@ -26,8 +26,9 @@ use anyhow::Context;
 use tokio::task::JoinHandle;
 
 use crate::buffer::{self, BufferConfig, BufferReader, BufferWriter};
-use crate::config::{resolve_secret, Config, InfluxApi};
+use crate::config::{resolve_secret, Config, InfluxApi, OutputEntry, DEFAULT_OUTPUT};
 use crate::input::set::{self as inputs_set, InputSet};
+use crate::output::filter::MeasurementFilter;
 use crate::output::{
     run_forwarder, Api, ForwarderConfig, InfluxSink, InfluxSinkConfig, OutputSetup,
 };
@@ -43,28 +44,39 @@ pub const FORWARDER_DEADLINE: Duration = Duration::from_secs(5);
 /// How long the HTTP server gets to finish its responses.
 pub const HTTP_DEADLINE: Duration = Duration::from_secs(5);
 
-/// Builds the sink's settings from `[output.influxdb]`, resolving secrets.
-pub fn sink_config(config: &Config) -> anyhow::Result<InfluxSinkConfig> {
-    let o = &config.output.influxdb;
+/// Where an output keeps its own files (its dead-letter file): `data_dir` for the output
+/// `default` (where a single-output gateway always had them), `data_dir/outputs/<name>` for
+/// the others.
+pub fn output_dir(config: &Config, name: &str) -> PathBuf {
+    if name == DEFAULT_OUTPUT {
+        config.gateway.data_dir.clone()
+    } else {
+        config.gateway.data_dir.join("outputs").join(name)
+    }
+}
+
+/// Builds one output's sink settings from its section, resolving secrets.
+pub fn sink_config(config: &Config, output: &OutputEntry<'_>) -> anyhow::Result<InfluxSinkConfig> {
+    let o = output.influx;
     let api = match o.api {
         InfluxApi::V1 => Api::V1,
         InfluxApi::V2 => Api::V2,
     };
     let mut endpoints = o.endpoints().into_iter();
     let first = endpoints.next().unwrap_or_default();
-    let mut s = InfluxSinkConfig::new(first, api, config.gateway.data_dir.clone());
+    let mut s = InfluxSinkConfig::new(first, api, output_dir(config, output.name));
     s.fallback_urls = endpoints.collect();
     s.org = o.org.clone().unwrap_or_default();
     s.bucket = o.bucket.clone().unwrap_or_default();
     s.database = o.database.clone().unwrap_or_default();
     s.token = resolve_secret(
-        "output.influxdb.token",
+        &format!("{}.token", output.key),
         o.token_env.as_deref(),
         o.token_file.as_deref(),
     )?;
     s.username = o.username.clone();
     s.password = resolve_secret(
-        "output.influxdb.password",
+        &format!("{}.password", output.key),
         o.password_env.as_deref(),
         o.password_file.as_deref(),
     )?;
@@ -99,29 +111,26 @@ pub async fn run_with_reloads(
     mut reloads: Option<Reloads>,
 ) -> anyhow::Result<()> {
     crate::clock::configure(config.clock.clone());
-    let (writer, reader) = open_buffer(&config).await?;
+    let (writer, readers) = open_buffer(&config).await?;
     let observers = crate::status::Observers::new(config.gateway.id.clone(), writer.clone());
     observers
         .live
         .set_always(config.http.live_board == crate::http::config::LiveBoardMode::Always);
-    let sink = build_sink(&config, &observers)?;
+    let setups = build_outputs(&config, &observers)?;
     // Each stage has its own signal: the inputs' stops with the whole, the others are stopped
     // in order once the stage before them has finished.
     let inputs_stop = shutdown.child();
-    let forwarder_stop = Shutdown::new();
     let http_stop = Shutdown::new();
 
     // HTTP before the inputs.
     let http_task = start_http(&config, &observers, &http_stop).await?;
-    let ingest = new_ingest(&config, &writer, &sink, &observers);
-    let (output_tx, output_rx) =
-        tokio::sync::watch::channel(OutputSetup::new(sink, forwarder_config(&config)));
-    let forwarder = tokio::spawn(run_forwarder(
-        reader,
-        output_rx,
-        observers.store.clone(),
-        forwarder_stop.clone(),
-    ));
+    let ingest = new_ingest(&config, &writer, &observers);
+    // Each output has its reader, in config order (the buffer was opened with their names).
+    let outputs: Vec<OutputRun> = setups
+        .into_iter()
+        .zip(readers)
+        .map(|(setup, reader)| OutputRun::start(setup, reader, &observers))
+        .collect();
     let inputs = InputSet::start(inputs_set::specs(&config), &ingest, inputs_stop.clone());
     let supervise_stop = Shutdown::new();
     let (health_tx, health_rx) = tokio::sync::watch::channel(
@@ -150,7 +159,7 @@ pub async fn run_with_reloads(
         observers,
         ingest,
         inputs,
-        output: output_tx,
+        outputs,
         health: health_tx,
     };
 
@@ -190,6 +199,7 @@ pub async fn run_with_reloads(
     for (_, res) in running.inputs.stop_all(INPUTS_DEADLINE).await {
         note_input_end(res, &mut failure);
     }
+    let outputs = std::mem::take(&mut running.outputs);
     drop(running);
     // 2. The buffer.
     if tokio::time::timeout(BUFFER_DEADLINE, writer.shutdown())
@@ -201,9 +211,18 @@ pub async fn run_with_reloads(
             BUFFER_DEADLINE.as_secs()
         );
     }
-    // 3. The forwarder.
-    forwarder_stop.trigger();
-    stop_within("forwarder", forwarder, FORWARDER_DEADLINE).await;
+    // 3. The forwarders, together.
+    for output in &outputs {
+        output.stop.trigger();
+    }
+    for output in outputs {
+        stop_within(
+            &format!("forwarder of output {}", output.name),
+            output.task,
+            FORWARDER_DEADLINE,
+        )
+        .await;
+    }
     // 4. The HTTP server.
     http_stop.trigger();
     if let Some(task) = http_task {
@@ -226,35 +245,116 @@ async fn next_request(reloads: &mut Option<Reloads>) -> Option<()> {
     }
 }
 
-/// The output for a config, reporting to the store observer.
-fn build_sink(
+/// Every output of a config, built (secrets and TLS files read) but not started.
+fn build_outputs(
     config: &Config,
     observers: &crate::status::Observers,
-) -> anyhow::Result<Arc<InfluxSink>> {
-    Ok(Arc::new(
-        InfluxSink::new(sink_config(config)?)
-            .context("cannot set up the output")?
-            .with_observer(observers.store.clone()),
+) -> anyhow::Result<Vec<Arc<OutputSetup>>> {
+    config
+        .outputs()
+        .iter()
+        .map(|entry| build_output(config, entry, observers))
+        .collect()
+}
+
+/// One output's sink, batching policy and filter, reporting to its own store observer.
+fn build_output(
+    config: &Config,
+    entry: &OutputEntry<'_>,
+    observers: &crate::status::Observers,
+) -> anyhow::Result<Arc<OutputSetup>> {
+    let context = || format!("cannot set up output {} ([{}])", entry.name, entry.key);
+    let sink = InfluxSink::new(sink_config(config, entry).with_context(context)?)
+        .with_context(context)?
+        .with_observer(observers.outputs.register(entry.name));
+    let filter = MeasurementFilter::new(&entry.influx.include, &entry.influx.exclude)
+        .map_err(anyhow::Error::msg)
+        .with_context(context)?;
+    Ok(OutputSetup::new(
+        entry.name,
+        Arc::new(sink),
+        forwarder_config(entry.influx),
+        filter,
     ))
 }
 
-fn forwarder_config(config: &Config) -> ForwarderConfig {
+fn forwarder_config(o: &crate::config::InfluxConfig) -> ForwarderConfig {
     ForwarderConfig {
-        batch_max_lines: config.output.influxdb.batch_max_lines,
-        flush_interval: Duration::from_millis(config.output.influxdb.flush_interval_ms),
+        batch_max_lines: o.batch_max_lines,
+        flush_interval: Duration::from_millis(o.flush_interval_ms),
+    }
+}
+
+/// One output as it runs: its forwarder task over its own buffer reader, and the channel a
+/// reload gives it new settings by.
+struct OutputRun {
+    name: String,
+    setup: tokio::sync::watch::Sender<Arc<OutputSetup>>,
+    stop: Shutdown,
+    /// Returns the reader when stopped (a removed output gives up its cursor with it).
+    task: JoinHandle<BufferReader>,
+}
+
+impl OutputRun {
+    fn start(
+        setup: Arc<OutputSetup>,
+        reader: BufferReader,
+        observers: &crate::status::Observers,
+    ) -> Self {
+        let name = setup.name.clone();
+        let (tx, rx) = tokio::sync::watch::channel(setup);
+        let stop = Shutdown::new();
+        let task = tokio::spawn(run_forwarder(
+            reader,
+            rx,
+            observers.outputs.register(&name),
+            stop.clone(),
+        ));
+        OutputRun {
+            name,
+            setup: tx,
+            stop,
+            task,
+        }
+    }
+
+    /// Puts a new setup in place; the forwarder takes it at its next batch boundary.
+    fn replace(&self, setup: Arc<OutputSetup>) {
+        self.setup.send_replace(setup).superseded.trigger();
+    }
+
+    /// Stops the forwarder and deletes the output's cursor, so the buffer stops keeping data
+    /// for it (a reload removed it).
+    async fn remove(self, observers: &crate::status::Observers) {
+        self.stop.trigger();
+        observers.outputs.unregister(&self.name);
+        let what = format!("forwarder of output {}", self.name);
+        match stop_within(&what, self.task, FORWARDER_DEADLINE).await {
+            Some(reader) => {
+                if let Err(e) = reader.remove().await {
+                    tracing::error!(
+                        output = %self.name,
+                        "cannot delete the removed output's cursor: {e}; it is deleted at the next start"
+                    );
+                }
+            }
+            None => tracing::warn!(
+                output = %self.name,
+                "the removed output's cursor is deleted at the next start"
+            ),
+        }
     }
 }
 
 fn new_ingest(
     config: &Config,
     writer: &BufferWriter,
-    sink: &InfluxSink,
     observers: &crate::status::Observers,
 ) -> Ingest {
     Ingest::with_observers(
         writer.clone(),
         config.gateway.id.clone(),
-        sink.flavor(),
+        config.flavor(),
         observers.live.clone(),
         observers.inputs.clone(),
     )
@@ -268,7 +368,7 @@ struct Running {
     observers: crate::status::Observers,
     ingest: Ingest,
     inputs: InputSet,
-    output: tokio::sync::watch::Sender<Arc<OutputSetup>>,
+    outputs: Vec<OutputRun>,
     /// The fleet health task's ingest and interval.
     health: tokio::sync::watch::Sender<crate::fleet_health::HealthSetup>,
 }
@@ -339,16 +439,35 @@ impl Running {
                 fixed.join(", ")
             );
         }
-        // Everything that can fail is built before anything is replaced.
-        let sink = build_sink(&new, &self.observers)?;
+        // Everything that can fail is built before anything is replaced: the outputs, and the
+        // cursors of outputs the file adds.
+        let setups = build_outputs(&new, &self.observers)?;
+        let mut added = Vec::new();
+        for setup in &setups {
+            if self.outputs.iter().any(|o| o.name == setup.name) {
+                continue;
+            }
+            match self
+                .writer
+                .add_consumer(&setup.name, crate::buffer::ConsumerStart::Oldest)
+                .await
+            {
+                Ok(reader) => added.push(reader),
+                Err(e) => {
+                    for reader in added {
+                        let _ = reader.remove().await;
+                    }
+                    return Err(
+                        anyhow::Error::new(e).context(format!("cannot add output {}", setup.name))
+                    );
+                }
+            }
+        }
         let restart_all = crate::reload::ingest_changed(&self.config, &new);
         crate::clock::configure(new.clock.clone());
-        let old = self
-            .output
-            .send_replace(OutputSetup::new(sink.clone(), forwarder_config(&new)));
-        old.superseded.trigger();
+        self.apply_outputs(setups, added).await;
         if restart_all {
-            self.ingest = new_ingest(&new, &self.writer, &sink, &self.observers);
+            self.ingest = new_ingest(&new, &self.writer, &self.observers);
         }
         let outcome = self
             .inputs
@@ -369,6 +488,37 @@ impl Running {
     }
 }
 
+impl Running {
+    /// Gives every kept output its new setup, starts the added ones on their new readers and
+    /// removes the outputs the new file no longer has (their cursors go with them).
+    async fn apply_outputs(&mut self, setups: Vec<Arc<OutputSetup>>, added: Vec<BufferReader>) {
+        let mut added = added.into_iter();
+        let mut old = std::mem::take(&mut self.outputs);
+        for setup in setups {
+            match old.iter().position(|o| o.name == setup.name) {
+                Some(i) => {
+                    let run = old.remove(i);
+                    run.replace(setup);
+                    self.outputs.push(run);
+                }
+                None => {
+                    let Some(reader) = added.next() else {
+                        tracing::error!(output = %setup.name, "no cursor was added for this output; it starts at the next restart");
+                        continue;
+                    };
+                    tracing::info!(output = %setup.name, "output added by the reload");
+                    self.outputs
+                        .push(OutputRun::start(setup, reader, &self.observers));
+                }
+            }
+        }
+        for run in old {
+            tracing::info!(output = %run.name, "output removed by the reload; its cursor is deleted");
+            run.remove(&self.observers).await;
+        }
+    }
+}
+
 /// Reads the clock every second until `stop`, so a step or a change of synchronisation is
 /// noticed (counted, logged) when it happens, not only with the next reading.
 async fn watch_clock(stop: Shutdown) {
@@ -382,7 +532,7 @@ async fn watch_clock(stop: Shutdown) {
 }
 
 /// Creates `data_dir` and opens (recovers) the buffer in it, saying what recovery found.
-async fn open_buffer(config: &Config) -> anyhow::Result<(BufferWriter, BufferReader)> {
+async fn open_buffer(config: &Config) -> anyhow::Result<(BufferWriter, Vec<BufferReader>)> {
     let data_dir = &config.gateway.data_dir;
     std::fs::create_dir_all(data_dir)
         .with_context(|| format!("cannot create data_dir {}", data_dir.display()))?;
@@ -393,10 +543,17 @@ async fn open_buffer(config: &Config) -> anyhow::Result<(BufferWriter, BufferRea
     if let Some(mb) = config.buffer.segment_mb {
         bcfg.segment_bytes = mb.saturating_mul(1 << 20);
     }
-    let (writer, reader, report) = tokio::task::spawn_blocking(move || buffer::open(bcfg))
-        .await
-        .context("buffer recovery task failed")?
-        .context("cannot open the buffer")?;
+    // One cursor per output; an output new to this buffer gets everything still on disk.
+    let consumers: Vec<buffer::ConsumerSpec> = config
+        .outputs()
+        .iter()
+        .map(|o| buffer::ConsumerSpec::new(o.name, buffer::ConsumerStart::Oldest))
+        .collect();
+    let (writer, readers, report) =
+        tokio::task::spawn_blocking(move || buffer::open_consumers(bcfg, &consumers))
+            .await
+            .context("buffer recovery task failed")?
+            .context("cannot open the buffer")?;
     if report.dropped_bytes > 0 {
         tracing::warn!(
             dropped_bytes = report.dropped_bytes,
@@ -409,7 +566,7 @@ async fn open_buffer(config: &Config) -> anyhow::Result<(BufferWriter, BufferRea
         unsent_lines = report.unsent_lines,
         "buffer recovered"
     );
-    Ok((writer, reader))
+    Ok((writer, readers))
 }
 
 /// Starts the HTTP server when enabled. A busy port does not stop the gateway: collecting and

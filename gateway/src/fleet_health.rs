@@ -52,7 +52,12 @@ impl HealthFacts {
     pub fn gather(observers: &Observers, interval: Duration, now_ms: u64) -> Self {
         let stats = observers.buffer.stats();
         let inputs = observers.inputs.snapshot();
-        let store = observers.store.snapshot();
+        // With several outputs, the one furthest behind.
+        let store = observers
+            .outputs
+            .worst()
+            .map(|(_, s)| s)
+            .unwrap_or_default();
         HealthFacts {
             version: crate::build_info::VERSION.to_owned(),
             uptime_s: now_ms.saturating_sub(observers.started_ms) / 1000,

@@ -412,7 +412,18 @@ pub const CATALOG: &[MetricDoc] = &[
         "store_last_success_age_seconds",
         &[],
         Some(Unit::Seconds),
-        "Seconds since the store last accepted a batch (absent until it first did)",
+        "Seconds since the store last accepted a batch; with several outputs, the one furthest behind (absent until every output's store first did)",
+    ),
+    gauge(
+        "output_last_success_age_seconds",
+        &["output"],
+        Some(Unit::Seconds),
+        "Seconds since this output's store last accepted a batch (absent until it first did)",
+    ),
+    counter(
+        "output_lines_filtered_total",
+        &["output"],
+        "Lines this output did not send because its include/exclude lists leave their measurement out",
     ),
     // The HTTP API.
     gauge(

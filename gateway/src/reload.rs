@@ -13,7 +13,7 @@
 //! and TLS files read again) and takes over at the next batch; `[clock]` applies at once;
 //! inputs are restarted only where their own settings changed (see [`crate::input::set`]), all
 //! of them when what they share changed ([`ingest_changed`]: `[gateway] id`, `[limits]`, the
-//! line protocol dialect of the output).
+//! line protocol dialect the outputs share).
 
 use crate::config::Config;
 
@@ -36,7 +36,7 @@ pub fn fixed_changes(old: &Config, new: &Config) -> Vec<&'static str> {
 pub fn ingest_changed(old: &Config, new: &Config) -> bool {
     old.gateway.id != new.gateway.id
         || debug(&old.limits) != debug(&new.limits)
-        || old.output.influxdb.api != new.output.influxdb.api
+        || old.flavor() != new.flavor()
 }
 
 /// Config types derive `Debug`, not `PartialEq` (some hold compiled patterns); their `Debug`

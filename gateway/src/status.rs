@@ -447,13 +447,60 @@ impl StoreState {
     }
 }
 
+/// Every output's [`StoreState`], by name in config order: what `/readyz`, `/api/status`, the
+/// live page, `STATUS=` and the health reading show per output.
+#[derive(Debug, Clone, Default)]
+pub struct OutputStates {
+    inner: Arc<Mutex<Vec<(String, StoreState)>>>,
+}
+
+impl OutputStates {
+    /// The state of output `name`, created on first use (a reload that keeps an output keeps
+    /// its figures).
+    pub fn register(&self, name: &str) -> StoreState {
+        let Ok(mut all) = self.inner.lock() else {
+            return StoreState::default();
+        };
+        if let Some((_, s)) = all.iter().find(|(n, _)| n == name) {
+            return s.clone();
+        }
+        let state = StoreState::default();
+        all.push((name.to_owned(), state.clone()));
+        state
+    }
+
+    /// Forgets an output a reload removed.
+    pub fn unregister(&self, name: &str) {
+        if let Ok(mut all) = self.inner.lock() {
+            all.retain(|(n, _)| n != name);
+        }
+    }
+
+    /// Each output's name and snapshot, in config order.
+    pub fn snapshots(&self) -> Vec<(String, StoreSnapshot)> {
+        self.inner
+            .lock()
+            .map(|all| all.iter().map(|(n, s)| (n.clone(), s.snapshot())).collect())
+            .unwrap_or_default()
+    }
+
+    /// The output that has gone longest without a confirmed batch (never confirmed first),
+    /// with its name: what one-line summaries (STATUS=, the health reading) report.
+    pub fn worst(&self) -> Option<(String, StoreSnapshot)> {
+        self.snapshots()
+            .into_iter()
+            .min_by_key(|(_, s)| s.last_success_ms.unwrap_or(0))
+    }
+}
+
 /// Everything the HTTP server and `status` read; cloned into the server.
 #[derive(Debug, Clone)]
 pub struct Observers {
     pub gateway_id: String,
     pub live: LiveFeed,
     pub inputs: StatusRegistry,
-    pub store: StoreState,
+    /// Each output's view of its store.
+    pub outputs: OutputStates,
     /// For buffer statistics (`BufferWriter::stats`).
     pub buffer: crate::buffer::BufferWriter,
     pub started_ms: u64,
@@ -465,7 +512,7 @@ impl Observers {
             gateway_id,
             live: LiveFeed::new(LIVE_PENDING_MAX_BYTES),
             inputs: StatusRegistry::default(),
-            store: StoreState::default(),
+            outputs: OutputStates::default(),
             buffer,
             started_ms: now_ms(),
         }

@@ -245,7 +245,12 @@ fn facts(observers: &Observers, stalled: Option<String>) -> StatusFacts {
         .filter(|(_, s)| !s.up)
         .map(|(name, _)| name.clone())
         .collect();
-    let store = observers.store.snapshot();
+    // The output furthest behind speaks for all of them in one line.
+    let store = observers
+        .outputs
+        .worst()
+        .map(|(_, s)| s)
+        .unwrap_or_default();
     let now_ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));

@@ -296,6 +296,7 @@ async fn readyz_reasons_and_store_going_away() {
     );
 
     // Data waits and the store has never confirmed anything since start.
+    let store = gw.observers.outputs.register("default");
     gw.writer
         .append(Priority::Normal, 3, b"a v=1 1\na v=2 2\na v=3 3\n".to_vec())
         .await
@@ -308,14 +309,12 @@ async fn readyz_reasons_and_store_going_away() {
     );
 
     // The store confirms a batch: ready again although lines still wait.
-    gw.observers.store.delivered(3);
+    store.delivered(3);
     let (code, _) = get_json(&gw.url("/readyz"), None).await;
     assert_eq!(code, 200);
 
     // The store goes away: failures, nothing confirmed for over 1 s while data waits.
-    gw.observers
-        .store
-        .failed("HTTP 503 from http://admin:hunter2@db:8086/write".into());
+    store.failed("HTTP 503 from http://admin:hunter2@db:8086/write".into());
     tokio::time::sleep(Duration::from_millis(1100)).await;
     let (code, body) = get_json(&gw.url("/readyz"), None).await;
     assert_eq!(

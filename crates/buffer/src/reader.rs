@@ -154,6 +154,7 @@ pub struct BufferReader {
     consumer: ConsumerId,
     name: String,
     committed: watch::Receiver<u64>,
+    urgent_committed: watch::Receiver<u64>,
     /// Indexed by `class_index`.
     classes: [ReaderClass; 2],
     next_batch_id: u64,
@@ -258,11 +259,13 @@ impl BufferReader {
         start: [Pos; 2],
     ) -> Self {
         let committed = shared.committed.subscribe();
+        let urgent_committed = shared.urgent_committed.subscribe();
         BufferReader {
             shared,
             consumer,
             name,
             committed,
+            urgent_committed,
             classes: start.map(ReaderClass::new),
             next_batch_id: 0,
         }
@@ -287,6 +290,35 @@ impl BufferReader {
                 return Err(BufferError::Closed);
             }
         }
+    }
+
+    /// [`BufferReader::next_batch`] of one class only: the forwarder's urgent lane, which
+    /// sends urgent data while a normal batch is in retry, and its share for normal data
+    /// under a steady urgent stream. Cancel-safe, as `next_batch` is.
+    pub async fn next_batch_of(
+        &mut self,
+        priority: Priority,
+        max_lines: u32,
+    ) -> Result<Batch, BufferError> {
+        let max_lines = max_lines.max(1);
+        loop {
+            self.committed.borrow_and_update();
+            if let Some(batch) = self.read_class(priority, max_lines).await? {
+                return Ok(batch);
+            }
+            if self.committed.changed().await.is_err() {
+                return Err(BufferError::Closed);
+            }
+        }
+    }
+
+    /// Resolves at the next commit of urgent data after the last call (at once when one came
+    /// since): what lets a forwarder that waits for a batch to fill send urgent data at once.
+    pub async fn urgent_committed(&mut self) -> Result<(), BufferError> {
+        self.urgent_committed
+            .changed()
+            .await
+            .map_err(|_| BufferError::Closed)
     }
 
     /// Opens a live lane at the end of committed data if the backlog lane is far behind.
@@ -675,78 +707,18 @@ impl BufferReader {
 
     /// Adds a consumer at run time (an output added by a reload): it starts at the end of
     /// the committed data or at the oldest data on disk, as `start` says; its cursor file is
-    /// written before this returns. Fails if the name is invalid or taken.
+    /// written before this returns. Fails if the name is invalid or taken. (Also on
+    /// [`crate::BufferWriter::add_consumer`].)
     pub async fn add_consumer(
         &self,
         name: &str,
         start: ConsumerStart,
     ) -> Result<BufferReader, BufferError> {
-        let mut names = self.consumer_names();
-        names.push(name.to_string());
-        check_consumer_names(names.iter().map(String::as_str))?;
-        let (id, starts, dirs) = {
-            let mut state = self.shared.lock();
-            let id = state.next_consumer;
-            state.next_consumer = id.saturating_add(1);
-            let mut starts = [Pos::default(); 2];
-            let mut dirs = Vec::new();
-            for (i, class) in state.classes.iter_mut().enumerate() {
-                let cursor = match start {
-                    ConsumerStart::Oldest => ConsumerCursor::new(name, Pos::default(), 0),
-                    ConsumerStart::End => {
-                        let end = class.end();
-                        let lines = class.segments.get(&end.segment).map_or(0, |m| m.lines);
-                        ConsumerCursor::new(name, end, lines)
-                    }
-                };
-                starts[i] = cursor.ack;
-                dirs.push((class.dir.clone(), cursor.ack));
-                class.consumers.insert(id, cursor);
-            }
-            (id, starts, dirs)
-        };
-        let cursor_name = name.to_string();
-        let stored = blocking(&self.shared, "store cursor", move || {
-            let mut fsyncs = 0;
-            for (dir, pos) in &dirs {
-                fsyncs += cursor::store(dir, &cursor_name, *pos)?;
-            }
-            Ok(fsyncs)
-        })
-        .await;
-        match stored {
-            Ok(fsyncs) => {
-                self.shared.meta_fsyncs.fetch_add(fsyncs, Ordering::Relaxed);
-            }
-            Err((e, _)) => {
-                let dir = self.shared.lock().classes[0].dir.clone();
-                self.forget_consumer(id);
-                return Err(BufferError::io(&dir, e));
-            }
-        }
-        tracing::info!(
-            output = %name,
-            start = match start {
-                ConsumerStart::End => "end",
-                ConsumerStart::Oldest => "oldest",
-            },
-            "buffer: output added"
-        );
-        self.shared.publish_gauges();
-        Ok(BufferReader::new(
-            Arc::clone(&self.shared),
-            id,
-            name.to_string(),
-            starts,
-        ))
+        add_consumer_to(&self.shared, name, start).await
     }
 
     fn forget_consumer(&self, id: ConsumerId) {
-        let mut state = self.shared.lock();
-        for class in &mut state.classes {
-            class.consumers.remove(&id);
-        }
-        state.consumer_dropped.remove(&id);
+        forget_consumer(&self.shared, id);
     }
 
     /// Removes this consumer (an output removed by a reload): its cursor files are deleted and
@@ -785,6 +757,87 @@ impl BufferReader {
         self.shared.publish_gauges();
         Ok(())
     }
+}
+
+/// Adds a consumer at run time (an output added by a reload): it starts at the end of
+/// the committed data or at the oldest data on disk, as `start` says; its cursor file is
+/// written before this returns. Fails if the name is invalid or taken.
+pub(crate) async fn add_consumer_to(
+    shared: &Arc<Shared>,
+    name: &str,
+    start: ConsumerStart,
+) -> Result<BufferReader, BufferError> {
+    let mut names: Vec<String> = shared
+        .lock()
+        .consumer_names()
+        .into_iter()
+        .map(|(_, name)| name)
+        .collect();
+    names.push(name.to_string());
+    check_consumer_names(names.iter().map(String::as_str))?;
+    let (id, starts, dirs) = {
+        let mut state = shared.lock();
+        let id = state.next_consumer;
+        state.next_consumer = id.saturating_add(1);
+        let mut starts = [Pos::default(); 2];
+        let mut dirs = Vec::new();
+        for (i, class) in state.classes.iter_mut().enumerate() {
+            let cursor = match start {
+                ConsumerStart::Oldest => ConsumerCursor::new(name, Pos::default(), 0),
+                ConsumerStart::End => {
+                    let end = class.end();
+                    let lines = class.segments.get(&end.segment).map_or(0, |m| m.lines);
+                    ConsumerCursor::new(name, end, lines)
+                }
+            };
+            starts[i] = cursor.ack;
+            dirs.push((class.dir.clone(), cursor.ack));
+            class.consumers.insert(id, cursor);
+        }
+        (id, starts, dirs)
+    };
+    let cursor_name = name.to_string();
+    let stored = blocking(shared, "store cursor", move || {
+        let mut fsyncs = 0;
+        for (dir, pos) in &dirs {
+            fsyncs += cursor::store(dir, &cursor_name, *pos)?;
+        }
+        Ok(fsyncs)
+    })
+    .await;
+    match stored {
+        Ok(fsyncs) => {
+            shared.meta_fsyncs.fetch_add(fsyncs, Ordering::Relaxed);
+        }
+        Err((e, _)) => {
+            let dir = shared.lock().classes[0].dir.clone();
+            forget_consumer(shared, id);
+            return Err(BufferError::io(&dir, e));
+        }
+    }
+    tracing::info!(
+        output = %name,
+        start = match start {
+            ConsumerStart::End => "end",
+            ConsumerStart::Oldest => "oldest",
+        },
+        "buffer: output added"
+    );
+    shared.publish_gauges();
+    Ok(BufferReader::new(
+        Arc::clone(shared),
+        id,
+        name.to_string(),
+        starts,
+    ))
+}
+
+fn forget_consumer(shared: &Shared, id: ConsumerId) {
+    let mut state = shared.lock();
+    for class in &mut state.classes {
+        class.consumers.remove(&id);
+    }
+    state.consumer_dropped.remove(&id);
 }
 
 #[cfg(test)]

@@ -348,6 +348,8 @@ pub(crate) struct Shared {
     pub meta_fsyncs: AtomicU64,
     /// Bumped after every commit; the reader waits on it when it has nothing to send.
     pub committed: watch::Sender<u64>,
+    /// Bumped on every commit of urgent data.
+    pub urgent_committed: watch::Sender<u64>,
     /// Whether the last append failed with a disk error (cleared by the next good append), so
     /// readiness reports a disk that is failing now, not one that failed a minute ago.
     pub disk_failing: std::sync::atomic::AtomicBool,
@@ -365,11 +367,13 @@ pub(crate) struct Shared {
 impl Shared {
     pub fn new(state: State, dir_lock: Option<super::lock::DirLock>) -> Self {
         let (committed, _) = watch::channel(0);
+        let (urgent_committed, _) = watch::channel(0);
         Shared {
             state: Mutex::new(state),
             data_fsyncs: AtomicU64::new(0),
             meta_fsyncs: AtomicU64::new(0),
             committed,
+            urgent_committed,
             disk_failing: std::sync::atomic::AtomicBool::new(false),
             activity: DiskActivity::default(),
             _dir_lock: dir_lock,
@@ -398,8 +402,14 @@ impl Shared {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    pub fn notify_commit(&self) {
+    /// Wakes the readers: data was committed (or a segment sealed); `urgent` when some of
+    /// it is urgent, which also wakes a forwarder waiting for a batch to fill.
+    pub fn notify_commit(&self, urgent: bool) {
         self.committed.send_modify(|generation| *generation += 1);
+        if urgent {
+            self.urgent_committed
+                .send_modify(|generation| *generation += 1);
+        }
     }
 
     /// Snapshot of the counters. The buffer-wide unsent figures are those of the consumer

@@ -69,6 +69,16 @@ impl std::fmt::Debug for BufferWriter {
 }
 
 impl BufferWriter {
+    /// Adds a consumer (an output added by a reload) and returns its reader; see
+    /// [`BufferReader::add_consumer`].
+    pub async fn add_consumer(
+        &self,
+        name: &str,
+        start: crate::ConsumerStart,
+    ) -> Result<crate::BufferReader, BufferError> {
+        crate::reader::add_consumer_to(&self.shared, name, start).await
+    }
+
     /// Appends newline-terminated line-protocol bytes holding `lines` lines (a missing final
     /// newline is added). Resolves once the data is written and fsync'd; concurrent appends
     /// share one fsync. Waits while the writer is busy and its queue is full.
@@ -409,7 +419,7 @@ impl WriterThread {
                 metrics::counter!("buffer_appended_lines_total", "class" => class_dir_name(priority))
                     .increment(encoded.lines);
                 self.shared.disk_failing.store(false, Ordering::Relaxed);
-                self.shared.notify_commit();
+                self.shared.notify_commit(priority == Priority::Urgent);
                 Ok(())
             }
             Err(e) => {
@@ -457,7 +467,7 @@ impl WriterThread {
                 meta.size = active.committed;
             }
             drop(state);
-            self.shared.notify_commit();
+            self.shared.notify_commit(false);
         }
     }
 

@@ -29,7 +29,11 @@ pub fn execute(path: &Path, json_output: bool) -> Exit {
             c.gateway.id,
             c.inputs.mqtt.len(),
             c.inputs.serial.len(),
-            c.output.influxdb.endpoints().join(" | ")
+            c.outputs()
+                .iter()
+                .map(|o| format!("{} {}", o.name, o.influx.endpoints().join(" | ")))
+                .collect::<Vec<_>>()
+                .join(", ")
         )
     });
     if json_output {

@@ -225,6 +225,30 @@ pub fn render(base: &str, sensors: &Value, ready: &Value) -> String {
         u(&st, "lines_sent").unwrap_or(0),
         s(&st, "last_error").unwrap_or("none"),
     );
+    // With several outputs, one line each (the line above is the one furthest behind).
+    let outputs = sensors
+        .get("outputs")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    if outputs.len() > 1 {
+        for o in &outputs {
+            let os = o.get("store").cloned().unwrap_or(Value::Null);
+            let last = u(&os, "last_success_ms").map_or_else(
+                || "never".to_owned(),
+                |t| format!("{} ago", age(now.saturating_sub(t))),
+            );
+            let _ = writeln!(
+                out,
+                "  output {}: last batch confirmed {last}; {} waiting; {} lines sent{}; last error: {}",
+                s(o, "name").unwrap_or("?"),
+                u(o, "unsent_lines").unwrap_or(0),
+                u(&os, "lines_sent").unwrap_or(0),
+                s(&os, "endpoint").map(|e| format!(" via {e}")).unwrap_or_default(),
+                s(&os, "last_error").unwrap_or("none"),
+            );
+        }
+    }
 
     let list: Vec<&Value> = sensors
         .get("sensors")

@@ -37,7 +37,11 @@ pub struct Config {
     pub gateway: GatewayConfig,
     #[serde(default)]
     pub inputs: InputsConfig,
-    pub output: OutputConfig,
+    /// One store: `[output.influxdb]`, the output named `default`.
+    pub output: Option<OutputConfig>,
+    /// Several stores: `[[outputs.influxdb]]`, each with a `name` (either this or `output`).
+    #[serde(default)]
+    pub outputs: OutputsConfig,
     #[serde(default)]
     pub buffer: BufferSection,
     #[serde(default)]
@@ -100,6 +104,113 @@ pub struct InputsConfig {
 pub struct OutputConfig {
     pub influxdb: InfluxConfig,
 }
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutputsConfig {
+    #[serde(default)]
+    pub influxdb: Vec<InfluxConfig>,
+}
+
+/// The name of the output `[output.influxdb]` configures; also the buffer's cursor name of a
+/// single-output gateway, so a gateway moving to `[[outputs.influxdb]]` keeps its cursor by
+/// naming one of them `default`.
+pub const DEFAULT_OUTPUT: &str = crate::buffer::DEFAULT_CONSUMER;
+
+/// One configured output: its name, where its section is in the file, its settings.
+#[derive(Debug, Clone)]
+pub struct OutputEntry<'a> {
+    pub name: &'a str,
+    /// The dotted key of its section (`output.influxdb` or `outputs.influxdb[1]`).
+    pub key: String,
+    pub influx: &'a InfluxConfig,
+}
+
+impl Config {
+    /// Every output, in file order, with its name and section key.
+    pub fn outputs(&self) -> Vec<OutputEntry<'_>> {
+        if let Some(o) = &self.output {
+            return vec![OutputEntry {
+                name: o.influxdb.name.as_deref().unwrap_or(DEFAULT_OUTPUT),
+                key: "output.influxdb".into(),
+                influx: &o.influxdb,
+            }];
+        }
+        self.outputs
+            .influxdb
+            .iter()
+            .enumerate()
+            .map(|(i, o)| OutputEntry {
+                name: o.name.as_deref().unwrap_or(""),
+                key: format!("outputs.influxdb[{i}]"),
+                influx: o,
+            })
+            .collect()
+    }
+
+    /// The line protocol dialect every output can read: InfluxDB 1.x's as soon as one output
+    /// is a 1.x store (the buffer holds one encoding for all of them).
+    pub fn flavor(&self) -> crate::model::Flavor {
+        if self.outputs().iter().any(|o| o.influx.api == InfluxApi::V1) {
+            crate::model::Flavor::V1
+        } else {
+            crate::model::Flavor::V2
+        }
+    }
+
+    fn validate_outputs(&self) -> Result<(), (String, String)> {
+        match (&self.output, self.outputs.influxdb.is_empty()) {
+            (None, true) => {
+                return Err((
+                    "output".into(),
+                    "missing: add [output.influxdb] (one store) or [[outputs.influxdb]] entries \
+                     (several stores, each with a name)"
+                        .into(),
+                ))
+            }
+            (Some(_), false) => {
+                return Err((
+                    "outputs".into(),
+                    "set [output.influxdb] or [[outputs.influxdb]], not both (name the single \
+                     output `default` in [[outputs.influxdb]] to keep its place in the buffer)"
+                        .into(),
+                ))
+            }
+            _ => {}
+        }
+        let entries = self.outputs();
+        for (i, o) in entries.iter().enumerate() {
+            o.influx
+                .validate()
+                .map_err(|(key, message)| (format!("{}.{key}", o.key), message))?;
+            if self.output.is_some() {
+                continue;
+            }
+            let name_key = format!("{}.name", o.key);
+            if o.influx.name.is_none() {
+                return Err((
+                    name_key,
+                    "missing: every [[outputs.influxdb]] needs a name (it keeps the output's \
+                     place in the buffer and labels its metrics)"
+                        .into(),
+                ));
+            }
+            if !crate::buffer::valid_consumer_name(o.name) {
+                return Err((
+                    name_key,
+                    format!("{:?} must be 1 to 64 of A-Z a-z 0-9 _ -", o.name),
+                ));
+            }
+            if entries[..i].iter().any(|e| e.name == o.name) {
+                return Err((name_key, format!("{:?} is used by two outputs", o.name)));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// At most this many outputs (each one holds data on the box's disk and uplink).
+pub const MAX_OUTPUTS: usize = 16;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -255,10 +366,13 @@ impl Config {
         }
         crate::input::http::config::validate_shared_listeners(&self.inputs.http)
             .map_err(|(key, message)| (format!("inputs.http{key}"), message))?;
-        self.output
-            .influxdb
-            .validate()
-            .map_err(under("output.influxdb".into()))?;
+        if self.outputs.influxdb.len() > MAX_OUTPUTS {
+            return Err((
+                format!("outputs.influxdb[{MAX_OUTPUTS}]"),
+                format!("at most {MAX_OUTPUTS} outputs"),
+            ));
+        }
+        self.validate_outputs()?;
         self.http.validate().map_err(under("http".into()))?;
         self.buffer.validate().map_err(under("buffer".into()))?;
         self.limits.validate()?;

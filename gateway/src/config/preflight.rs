@@ -34,42 +34,46 @@ pub fn check(config: &Config) -> Vec<Problem> {
         writable_dir(&config.gateway.data_dir),
     );
 
-    let o = &config.output.influxdb;
     let secret = |key: &str, env: Option<&str>, file: Option<&Path>| {
         resolve_secret(key, env, file)
             .map(|_| ())
             .map_err(|e| e.to_string())
     };
-    note(
-        secret_key("output.influxdb", "token", &o.token_env, &o.token_file),
-        secret(
-            "output.influxdb.token",
-            o.token_env.as_deref(),
-            o.token_file.as_deref(),
-        ),
-    );
-    note(
-        secret_key(
-            "output.influxdb",
-            "password",
-            &o.password_env,
-            &o.password_file,
-        ),
-        secret(
-            "output.influxdb.password",
-            o.password_env.as_deref(),
-            o.password_file.as_deref(),
-        ),
-    );
-    if o.endpoints().iter().any(|u| u.starts_with("https://")) && !o.insecure_skip_verify {
+    for output in config.outputs() {
+        let (o, prefix) = (output.influx, output.key.as_str());
         note(
-            tls_key("output.influxdb", o.ca_file.is_some()),
-            tls(ClientTlsFiles {
-                ca_file: o.ca_file.as_deref(),
-                client_cert_file: o.client_cert_file.as_deref(),
-                client_key_file: o.client_key_file.as_deref(),
-            }),
+            secret_key(prefix, "token", &o.token_env, &o.token_file),
+            secret(
+                &format!("{prefix}.token"),
+                o.token_env.as_deref(),
+                o.token_file.as_deref(),
+            ),
         );
+        note(
+            secret_key(prefix, "password", &o.password_env, &o.password_file),
+            secret(
+                &format!("{prefix}.password"),
+                o.password_env.as_deref(),
+                o.password_file.as_deref(),
+            ),
+        );
+        if o.endpoints().iter().any(|u| u.starts_with("https://")) && !o.insecure_skip_verify {
+            note(
+                tls_key(prefix, o.ca_file.is_some()),
+                tls(ClientTlsFiles {
+                    ca_file: o.ca_file.as_deref(),
+                    client_cert_file: o.client_cert_file.as_deref(),
+                    client_key_file: o.client_key_file.as_deref(),
+                }),
+            );
+        }
+        // Each output other than `default` keeps its dead-letter file in its own directory.
+        if output.name != crate::config::DEFAULT_OUTPUT {
+            let dir = config.gateway.data_dir.join("outputs").join(output.name);
+            if dir.exists() {
+                note(format!("{prefix}.name"), writable_dir(&dir));
+            }
+        }
     }
 
     for (i, m) in config.inputs.mqtt.iter().enumerate() {

@@ -46,7 +46,7 @@ fn the_contract_example_parses() {
     assert_eq!(m.qos, 1);
     assert_eq!(m.timestamp_unit, Some(TimestampUnit::Ms));
     assert_eq!(m.topic_tags.as_deref(), Some("_/district/_/sensor_id"));
-    assert_eq!(c.output.influxdb.api, InfluxApi::V2);
+    assert_eq!(c.outputs()[0].influx.api, InfluxApi::V2);
     assert_eq!(c.buffer.max_disk_mb, 1024);
 }
 
@@ -163,7 +163,7 @@ fn env_variables_fill_in_values_with_defaults() {
             "\"${GATEWAY_ID:-cab-000}\"\ndata_dir",
         );
     let c = with_env(&text, &[("INFLUX_URL", "http://store.city:8428")]).unwrap();
-    assert_eq!(c.output.influxdb.url, "http://store.city:8428");
+    assert_eq!(c.outputs()[0].influx.url, "http://store.city:8428");
     assert_eq!(c.gateway.id, "cab-000");
 }
 
@@ -452,7 +452,7 @@ fn an_output_takes_url_or_urls_not_both_nor_neither() {
     );
     let c = Config::parse(Path::new("gw.toml"), &several).unwrap();
     assert_eq!(
-        c.output.influxdb.endpoints(),
+        c.outputs()[0].influx.endpoints(),
         ["http://a:8429", "http://b:8429"]
     );
     let both = GOOD.replace(
@@ -480,4 +480,92 @@ fn an_output_takes_url_or_urls_not_both_nor_neither() {
         "urls = [\"http://a:8429\", \"ftp://b\"]",
     );
     assert!(err(&bad).contains("http:// or https://"));
+}
+
+/// `GOOD` with its single output replaced by `outputs`.
+fn with_outputs(outputs: &str) -> String {
+    let start = GOOD.find("[output.influxdb]").unwrap();
+    let end = GOOD.find("[buffer]").unwrap();
+    format!("{}{outputs}\n{}", &GOOD[..start], &GOOD[end..])
+}
+
+const TWO: &str = r#"
+[[outputs.influxdb]]
+name = "ioc"
+url = "http://vm:8428"
+bucket = "telemetry"
+exclude = ["ioc_gateway"]
+
+[[outputs.influxdb]]
+name = "national"
+urls = ["https://a.gov:8086", "https://b.gov:8086"]
+api = "v1"
+database = "city"
+include = ["env*", "traffic"]
+"#;
+
+#[test]
+fn several_outputs_have_names_filters_and_one_dialect() {
+    let c = Config::parse(Path::new("gw.toml"), &with_outputs(TWO)).unwrap();
+    let outs = c.outputs();
+    assert_eq!(outs.len(), 2);
+    assert_eq!(
+        (outs[0].name, outs[0].key.as_str()),
+        ("ioc", "outputs.influxdb[0]")
+    );
+    assert_eq!(outs[1].name, "national");
+    assert_eq!(outs[1].influx.include, ["env*", "traffic"]);
+    assert_eq!(outs[0].influx.exclude, ["ioc_gateway"]);
+    // One 1.x store among them: the buffer holds what 1.x reads.
+    assert_eq!(c.flavor(), crate::model::Flavor::V1);
+    // The single output is `default`, in the dialect of its API.
+    let single = Config::parse(Path::new("gw.toml"), GOOD).unwrap();
+    assert_eq!(single.outputs()[0].name, DEFAULT_OUTPUT);
+    assert_eq!(single.flavor(), crate::model::Flavor::V2);
+}
+
+#[test]
+fn output_errors_name_the_entry_and_key() {
+    let line_of =
+        |text: &str, needle: &str| text.lines().position(|l| l.contains(needle)).unwrap() + 1;
+    // A missing name.
+    let text = with_outputs(&TWO.replace("name = \"national\"\n", ""));
+    let e = err(&text);
+    assert!(e.contains("key `outputs.influxdb[1].name`"), "{e}");
+    assert!(e.contains("needs a name"), "{e}");
+    // Two outputs with one name.
+    let e = err(&with_outputs(&TWO.replace("\"national\"", "\"ioc\"")));
+    assert!(
+        e.contains("key `outputs.influxdb[1].name`") && e.contains("two outputs"),
+        "{e}"
+    );
+    // A name the buffer cannot use as a cursor file.
+    let e = err(&with_outputs(&TWO.replace("\"national\"", "\"../etc\"")));
+    assert!(
+        e.contains("outputs.influxdb[1].name") && e.contains("A-Z a-z 0-9 _ -"),
+        "{e}"
+    );
+    // A bad pattern, at its line.
+    let text = with_outputs(&TWO.replace("\"traffic\"", "\"tr*ffic\""));
+    let e = err(&text);
+    assert!(
+        e.starts_with(&format!("gw.toml:{}:", line_of(&text, "include ="))),
+        "{e}"
+    );
+    assert!(
+        e.contains("outputs.influxdb[1].include") && e.contains("tr*ffic"),
+        "{e}"
+    );
+    // The entry's own checks carry its key.
+    let e = err(&with_outputs(&TWO.replace("database = \"city\"\n", "")));
+    assert!(e.contains("key `outputs.influxdb[1].database`"), "{e}");
+    // Neither form, and both.
+    let e = err(&with_outputs(""));
+    assert!(
+        e.contains("[[outputs.influxdb]]") && e.contains("missing"),
+        "{e}"
+    );
+    let both = format!("{GOOD}\n{TWO}");
+    let e = err(&both);
+    assert!(e.contains("not both"), "{e}");
 }

@@ -225,24 +225,27 @@ impl AppState {
         self.observers.inputs.snapshot()
     }
 
-    fn store(&self) -> StoreSnapshot {
-        let mut s = self.observers.store.snapshot();
-        s.last_error = s.last_error.as_deref().map(redact);
-        s
+    /// Each output's view of its store, errors redacted.
+    fn outputs(&self) -> Vec<(String, StoreSnapshot)> {
+        let mut all = self.observers.outputs.snapshots();
+        for (_, s) in &mut all {
+            s.last_error = s.last_error.as_deref().map(redact);
+        }
+        all
     }
 
     fn readiness(
         &self,
         now: u64,
         inputs: &BTreeMap<String, InputState>,
-        store: &StoreSnapshot,
+        outputs: &[(String, StoreSnapshot)],
         buffer: &BufferStats,
     ) -> Readiness {
         readiness::evaluate(&ReadinessInput {
             now_ms: now,
             started_ms: self.observers.started_ms,
             inputs,
-            store,
+            outputs,
             buffer,
             buffer_max_bytes: self.effective_buffer_max(buffer),
             store_unreachable_after_ms: u64::try_from(
@@ -271,10 +274,29 @@ impl AppState {
     fn status_json(&self) -> Value {
         let now = now_ms();
         let inputs = self.inputs();
-        let store = self.store();
+        let outputs = self.outputs();
         let buffer = self.buffer_stats();
-        let ready = self.readiness(now, &inputs, &store, &buffer);
+        let ready = self.readiness(now, &inputs, &outputs, &buffer);
         let max = self.effective_buffer_max(&buffer);
+        // `store` is the output furthest behind (the only one, mostly); `outputs` has each.
+        let store = outputs
+            .iter()
+            .min_by_key(|(_, s)| s.last_success_ms.unwrap_or(0))
+            .map(|(_, s)| s.clone())
+            .unwrap_or_default();
+        let outputs_json: Vec<Value> = outputs
+            .iter()
+            .map(|(name, s)| {
+                let c = buffer.consumer(name);
+                json!({
+                    "name": name,
+                    "store": s,
+                    "unsent_lines": c.map(|c| c.unsent_lines),
+                    "oldest_unsent_age_ms": c.and_then(|c| c.oldest_unsent_age_ms),
+                    "dropped_oldest_lines": c.map(|c| c.dropped_oldest_lines),
+                })
+            })
+            .collect();
         json!({
             "gateway_id": self.observers.gateway_id,
             "build": {
@@ -286,6 +308,7 @@ impl AppState {
             "ready": ready,
             "inputs": inputs,
             "store": store,
+            "outputs": outputs_json,
             "buffer": {
                 "disk_bytes": buffer.disk_bytes,
                 "max_bytes": max,
@@ -309,9 +332,9 @@ impl AppState {
     fn publish_scrape_gauges(&self) {
         let now = now_ms();
         let inputs = self.raw_inputs();
-        let store = self.observers.store.snapshot();
+        let outputs = self.observers.outputs.snapshots();
         let buffer = self.buffer_stats();
-        let ready = self.readiness(now, &inputs, &store, &buffer);
+        let ready = self.readiness(now, &inputs, &outputs, &buffer);
         metrics::gauge!("buffer_unsent_lines").set(buffer.unsent_lines as f64);
         metrics::gauge!("buffer_unsent_bytes").set(buffer.unsent_bytes as f64);
         metrics::gauge!("buffer_max_bytes").set(self.settings.buffer_max_bytes as f64);
@@ -329,9 +352,18 @@ impl AppState {
         metrics::gauge!("ready").set(if ready.ready { 1.0 } else { 0.0 });
         metrics::gauge!("uptime_seconds")
             .set(now.saturating_sub(self.observers.started_ms) as f64 / 1000.0);
-        if let Some(ok) = store.last_success_ms {
-            metrics::gauge!("store_last_success_age_seconds")
-                .set(now.saturating_sub(ok) as f64 / 1000.0);
+        // The output furthest behind, and each one.
+        let age = |ok: u64| now.saturating_sub(ok) as f64 / 1000.0;
+        if let Some(ok) = outputs.iter().filter_map(|(_, s)| s.last_success_ms).min() {
+            if outputs.iter().all(|(_, s)| s.last_success_ms.is_some()) {
+                metrics::gauge!("store_last_success_age_seconds").set(age(ok));
+            }
+        }
+        for (name, s) in &outputs {
+            if let Some(ok) = s.last_success_ms {
+                metrics::gauge!("output_last_success_age_seconds", "output" => name.clone())
+                    .set(age(ok));
+            }
         }
         for (name, s) in &inputs {
             let kind = match s.kind {
@@ -581,9 +613,9 @@ async fn healthz(State(state): State<Shared>) -> Json<Value> {
 async fn readyz(State(state): State<Shared>) -> Response {
     let now = now_ms();
     let inputs = state.inputs();
-    let store = state.store();
+    let outputs = state.outputs();
     let buffer = state.buffer_stats();
-    let r = state.readiness(now, &inputs, &store, &buffer);
+    let r = state.readiness(now, &inputs, &outputs, &buffer);
     let code = if r.ready {
         StatusCode::OK
     } else {

@@ -32,7 +32,8 @@ pub struct ReadinessInput<'a> {
     pub now_ms: u64,
     pub started_ms: u64,
     pub inputs: &'a BTreeMap<String, InputState>,
-    pub store: &'a StoreSnapshot,
+    /// Each output's name and view of its store, in config order.
+    pub outputs: &'a [(String, StoreSnapshot)],
     pub buffer: &'a BufferStats,
     pub buffer_max_bytes: u64,
     pub store_unreachable_after_ms: u64,
@@ -120,27 +121,39 @@ pub fn evaluate(i: &ReadinessInput<'_>) -> Readiness {
         });
     }
 
-    if i.buffer.unsent_lines > 0 {
-        let since = i.store.last_success_ms.unwrap_or(i.started_ms);
-        let quiet_ms = i.now_ms.saturating_sub(since);
-        if quiet_ms >= i.store_unreachable_after_ms {
-            let what = if i.store.last_success_ms.is_some() {
-                format!("no batch confirmed for {} s", secs(quiet_ms))
-            } else {
-                format!("no batch confirmed since start {} s ago", secs(quiet_ms))
-            };
-            let mut message = format!(
-                "store unreachable: {what} while {} lines wait",
-                i.buffer.unsent_lines
-            );
-            if let Some(e) = &i.store.last_error {
-                message.push_str(&format!(" (last error: {})", super::redact(e)));
-            }
-            reasons.push(Reason {
-                code: "store_unreachable",
-                message,
-            });
+    for (name, store) in i.outputs {
+        // What waits for this output (its own cursor); the buffer's worst when it has none.
+        let unsent = i
+            .buffer
+            .consumer(name)
+            .map_or(i.buffer.unsent_lines, |c| c.unsent_lines);
+        if unsent == 0 {
+            continue;
         }
+        let since = store.last_success_ms.unwrap_or(i.started_ms);
+        let quiet_ms = i.now_ms.saturating_sub(since);
+        if quiet_ms < i.store_unreachable_after_ms {
+            continue;
+        }
+        let what = if store.last_success_ms.is_some() {
+            format!("no batch confirmed for {} s", secs(quiet_ms))
+        } else {
+            format!("no batch confirmed since start {} s ago", secs(quiet_ms))
+        };
+        // A single output is "the store"; with several, each says which it is.
+        let whose = if i.outputs.len() > 1 {
+            format!("output {name}: ")
+        } else {
+            String::new()
+        };
+        let mut message = format!("{whose}store unreachable: {what} while {unsent} lines wait");
+        if let Some(e) = &store.last_error {
+            message.push_str(&format!(" (last error: {})", super::redact(e)));
+        }
+        reasons.push(Reason {
+            code: "store_unreachable",
+            message,
+        });
     }
 
     if i.buffer_max_bytes > 0 {
@@ -245,11 +258,12 @@ mod tests {
             }
         }
         fn eval(&self) -> Readiness {
+            let outputs = [("default".to_owned(), self.store.clone())];
             evaluate(&ReadinessInput {
                 now_ms: 100_000,
                 started_ms: 10_000,
                 inputs: &self.inputs,
-                store: &self.store,
+                outputs: &outputs,
                 buffer: &self.buffer,
                 buffer_max_bytes: 1000,
                 store_unreachable_after_ms: 30_000,
@@ -314,6 +328,56 @@ mod tests {
             c.eval().reasons[0].message.split(" (").next().unwrap(),
             "store unreachable: no batch confirmed since start 90 s ago while 1 lines wait"
         );
+    }
+
+    #[test]
+    fn with_several_outputs_each_is_judged_on_its_own_cursor_and_named() {
+        let c = Case::healthy();
+        let mut buffer = BufferStats {
+            unsent_lines: 40,
+            ..BufferStats::default()
+        };
+        for (name, unsent) in [("ioc", 0), ("national", 40)] {
+            buffer.consumers.push(crate::buffer::ConsumerStats {
+                name: name.into(),
+                unsent_lines: unsent,
+                ..Default::default()
+            });
+        }
+        let fresh = StoreSnapshot {
+            last_success_ms: Some(99_000),
+            ..StoreSnapshot::default()
+        };
+        let stale = StoreSnapshot {
+            last_success_ms: Some(50_000),
+            last_error: Some("HTTP 503".into()),
+            ..StoreSnapshot::default()
+        };
+        let eval = |outputs: &[(String, StoreSnapshot)]| {
+            evaluate(&ReadinessInput {
+                now_ms: 100_000,
+                started_ms: 10_000,
+                inputs: &c.inputs,
+                outputs,
+                buffer: &buffer,
+                buffer_max_bytes: 1000,
+                store_unreachable_after_ms: 30_000,
+                last_append_error_ms: None,
+            })
+        };
+        // The national platform is behind but the IOC store is fresh: the reason names it.
+        let r = eval(&[
+            ("ioc".into(), fresh.clone()),
+            ("national".into(), stale.clone()),
+        ]);
+        assert!(!r.ready);
+        assert_eq!(
+            r.reasons[0].message,
+            "output national: store unreachable: no batch confirmed for 50 s while 40 lines wait (last error: HTTP 503)"
+        );
+        // An output whose own cursor is at the end is fine however long its store was quiet.
+        let r = eval(&[("ioc".into(), stale), ("national".into(), fresh)]);
+        assert!(r.ready, "{r:?}");
     }
 
     #[test]

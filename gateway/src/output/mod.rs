@@ -5,6 +5,7 @@
 //! those lines with one policy for every fault a store can show (retry, split a bad batch,
 //! dead-letter the lines the store refuses).
 
+pub mod filter;
 pub mod forwarder;
 pub mod influx;
 pub use ioc_model::line_protocol;

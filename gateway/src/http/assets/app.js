@@ -320,6 +320,20 @@
     $('store-batches').textContent = (s.batches_sent ?? 0) + ' (' + (s.lines_sent ?? 0) + ' lines)';
     $('store-error').textContent = s.last_error || 'none';
     $('store-error').className = s.last_error ? 'down' : '';
+    // Each output: its own cursor's backlog, the URL in use, its last error.
+    const outs = $('store-outputs');
+    outs.textContent = '';
+    for (const o of st.outputs || []) {
+      const os = o.store || {};
+      const line = document.createElement('div');
+      let text = o.name + ': ' + (os.last_success_ms ? 'confirmed ' + fmtAge(t - os.last_success_ms) + ' ago' : 'never confirmed');
+      text += ', ' + (o.unsent_lines ?? 0) + ' waiting';
+      if (os.endpoint) text += ', via ' + os.endpoint;
+      if (os.last_error) text += ', error: ' + os.last_error;
+      line.textContent = text;
+      if (os.last_error) line.className = 'down';
+      outs.appendChild(line);
+    }
   }
 
   // ---- frame flush ---------------------------------------------------------------------

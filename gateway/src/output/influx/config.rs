@@ -1,5 +1,6 @@
-//! The `[output.influxdb]` section: which store, which API and credentials, how batches are
-//! sized and timed, with the checks the output makes on its own section.
+//! The `[output.influxdb]` section (or one `[[outputs.influxdb]]` entry): which store, which API
+//! and credentials, how batches are sized and timed, which measurements it takes, with the
+//! checks the output makes on its own section.
 
 use std::path::PathBuf;
 
@@ -16,6 +17,16 @@ pub enum InfluxApi {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct InfluxConfig {
+    /// The output's name: its cursor over the buffer, its label in metrics and status. Required
+    /// in `[[outputs.influxdb]]`; `[output.influxdb]` is the output `default`.
+    pub name: Option<String>,
+    /// Only these measurements go to this output (exact names, or a prefix ending in `*`);
+    /// empty: every measurement.
+    #[serde(default)]
+    pub include: Vec<String>,
+    /// These measurements never go to this output (same forms); applied after `include`.
+    #[serde(default)]
+    pub exclude: Vec<String>,
     /// The store's base URL; or `urls`, several of them in order of preference.
     #[serde(default)]
     pub url: String,
@@ -126,6 +137,11 @@ impl InfluxConfig {
         }
         if self.batch_max_lines == 0 {
             return bad("batch_max_lines", "must be above 0".into());
+        }
+        for (key, patterns) in [("include", &self.include), ("exclude", &self.exclude)] {
+            if let Err(e) = crate::output::filter::MeasurementFilter::check_patterns(patterns) {
+                return bad(key, e);
+            }
         }
         if self.client_cert_file.is_some() != self.client_key_file.is_some() {
             return bad(
