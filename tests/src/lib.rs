@@ -74,7 +74,7 @@ pub use influx::Influx1;
 pub use mosquitto::Mosquitto;
 pub use mqtt::{MqttPublisher, MqttSubscriber, ReceivedMessage};
 pub use pki::Pki;
-pub use proxy::{Fault, FaultProxy, ProxiedRequest};
+pub use proxy::{Fault, FaultProxy, ProxiedRequest, Rule};
 pub use pty::{pty, wait_for_reader, Pty};
 pub use serial_sim::SerialSim;
 pub use sim::{

@@ -64,8 +64,14 @@ pub struct ProxiedRequest {
     pub client_gave_up: bool,
 }
 
+/// A per-request fault decided from the request's body (as sent, e.g. gzip'd): how long to
+/// hold it first and what to do then; `None` leaves it to the fault set with
+/// [`FaultProxy::set_fault`].
+pub type Rule = Arc<dyn Fn(&[u8]) -> Option<(Duration, Fault)> + Send + Sync>;
+
 struct Shared {
     fault: Mutex<Fault>,
+    rule: Mutex<Option<Rule>>,
     requests: Mutex<Vec<ProxiedRequest>>,
     connections: Mutex<Vec<TcpStream>>,
     stop: AtomicBool,
@@ -112,6 +118,7 @@ impl FaultProxy {
             .map_err(|e| HarnessError::io("fault proxy nonblocking", e))?;
         let shared = Arc::new(Shared {
             fault: Mutex::new(Fault::None),
+            rule: Mutex::new(None),
             requests: Mutex::new(Vec::new()),
             connections: Mutex::new(Vec::new()),
             stop: AtomicBool::new(false),
@@ -157,6 +164,12 @@ impl FaultProxy {
     /// Sets the fault for requests from now on (and the delay of requests being held).
     pub fn set_fault(&self, fault: Fault) {
         *self.shared.fault.lock().unwrap_or_else(|e| e.into_inner()) = fault;
+    }
+
+    /// Sets (or clears) a rule that picks the fault per request from its body, e.g. "answer
+    /// 400 after 1 s to every batch holding this line, forward the rest".
+    pub fn set_rule(&self, rule: Option<Rule>) {
+        *self.shared.rule.lock().unwrap_or_else(|e| e.into_inner()) = rule;
     }
 
     /// Every request so far, in arrival order.
@@ -314,7 +327,16 @@ fn serve_client(client: TcpStream, upstream_port: u16, shared: &Shared) {
             Ok(Some(m)) => m,
             Ok(None) | Err(_) => return,
         };
-        let fault = shared.fault();
+        let rule = shared
+            .rule
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let ruled = rule.and_then(|rule| rule(&request.body));
+        if let Some((hold, _)) = ruled {
+            std::thread::sleep(hold);
+        }
+        let fault = ruled.map_or_else(|| shared.fault(), |(_, fault)| fault);
         let arrived = Instant::now();
         let index = shared.record(ProxiedRequest {
             request_line: request.start_line.clone(),
