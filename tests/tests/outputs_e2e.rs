@@ -290,3 +290,151 @@ store_unreachable_after_s = 10
         .unwrap()
         .success());
 }
+
+/// `[[outputs.influxdb]]` entries of VictoriaMetrics instances, by name.
+fn vm_outputs(outputs: &[(&str, &VictoriaMetrics)]) -> String {
+    outputs
+        .iter()
+        .map(|(name, vm)| {
+            format!(
+                "[[outputs.influxdb]]\nname = \"{name}\"\nurl = \"{}\"\nbucket = \"telemetry\"\nflush_interval_ms = 200\n\n",
+                vm.url()
+            )
+        })
+        .collect()
+}
+
+/// A reload adds an output (it gets everything still on disk, then live data), and one that
+/// removes an output deletes its cursor, so the buffer stops keeping data for it.
+#[test]
+fn a_reload_adds_and_removes_outputs_by_name() {
+    let _heavy = HeavyTestLock::acquire();
+    let ioc = VictoriaMetrics::start().unwrap();
+    let archive = VictoriaMetrics::start().unwrap();
+    let broker = Mosquitto::start().unwrap();
+    let dir = TempDir::new().unwrap();
+    let data = dir.path().join("data");
+    let config = dir.path().join("gateway.toml");
+    let write = |outputs: &str| {
+        std::fs::write(
+            &config,
+            format!(
+                r#"[gateway]
+id = "{GATEWAY_ID}-reload"
+data_dir = "{data}"
+health_interval_s = 0
+
+[[inputs.mqtt]]
+url = "{mqtt}"
+client_id = "{GATEWAY_ID}-reload"
+topics = ["city/+/env/+"]
+qos = 1
+measurement = "oe"
+topic_tags = "_/district/_/sensor_id"
+timestamp_field = "ts"
+timestamp_unit = "ms"
+
+{outputs}"#,
+                data = data.display(),
+                mqtt = broker.url(),
+            ),
+        )
+        .unwrap();
+    };
+    write(&vm_outputs(&[("ioc", &ioc)]));
+    let mut gateway = GatewayProcess::spawn(&config).unwrap();
+    assert!(broker.wait_for_subscription(
+        &format!("{GATEWAY_ID}-reload"),
+        "city/+/env/+",
+        0,
+        Duration::from_secs(20)
+    ));
+    let mut publisher = MqttPublisher::connect(&broker.url(), "outputs-reload-pub").unwrap();
+    let mut k = 0u64;
+    let mut publish = |publisher: &mut MqttPublisher, n: u64| {
+        for _ in 0..n {
+            let payload = format!(r#"{{"n":{k},"ts":{}}}"#, BASE_TS_MS + k as i64);
+            publisher
+                .publish(&format!("city/d1/env/s{}", k % 10), payload)
+                .unwrap();
+            k += 1;
+        }
+        assert!(publisher.wait_all_acked(Duration::from_secs(30)));
+        k
+    };
+    let hup = |gateway: &GatewayProcess| {
+        let pid = nix::unistd::Pid::from_raw(gateway.pid().unwrap() as i32);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGHUP).unwrap();
+    };
+    let reloads = |gateway: &GatewayProcess| gateway.log().matches("config reloaded").count();
+    let first = publish(&mut publisher, 500);
+    assert!(wait_until(Duration::from_secs(30), || vm_env(&ioc).len()
+        as u64
+        == first));
+
+    // Add the archive: it starts at the oldest data still on disk and then follows.
+    write(&vm_outputs(&[("ioc", &ioc), ("archive", &archive)]));
+    hup(&gateway);
+    assert!(
+        wait_until(Duration::from_secs(30), || reloads(&gateway) == 1),
+        "{}",
+        gateway.log_tail(30)
+    );
+    let cursor = |class: &str, name: &str| {
+        data.join("buffer")
+            .join(class)
+            .join(format!("ack.{name}.cursor"))
+    };
+    assert!(
+        cursor("normal", "archive").exists(),
+        "the added output has its cursor"
+    );
+    let second = publish(&mut publisher, 500);
+    assert!(
+        wait_until(Duration::from_secs(30), || vm_env(&ioc).len() as u64
+            == second
+            && vm_env(&archive).last() == Some(&(second - 1))),
+        "ioc {} archive {:?}\n{}",
+        vm_env(&ioc).len(),
+        vm_env(&archive).last(),
+        gateway.log_tail(30)
+    );
+    let archive_has = vm_env(&archive);
+    assert!(
+        archive_has.windows(2).all(|w| w[0] < w[1]),
+        "the added output got nothing twice"
+    );
+
+    // Remove the IOC output: its cursor goes, the archive keeps receiving.
+    write(&vm_outputs(&[("archive", &archive)]));
+    hup(&gateway);
+    assert!(
+        wait_until(Duration::from_secs(30), || reloads(&gateway) == 2),
+        "{}",
+        gateway.log_tail(30)
+    );
+    assert!(
+        wait_until(Duration::from_secs(10), || !cursor("normal", "ioc")
+            .exists()
+            && !cursor("urgent", "ioc").exists()),
+        "the removed output's cursor is deleted"
+    );
+    let third = publish(&mut publisher, 500);
+    assert!(wait_until(Duration::from_secs(30), || vm_env(&archive)
+        .last()
+        == Some(&(third - 1))));
+    assert_eq!(
+        vm_env(&ioc).len() as u64,
+        second,
+        "nothing more reaches the removed output"
+    );
+    gateway.sigterm();
+    assert!(gateway
+        .wait_exit(Duration::from_secs(40))
+        .unwrap()
+        .success());
+    eprintln!(
+        "outputs reload: archive added with {} readings from disk and live, ioc removed after {second}",
+        archive_has.len()
+    );
+}
