@@ -118,10 +118,14 @@ async fn forward(
             urgent_streak >= URGENT_STREAK_MAX && stats.unsent_lines > stats.urgent_unsent_lines;
         let next = async {
             if normal_turn {
-                reader.next_batch_of(Priority::Normal, max).await
-            } else {
-                reader.next_batch(max).await
+                // Normal data is waiting, so this returns at once; should it not (its lines
+                // were counted while being acked), urgent data is not held up for it.
+                let normal = reader.next_batch_of(Priority::Normal, max);
+                if let Ok(b) = tokio::time::timeout(Duration::from_millis(50), normal).await {
+                    return b;
+                }
             }
+            reader.next_batch(max).await
         };
         let batch = tokio::select! {
             b = next => b,
