@@ -635,6 +635,29 @@ fn free_port() -> Result<u16, FleetError> {
     Ok(listener.local_addr().map_err(io("local_addr"))?.port())
 }
 
+/// A TCP connection to the broker can be made (else 50 gateways would each time out on it).
+fn broker_reachable(host: &str, port: u16) -> Result<(), FleetError> {
+    use std::net::ToSocketAddrs;
+    let unreachable = |why: String| {
+        FleetError::Invalid(format!(
+            "--broker mqtt://{host}:{port}: not reachable ({why}); start mosquitto (it must queue \
+             QoS 1 messages: max_queued_messages 0) or give another --broker"
+        ))
+    };
+    let addrs: Vec<_> = (host, port)
+        .to_socket_addrs()
+        .map_err(|e| unreachable(e.to_string()))?
+        .collect();
+    let mut last = String::from("no address");
+    for addr in addrs {
+        match std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(3)) {
+            Ok(_) => return Ok(()),
+            Err(e) => last = e.to_string(),
+        }
+    }
+    Err(unreachable(last))
+}
+
 /// Splits the fleet's manifest (`all`) into one per gateway (by the `district` tag, which is
 /// the gateway id); returns the entries per gateway.
 fn split_manifest(
@@ -719,7 +742,8 @@ pub fn run(o: &FleetOptions, stop: Arc<AtomicBool>) -> Result<FleetReport, Fleet
     if !(o.rate_hz.is_finite() && o.rate_hz > 0.0 && o.rate_hz <= 1000.0) {
         return Err(FleetError::Invalid("--rate must be > 0 and <= 1000 Hz".into()));
     }
-    mqtt::parse_broker_url(&o.broker)?;
+    let (host, port) = mqtt::parse_broker_url(&o.broker)?;
+    broker_reachable(&host, port)?;
     if !(o.store_url.starts_with("http://") || o.store_url.starts_with("https://")) {
         return Err(FleetError::Invalid(format!(
             "--store-url {:?}: expected http://HOST:PORT",
@@ -867,7 +891,7 @@ pub fn run(o: &FleetOptions, stop: Arc<AtomicBool>) -> Result<FleetReport, Fleet
         .map_err(io("start the publisher runtime"))?;
     let started_ms = unix_ms();
     let started = Instant::now();
-    let publisher = runtime.spawn(mqtt::publish(messages, opts, Box::new(all)));
+    let mut publisher = Some(runtime.spawn(mqtt::publish(messages, opts, Box::new(all))));
 
     // Watch: one sample per second until published and drained (or out of time).
     let mut report = FleetReport {
@@ -929,11 +953,11 @@ pub fn run(o: &FleetOptions, stop: Arc<AtomicBool>) -> Result<FleetReport, Fleet
         }
         report.peak_unsent_lines = report.peak_unsent_lines.max(sample.unsent_lines);
         report.backlog_timeline.push(sample);
-        if published.is_none() && publisher.is_finished() {
+        if let Some(done) = publisher.take_if(|h| h.is_finished()) {
             report.published_until_ms = unix_ms();
             published = Some(
                 runtime
-                    .block_on(publisher)
+                    .block_on(done)
                     .map_err(|e| FleetError::Invalid(format!("publisher task: {e}")))
                     .and_then(|r| r.map_err(FleetError::from)),
             );
