@@ -216,7 +216,11 @@ pub struct GatewaySpec {
 
 /// The config file of one gateway: one MQTT input for its district, the output to the store,
 /// a small buffer, its HTTP port.
-pub fn gateway_config(spec: &GatewaySpec, o: &FleetOptions, output_set: &[(String, String)]) -> String {
+pub fn gateway_config(
+    spec: &GatewaySpec,
+    o: &FleetOptions,
+    output_set: &[(String, String)],
+) -> String {
     let mut output: Vec<(String, String)> = vec![
         ("url".into(), toml_str(&o.store_url)),
         ("api".into(), toml_str("v2")),
@@ -458,7 +462,16 @@ impl FleetReport {
         let _ = writeln!(
             out,
             "{:<8} {:>8} {:>8} {:>8} {:>7} {:>5} {:>7} {:>7} {:>9} {:>9}",
-            "gateway", "sent", "accepted", "stored", "missing", "dup", "cpu_s", "cpu%", "rss_kib", "peak_unsent"
+            "gateway",
+            "sent",
+            "accepted",
+            "stored",
+            "missing",
+            "dup",
+            "cpu_s",
+            "cpu%",
+            "rss_kib",
+            "peak_unsent"
         );
         let rows = self.per_gateway.len();
         for g in self.per_gateway.iter().filter(|g| {
@@ -677,9 +690,8 @@ fn split_manifest(
     }
     for (id, entries) in &by_gateway {
         let path = dir.join(format!("{id}.jsonl"));
-        let mut out = BufWriter::new(
-            File::create(&path).map_err(io(format!("create {}", path.display())))?,
-        );
+        let mut out =
+            BufWriter::new(File::create(&path).map_err(io(format!("create {}", path.display())))?);
         manifest::write_header(&mut out, header).map_err(io("write manifest"))?;
         for e in entries {
             out.write_all(e.to_line().as_bytes())
@@ -740,7 +752,9 @@ pub fn run(o: &FleetOptions, stop: Arc<AtomicBool>) -> Result<FleetReport, Fleet
         return Err(FleetError::Invalid("--sensors must be >= 1".into()));
     }
     if !(o.rate_hz.is_finite() && o.rate_hz > 0.0 && o.rate_hz <= 1000.0) {
-        return Err(FleetError::Invalid("--rate must be > 0 and <= 1000 Hz".into()));
+        return Err(FleetError::Invalid(
+            "--rate must be > 0 and <= 1000 Hz".into(),
+        ));
     }
     let (host, port) = mqtt::parse_broker_url(&o.broker)?;
     broker_reachable(&host, port)?;
@@ -778,17 +792,13 @@ pub fn run(o: &FleetOptions, stop: Arc<AtomicBool>) -> Result<FleetReport, Fleet
                 FleetError::Invalid("--http-base-port + --gateways exceeds 65535".into())
             })?;
             if std::net::TcpListener::bind(("127.0.0.1", port)).is_err() {
-                return Err(FleetError::PortInUse {
-                    port,
-                    gateway: id,
-                });
+                return Err(FleetError::PortInUse { port, gateway: id });
             }
             port
         };
         let home = dir.join(&id);
         let data_dir = home.join("data");
-        std::fs::create_dir_all(&data_dir)
-            .map_err(io(format!("create {}", data_dir.display())))?;
+        std::fs::create_dir_all(&data_dir).map_err(io(format!("create {}", data_dir.display())))?;
         let spec = GatewaySpec {
             id: id.clone(),
             data_dir,
@@ -924,7 +934,8 @@ pub fn run(o: &FleetOptions, stop: Arc<AtomicBool>) -> Result<FleetReport, Fleet
                 m.steady.observe(elapsed, cpu, o.warmup, o.steady_window);
                 m.figures.steady_cpu_pct = m.steady.percent();
             }
-            m.figures.peak_rss_kib = proc_status_kib(m.pid, "VmHWM").unwrap_or(m.figures.peak_rss_kib);
+            m.figures.peak_rss_kib =
+                proc_status_kib(m.pid, "VmHWM").unwrap_or(m.figures.peak_rss_kib);
             m.figures.rss_kib = proc_status_kib(m.pid, "VmRSS").unwrap_or(m.figures.rss_kib);
             match metrics_page(&agent, m.spec.http_port) {
                 None => {
@@ -935,9 +946,12 @@ pub fn run(o: &FleetOptions, stop: Arc<AtomicBool>) -> Result<FleetReport, Fleet
                     let unsent = metric_sum(&page, "ioc_gateway_output_buffer_unsent_lines", &[])
                         .or_else(|| metric_sum(&page, "ioc_gateway_buffer_unsent_lines", &[]))
                         .unwrap_or(0.0) as u64;
-                    m.figures.accepted =
-                        metric_sum(&page, "ioc_gateway_readings_accepted_total", &[("input", "env")])
-                            .unwrap_or(0.0) as u64;
+                    m.figures.accepted = metric_sum(
+                        &page,
+                        "ioc_gateway_readings_accepted_total",
+                        &[("input", "env")],
+                    )
+                    .unwrap_or(0.0) as u64;
                     m.figures.unsent_lines = unsent;
                     m.figures.peak_unsent_lines = m.figures.peak_unsent_lines.max(unsent);
                     sample.unsent_lines += unsent;
@@ -1042,7 +1056,12 @@ pub fn run(o: &FleetOptions, stop: Arc<AtomicBool>) -> Result<FleetReport, Fleet
         report.steady_cpu_pct_mean = Some(steady.iter().sum::<f64>() / steady.len() as f64);
     }
     let n = fleet.members.len().max(1) as u64;
-    report.peak_rss_kib_mean = fleet.members.iter().map(|m| m.figures.peak_rss_kib).sum::<u64>() / n;
+    report.peak_rss_kib_mean = fleet
+        .members
+        .iter()
+        .map(|m| m.figures.peak_rss_kib)
+        .sum::<u64>()
+        / n;
     report.peak_rss_kib_max = fleet
         .members
         .iter()
@@ -1116,7 +1135,10 @@ mod tests {
             Some("/tmp/a \"b\"/data")
         );
         let input = &table["inputs"]["mqtt"].as_array().unwrap()[0];
-        assert_eq!(input["topics"].as_array().unwrap()[0].as_str(), Some("city/gw-007/env/+"));
+        assert_eq!(
+            input["topics"].as_array().unwrap()[0].as_str(),
+            Some("city/gw-007/env/+")
+        );
         assert_eq!(input["client_id"].as_str(), Some("gw-007-env"));
         assert_eq!(table["http"]["listen"].as_str(), Some("127.0.0.1:18080"));
     }
@@ -1124,7 +1146,9 @@ mod tests {
     #[test]
     fn bad_output_set_items_are_refused_clearly() {
         for bad in ["flush_jitter_ms", "=5", "a b=1", "key=not quoted", "k="] {
-            let err = parse_output_set(&[bad.to_string()]).unwrap_err().to_string();
+            let err = parse_output_set(&[bad.to_string()])
+                .unwrap_err()
+                .to_string();
             assert!(err.starts_with("--output-set"), "{bad}: {err}");
         }
         let later_wins = parse_output_set(&["a=1".into(), "a=2".into()]).unwrap();
@@ -1139,8 +1163,14 @@ mod tests {
         let mut per: BTreeMap<String, std::collections::BTreeSet<String>> = BTreeMap::new();
         for m in &messages {
             let d = m.entry.t["district"].clone();
-            assert!(m.topic.starts_with(&format!("city/{d}/env/")), "{}", m.topic);
-            per.entry(d).or_default().insert(m.entry.t["sensor_id"].clone());
+            assert!(
+                m.topic.starts_with(&format!("city/{d}/env/")),
+                "{}",
+                m.topic
+            );
+            per.entry(d)
+                .or_default()
+                .insert(m.entry.t["sensor_id"].clone());
         }
         assert_eq!(per.len(), 3);
         assert!(per.values().all(|s| s.len() == 4), "{per:?}");
@@ -1162,10 +1192,17 @@ mod tests {
             Some(12.0)
         );
         assert_eq!(
-            metric_sum(page, "ioc_gateway_readings_accepted_total", &[("input", "env")]),
+            metric_sum(
+                page,
+                "ioc_gateway_readings_accepted_total",
+                &[("input", "env")]
+            ),
             Some(42.0)
         );
-        assert_eq!(metric_sum(page, "ioc_gateway_buffer_unsent_lines", &[]), Some(9.0));
+        assert_eq!(
+            metric_sum(page, "ioc_gateway_buffer_unsent_lines", &[]),
+            Some(9.0)
+        );
         assert_eq!(metric_sum(page, "ioc_gateway_nothing", &[]), None);
     }
 
@@ -1188,7 +1225,10 @@ mod tests {
             silent: 0,
         };
         assert_eq!(drained_at(&[s(1, 0), s(2, 0)]), None);
-        assert_eq!(drained_at(&[s(1, 0), s(2, 3), s(3, 1), s(4, 0), s(5, 0)]), Some(4));
+        assert_eq!(
+            drained_at(&[s(1, 0), s(2, 3), s(3, 1), s(4, 0), s(5, 0)]),
+            Some(4)
+        );
         assert_eq!(drained_at(&[s(1, 0), s(2, 3)]), None);
     }
 
@@ -1205,7 +1245,10 @@ mod tests {
         // 20 s after the start of the window.
         assert!((s.percent().unwrap() - 20.0).abs() < 1e-9);
         s.observe(Duration::from_secs(40), 100.0, warmup, window);
-        assert!((s.percent().unwrap() - 20.0).abs() < 1e-9, "after the window: unchanged");
+        assert!(
+            (s.percent().unwrap() - 20.0).abs() < 1e-9,
+            "after the window: unchanged"
+        );
     }
 
     #[test]
@@ -1213,6 +1256,9 @@ mod tests {
         let err = run(&options(), Arc::new(AtomicBool::new(false)))
             .unwrap_err()
             .to_string();
-        assert!(err.contains("/nonexistent/ioc-gateway") && err.contains("--gateway-bin"), "{err}");
+        assert!(
+            err.contains("/nonexistent/ioc-gateway") && err.contains("--gateway-bin"),
+            "{err}"
+        );
     }
 }

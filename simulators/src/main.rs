@@ -715,11 +715,13 @@ fn fleet_main(a: FleetArgs) -> anyhow::Result<ExitCode> {
     let report = sensor_sim::fleet::run(&options, stop)?;
     print!("{}", report.table(a.max_rows));
     println!("{}", serde_json::to_string(&report)?);
-    Ok(if report.drained && (options.read_stores.is_empty() || report.ok()) {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(1)
-    })
+    Ok(
+        if report.drained && (options.read_stores.is_empty() || report.ok()) {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::from(1)
+        },
+    )
 }
 
 /// The manifest of a serial run (a file written line by line, so that a killed run keeps

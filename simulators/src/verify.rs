@@ -941,7 +941,10 @@ pub fn fetch(q: &StoreQuery, shape: &Shape) -> Result<StoreIndex, VerifyError> {
                 let url = format!("{base}/api/v1/export");
                 // Only this gateway's series when asked (parse_vm_export checks it again).
                 let gateway = q.gateway_id.as_deref().map_or(String::new(), |g| {
-                    format!(",gateway=\"{}\"", g.replace('\\', "\\\\").replace('"', "\\\""))
+                    format!(
+                        ",gateway=\"{}\"",
+                        g.replace('\\', "\\\\").replace('"', "\\\"")
+                    )
                 });
                 let selector = format!("{{__name__=~\"{}_.+\"{gateway}}}", regex_escape(m));
                 let body = get(

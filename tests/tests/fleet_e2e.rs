@@ -84,9 +84,15 @@ impl FleetRun {
             .args(["--broker", broker])
             .args(["--store-url", &tier.ingest_url()])
             .args(["--health-interval-s", &p.health_interval_s.to_string()])
-            .args(["--gateway-bin", &bin_path("ioc-gateway").display().to_string()])
+            .args([
+                "--gateway-bin",
+                &bin_path("ioc-gateway").display().to_string(),
+            ])
             .args(["--warmup", &(p.before.as_secs_f64() / 4.0).to_string()])
-            .args(["--steady-window", &(p.before.as_secs_f64() / 2.0).to_string()])
+            .args([
+                "--steady-window",
+                &(p.before.as_secs_f64() / 2.0).to_string(),
+            ])
             .args(["--drain-timeout", "600", "--readback-timeout", "120"])
             .arg("--dir")
             .arg(&dir)
@@ -116,7 +122,10 @@ impl FleetRun {
         let deadline = Instant::now() + timeout;
         while !self.dir.join("manifest-all.jsonl").exists() {
             if let Ok(Some(status)) = self.child.try_wait() {
-                panic!("sensor-sim fleet exited early ({status}):\n{}", self.stderr());
+                panic!(
+                    "sensor-sim fleet exited early ({status}):\n{}",
+                    self.stderr()
+                );
             }
             assert!(
                 Instant::now() < deadline,
@@ -140,7 +149,10 @@ impl FleetRun {
                     nix::sys::signal::Signal::SIGTERM,
                 );
                 let _ = self.child.wait();
-                panic!("sensor-sim fleet still running after {timeout:?}:\n{}", self.stderr());
+                panic!(
+                    "sensor-sim fleet still running after {timeout:?}:\n{}",
+                    self.stderr()
+                );
             }
             std::thread::sleep(Duration::from_millis(200));
         };
@@ -156,7 +168,11 @@ impl FleetRun {
                     self.stderr()
                 )
             });
-        let table: String = out.lines().filter(|l| !l.starts_with('{')).collect::<Vec<_>>().join("\n");
+        let table: String = out
+            .lines()
+            .filter(|l| !l.starts_with('{'))
+            .collect::<Vec<_>>()
+            .join("\n");
         (status.code(), report, table)
     }
 }
@@ -191,7 +207,7 @@ struct TierWatch {
 impl TierWatch {
     fn start(tier: Arc<Mutex<StoreTier>>) -> TierWatch {
         let stop = Arc::new(AtomicBool::new(false));
-        let peak = Arc::new(Mutex::new((0.0, 0.0)));
+        let peak = Arc::new(Mutex::new((0.0f64, 0.0f64)));
         let totals = Arc::new(Mutex::new(TierCounters::default()));
         let (s, p, t) = (stop.clone(), peak.clone(), totals.clone());
         let handle = std::thread::spawn(move || {
@@ -297,7 +313,12 @@ fn run_fleet_through_outage(p: &BenchParams) -> Outcome {
             &["--store", &nodes[1], "--gateway-id", &id],
         )
         .unwrap();
-        assert!(verdict.passed(), "{id}: {}\n{}", verdict.report, verdict.stderr);
+        assert!(
+            verdict.passed(),
+            "{id}: {}\n{}",
+            verdict.report,
+            verdict.stderr
+        );
     }
 
     // Health: one `ioc_gateway` series per gateway, over both nodes.
@@ -341,11 +362,25 @@ fn judge(p: &BenchParams, o: &Outcome) {
     let sent = u(r, "sent");
     // Every gateway got its district for the whole run (at least half its readings: a
     // loaded machine may start publishing late, never stop early).
-    let expected = (p.gateways * p.sensors) as f64 * p.rate_hz * (p.before + p.outage + p.after).as_secs_f64();
-    assert!(sent as f64 > expected * 0.5, "sent {sent} of ~{expected}: {brief}");
+    let expected =
+        (p.gateways * p.sensors) as f64 * p.rate_hz * (p.before + p.outage + p.after).as_secs_f64();
+    assert!(
+        sent as f64 > expected * 0.5,
+        "sent {sent} of ~{expected}: {brief}"
+    );
     assert_eq!(u(r, "missing"), 0, "readings lost: {brief}\n{}", o.table);
-    assert_eq!(u(r, "duplicates"), 0, "readings doubled: {brief}\n{}", o.table);
-    assert_eq!(u(r, "mismatched"), 0, "readings changed: {brief}\n{}", o.table);
+    assert_eq!(
+        u(r, "duplicates"),
+        0,
+        "readings doubled: {brief}\n{}",
+        o.table
+    );
+    assert_eq!(
+        u(r, "mismatched"),
+        0,
+        "readings changed: {brief}\n{}",
+        o.table
+    );
     assert_eq!(u(r, "stored"), sent, "{brief}");
     assert_eq!(r["drained"], Value::Bool(true), "{brief}");
     let threshold = u(r, "backlog_threshold");
@@ -367,7 +402,9 @@ fn judge(p: &BenchParams, o: &Outcome) {
         o.health_series
     );
     assert!(
-        o.health_series.iter().all(|(g, n)| g.starts_with("gw-") && *n == 1),
+        o.health_series
+            .iter()
+            .all(|(g, n)| g.starts_with("gw-") && *n == 1),
         "one ioc_gateway series per gateway: {:?}",
         o.health_series
     );
@@ -377,8 +414,14 @@ fn judge(p: &BenchParams, o: &Outcome) {
         .as_i64()
         .map(|t| (t - o.restarted_ms) as f64 / 1000.0);
     let peak = u(r, "peak_unsent_lines");
-    let rss: Vec<u64> = gateways.iter().filter_map(|g| g["peak_rss_kib"].as_u64()).collect();
-    let cpu: Vec<f64> = gateways.iter().filter_map(|g| g["steady_cpu_pct"].as_f64()).collect();
+    let rss: Vec<u64> = gateways
+        .iter()
+        .filter_map(|g| g["peak_rss_kib"].as_u64())
+        .collect();
+    let cpu: Vec<f64> = gateways
+        .iter()
+        .filter_map(|g| g["steady_cpu_pct"].as_f64())
+        .collect();
     let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
     println!(
         "fleet: {} gateways x {} sensors at {} Hz, tier (vmagent + 2 VictoriaMetrics) stopped {:.0} s; \
