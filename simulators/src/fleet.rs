@@ -745,13 +745,13 @@ fn health_gateways(stores: &[String], ids: &[String]) -> Option<usize> {
 /// Runs the fleet: starts the gateways, publishes for `duration`, waits for the backlogs to
 /// drain, reads back, stops every gateway. `stop` ends the publishing early (Ctrl-C).
 pub fn run(o: &FleetOptions, stop: Arc<AtomicBool>) -> Result<FleetReport, FleetError> {
-    if o.gateways == 0 || o.gateways > 999 {
+    if !(1..=999).contains(&o.gateways) {
         return Err(FleetError::Invalid("--gateways must be 1..=999".into()));
     }
     if o.sensors == 0 {
         return Err(FleetError::Invalid("--sensors must be >= 1".into()));
     }
-    if !(o.rate_hz.is_finite() && o.rate_hz > 0.0 && o.rate_hz <= 1000.0) {
+    if !(o.rate_hz > 0.0 && o.rate_hz <= 1000.0) {
         return Err(FleetError::Invalid(
             "--rate must be > 0 and <= 1000 Hz".into(),
         ));
