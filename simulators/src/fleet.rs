@@ -756,6 +756,9 @@ pub fn run(o: &FleetOptions, stop: Arc<AtomicBool>) -> Result<FleetReport, Fleet
             "--rate must be > 0 and <= 1000 Hz".into(),
         ));
     }
+    if !o.gateway_bin.is_file() {
+        return Err(FleetError::NoGatewayBinary(o.gateway_bin.clone()));
+    }
     let (host, port) = mqtt::parse_broker_url(&o.broker)?;
     broker_reachable(&host, port)?;
     if !(o.store_url.starts_with("http://") || o.store_url.starts_with("https://")) {
@@ -763,9 +766,6 @@ pub fn run(o: &FleetOptions, stop: Arc<AtomicBool>) -> Result<FleetReport, Fleet
             "--store-url {:?}: expected http://HOST:PORT",
             o.store_url
         )));
-    }
-    if !o.gateway_bin.is_file() {
-        return Err(FleetError::NoGatewayBinary(o.gateway_bin.clone()));
     }
     let output_set = parse_output_set(&o.output_set)?;
     std::fs::create_dir_all(&o.dir).map_err(io(format!("create {}", o.dir.display())))?;
@@ -1248,6 +1248,21 @@ mod tests {
         assert!(
             (s.percent().unwrap() - 20.0).abs() < 1e-9,
             "after the window: unchanged"
+        );
+    }
+
+    #[test]
+    fn unreachable_broker_is_a_clear_error() {
+        let port = free_port().unwrap();
+        let mut o = options();
+        o.gateway_bin = std::env::current_exe().unwrap();
+        o.broker = format!("mqtt://127.0.0.1:{port}");
+        let err = run(&o, Arc::new(AtomicBool::new(false)))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("not reachable") && err.contains("--broker"),
+            "{err}"
         );
     }
 
