@@ -9,6 +9,7 @@
 pub mod civil_time;
 #[cfg(feature = "demo")]
 pub mod demo;
+pub mod fleet;
 pub mod generator;
 pub mod line_sensor;
 pub mod manifest;

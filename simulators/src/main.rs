@@ -168,14 +168,21 @@ enum Command {
     /// Stream a serial sensor into a new pseudo-terminal (prints its path first) or a file;
     /// `xy-md02` answers Modbus RTU requests on the pty instead.
     Serial(Box<SerialArgs>),
+    /// N real ioc-gateway processes, each with its own simulated district (one MQTT broker,
+    /// topics city/gw-NNN/env/+), writing to one store tier; prints per-gateway and total
+    /// figures and writes a manifest per gateway for `verify`. Exit 0 only if every backlog
+    /// drained and (with --read-store) nothing was lost or doubled.
+    Fleet(Box<FleetArgs>),
     /// Compare a manifest with what the store holds; exit 0 only if nothing is missing or different.
     Verify {
         /// Manifest written by `run`.
         #[arg(long)]
         manifest: PathBuf,
-        /// Store base URL, e.g. http://127.0.0.1:8428.
-        #[arg(long)]
-        store: String,
+        /// Store base URL, e.g. http://127.0.0.1:8428. Repeat it for the nodes of a sharded
+        /// store (vmagent in front of several VictoriaMetrics): what they hold together is
+        /// compared, a point on two nodes counting as a duplicate.
+        #[arg(long, required = true)]
+        store: Vec<String>,
         /// v2: VictoriaMetrics; v1: InfluxDB 1.x.
         #[arg(long, value_enum)]
         api: ApiArg,
@@ -193,6 +200,81 @@ enum Command {
         #[arg(long, default_value_t = 50)]
         max_rows: usize,
     },
+}
+
+/// `sensor-sim fleet`'s options.
+#[derive(clap::Args)]
+struct FleetArgs {
+    /// Number of gateway processes (ids gw-001 …).
+    #[arg(long)]
+    gateways: usize,
+    /// Environment sensors per gateway.
+    #[arg(long, default_value_t = 20)]
+    sensors: usize,
+    /// Readings per second per sensor.
+    #[arg(long, default_value_t = 1.0)]
+    rate: f64,
+    /// Seconds the districts publish.
+    #[arg(long)]
+    duration: f64,
+    /// MQTT broker carrying every district, mqtt://HOST:PORT (it must queue QoS 1 messages
+    /// for a subscriber that lags: mosquitto's max_queued_messages 0 or large).
+    #[arg(long)]
+    broker: String,
+    /// Where every gateway writes (v2 API): VictoriaMetrics, or vmagent in front of nodes.
+    #[arg(long)]
+    store_url: String,
+    /// Storage nodes to read back from (VictoriaMetrics base URLs; repeat for each node).
+    /// Without it nothing is read back.
+    #[arg(long)]
+    read_store: Vec<String>,
+    /// The ioc-gateway binary (default: next to this sensor-sim).
+    #[arg(long)]
+    gateway_bin: Option<PathBuf>,
+    /// Working directory (gw-NNN/ config, data and log per gateway, manifests/,
+    /// fleet-report.json).
+    #[arg(long, default_value = "ioc-fleet")]
+    dir: PathBuf,
+    /// Seed of the districts.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// HTTP port of gw-001 (gw-NNN gets this + NNN - 1); 0 = free ports.
+    #[arg(long, default_value_t = 0)]
+    http_base_port: u16,
+    /// `[gateway] health_interval_s` of every gateway (0 = off).
+    #[arg(long, default_value_t = 10)]
+    health_interval_s: u64,
+    /// `[buffer] max_disk_mb` of every gateway.
+    #[arg(long, default_value_t = 64)]
+    max_disk_mb: u64,
+    /// An extra `[output.influxdb]` key for every gateway, KEY=TOML-VALUE (repeatable), e.g.
+    /// flush_interval_ms=500, 'urls=["http://a:8429","http://b:8429"]'.
+    #[arg(long = "output-set")]
+    output_set: Vec<String>,
+    /// After publishing, wait at most this many seconds for every backlog to drain.
+    #[arg(long, default_value_t = 600.0)]
+    drain_timeout: f64,
+    /// Retry the read-back this many seconds while something is missing.
+    #[arg(long, default_value_t = 60.0)]
+    readback_timeout: f64,
+    /// Steady CPU is measured from this many seconds after the start…
+    #[arg(long, default_value_t = 10.0)]
+    warmup: f64,
+    /// …over this many seconds.
+    #[arg(long, default_value_t = 30.0)]
+    steady_window: f64,
+    /// MQTT connections of the publisher.
+    #[arg(long, default_value_t = 4)]
+    clients: usize,
+    /// A gateway counts as backlogged above this many unsent lines (default: 5 s of its data).
+    #[arg(long)]
+    backlog_threshold: Option<u64>,
+    /// RUST_LOG of the gateways.
+    #[arg(long, default_value = "warn")]
+    gateway_log: String,
+    /// Show every gateway when there are at most this many (else only those with problems).
+    #[arg(long, default_value_t = 60)]
+    max_rows: usize,
 }
 
 #[derive(clap::Args)]
@@ -495,6 +577,7 @@ fn real_main() -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Presets(args) => presets_main(args),
+        Command::Fleet(args) => fleet_main(*args),
         Command::Generate {
             scenario,
             seed,
@@ -541,16 +624,19 @@ fn real_main() -> anyhow::Result<ExitCode> {
                 }
             }
             let shape = Shape::of(&entries);
-            let query = StoreQuery {
-                url: store,
-                api: match api {
-                    ApiArg::V2 => StoreApi::V2,
-                    ApiArg::V1 => StoreApi::V1,
-                },
-                database,
-                gateway_id,
-            };
-            let index = verify::fetch(&query, &shape)?;
+            let mut index = verify::StoreIndex::default();
+            for url in store {
+                let query = StoreQuery {
+                    url,
+                    api: match api {
+                        ApiArg::V2 => StoreApi::V2,
+                        ApiArg::V1 => StoreApi::V1,
+                    },
+                    database: database.clone(),
+                    gateway_id: gateway_id.clone(),
+                };
+                index.merge(verify::fetch(&query, &shape)?);
+            }
             let exclusive = header.is_some_and(|h| h.exclusive);
             let report = verify::compare_with(&entries, &index, exclusive);
             print!("{}", report.table(max_rows));
@@ -562,6 +648,80 @@ fn real_main() -> anyhow::Result<ExitCode> {
             })
         }
     }
+}
+
+/// `sensor-sim fleet`: runs the fleet, prints the table and the report's JSON (one line).
+fn fleet_main(a: FleetArgs) -> anyhow::Result<ExitCode> {
+    let secs = |name: &str, v: f64| -> anyhow::Result<Duration> {
+        if v.is_finite() && v >= 0.0 {
+            Ok(Duration::from_secs_f64(v))
+        } else {
+            bail!("--{name} must be a number of seconds >= 0")
+        }
+    };
+    let gateway_bin = match a.gateway_bin {
+        Some(p) => p,
+        None => std::env::current_exe()
+            .context("locating sensor-sim (to find ioc-gateway next to it)")?
+            .with_file_name("ioc-gateway"),
+    };
+    let options = sensor_sim::fleet::FleetOptions {
+        gateways: a.gateways,
+        sensors: a.sensors,
+        rate_hz: a.rate,
+        duration: secs("duration", a.duration)?,
+        broker: a.broker,
+        store_url: a.store_url,
+        gateway_bin,
+        dir: a.dir,
+        seed: a.seed,
+        http_base_port: a.http_base_port,
+        health_interval_s: a.health_interval_s,
+        max_disk_mb: a.max_disk_mb,
+        output_set: a.output_set,
+        read_stores: a.read_store,
+        drain_timeout: secs("drain-timeout", a.drain_timeout)?,
+        readback_timeout: secs("readback-timeout", a.readback_timeout)?,
+        warmup: secs("warmup", a.warmup)?,
+        steady_window: secs("steady-window", a.steady_window)?,
+        clients: a.clients,
+        backlog_threshold: a.backlog_threshold,
+        gateway_log: a.gateway_log,
+    };
+    // Ctrl-C or SIGTERM: stop publishing, then stop every gateway (they run in their own
+    // process group, so the signal does not reach them directly).
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let signals = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let flag = stop.clone();
+    let watcher = std::thread::spawn(move || {
+        signals.block_on(async move {
+            use tokio::signal::unix::{signal, SignalKind};
+            let (Ok(mut int), Ok(mut term)) = (
+                signal(SignalKind::interrupt()),
+                signal(SignalKind::terminate()),
+            ) else {
+                return;
+            };
+            tokio::select! {
+                _ = int.recv() => {}
+                _ = term.recv() => {}
+            }
+            flag.store(true, std::sync::atomic::Ordering::Release);
+        })
+    });
+    drop(watcher);
+    let report = sensor_sim::fleet::run(&options, stop)?;
+    print!("{}", report.table(a.max_rows));
+    println!("{}", serde_json::to_string(&report)?);
+    Ok(
+        if report.drained && (options.read_stores.is_empty() || report.ok()) {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::from(1)
+        },
+    )
 }
 
 /// The manifest of a serial run (a file written line by line, so that a killed run keeps

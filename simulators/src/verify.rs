@@ -67,6 +67,17 @@ impl StoreIndex {
             .push(value);
     }
 
+    /// Adds everything `other` holds (the nodes of a sharded store: a point on two nodes
+    /// counts twice, as it would on one).
+    pub fn merge(&mut self, other: StoreIndex) {
+        for (key, fields) in other.points {
+            let into = self.points.entry(key).or_default();
+            for (field, mut values) in fields {
+                into.entry(field).or_default().append(&mut values);
+            }
+        }
+    }
+
     /// Number of distinct point keys.
     pub fn len(&self) -> usize {
         self.points.len()
@@ -928,7 +939,14 @@ pub fn fetch(q: &StoreQuery, shape: &Shape) -> Result<StoreIndex, VerifyError> {
             get(&agent, &format!("{base}/internal/force_flush"), &[])?;
             for m in shape.measurements() {
                 let url = format!("{base}/api/v1/export");
-                let selector = format!("{{__name__=~\"{}_.+\"}}", regex_escape(m));
+                // Only this gateway's series when asked (parse_vm_export checks it again).
+                let gateway = q.gateway_id.as_deref().map_or(String::new(), |g| {
+                    format!(
+                        ",gateway=\"{}\"",
+                        g.replace('\\', "\\\\").replace('"', "\\\"")
+                    )
+                });
+                let selector = format!("{{__name__=~\"{}_.+\"{gateway}}}", regex_escape(m));
                 let body = get(
                     &agent,
                     &url,

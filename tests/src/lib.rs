@@ -17,6 +17,7 @@
 //! | [`MqttSubscriber`] | plain subscriber, for checking what went through a broker |
 //! | [`FakeBroker`] | scripted MQTT 3.1.1 server ([`Script`]) for session faults a real broker cannot show on demand (floods without waiting for acks, drops with acks pending, DUP redeliveries); records every packet per connection ([`BrokerLog`]) |
 //! | [`FaultProxy`] | HTTP proxy in front of a real store that injects [`Fault`]s: delays, 500/429, hangs |
+//! | [`StoreTier`] | `vmagent` in front of N VictoriaMetrics nodes, series sharded by a per-URL `hashmod` relabel config; stop/start the whole tier, read its request and error counters ([`TierCounters`]) |
 //! | [`SensorSim`] | runs the real `sensor-sim run` (→ [`RunSummary`]) and `sensor-sim verify` (→ [`VerifyOutcome`]); [`ManifestCounts`] reads a manifest |
 //! | [`bin_path`], [`free_port`], [`wait_until`], [`HeavyTestLock`], [`gzip`] | small helpers |
 //! | [`http_get`], [`gateway_metrics`], [`metric_in`] | a GET with a timeout; a gateway's `/metrics`, and one metric summed from it |
@@ -62,6 +63,7 @@ mod serial_sim;
 mod server;
 mod sim;
 pub mod steps;
+mod store_tier;
 mod tmpfs;
 mod victoria;
 mod vmagent;
@@ -81,9 +83,10 @@ pub use sim::{
     ManifestCounts, RunOptions, RunSummary, RunningSim, SensorSim, StoreApi, VerifyCounts,
     VerifyOutcome,
 };
+pub use store_tier::{StoreTier, TierCounters};
 pub use tmpfs::{FreezableFs, Tmpfs};
 pub use victoria::{ExportedSeries, VictoriaMetrics};
-pub use vmagent::VmAgent;
+pub use vmagent::{shard_relabel_config, VmAgent, SHARD_LABELS};
 pub use vmalert::{Alert, Notifier, VmAlert};
 pub use webhook::{WebhookClient, WebhookResponse};
 
