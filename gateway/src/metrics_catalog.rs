@@ -412,7 +412,7 @@ pub const CATALOG: &[MetricDoc] = &[
         "output_bytes_sent_today",
         &[],
         Some(Unit::Bytes),
-        "Compressed request bytes sent to the store since 00:00 UTC (since start, if later): what daily_budget_mb counts",
+        "Compressed request bytes sent to the store since 00:00 UTC: what daily_budget_mb counts (kept across restarts when it is set, else since start)",
     ),
     gauge(
         "output_budget_held",

@@ -760,6 +760,18 @@ async fn the_daily_budget_holds_normal_data_and_urgent_still_goes() {
     // Held data is kept, not lost: a shutdown hands it back unsent.
     shutdown.trigger();
     assert!(matches!(held.await.unwrap(), Err(SinkError::Shutdown)));
+    // The day's count outlives the sink (a restart, a reload): the next one is held at once.
+    let mut again = citizen_config(store.url(), dir.path(), "gw-4g");
+    again.daily_budget_bytes = Some(100);
+    let again = InfluxSink::new(again).unwrap();
+    assert!(
+        again.normal_hold() > Duration::ZERO,
+        "the spent budget was forgotten"
+    );
+    // A batch whose priority the caller does not know (the old entry point) is never held.
+    let (_, body4) = batch(2, 2, &[]);
+    again.deliver(&body4, 2, &no_shutdown()).await.unwrap();
+    assert_eq!(store.seen().len(), 3);
 }
 
 #[tokio::test]

@@ -13,7 +13,9 @@
 //!   pace at all). A normal batch waits until the debt is paid; an urgent one goes at once and
 //!   its bytes still count.
 //! - **day**: bytes sent since the start of the current **UTC day** (00:00 UTC; the counter
-//!   resets then, and at process start: it is not persisted). A normal batch that would take
+//!   resets then). The count survives a restart and a config reload: the sink keeps it in
+//!   [`STATE_FILE`] in the data directory ([`UplinkBudget::state`] / [`UplinkBudget::restore`];
+//!   written at most every [`SAVE_INTERVAL`], so a crash forgets at most that much). A normal batch that would take
 //!   the day past `daily_budget_mb` waits for the next UTC midnight; urgent batches may exceed
 //!   the budget. UTC rather than local midnight because a gateway's local time zone is not
 //!   reliably known to it (no tz database on the smallest images) and an unsynchronised clock
@@ -26,6 +28,24 @@
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 const DAY: u64 = 86_400;
+
+/// Where the day's count is kept, in the data directory.
+pub const STATE_FILE: &str = "uplink-budget";
+/// The count is written at most this often.
+pub const SAVE_INTERVAL: Duration = Duration::from_secs(10);
+
+/// The text of [`STATE_FILE`]: `day=<UTC day number> bytes=<bytes sent that day>`.
+pub fn format_state(day: u64, bytes: u64) -> String {
+    format!("day={day} bytes={bytes}\n")
+}
+
+/// Reads [`format_state`]'s text back; `None` for anything else (the count then starts at 0).
+pub fn parse_state(text: &str) -> Option<(u64, u64)> {
+    let mut words = text.split_whitespace();
+    let day = words.next()?.strip_prefix("day=")?.parse().ok()?;
+    let bytes = words.next()?.strip_prefix("bytes=")?.parse().ok()?;
+    words.next().is_none().then_some((day, bytes))
+}
 
 /// Why a normal batch waits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -92,6 +112,26 @@ impl UplinkBudget {
         if day != self.day {
             self.day = day;
             self.sent_today = 0;
+        }
+    }
+
+    /// Whether a daily budget is set (the count is then worth keeping across restarts).
+    pub fn has_daily(&self) -> bool {
+        self.daily.is_some()
+    }
+
+    /// `(UTC day, bytes sent that day)`, for [`format_state`].
+    pub fn state(&mut self, wall: SystemTime) -> (u64, u64) {
+        self.roll_day(wall);
+        (self.day, self.sent_today)
+    }
+
+    /// Takes over a count saved by an earlier process (or the sink a reload replaced); a count
+    /// of another day is ignored.
+    pub fn restore(&mut self, wall: SystemTime, day: u64, bytes: u64) {
+        self.roll_day(wall);
+        if day == self.day {
+            self.sent_today = self.sent_today.max(bytes);
         }
     }
 
@@ -219,5 +259,38 @@ mod tests {
         assert_eq!(b.check(t, next_day, 50_000, false), Hold::Go);
         b.spent(t, next_day, 50_000);
         assert!(matches!(b.check(t, next_day, 1, false), Hold::Daily(_)));
+    }
+
+    #[test]
+    fn the_days_count_is_restored_only_for_the_same_day() {
+        let noon = wall(20_000 * DAY + 12 * 3600);
+        let mut b = UplinkBudget::new(None, Some(10_000));
+        assert!(b.has_daily());
+        b.restore(noon, 20_000, 10_000);
+        assert!(matches!(
+            b.check(Instant::now(), noon, 1, false),
+            Hold::Daily(_)
+        ));
+        assert_eq!(b.state(noon), (20_000, 10_000));
+        let mut fresh = UplinkBudget::new(None, Some(10_000));
+        fresh.restore(noon, 19_999, 10_000);
+        assert_eq!(
+            fresh.state(noon),
+            (20_000, 0),
+            "yesterday's count does not hold today"
+        );
+        let text = format_state(20_000, 10_000);
+        assert_eq!(text, "day=20000 bytes=10000\n");
+        assert_eq!(parse_state(&text), Some((20_000, 10_000)));
+        for bad in [
+            "",
+            "day=1",
+            "bytes=2 day=1",
+            "day=x bytes=2",
+            "day=1 bytes=2 more",
+        ] {
+            assert_eq!(parse_state(bad), None, "{bad:?}");
+        }
+        assert!(!UplinkBudget::new(Some(1000), None).has_daily());
     }
 }

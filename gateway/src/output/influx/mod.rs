@@ -75,7 +75,7 @@ use reqwest::header::{HeaderValue, AUTHORIZATION, CONTENT_ENCODING, CONTENT_TYPE
 use reqwest::{StatusCode, Url};
 use std::fmt;
 use std::io::{Read, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// Name of the dead-letter file inside [`InfluxSinkConfig::dead_letter_dir`].
@@ -311,6 +311,9 @@ struct Citizen {
     pacer: std::sync::Mutex<jitter::DrainPacer>,
     concurrency: std::sync::Mutex<concurrency::AdaptiveConcurrency>,
     budget: std::sync::Mutex<budget::UplinkBudget>,
+    /// Where the day's byte count is kept, and when it was last written.
+    budget_file: PathBuf,
+    budget_saved: std::sync::Mutex<Option<Instant>>,
 }
 
 /// A poisoned lock of plain state is still usable state.
@@ -636,7 +639,18 @@ impl InfluxSink {
 
 impl Citizen {
     fn new(config: &InfluxSinkConfig) -> Self {
-        let budget = budget::UplinkBudget::new(config.max_bytes_per_s, config.daily_budget_bytes);
+        let mut budget =
+            budget::UplinkBudget::new(config.max_bytes_per_s, config.daily_budget_bytes);
+        let budget_file = config.dead_letter_dir.join(budget::STATE_FILE);
+        if budget.has_daily() {
+            // Missing on a first start; unreadable or damaged: the day's count starts at 0.
+            if let Some((day, bytes)) = std::fs::read_to_string(&budget_file)
+                .ok()
+                .and_then(|text| budget::parse_state(&text))
+            {
+                budget.restore(SystemTime::now(), day, bytes);
+            }
+        }
         if budget.limited() {
             tracing::info!(
                 max_bytes_per_s = ?config.max_bytes_per_s,
@@ -660,6 +674,8 @@ impl Citizen {
                 config.max_in_flight,
             )),
             budget: std::sync::Mutex::new(budget),
+            budget_file,
+            budget_saved: std::sync::Mutex::new(None),
         }
     }
 
@@ -688,9 +704,40 @@ impl Citizen {
         let bytes = u64::try_from(bytes).unwrap_or(u64::MAX);
         metrics::counter!("output_bytes_sent_total").increment(bytes);
         let wall = SystemTime::now();
-        let mut budget = lock(&self.budget);
-        budget.spent(Instant::now(), wall, bytes);
-        metrics::gauge!("output_bytes_sent_today").set(budget.sent_today(wall) as f64);
+        let now = Instant::now();
+        let (daily, day, sent) = {
+            let mut budget = lock(&self.budget);
+            budget.spent(now, wall, bytes);
+            let (day, sent) = budget.state(wall);
+            (budget.has_daily(), day, sent)
+        };
+        metrics::gauge!("output_bytes_sent_today").set(sent as f64);
+        if daily {
+            self.save_budget(now, day, sent);
+        }
+    }
+
+    /// Writes the day's count (at most every [`budget::SAVE_INTERVAL`]; a few bytes, through a
+    /// temporary file and a rename so a crash leaves the old count or the new one).
+    fn save_budget(&self, now: Instant, day: u64, sent: u64) {
+        {
+            let mut saved = lock(&self.budget_saved);
+            if saved.is_some_and(|at| now.duration_since(at) < budget::SAVE_INTERVAL) {
+                return;
+            }
+            *saved = Some(now);
+        }
+        let tmp = self.budget_file.with_extension("tmp");
+        let result = std::fs::create_dir_all(self.budget_file.parent().unwrap_or(Path::new(".")))
+            .and_then(|()| std::fs::write(&tmp, budget::format_state(day, sent)))
+            .and_then(|()| std::fs::rename(&tmp, &self.budget_file));
+        if let Err(e) = result {
+            tracing::warn!(
+                path = %self.budget_file.display(),
+                error = %e,
+                "cannot keep the day's uplink byte count; a restart would start it at 0"
+            );
+        }
     }
 
     fn responded(
