@@ -189,6 +189,8 @@ fn config(url: String, dir: &std::path::Path) -> InfluxSinkConfig {
     config.backoff_initial = Duration::from_millis(5);
     config.backoff_max = Duration::from_millis(40);
     config.request_timeout = Duration::from_secs(5);
+    // Fast retries for the fault tests; the good-citizen tests put the jitter back.
+    config.flush_jitter = Duration::ZERO;
     config
 }
 
@@ -526,6 +528,7 @@ async fn shutdown_ends_a_delivery_that_cannot_finish() {
 fn citizen_config(url: String, dir: &std::path::Path, gateway_id: &str) -> InfluxSinkConfig {
     let mut c = config(url, dir);
     c.gateway_id = gateway_id.into();
+    c.flush_jitter = InfluxSinkConfig::new("http://x", Api::V2, dir).flush_jitter;
     c
 }
 
