@@ -402,6 +402,41 @@ pub const CATALOG: &[MetricDoc] = &[
         "Lines the store refused as bad, written to the dead-letter file instead",
     ),
     MetricDoc {
+        name: "output_bytes_sent_total",
+        kind: Kind::Counter,
+        labels: &[],
+        unit: Some(Unit::Bytes),
+        help: "Compressed request bytes sent to the store (retries and split halves included)",
+    },
+    gauge(
+        "output_bytes_sent_today",
+        &[],
+        Some(Unit::Bytes),
+        "Compressed request bytes sent to the store since 00:00 UTC: what daily_budget_mb counts (kept across restarts when it is set, else since start)",
+    ),
+    gauge(
+        "output_budget_held",
+        &["reason"],
+        None,
+        "1 while normal data waits for the uplink budget, by reason: rate (max_bytes_per_s) or daily (daily_budget_mb); urgent data never waits",
+    ),
+    counter(
+        "output_budget_holds_total",
+        &["reason"],
+        "Times a normal request had to wait for the uplink budget, by reason (rate, daily)",
+    ),
+    gauge(
+        "output_concurrency_limit",
+        &[],
+        None,
+        "Requests the output may have in flight now (adaptive: 1 after overload, up to max_in_flight)",
+    ),
+    counter(
+        "output_retry_after_clamped_total",
+        &[],
+        "Retry-After values of the store above max_retry_after_s, cut to it",
+    ),
+    MetricDoc {
         name: "output_write_seconds",
         kind: Kind::Histogram,
         labels: &[],

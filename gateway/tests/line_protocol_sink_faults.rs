@@ -2,6 +2,10 @@
 //! responder that shows the faults a real store cannot be made to show on demand (500, 429 with
 //! Retry-After, 401, a stalled response, a refused connection, 400 for batches holding a marked
 //! line). What real stores do is tested in `line_protocol_real_stores.rs`.
+//!
+//! The good-citizen policies are here too: a store that answers `429` with `Retry-After: 2` for
+//! 30 s (drained through the real buffer with several batches in flight), the uplink budget,
+//! and the drain start spread after an outage.
 
 use flate2::read::MultiGzDecoder;
 use flate2::write::GzEncoder;
@@ -20,6 +24,8 @@ use tokio::net::{TcpListener, TcpStream};
 /// One request as the fake store saw it.
 #[derive(Debug, Clone)]
 struct Seen {
+    /// When the request's head and body had arrived.
+    at: Instant,
     target: String,
     headers: Vec<(String, String)>,
     lines: Vec<String>,
@@ -116,6 +122,7 @@ async fn connection(mut stream: TcpStream, script: Script, seen: Arc<Mutex<Vec<S
             .read_to_string(&mut text)
             .unwrap();
         let request = Seen {
+            at: Instant::now(),
             target,
             headers,
             lines: text.lines().map(str::to_owned).collect(),
@@ -182,6 +189,8 @@ fn config(url: String, dir: &std::path::Path) -> InfluxSinkConfig {
     config.backoff_initial = Duration::from_millis(5);
     config.backoff_max = Duration::from_millis(40);
     config.request_timeout = Duration::from_secs(5);
+    // Fast retries for the fault tests; the good-citizen tests put the jitter back.
+    config.flush_jitter = Duration::ZERO;
     config
 }
 
@@ -513,4 +522,347 @@ async fn shutdown_ends_a_delivery_that_cannot_finish() {
         Err(SinkError::Shutdown)
     ));
     assert!(started.elapsed() < Duration::from_secs(2));
+}
+
+/// The sink of `config` with the good-citizen settings of a test.
+fn citizen_config(url: String, dir: &std::path::Path, gateway_id: &str) -> InfluxSinkConfig {
+    let mut c = config(url, dir);
+    c.gateway_id = gateway_id.into();
+    c.flush_jitter = InfluxSinkConfig::new("http://x", Api::V2, dir).flush_jitter;
+    c
+}
+
+#[tokio::test]
+async fn a_store_answering_429_retry_after_2_for_30_s_is_obeyed_and_loses_nothing() {
+    use ioc_gateway::buffer::{self, BufferConfig};
+    use ioc_gateway::output::influx::parallel::Deliveries;
+    use ioc_model::Priority;
+    use std::collections::{HashMap, HashSet};
+
+    const REFUSING: Duration = Duration::from_secs(30);
+    let opened = Instant::now();
+    let accepted = Arc::new(Mutex::new(HashSet::new()));
+    let accepted_by_store = accepted.clone();
+    let store = FakeStore::start(move |i, _| {
+        if opened.elapsed() < REFUSING {
+            Reply::Status(
+                429,
+                vec![("Retry-After", "2".into())],
+                "ingestion rate limit exceeded".into(),
+            )
+        } else {
+            accepted_by_store.lock().unwrap().insert(i);
+            no_content()
+        }
+    })
+    .await;
+
+    // A backlog in the real buffer: 40 normal records of 50 lines and 4 urgent ones.
+    let data = tempfile::tempdir().unwrap();
+    let (writer, mut reader, _) =
+        buffer::open(BufferConfig::new(data.path().join("buffer"), 64 << 20)).unwrap();
+    let mut all = Vec::new();
+    for record in 0..44 {
+        let priority = if record % 11 == 5 {
+            Priority::Urgent
+        } else {
+            Priority::Normal
+        };
+        let lines: Vec<String> = (0..50)
+            .map(|i| {
+                format!(
+                    "env,gw=g429,rec=r{record} v={i} {}",
+                    1_700_000_000_000_000_000i64 + i
+                )
+            })
+            .collect();
+        writer
+            .append(priority, 50, (lines.join("\n") + "\n").into_bytes())
+            .await
+            .unwrap();
+        all.extend(lines);
+    }
+    let total = all.len() as u32;
+
+    let mut cfg = citizen_config(store.url(), data.path(), "gw-429");
+    cfg.backoff_initial = Duration::from_millis(100);
+    cfg.backoff_max = Duration::from_secs(5);
+    cfg.drain_spread = Duration::from_secs(2);
+    let sink = Arc::new(InfluxSink::new(cfg).unwrap());
+    let shutdown = Shutdown::new();
+    let mut flight = Deliveries::new(sink.clone(), shutdown.clone());
+    let (mut handed, mut acked, mut most_in_flight) = (0u32, 0u32, 0usize);
+    let run = async {
+        while acked < total {
+            while flight.has_room() && handed < total {
+                let batch = reader.next_batch(100).await.unwrap();
+                handed += batch.lines;
+                flight.start(batch, None);
+                most_in_flight = most_in_flight.max(flight.len());
+            }
+            let (batch, result) = flight.next_done().await.expect("a delivery in flight");
+            let delivered = result.unwrap();
+            assert_eq!(delivered.lines_sent, batch.lines);
+            reader.ack(&batch).await.unwrap();
+            acked += batch.lines;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(300), run)
+        .await
+        .expect("the backlog drains once the store accepts");
+
+    let seen = store.seen();
+    let accepted = accepted.lock().unwrap().clone();
+    // While refused: one request at a time (the limit starts at 1 and 429s halve it), each
+    // after the 2 s asked for (plus jitter; a loaded machine only makes the gaps longer).
+    let refused: Vec<&Seen> = seen
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| !accepted.contains(i))
+        .map(|(_, s)| s)
+        .collect();
+    assert!(refused.len() >= 2, "{} refused requests", refused.len());
+    for pair in refused.windows(2) {
+        let gap = pair[1].at.duration_since(pair[0].at);
+        assert!(
+            gap >= Duration::from_millis(1900),
+            "two refused requests {gap:?} apart: Retry-After 2 not obeyed"
+        );
+    }
+    assert!(
+        refused.len() <= 16,
+        "{} requests in 30 s of Retry-After: 2",
+        refused.len()
+    );
+    // Nothing lost, nothing twice: each line in exactly one accepted request.
+    let mut count: HashMap<&str, u32> = HashMap::new();
+    for (i, s) in seen.iter().enumerate() {
+        if accepted.contains(&i) {
+            for line in &s.lines {
+                *count.entry(line.as_str()).or_default() += 1;
+            }
+        }
+    }
+    for line in &all {
+        assert_eq!(count.get(line.as_str()), Some(&1), "{line}");
+    }
+    assert_eq!(count.len(), all.len());
+    assert_eq!(reader.stats().unsent_lines, 0);
+    eprintln!(
+        "refused requests: {}, accepted requests: {}, most batches in flight: {most_in_flight}, \
+         concurrency limit at the end: {}",
+        refused.len(),
+        accepted.len(),
+        sink.concurrency_limit()
+    );
+    writer.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_retry_after_above_the_bound_is_cut_and_a_500s_is_ignored() {
+    let store = FakeStore::start(|i, _| match i {
+        0 => Reply::Status(429, vec![("Retry-After", "3600".into())], "later".into()),
+        1 => Reply::Status(500, vec![("Retry-After", "3600".into())], "oops".into()),
+        _ => no_content(),
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = citizen_config(store.url(), dir.path(), "gw-bound");
+    cfg.max_retry_after = Duration::from_secs(1);
+    cfg.flush_jitter = Duration::ZERO;
+    let sink = InfluxSink::new(cfg).unwrap();
+    let (_, body) = batch(2, 2, &[]);
+    let delivered = tokio::time::timeout(
+        Duration::from_secs(60),
+        sink.deliver(&body, 2, &no_shutdown()),
+    )
+    .await
+    .expect("an hour's Retry-After is cut to max_retry_after")
+    .unwrap();
+    assert_eq!(delivered.requests, 3);
+    let seen = store.seen();
+    assert!(seen[1].at.duration_since(seen[0].at) >= Duration::from_millis(950));
+}
+
+#[tokio::test]
+async fn a_retry_after_http_date_is_obeyed() {
+    let store = FakeStore::start(|i, _| {
+        if i == 0 {
+            // Two seconds from now as an IMF-fixdate (whole seconds: 1 to 2 s of wait).
+            let at = std::time::SystemTime::now() + Duration::from_secs(2);
+            let date = httpdate(at);
+            Reply::Status(503, vec![("Retry-After", date)], "maintenance".into())
+        } else {
+            no_content()
+        }
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = citizen_config(store.url(), dir.path(), "gw-date");
+    cfg.flush_jitter = Duration::ZERO;
+    let sink = InfluxSink::new(cfg).unwrap();
+    let (_, body) = batch(1, 1, &[]);
+    sink.deliver(&body, 1, &no_shutdown()).await.unwrap();
+    let seen = store.seen();
+    assert_eq!(seen.len(), 2);
+    assert!(
+        seen[1].at.duration_since(seen[0].at) >= Duration::from_millis(900),
+        "the date was not obeyed"
+    );
+}
+
+/// An IMF-fixdate, e.g. `Thu, 03 Dec 2026 20:00:00 GMT`.
+fn httpdate(at: std::time::SystemTime) -> String {
+    let secs = at.duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
+    let t = time::OffsetDateTime::from_unix_timestamp(secs).unwrap();
+    let format = time::macros::format_description!(
+        "[weekday repr:short], [day] [month repr:short] [year] [hour]:[minute]:[second] GMT"
+    );
+    t.format(&format).unwrap()
+}
+
+#[tokio::test]
+async fn the_daily_budget_holds_normal_data_and_urgent_still_goes() {
+    use ioc_model::Priority;
+    let store = FakeStore::start(|_, _| no_content()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = citizen_config(store.url(), dir.path(), "gw-4g");
+    cfg.daily_budget_bytes = Some(100);
+    let sink = Arc::new(InfluxSink::new(cfg).unwrap());
+    let shutdown = Shutdown::new();
+    let (first, body1) = batch(20, 20, &[]);
+    assert!(body1.len() > 100);
+    // The first batch of the day goes (the budget is then spent: it was larger).
+    sink.deliver_batch(&body1, 20, Priority::Normal, &shutdown, None)
+        .await
+        .unwrap();
+    assert!(sink.normal_hold() > Duration::ZERO, "the budget is spent");
+    // The next normal batch waits ...
+    let held = {
+        let (sink, shutdown) = (sink.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            let (_, body2) = batch(5, 5, &[]);
+            sink.deliver_batch(&body2, 5, Priority::Normal, &shutdown, None)
+                .await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!held.is_finished(), "normal data went past a spent budget");
+    // ... while urgent data still goes.
+    let (urgent, body3) = batch(3, 3, &[]);
+    let d = sink
+        .deliver_batch(&body3, 3, Priority::Urgent, &shutdown, None)
+        .await
+        .unwrap();
+    assert_eq!(d.lines_sent, 3);
+    let seen = store.seen();
+    assert_eq!(seen.len(), 2, "the held batch was not sent");
+    assert_eq!(seen[0].lines, first);
+    assert_eq!(seen[1].lines, urgent);
+    assert!(!held.is_finished());
+    // Held data is kept, not lost: a shutdown hands it back unsent.
+    shutdown.trigger();
+    assert!(matches!(held.await.unwrap(), Err(SinkError::Shutdown)));
+    // The day's count outlives the sink (a restart, a reload): the next one is held at once.
+    let mut again = citizen_config(store.url(), dir.path(), "gw-4g");
+    again.daily_budget_bytes = Some(100);
+    let again = InfluxSink::new(again).unwrap();
+    assert!(
+        again.normal_hold() > Duration::ZERO,
+        "the spent budget was forgotten"
+    );
+    // A batch whose priority the caller does not know (the old entry point) is never held.
+    let (_, body4) = batch(2, 2, &[]);
+    again.deliver(&body4, 2, &no_shutdown()).await.unwrap();
+    assert_eq!(store.seen().len(), 3);
+}
+
+#[tokio::test]
+async fn the_rate_limit_paces_normal_batches() {
+    use ioc_model::Priority;
+    let store = FakeStore::start(|_, _| no_content()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = citizen_config(store.url(), dir.path(), "gw-rate");
+    cfg.max_bytes_per_s = Some(1000);
+    let sink = InfluxSink::new(cfg).unwrap();
+    let (_, body) = batch(60, 1, &[]);
+    assert!(body.len() > 1500, "{}", body.len());
+    let started = Instant::now();
+    for _ in 0..2 {
+        sink.deliver_batch(&body, 60, Priority::Normal, &no_shutdown(), None)
+            .await
+            .unwrap();
+    }
+    // A full bucket of 1000 lets the first go; the second waits for its debt to be paid.
+    let debt = Duration::from_secs_f64((body.len() - 1000) as f64 / 1000.0);
+    assert!(
+        started.elapsed() >= debt,
+        "{:?} < {debt:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn after_an_outage_normal_data_waits_the_drain_offset_and_urgent_does_not() {
+    use ioc_gateway::output::influx::jitter::drain_offset;
+    use ioc_model::Priority;
+    // An id whose offset in a one-hour spread is long, so nothing here depends on timing.
+    let spread = Duration::from_secs(3600);
+    let id = (0..)
+        .map(|i| format!("gw-drain-{i}"))
+        .find(|id| drain_offset(id, spread) > Duration::from_secs(1200))
+        .unwrap();
+    let offset = drain_offset(&id, spread);
+    assert_eq!(offset, drain_offset(&id, spread), "deterministic");
+    assert_ne!(
+        offset,
+        drain_offset("gw-other", spread),
+        "another box, another offset"
+    );
+
+    let store = FakeStore::start(|i, _| {
+        if i < 2 {
+            Reply::Status(502, vec![], "the store tier is down".into())
+        } else {
+            no_content()
+        }
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = citizen_config(store.url(), dir.path(), &id);
+    cfg.drain_spread = spread;
+    let sink = Arc::new(InfluxSink::new(cfg).unwrap());
+    let shutdown = Shutdown::new();
+    let (_, body) = batch(4, 4, &[]);
+    assert_eq!(sink.normal_hold(), Duration::ZERO, "no outage yet");
+    // The batch in hand when the store comes back goes with its retry ...
+    sink.deliver_batch(&body, 4, Priority::Normal, &shutdown, None)
+        .await
+        .unwrap();
+    // ... then the backlog waits the offset.
+    let hold = sink.normal_hold();
+    assert!(
+        hold <= offset && hold > offset - Duration::from_secs(600),
+        "{hold:?} vs {offset:?}"
+    );
+    let waiting = {
+        let (sink, shutdown) = (sink.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            let (_, body) = batch(2, 2, &[]);
+            sink.deliver_batch(&body, 2, Priority::Normal, &shutdown, None)
+                .await
+        })
+    };
+    let (_, urgent) = batch(1, 1, &[]);
+    sink.deliver_batch(&urgent, 1, Priority::Urgent, &shutdown, None)
+        .await
+        .unwrap();
+    assert_eq!(
+        store.seen().len(),
+        4,
+        "three tries of the first batch and the urgent one"
+    );
+    assert!(!waiting.is_finished());
+    shutdown.trigger();
+    assert!(matches!(waiting.await.unwrap(), Err(SinkError::Shutdown)));
 }

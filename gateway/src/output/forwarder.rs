@@ -7,9 +7,11 @@
 //!
 //! Urgent data never waits behind normal data:
 //! - a commit of urgent data wakes a forwarder that waits for a normal batch to fill;
-//! - while a normal batch is being delivered (in retry, or being split after a `400`), urgent
-//!   batches are read and delivered beside it, one at a time, and acked out of order (the
-//!   buffer allows that);
+//! - while a normal batch is being delivered (in retry, being split after a `400`, or held by
+//!   the sink's drain spread or uplink budget), urgent batches are read and delivered beside
+//!   it, one at a time, and acked out of order (the buffer allows that);
+//! - draining a normal backlog keeps up to the sink's adaptive concurrency limit of batches in
+//!   flight (Vector's ARC: 1 at first, growing while latency holds, halved on overload);
 //! - a steady urgent stream still leaves normal data a share: after [`URGENT_STREAK_MAX`]
 //!   urgent batches in a row while normal data waits, the next batch is a normal one.
 //!
@@ -154,7 +156,10 @@ async fn forward(
             .await
         } else {
             urgent_streak = 0;
-            send_beside_urgent(reader, &output, &store, setup, batch, &shutdown).await
+            if !send_beside_urgent(reader, &output, &store, setup, batch, &shutdown).await {
+                return;
+            }
+            continue;
         };
         let Some(batch) = sent else { return };
         if !ack(reader, &batch, &shutdown).await {
@@ -202,8 +207,11 @@ async fn wait_to_send(
 type Sending = Pin<Box<dyn Future<Output = Option<Batch>> + Send>>;
 
 /// Delivers a normal batch while urgent batches are read and delivered beside it (one at a
-/// time, each acked as soon as it is stored). Returns the normal batch once both it and the
-/// urgent batch in flight are done; `None` on shutdown.
+/// time, each acked as soon as it is stored). While a normal backlog waits (more than a batch
+/// beyond what is in flight), further normal batches are started, up to the sink's adaptive
+/// concurrency limit (1 at first, growing while the store's latency holds, halved on
+/// overload: see `output::influx::concurrency`). Every batch is acked as it is stored, in any
+/// order (the buffer allows that). Returns once all are done; `false` on shutdown.
 async fn send_beside_urgent(
     reader: &mut BufferReader,
     output: &watch::Receiver<Arc<OutputSetup>>,
@@ -211,40 +219,70 @@ async fn send_beside_urgent(
     setup: Arc<OutputSetup>,
     batch: Batch,
     shutdown: &Shutdown,
-) -> Option<Batch> {
+) -> bool {
     let max = setup.cfg.batch_max_lines;
-    let mut normal: Sending = Box::pin(send(
+    let mut normal = tokio::task::JoinSet::new();
+    let mut normal_lines = u64::from(batch.lines);
+    normal.spawn(send(
         output.clone(),
         store.clone(),
         setup,
         batch,
         shutdown.clone(),
     ));
-    let mut normal_done: Option<Batch> = None;
     let mut urgent: Option<Sending> = None;
     loop {
-        if urgent.is_none() {
-            if let Some(done) = normal_done.take() {
-                return Some(done);
-            }
+        if normal.is_empty() && urgent.is_none() {
+            return true;
         }
+        // Room for another normal batch: below the adaptive limit, and a backlog waits.
+        let current = output.borrow().clone();
+        let drain = !normal.is_empty() && normal.len() < current.sink.concurrency_limit() && {
+            let stats = reader.consumer_stats();
+            let waiting = stats.unsent_lines.saturating_sub(stats.urgent_unsent_lines);
+            waiting > normal_lines + u64::from(max)
+        };
+        let urgent_free = urgent.is_none();
         tokio::select! {
-            done = &mut normal, if normal_done.is_none() => normal_done = Some(done?),
-            done = async { urgent.as_mut()?.await }, if urgent.is_some() => {
-                urgent = None;
-                if !ack(reader, &done?, shutdown).await {
-                    return None;
+            done = normal.join_next(), if !normal.is_empty() => {
+                match done {
+                    Some(Ok(Some(b))) => {
+                        normal_lines = normal_lines.saturating_sub(u64::from(b.lines));
+                        if !ack(reader, &b, shutdown).await {
+                            return false;
+                        }
+                    }
+                    // Shutdown, or the task failed: its batch is not acked and goes again.
+                    _ => return false,
                 }
             }
-            next = reader.next_batch_of(Priority::Urgent, max), if urgent.is_none() && normal_done.is_none() => {
+            done = async { urgent.as_mut()?.await }, if urgent.is_some() => {
+                urgent = None;
+                let Some(b) = done else { return false };
+                if !ack(reader, &b, shutdown).await {
+                    return false;
+                }
+            }
+            // One read for both lanes: the urgent one while its slot is free, normal batches
+            // while a backlog waits and the limit allows (urgent comes first when both).
+            next = async {
+                match (urgent_free, drain) {
+                    (true, true) => reader.next_batch(max).await,
+                    (true, false) => reader.next_batch_of(Priority::Urgent, max).await,
+                    _ => reader.next_batch_of(Priority::Normal, max).await,
+                }
+            }, if urgent_free || drain => {
                 match next {
-                    Ok(b) => {
-                        let setup = output.borrow().clone();
-                        tracing::debug!(output = %setup.name, lines = b.lines, "urgent batch sent beside a normal one in delivery");
-                        urgent = Some(Box::pin(send(output.clone(), store.clone(), setup, b, shutdown.clone())));
+                    Ok(b) if b.priority == Priority::Urgent => {
+                        tracing::debug!(output = %current.name, lines = b.lines, "urgent batch sent beside normal ones in delivery");
+                        urgent = Some(Box::pin(send(output.clone(), store.clone(), current, b, shutdown.clone())));
                     }
-                    // The main loop reports read errors; the normal batch goes on meanwhile.
-                    Err(e) => tracing::debug!("urgent lane: cannot read the buffer: {e}"),
+                    Ok(b) => {
+                        normal_lines += u64::from(b.lines);
+                        normal.spawn(send(output.clone(), store.clone(), current, b, shutdown.clone()));
+                    }
+                    // The main loop reports read errors; the batches in flight go on meanwhile.
+                    Err(e) => tracing::debug!("cannot read the buffer beside a delivery: {e}"),
                 }
             }
         }
@@ -274,7 +312,13 @@ async fn send(
         }
         let sink = &setup.sink;
         match sink
-            .deliver_unless_superseded(&body, lines, &shutdown, Some(&setup.superseded))
+            .deliver_batch(
+                &body,
+                lines,
+                batch.priority,
+                &shutdown,
+                Some(&setup.superseded),
+            )
             .await
         {
             Ok(d) => {

@@ -103,6 +103,55 @@ impl InfluxSink {
             .await
     }
 
+    /// [`InfluxSink::deliver_unless_superseded`] for a batch of known priority: a normal batch
+    /// may first wait for the drain start offset after an outage and for the uplink budget
+    /// (both logged and in the metrics); an urgent one never waits for either. This is the
+    /// entry point for a forwarder; the priority is `Batch::priority` of the buffer.
+    pub async fn deliver_batch(
+        &self,
+        body_gz: &[u8],
+        lines: u32,
+        priority: ioc_model::Priority,
+        shutdown: &Shutdown,
+        superseded: Option<&Shutdown>,
+    ) -> Result<Delivered, SinkError> {
+        let class = Class::of(priority);
+        let hold = lock(&self.citizen.pacer).hold(Instant::now(), class == Class::Urgent);
+        if class.held() && !hold.is_zero() {
+            tracing::info!(
+                wait = ?hold,
+                "the store is back after an outage; this gateway's backlog starts after its \
+                 drain offset (drain_spread_ms), so a fleet does not drain at once"
+            );
+            tokio::select! {
+                biased;
+                _ = shutdown.wait() => return Err(SinkError::Shutdown),
+                () = wait_opt(superseded) => return Err(SinkError::Superseded),
+                () = tokio::time::sleep(hold) => {}
+            }
+        }
+        self.deliver_classified(body_gz, lines, class, shutdown, superseded)
+            .await
+    }
+
+    /// How long a normal batch started now would be held (drain offset or uplink budget), so a
+    /// forwarder with one batch in flight can keep reading urgent data meanwhile instead of
+    /// starting a normal batch that waits. Zero when nothing holds normal data.
+    pub fn normal_hold(&self) -> Duration {
+        let now = Instant::now();
+        let drain = lock(&self.citizen.pacer).hold(now, false);
+        let budget = match lock(&self.citizen.budget).check(now, SystemTime::now(), 0, false) {
+            budget::Hold::Go => Duration::ZERO,
+            budget::Hold::Rate(d) | budget::Hold::Daily(d) => d,
+        };
+        drain.max(budget)
+    }
+
+    /// How many batches may be in flight at once now (adaptive, 1 to `max_in_flight`).
+    pub fn concurrency_limit(&self) -> usize {
+        lock(&self.citizen.concurrency).limit()
+    }
+
     /// [`InfluxSink::deliver`], giving up with [`SinkError::Superseded`] when `superseded` is
     /// triggered while waiting to retry the whole batch (so a reload that fixes a wrong URL or
     /// token takes effect at once). Never while a request is in flight, and never once part of
@@ -115,9 +164,21 @@ impl InfluxSink {
         shutdown: &Shutdown,
         superseded: Option<&Shutdown>,
     ) -> Result<Delivered, SinkError> {
+        self.deliver_classified(body_gz, lines, Class::Unknown, shutdown, superseded)
+            .await
+    }
+
+    async fn deliver_classified(
+        &self,
+        body_gz: &[u8],
+        lines: u32,
+        class: Class,
+        shutdown: &Shutdown,
+        superseded: Option<&Shutdown>,
+    ) -> Result<Delivered, SinkError> {
         let mut delivered = Delivered::default();
         let result = match self
-            .send_until_settled(body_gz, lines, shutdown, superseded, &mut delivered)
+            .send_until_settled(body_gz, lines, class, shutdown, superseded, &mut delivered)
             .await?
         {
             Settled::Accepted => {
@@ -131,7 +192,7 @@ impl InfluxSink {
                     lines,
                     "the store refused the batch; splitting it to find the bad lines"
                 );
-                self.split_and_deliver(body_gz, status, message, shutdown, &mut delivered)
+                self.split_and_deliver(body_gz, status, message, class, shutdown, &mut delivered)
                     .await
                     .map(|()| delivered)
             }
@@ -148,12 +209,17 @@ impl InfluxSink {
         &self,
         body_gz: &[u8],
         lines: u32,
+        class: Class,
         shutdown: &Shutdown,
         superseded: Option<&Shutdown>,
         delivered: &mut Delivered,
     ) -> Result<Settled, SinkError> {
         let mut backoff = self.retry_backoff();
         loop {
+            if class.held() {
+                self.wait_for_budget(body_gz.len(), shutdown, superseded)
+                    .await?;
+            }
             let result = tokio::select! {
                 biased;
                 _ = shutdown.wait() => return Err(SinkError::Shutdown),
@@ -162,6 +228,7 @@ impl InfluxSink {
             delivered.requests += 1;
             let delay = match result {
                 Ok(WriteOutcome::Accepted { .. }) => {
+                    lock(&self.citizen.pacer).on_success(Instant::now());
                     if let Some(failed) = self.failure_log().success() {
                         tracing::info!(
                             store = %self.store_authority,
@@ -244,12 +311,15 @@ impl InfluxSink {
                 }
                 Err(other) => return Err(other),
             };
+            lock(&self.citizen.pacer).on_failure();
             metrics::counter!("output_retries_total").increment(1);
-            // Another URL of this output is not resting: try it now.
+            // Another URL of this output is not resting: try it now. Otherwise the wait gets
+            // this gateway's random jitter, so a fleet that failed together does not retry
+            // together (a Retry-After tells every box the same delay).
             let delay = if self.can_switch_now() {
                 Duration::ZERO
             } else {
-                delay
+                lock(&self.citizen.jitter).jittered(delay)
             };
             tokio::select! {
                 biased;
@@ -258,6 +328,64 @@ impl InfluxSink {
                 () = tokio::time::sleep(delay) => {}
             }
         }
+    }
+
+    /// Holds a normal request of `bytes` until the uplink budget lets it go. A hold is logged
+    /// when it starts (the daily one as a warning: data stays in the buffer until 00:00 UTC)
+    /// and shows in `output_budget_held{reason}` while it lasts and in
+    /// `output_budget_holds_total{reason}`.
+    async fn wait_for_budget(
+        &self,
+        bytes: usize,
+        shutdown: &Shutdown,
+        superseded: Option<&Shutdown>,
+    ) -> Result<(), SinkError> {
+        let bytes = u64::try_from(bytes).unwrap_or(u64::MAX);
+        let mut held: Option<&'static str> = None;
+        let result = loop {
+            let hold =
+                lock(&self.citizen.budget).check(Instant::now(), SystemTime::now(), bytes, false);
+            let (reason, wait) = match hold {
+                budget::Hold::Go => break Ok(()),
+                budget::Hold::Rate(d) => ("rate", d),
+                // Looked at again every minute: a reload or a clock step may end it sooner.
+                budget::Hold::Daily(d) => ("daily", d.min(Duration::from_secs(60))),
+            };
+            if held != Some(reason) {
+                if let Some(before) = held {
+                    metrics::gauge!("output_budget_held", "reason" => before).set(0.0);
+                }
+                metrics::gauge!("output_budget_held", "reason" => reason).set(1.0);
+                metrics::counter!("output_budget_holds_total", "reason" => reason).increment(1);
+                if reason == "daily" {
+                    let sent = lock(&self.citizen.budget).sent_today(SystemTime::now());
+                    tracing::warn!(
+                        sent_today_bytes = sent,
+                        "daily_budget_mb is spent: normal data waits in the buffer until 00:00 UTC \
+                         (urgent data is still sent)"
+                    );
+                } else {
+                    tracing::debug!(wait = ?wait, "max_bytes_per_s: a normal batch waits for the uplink budget");
+                }
+                held = Some(reason);
+            }
+            let interrupted = tokio::select! {
+                biased;
+                _ = shutdown.wait() => Some(SinkError::Shutdown),
+                () = wait_opt(superseded) => Some(SinkError::Superseded),
+                () = tokio::time::sleep(wait) => None,
+            };
+            if let Some(e) = interrupted {
+                break Err(e);
+            }
+        };
+        if let Some(reason) = held {
+            metrics::gauge!("output_budget_held", "reason" => reason).set(0.0);
+            if reason == "daily" {
+                tracing::info!("the daily uplink budget allows normal data again");
+            }
+        }
+        result
     }
 
     /// The wait between attempts at one body: full jitter, because many gateways share a store.
@@ -287,6 +415,7 @@ impl InfluxSink {
         body_gz: &[u8],
         status: u16,
         message: String,
+        class: Class,
         shutdown: &Shutdown,
         delivered: &mut Delivered,
     ) -> Result<(), SinkError> {
@@ -350,7 +479,7 @@ impl InfluxSink {
                     let body = gzip_lines(part);
                     let count = u32::try_from(part.len()).unwrap_or(u32::MAX);
                     match self
-                        .send_until_settled(&body, count, shutdown, None, delivered)
+                        .send_until_settled(&body, count, class, shutdown, None, delivered)
                         .await?
                     {
                         Settled::Accepted => delivered.lines_sent += count,

@@ -4,7 +4,9 @@
 //! [`InfluxSink::write`] is one attempt; [`InfluxSink::deliver`] is the policy the pipeline uses:
 //!
 //! * connection errors, timeouts, 5xx, 408 and 429 are retried with exponential backoff and full
-//!   jitter (a 429's or 503's `Retry-After: <seconds>` is honoured instead);
+//!   jitter (a 429's or 503's `Retry-After`, seconds or HTTP-date, is honoured instead, bounded
+//!   by `max_retry_after_s`: see [`retry_after`]); every retry delay gets `flush_jitter` more
+//!   (see [`jitter`]);
 //! * 401/403 (bad token) and 404/405 (wrong URL, database or bucket) are configuration faults:
 //!   the batch is kept and retried with backoff while an actionable error is logged, because
 //!   dead-lettering would throw away every batch until someone fixes the config;
@@ -13,6 +15,16 @@
 //!   each refused line is appended, with the store's error and a UTC timestamp, to
 //!   `dead_letter_dir/dead-letter.lp` (a valid line protocol file: the annotations are `#`
 //!   comments, so it can be replayed as it is once the cause is fixed).
+//!
+//! Being a good citizen of a store a fleet shares ([`deliver_batch`](InfluxSink::deliver_batch)
+//! knows a batch's priority; urgent data is never held by any of these):
+//! * after an outage, normal batches wait this gateway's drain start offset (a hash of its id
+//!   in `[0, drain_spread)`, see [`jitter::DrainPacer`]) so a fleet does not drain at once;
+//! * every request is measured by [`concurrency::AdaptiveConcurrency`]; its
+//!   [`limit`](InfluxSink::concurrency_limit) is how many batches a forwarder may keep in
+//!   flight ([`parallel::Deliveries`] does that);
+//! * an uplink budget ([`budget::UplinkBudget`]: `max_bytes_per_s`, `daily_budget_mb`) holds
+//!   normal batches on a metered link.
 //!
 //! Re-sending good lines is safe: a reading always encodes to the same series and timestamp, and
 //! the stores overwrite a point with the same series and timestamp (InfluxDB) or are queried with
@@ -26,7 +38,10 @@
 //! in accepted requests), `output_batches_sent_total` (batches [`InfluxSink::deliver`] finished),
 //! `output_batches_failed_total{reason}` (failed attempts: `server_error`, `throttled`,
 //! `unauthorized`, `misconfigured`, `timeout`, `connection`, `bad_batch`),
-//! `output_retries_total`, `output_dead_lettered_lines_total`.
+//! `output_retries_total`, `output_dead_lettered_lines_total`, `output_bytes_sent_total` and
+//! `output_bytes_sent_today` (compressed request bodies), `output_concurrency_limit`,
+//! `output_budget_held{reason}` and `output_budget_holds_total{reason}`,
+//! `output_retry_after_clamped_total`.
 //!
 //! Logs: a failure that goes on (store down, a host name that does not resolve, 5xx, a refused
 //! token) is logged when it starts or changes kind, then at most once per
@@ -36,10 +51,15 @@
 //! Secrets: the token and password are held in [`Secret`], whose `Debug`/`Display` print `***`;
 //! the authorization header is marked sensitive, and URLs with credentials in them are refused.
 
+pub mod budget;
+pub mod concurrency;
 pub mod config;
 mod dead_letter;
 mod deliver;
 pub mod failover;
+pub mod jitter;
+pub mod parallel;
+pub mod retry_after;
 
 use deliver::FailureLog;
 pub use deliver::FAILURE_LOG_INTERVAL;
@@ -55,14 +75,15 @@ use reqwest::header::{HeaderValue, AUTHORIZATION, CONTENT_ENCODING, CONTENT_TYPE
 use reqwest::{StatusCode, Url};
 use std::fmt;
 use std::io::{Read, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// Name of the dead-letter file inside [`InfluxSinkConfig::dead_letter_dir`].
 pub const DEAD_LETTER_FILE: &str = "dead-letter.lp";
 
-/// The longest `Retry-After` honoured; a larger value is cut to this.
-pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(300);
+/// The default longest `Retry-After` honoured (`max_retry_after_s`); a larger value is cut to
+/// it.
+pub const DEFAULT_MAX_RETRY_AFTER: Duration = Duration::from_secs(60);
 
 /// How much of an error response body is kept for logs and the dead-letter file.
 const MAX_ERROR_BODY: usize = 2048;
@@ -127,6 +148,22 @@ pub struct InfluxSinkConfig {
     pub backoff_max: Duration,
     /// Where `dead-letter.lp` is written (created if missing). Put it under `gateway.data_dir`.
     pub dead_letter_dir: PathBuf,
+    /// `[gateway] id`: seeds the retry jitter and gives the drain start offset. Empty is
+    /// allowed (every such gateway then shares one offset).
+    pub gateway_id: String,
+    /// The longest `Retry-After` (429/503) obeyed; a larger one is cut to this (logged once).
+    pub max_retry_after: Duration,
+    /// Every retry delay gets a random `[0, flush_jitter)` more.
+    pub flush_jitter: Duration,
+    /// After an outage, normal batches wait an offset in `[0, drain_spread)` from the gateway
+    /// id before the backlog drains. Zero: no wait.
+    pub drain_spread: Duration,
+    /// The most write requests [`parallel::Deliveries`] keeps in flight (adaptive below it).
+    pub max_in_flight: usize,
+    /// Uplink rate limit on compressed bytes sent, for normal data. `None`: no limit.
+    pub max_bytes_per_s: Option<u64>,
+    /// Bytes normal data may send per UTC day. `None`: no limit.
+    pub daily_budget_bytes: Option<u64>,
 }
 
 impl InfluxSinkConfig {
@@ -152,6 +189,13 @@ impl InfluxSinkConfig {
             backoff_initial: Duration::from_millis(500),
             backoff_max: Duration::from_secs(30),
             dead_letter_dir: dead_letter_dir.into(),
+            gateway_id: String::new(),
+            max_retry_after: DEFAULT_MAX_RETRY_AFTER,
+            flush_jitter: Duration::from_millis(config::DEFAULT_FLUSH_JITTER_MS),
+            drain_spread: Duration::from_millis(config::DEFAULT_DRAIN_SPREAD_MS),
+            max_in_flight: config::DEFAULT_MAX_IN_FLIGHT as usize,
+            max_bytes_per_s: None,
+            daily_budget_bytes: None,
         }
     }
 }
@@ -202,6 +246,29 @@ pub enum WriteOutcome {
     BadBatch { status: u16, message: String },
 }
 
+/// What a batch is, for the policies that hold normal data back and never urgent data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Class {
+    Urgent,
+    Normal,
+    /// From [`InfluxSink::deliver`]/[`InfluxSink::deliver_unless_superseded`], which do not
+    /// know: never held (like urgent), its bytes counted.
+    Unknown,
+}
+
+impl Class {
+    pub fn of(priority: ioc_model::Priority) -> Class {
+        match priority {
+            ioc_model::Priority::Urgent => Class::Urgent,
+            ioc_model::Priority::Normal => Class::Normal,
+        }
+    }
+
+    fn held(self) -> bool {
+        self == Class::Normal
+    }
+}
+
 /// The result of [`InfluxSink::deliver`]: the batch is fully handled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Delivered {
@@ -232,6 +299,26 @@ pub struct InfluxSink {
     /// `host:port` of the store, for messages.
     store_authority: String,
     failures: std::sync::Mutex<FailureLog>,
+    citizen: Citizen,
+}
+
+/// The good-citizen state of one sink (see the module docs).
+struct Citizen {
+    max_retry_after: Duration,
+    /// Whether a cut `Retry-After` was logged already.
+    clamp_logged: std::sync::atomic::AtomicBool,
+    jitter: std::sync::Mutex<jitter::JitterSource>,
+    pacer: std::sync::Mutex<jitter::DrainPacer>,
+    concurrency: std::sync::Mutex<concurrency::AdaptiveConcurrency>,
+    budget: std::sync::Mutex<budget::UplinkBudget>,
+    /// Where the day's byte count is kept, and when it was last written.
+    budget_file: PathBuf,
+    budget_saved: std::sync::Mutex<Option<Instant>>,
+}
+
+/// A poisoned lock of plain state is still usable state.
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl fmt::Debug for InfluxSink {
@@ -337,6 +424,12 @@ impl InfluxSink {
                 "backoff_initial must be > 0 and <= backoff_max".into(),
             ));
         }
+        if config.max_in_flight == 0 || config.max_retry_after.is_zero() {
+            return Err(SinkError::InvalidConfig(
+                "max_in_flight and max_retry_after must be above 0".into(),
+            ));
+        }
+        let citizen = Citizen::new(&config);
         let store_authority = authority(&write_url);
         for (i, (_, name)) in endpoints.iter().enumerate() {
             metrics::gauge!("output_endpoint_active", "url" => name.clone()).set(if i == 0 {
@@ -360,6 +453,7 @@ impl InfluxSink {
             observer: None,
             store_authority,
             failures: std::sync::Mutex::new(FailureLog::default()),
+            citizen,
         })
     }
 
@@ -482,24 +576,42 @@ impl InfluxSink {
             request = request.basic_auth(user, self.password.as_ref().map(Secret::expose));
         }
         let started = Instant::now();
+        let permit = lock(&self.citizen.concurrency).on_start();
         let result = request.send().await;
         let mut response = match result {
             Ok(response) => response,
             Err(e) => {
-                metrics::histogram!("output_write_seconds").record(started.elapsed().as_secs_f64());
+                let latency = started.elapsed();
+                metrics::histogram!("output_write_seconds").record(latency.as_secs_f64());
+                let timeout = e.is_timeout();
+                // A timed-out request may have crossed the link; a refused one did not.
+                if timeout {
+                    self.citizen.spent(body_gz.len());
+                }
+                let outcome = if timeout {
+                    concurrency::Outcome::Overloaded
+                } else {
+                    concurrency::Outcome::Other
+                };
+                self.citizen.responded(permit, latency, outcome);
                 return Err(SinkError::Transport {
-                    timeout: e.is_timeout(),
+                    timeout,
                     reason: error_chain(&e),
                 });
             }
         };
+        self.citizen.spent(body_gz.len());
         let status = response.status();
-        let retry_after = response
-            .headers()
-            .get(RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .map(|secs| Duration::from_secs(secs).min(MAX_RETRY_AFTER));
+        let retry_after = if retry_after::honoured_for(status.as_u16()) {
+            response
+                .headers()
+                .get(RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| retry_after::parse(v, SystemTime::now()))
+                .map(|told| self.citizen.bound_retry_after(told))
+        } else {
+            None
+        };
         // Only the start of an error body is kept: a broken proxy may send megabytes.
         let mut body = Vec::new();
         if !status.is_success() {
@@ -510,12 +622,145 @@ impl InfluxSink {
                 }
             }
         }
-        metrics::histogram!("output_write_seconds").record(started.elapsed().as_secs_f64());
+        let latency = started.elapsed();
+        metrics::histogram!("output_write_seconds").record(latency.as_secs_f64());
+        self.citizen.responded(
+            permit,
+            latency,
+            concurrency::Outcome::of_status(status.as_u16()),
+        );
         let outcome = classify(status, retry_after, &body);
         if let WriteOutcome::Accepted { .. } = outcome {
             metrics::counter!("output_lines_sent_total").increment(u64::from(lines));
         }
         Ok(outcome)
+    }
+}
+
+impl Citizen {
+    fn new(config: &InfluxSinkConfig) -> Self {
+        let mut budget =
+            budget::UplinkBudget::new(config.max_bytes_per_s, config.daily_budget_bytes);
+        let budget_file = config.dead_letter_dir.join(budget::STATE_FILE);
+        if budget.has_daily() {
+            // Missing on a first start; unreadable or damaged: the day's count starts at 0.
+            if let Some((day, bytes)) = std::fs::read_to_string(&budget_file)
+                .ok()
+                .and_then(|text| budget::parse_state(&text))
+            {
+                budget.restore(SystemTime::now(), day, bytes);
+            }
+        }
+        if budget.limited() {
+            tracing::info!(
+                max_bytes_per_s = ?config.max_bytes_per_s,
+                daily_budget_bytes = ?config.daily_budget_bytes,
+                "uplink budget on: normal data is paced and capped per UTC day; urgent data is not"
+            );
+        }
+        let pacer = jitter::DrainPacer::new(&config.gateway_id, config.drain_spread);
+        tracing::debug!(offset = ?pacer.offset(), "drain start offset after an outage");
+        metrics::gauge!("output_concurrency_limit").set(1.0);
+        Citizen {
+            max_retry_after: config.max_retry_after,
+            clamp_logged: std::sync::atomic::AtomicBool::new(false),
+            jitter: std::sync::Mutex::new(jitter::JitterSource::new(
+                &config.gateway_id,
+                rand::random(),
+                config.flush_jitter,
+            )),
+            pacer: std::sync::Mutex::new(pacer),
+            concurrency: std::sync::Mutex::new(concurrency::AdaptiveConcurrency::new(
+                config.max_in_flight,
+            )),
+            budget: std::sync::Mutex::new(budget),
+            budget_file,
+            budget_saved: std::sync::Mutex::new(None),
+        }
+    }
+
+    /// A store's `Retry-After` after `max_retry_after_s`; the first cut one is logged.
+    fn bound_retry_after(&self, told: Duration) -> Duration {
+        let (delay, cut) = retry_after::bound(told, self.max_retry_after);
+        if cut {
+            metrics::counter!("output_retry_after_clamped_total").increment(1);
+            if !self
+                .clamp_logged
+                .swap(true, std::sync::atomic::Ordering::Relaxed)
+            {
+                tracing::warn!(
+                    told = ?told,
+                    obeyed = ?delay,
+                    "the store asked to wait longer than max_retry_after_s; waiting max_retry_after_s \
+                     instead (said once)"
+                );
+            }
+        }
+        delay
+    }
+
+    /// A request body of `bytes` went out.
+    fn spent(&self, bytes: usize) {
+        let bytes = u64::try_from(bytes).unwrap_or(u64::MAX);
+        metrics::counter!("output_bytes_sent_total").increment(bytes);
+        let wall = SystemTime::now();
+        let now = Instant::now();
+        let (daily, day, sent) = {
+            let mut budget = lock(&self.budget);
+            budget.spent(now, wall, bytes);
+            let (day, sent) = budget.state(wall);
+            (budget.has_daily(), day, sent)
+        };
+        metrics::gauge!("output_bytes_sent_today").set(sent as f64);
+        if daily {
+            self.save_budget(now, day, sent);
+        }
+    }
+
+    /// Writes the day's count (at most every [`budget::SAVE_INTERVAL`]; a few bytes, through a
+    /// temporary file and a rename so a crash leaves the old count or the new one).
+    fn save_budget(&self, now: Instant, day: u64, sent: u64) {
+        {
+            let mut saved = lock(&self.budget_saved);
+            if saved.is_some_and(|at| now.duration_since(at) < budget::SAVE_INTERVAL) {
+                return;
+            }
+            *saved = Some(now);
+        }
+        let tmp = self.budget_file.with_extension("tmp");
+        let result = std::fs::create_dir_all(self.budget_file.parent().unwrap_or(Path::new(".")))
+            .and_then(|()| std::fs::write(&tmp, budget::format_state(day, sent)))
+            .and_then(|()| std::fs::rename(&tmp, &self.budget_file));
+        if let Err(e) = result {
+            tracing::warn!(
+                path = %self.budget_file.display(),
+                error = %e,
+                "cannot keep the day's uplink byte count; a restart would start it at 0"
+            );
+        }
+    }
+
+    fn responded(
+        &self,
+        permit: concurrency::Permit,
+        latency: Duration,
+        outcome: concurrency::Outcome,
+    ) {
+        let (decision, limit) = {
+            let mut c = lock(&self.concurrency);
+            let decision = c.on_response(permit, latency, outcome);
+            (decision, c.limit())
+        };
+        if decision != concurrency::Decision::Unchanged {
+            metrics::gauge!("output_concurrency_limit").set(limit as f64);
+            tracing::debug!(
+                limit,
+                ?decision,
+                ?latency,
+                ?outcome,
+                "request concurrency changed"
+            );
+        }
     }
 }
 
