@@ -129,11 +129,41 @@ pub fn decode_with_tags(
     payload: &[u8],
     received_ns: i64,
 ) -> Result<Vec<Reading>, JsonError> {
+    parse(mapping, BaseTags::Shared(base_tags), payload, received_ns)
+}
+
+/// The same as [`decode_with_tags`], taking the tags: a payload of one object (the usual case)
+/// then gets them without a copy.
+pub fn decode_owning_tags(
+    mapping: &JsonMapping,
+    base_tags: BTreeMap<String, String>,
+    payload: &[u8],
+    received_ns: i64,
+) -> Result<Vec<Reading>, JsonError> {
+    let one_object = payload.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{');
+    if one_object {
+        parse(
+            mapping,
+            BaseTags::Once(Some(base_tags)),
+            payload,
+            received_ns,
+        )
+    } else {
+        parse(mapping, BaseTags::Shared(&base_tags), payload, received_ns)
+    }
+}
+
+fn parse(
+    mapping: &JsonMapping,
+    base_tags: BaseTags<'_>,
+    payload: &[u8],
+    received_ns: i64,
+) -> Result<Vec<Reading>, JsonError> {
     let mut sink = Sink {
         mapping,
         base_tags,
         received_ns,
-        readings: Vec::new(),
+        readings: Vec::with_capacity(1),
         error: None,
     };
     let mut de = serde_json::Deserializer::from_slice(payload);
@@ -152,13 +182,29 @@ pub fn decode_with_tags(
 /// still read to its end, so a later syntax error wins, as it would have with a tree).
 struct Sink<'a> {
     mapping: &'a JsonMapping,
-    base_tags: &'a BTreeMap<String, String>,
+    base_tags: BaseTags<'a>,
     received_ns: i64,
     readings: Vec<Reading>,
     error: Option<JsonError>,
 }
 
+/// The topic and static tags every reading of a payload starts with.
+enum BaseTags<'a> {
+    /// Copied into each reading.
+    Shared(&'a BTreeMap<String, String>),
+    /// Moved into the one reading of a single-object payload.
+    Once(Option<BTreeMap<String, String>>),
+}
+
 impl Sink<'_> {
+    fn base_tags(&mut self) -> BTreeMap<String, String> {
+        match &mut self.base_tags {
+            BaseTags::Shared(tags) => (*tags).clone(),
+            // A payload starting with `{` has one top-level object: taken once.
+            BaseTags::Once(tags) => tags.take().unwrap_or_default(),
+        }
+    }
+
     fn refuse(&mut self, e: JsonError) {
         if self.error.is_none() {
             self.error = Some(e);
@@ -245,7 +291,7 @@ impl<'de> de::Visitor<'de> for Item<'_, '_> {
 fn object<'de, A: de::MapAccess<'de>>(sink: &mut Sink<'_>, mut map: A) -> Result<(), A::Error> {
     let mapping = sink.mapping;
     let mut reading = Reading::new(mapping.measurement.as_str(), sink.received_ns);
-    reading.tags = sink.base_tags.clone();
+    reading.tags = sink.base_tags();
     let mut timestamp: Option<Value> = None;
     let mut error: Option<JsonError> = None;
     while let Some(key) = map.next_key_seed(KeySeed)? {
@@ -770,6 +816,16 @@ mod tests {
             let streamed = decode(&m, "city/d/env/s", &payload, 5);
             let tree = tree_decode(&m, "city/d/env/s", &payload, 5);
             proptest::prop_assert!(same(&streamed, &tree), "{}\n{streamed:?}\n{tree:?}", String::from_utf8_lossy(&payload));
+        }
+
+        #[test]
+        fn owning_the_tags_changes_nothing(value in any_json()) {
+            let m = env_mapping();
+            let payload = serde_json::to_vec(&value).unwrap();
+            let tags = topic_and_static_tags(&m, "city/d/env/s").unwrap();
+            let shared = decode_with_tags(&m, &tags, &payload, 5);
+            let owned = decode_owning_tags(&m, tags, &payload, 5);
+            proptest::prop_assert!(same(&shared, &owned));
         }
 
         #[test]
