@@ -92,7 +92,7 @@ fn is_string_value_special(b: u8) -> bool {
 
 /// Copies `text` into `out`, putting a backslash before every byte `special` selects. All special
 /// characters are ASCII, so working on bytes never splits a UTF-8 sequence.
-fn escape_into(out: &mut Vec<u8>, text: &str, special: fn(u8) -> bool) {
+fn escape_into(out: &mut Vec<u8>, text: &str, special: impl Fn(u8) -> bool) {
     let bytes = text.as_bytes();
     let mut start = 0;
     for (i, &b) in bytes.iter().enumerate() {
@@ -150,6 +150,9 @@ fn encode_float(v: f64, out: &mut Vec<u8>) {
     }
     let magnitude = v.abs();
     let scientific = !(magnitude == 0.0 || (1e-5..1e16).contains(&magnitude));
+    if !scientific && short_decimal(v, out) {
+        return;
+    }
     let mut buffer = ryu::Buffer::new();
     let text = buffer.format_finite(v).as_bytes();
     let (negative, text) = match text.split_first() {
@@ -230,6 +233,54 @@ fn encode_float(v: f64, out: &mut Vec<u8>) {
             out.extend_from_slice(&digits[point..]);
         }
     }
+}
+
+/// Powers of ten [`short_decimal`] tries, exact as `f64`.
+const POW10: [f64; 7] = [1.0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6];
+
+/// What sensors send (`12.5`, `-3.25`, `1013`): a value that is `m / 10^k` for an integer `m`
+/// below 2^51 and `k` ≤ 6, written as those digits without the float algorithm. The smallest
+/// such `k` gives the shortest form, and with `m` < 2^51 the value's rounding interval is
+/// narrower than 10^-k, so no other `k`-digit decimal reads back as `v`: the digits are the
+/// ones `Display` writes. Returns false (nothing written) for anything else.
+fn short_decimal(v: f64, out: &mut Vec<u8>) -> bool {
+    const LIMIT: f64 = (1u64 << 51) as f64;
+    for (k, &p) in POW10.iter().enumerate() {
+        let scaled = v * p;
+        if scaled.abs() >= LIMIT {
+            return false;
+        }
+        let m = scaled.round();
+        if m / p != v {
+            continue;
+        }
+        if m == 0.0 {
+            // ±0 (the caller sends only finite values): `Display` writes `0` and `-0`.
+            out.extend_from_slice(if v.is_sign_negative() { b"-0" } else { b"0" });
+            return true;
+        }
+        // |m| < 2^51: exact as an integer.
+        let m = m as i64;
+        if m < 0 {
+            out.push(b'-');
+        }
+        let mut buffer = itoa::Buffer::new();
+        let digits = buffer.format(m.unsigned_abs()).as_bytes();
+        if k == 0 {
+            out.extend_from_slice(digits);
+        } else if digits.len() > k {
+            let (int, frac) = digits.split_at(digits.len() - k);
+            out.extend_from_slice(int);
+            out.push(b'.');
+            out.extend_from_slice(frac);
+        } else {
+            out.extend_from_slice(b"0.");
+            out.extend(std::iter::repeat_n(b'0', k - digits.len()));
+            out.extend_from_slice(digits);
+        }
+        return true;
+    }
+    false
 }
 
 /// `core::fmt`'s layout, for the rare values [`encode_float`] leaves to it.
@@ -342,6 +393,14 @@ mod tests {
                 let cut: f64 = format!("{:.*e}", (i % 16) as usize, v).parse().unwrap();
                 check(cut);
             }
+        }
+        // Decimals m / 10^k of every length, across the 2^51 edge of the short path.
+        for i in 0..1_000_000u64 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let m = (x >> (i % 60)) as i64 * if i % 2 == 0 { 1 } else { -1 };
+            check(m as f64 / 10f64.powi((i % 9) as i32));
         }
         for i in -20_000i64..20_000 {
             check(i as f64 / 10.0);
