@@ -112,8 +112,14 @@ pub fn decode(
     payload: &[u8],
     received_ns: i64,
 ) -> Result<Vec<Reading>, JsonError> {
-    let base_tags = topic_and_static_tags(mapping, topic)?;
-    decode_with_tags(mapping, &base_tags, payload, received_ns)
+    match topic_and_static_tags(mapping, topic) {
+        Ok(tags) => decode_owning_tags(mapping, tags, payload, received_ns),
+        // As before the streaming parse: a payload that is not JSON says so first.
+        Err(e) => match decode_with_tags(mapping, &BTreeMap::new(), payload, received_ns) {
+            Err(not_json @ JsonError::NotJson(_)) => Err(not_json),
+            _ => Err(e),
+        },
+    }
 }
 
 /// The same as [`decode`] with the topic and static tags already worked out (see
@@ -695,6 +701,8 @@ mod tests {
         }
         let e = decode(&m, "city/d", b"{\"ts\":1,\"v\":1}", 0).unwrap_err();
         assert_eq!(e.label(), "topic_mismatch");
+        let e = decode(&m, "city/d", b"{\"ts\":1,", 0).unwrap_err();
+        assert_eq!(e.label(), "not_json");
     }
 
     #[test]
