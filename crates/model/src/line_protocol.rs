@@ -176,11 +176,8 @@ fn encode_float(v: f64, out: &mut Vec<u8>) {
     for &b in mantissa {
         match b {
             b'.' => seen_point = true,
-            b'0' if len == 0 => {
-                if seen_point {
-                    point -= 1;
-                }
-            }
+            b'0' if len == 0 && seen_point => point -= 1,
+            b'0' if len == 0 => {}
             b'0'..=b'9' => {
                 if len < digits.len() {
                     digits[len] = b;
