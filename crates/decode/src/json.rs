@@ -13,8 +13,10 @@
 //!
 //! Anything else is a [`JsonError`] with a stable [`label`](JsonError::label) for metrics.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
+use serde::de;
 use serde_json::Value;
 
 use ioc_model::{FieldValue, InvalidReading, Reading};
@@ -110,41 +112,427 @@ pub fn decode(
     payload: &[u8],
     received_ns: i64,
 ) -> Result<Vec<Reading>, JsonError> {
-    let value: Value =
-        serde_json::from_slice(payload).map_err(|e| JsonError::NotJson(e.to_string()))?;
-    let base_tags = topic_and_static_tags(mapping, topic)?;
-    from_value(mapping, &base_tags, value, received_ns)
+    match topic_and_static_tags(mapping, topic) {
+        Ok(tags) => decode_owning_tags(mapping, tags, payload, received_ns),
+        // As before the streaming parse: a payload that is not JSON says so first.
+        Err(e) => match decode_with_tags(mapping, &BTreeMap::new(), payload, received_ns) {
+            Err(not_json @ JsonError::NotJson(_)) => Err(not_json),
+            _ => Err(e),
+        },
+    }
 }
 
 /// The same as [`decode`] with the topic and static tags already worked out (see
 /// [`topic_and_static_tags`]), for callers that need them for other formats too.
+///
+/// The payload is parsed once, straight into readings (no `serde_json::Value` tree; keys are
+/// borrowed from the payload): this is the hot path of every JSON input. A syntax error
+/// anywhere is `not_json` even after a record that was refused for another reason, as if the
+/// whole payload had been parsed first.
 pub fn decode_with_tags(
     mapping: &JsonMapping,
     base_tags: &BTreeMap<String, String>,
     payload: &[u8],
     received_ns: i64,
 ) -> Result<Vec<Reading>, JsonError> {
-    let value: Value =
-        serde_json::from_slice(payload).map_err(|e| JsonError::NotJson(e.to_string()))?;
-    from_value(mapping, base_tags, value, received_ns)
+    parse(mapping, BaseTags::Shared(base_tags), payload, received_ns)
 }
 
-fn from_value(
+/// The same as [`decode_with_tags`], taking the tags: a payload of one object (the usual case)
+/// then gets them without a copy.
+pub fn decode_owning_tags(
     mapping: &JsonMapping,
-    base_tags: &BTreeMap<String, String>,
-    value: Value,
+    base_tags: BTreeMap<String, String>,
+    payload: &[u8],
     received_ns: i64,
 ) -> Result<Vec<Reading>, JsonError> {
-    match value {
-        Value::Object(obj) => Ok(vec![one(mapping, base_tags, obj, received_ns)?]),
-        Value::Array(items) if !items.is_empty() => items
-            .into_iter()
-            .map(|item| match item {
-                Value::Object(obj) => one(mapping, base_tags, obj, received_ns),
-                _ => Err(JsonError::NotAnObject),
-            })
-            .collect(),
-        _ => Err(JsonError::NotAnObject),
+    let one_object = payload.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{');
+    if one_object {
+        parse(
+            mapping,
+            BaseTags::Once(Some(base_tags)),
+            payload,
+            received_ns,
+        )
+    } else {
+        parse(mapping, BaseTags::Shared(&base_tags), payload, received_ns)
+    }
+}
+
+fn parse(
+    mapping: &JsonMapping,
+    base_tags: BaseTags<'_>,
+    payload: &[u8],
+    received_ns: i64,
+) -> Result<Vec<Reading>, JsonError> {
+    let mut sink = Sink {
+        mapping,
+        base_tags,
+        received_ns,
+        readings: Vec::with_capacity(1),
+        error: None,
+    };
+    let mut de = serde_json::Deserializer::from_slice(payload);
+    let parsed =
+        serde::de::DeserializeSeed::deserialize(Top(&mut sink), &mut de).and_then(|()| de.end());
+    if let Err(e) = parsed {
+        return Err(JsonError::NotJson(e.to_string()));
+    }
+    match sink.error {
+        Some(e) => Err(e),
+        None => Ok(sink.readings),
+    }
+}
+
+/// What the streaming parse builds: the readings so far, and the first refusal (the payload is
+/// still read to its end, so a later syntax error wins, as it would have with a tree).
+struct Sink<'a> {
+    mapping: &'a JsonMapping,
+    base_tags: BaseTags<'a>,
+    received_ns: i64,
+    readings: Vec<Reading>,
+    error: Option<JsonError>,
+}
+
+/// The topic and static tags every reading of a payload starts with.
+enum BaseTags<'a> {
+    /// Copied into each reading.
+    Shared(&'a BTreeMap<String, String>),
+    /// Moved into the one reading of a single-object payload.
+    Once(Option<BTreeMap<String, String>>),
+}
+
+impl Sink<'_> {
+    fn base_tags(&mut self) -> BTreeMap<String, String> {
+        match &mut self.base_tags {
+            BaseTags::Shared(tags) => (*tags).clone(),
+            // A payload starting with `{` has one top-level object: taken once.
+            BaseTags::Once(tags) => tags.take().unwrap_or_default(),
+        }
+    }
+
+    fn refuse(&mut self, e: JsonError) {
+        if self.error.is_none() {
+            self.error = Some(e);
+        }
+    }
+}
+
+/// The whole payload: one object, or a non-empty array of objects.
+struct Top<'s, 'a>(&'s mut Sink<'a>);
+
+impl<'de> de::DeserializeSeed<'de> for Top<'_, '_> {
+    type Value = ();
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+/// Refuses a scalar where an object (or array of objects) belongs.
+macro_rules! not_an_object {
+    ($($name:ident: $t:ty),*) => {$(
+        fn $name<E: de::Error>(self, _: $t) -> Result<(), E> {
+            self.0.refuse(JsonError::NotAnObject);
+            Ok(())
+        }
+    )*};
+}
+
+impl<'de> de::Visitor<'de> for Top<'_, '_> {
+    type Value = ();
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a JSON object or an array of objects")
+    }
+    not_an_object!(visit_bool: bool, visit_i64: i64, visit_u64: u64, visit_f64: f64, visit_str: &str);
+    fn visit_unit<E: de::Error>(self) -> Result<(), E> {
+        self.0.refuse(JsonError::NotAnObject);
+        Ok(())
+    }
+    fn visit_map<A: de::MapAccess<'de>>(self, map: A) -> Result<(), A::Error> {
+        object(self.0, map)
+    }
+    fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        let mut any = false;
+        while seq.next_element_seed(Item(self.0))?.is_some() {
+            any = true;
+        }
+        if !any {
+            self.0.refuse(JsonError::NotAnObject);
+        }
+        Ok(())
+    }
+}
+
+/// One element of a top-level array: an object, or a refusal.
+struct Item<'s, 'a>(&'s mut Sink<'a>);
+
+impl<'de> de::DeserializeSeed<'de> for Item<'_, '_> {
+    type Value = ();
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> de::Visitor<'de> for Item<'_, '_> {
+    type Value = ();
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a JSON object")
+    }
+    not_an_object!(visit_bool: bool, visit_i64: i64, visit_u64: u64, visit_f64: f64, visit_str: &str);
+    fn visit_unit<E: de::Error>(self) -> Result<(), E> {
+        self.0.refuse(JsonError::NotAnObject);
+        Ok(())
+    }
+    fn visit_map<A: de::MapAccess<'de>>(self, map: A) -> Result<(), A::Error> {
+        object(self.0, map)
+    }
+    fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        while seq.next_element::<de::IgnoredAny>()?.is_some() {}
+        self.0.refuse(JsonError::NotAnObject);
+        Ok(())
+    }
+}
+
+/// One object: one reading, checked as soon as its closing brace is read.
+fn object<'de, A: de::MapAccess<'de>>(sink: &mut Sink<'_>, mut map: A) -> Result<(), A::Error> {
+    let mapping = sink.mapping;
+    let mut reading = Reading::new(mapping.measurement.as_str(), sink.received_ns);
+    reading.tags = sink.base_tags();
+    let mut timestamp: Option<Value> = None;
+    let mut error: Option<JsonError> = None;
+    while let Some(key) = map.next_key_seed(KeySeed)? {
+        if mapping.timestamp_field.as_deref() == Some(&*key) {
+            // Rare and small: the one value kept as a `Value`, to be read exactly as before.
+            timestamp = Some(map.next_value()?);
+        } else {
+            map.next_value_seed(Leaf {
+                key: Key::Top(key),
+                mapping,
+                reading: &mut reading,
+                error: &mut error,
+            })?;
+        }
+    }
+    if sink.error.is_some() {
+        // Only the first refusal is reported; the rest of the payload is read for syntax only.
+        return Ok(());
+    }
+    match finish(mapping, reading, timestamp, error) {
+        Ok(r) => sink.readings.push(r),
+        Err(e) => sink.refuse(e),
+    }
+    Ok(())
+}
+
+/// The checks of a whole record, in the order the tree-based decoder made them: timestamp,
+/// numbers, fields present, line protocol.
+fn finish(
+    mapping: &JsonMapping,
+    mut reading: Reading,
+    timestamp: Option<Value>,
+    error: Option<JsonError>,
+) -> Result<Reading, JsonError> {
+    if let Some(field) = &mapping.timestamp_field {
+        let value = timestamp.ok_or_else(|| JsonError::MissingTimestamp(field.clone()))?;
+        reading.timestamp_ns =
+            to_nanos(&value, mapping.timestamp_unit).ok_or_else(|| JsonError::BadTimestamp {
+                field: field.clone(),
+                value: truncate(&value.to_string(), 64),
+            })?;
+    }
+    if let Some(e) = error {
+        return Err(e);
+    }
+    if reading.fields.is_empty() {
+        return Err(JsonError::NoFields);
+    }
+    reading.validate()?;
+    Ok(reading)
+}
+
+/// An object key, borrowed from the payload unless it had escapes.
+struct KeySeed;
+
+impl<'de> de::DeserializeSeed<'de> for KeySeed {
+    type Value = Cow<'de, str>;
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_str(self)
+    }
+}
+
+impl<'de> de::Visitor<'de> for KeySeed {
+    type Value = Cow<'de, str>;
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a string key")
+    }
+    fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
+        Ok(Cow::Borrowed(v))
+    }
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+        Ok(Cow::Owned(v.to_owned()))
+    }
+    fn visit_string<E: de::Error>(self, v: String) -> Result<Self::Value, E> {
+        Ok(Cow::Owned(v))
+    }
+}
+
+/// The flattened name of a value: a top-level key as it is, or a nested one joined with `_`.
+enum Key<'de> {
+    Top(Cow<'de, str>),
+    Nested(String),
+}
+
+impl Key<'_> {
+    fn as_str(&self) -> &str {
+        match self {
+            Key::Top(k) => k,
+            Key::Nested(k) => k,
+        }
+    }
+
+    fn into_string(self) -> String {
+        match self {
+            Key::Top(k) => k.into_owned(),
+            Key::Nested(k) => k,
+        }
+    }
+
+    fn join(&self, part: &str) -> Key<'static> {
+        let base = self.as_str();
+        let mut k = String::with_capacity(base.len() + 1 + part.len());
+        k.push_str(base);
+        k.push('_');
+        k.push_str(part);
+        Key::Nested(k)
+    }
+}
+
+/// A value under a (flattened) key: a field or a tag if a scalar; nested objects and arrays
+/// are flattened into it (`wind_speed`, `vals_0`); `null` is skipped. Where two values flatten
+/// to the same name, the later one in the payload wins.
+struct Leaf<'r, 'de> {
+    key: Key<'de>,
+    mapping: &'r JsonMapping,
+    reading: &'r mut Reading,
+    error: &'r mut Option<JsonError>,
+}
+
+impl Leaf<'_, '_> {
+    fn is_tag(&self) -> bool {
+        let key = self.key.as_str();
+        self.mapping.tag_keys.iter().any(|k| k == key)
+    }
+
+    fn put(self, value: FieldValue) {
+        self.reading.fields.insert(self.key.into_string(), value);
+    }
+
+    fn tag(self, value: String) {
+        self.reading.tags.insert(self.key.into_string(), value);
+    }
+
+    fn number(self, n: serde_json::Number) {
+        if self.is_tag() {
+            return self.tag(n.to_string());
+        }
+        match n.as_f64() {
+            Some(f) if f.is_finite() => self.put(FieldValue::Float(f)),
+            _ => {
+                if self.error.is_none() {
+                    *self.error = Some(JsonError::NonFinite {
+                        field: self.key.into_string(),
+                    });
+                }
+            }
+        }
+    }
+}
+
+impl<'de> de::DeserializeSeed<'de> for Leaf<'_, 'de> {
+    type Value = ();
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> de::Visitor<'de> for Leaf<'_, 'de> {
+    type Value = ();
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("any JSON value")
+    }
+    fn visit_bool<E: de::Error>(self, v: bool) -> Result<(), E> {
+        if self.is_tag() {
+            self.tag(v.to_string());
+        } else {
+            self.put(FieldValue::Bool(v));
+        }
+        Ok(())
+    }
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<(), E> {
+        self.number(v.into());
+        Ok(())
+    }
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<(), E> {
+        self.number(v.into());
+        Ok(())
+    }
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<(), E> {
+        match serde_json::Number::from_f64(v) {
+            Some(n) => self.number(n),
+            None => {
+                if self.error.is_none() {
+                    *self.error = Some(JsonError::NonFinite {
+                        field: self.key.into_string(),
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<(), E> {
+        if self.is_tag() {
+            self.tag(v.to_owned());
+        } else {
+            self.put(FieldValue::Str(v.to_owned()));
+        }
+        Ok(())
+    }
+    fn visit_string<E: de::Error>(self, v: String) -> Result<(), E> {
+        if self.is_tag() {
+            self.tag(v);
+        } else {
+            self.put(FieldValue::Str(v));
+        }
+        Ok(())
+    }
+    fn visit_unit<E: de::Error>(self) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_map<A: de::MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        while let Some(k) = map.next_key_seed(KeySeed)? {
+            map.next_value_seed(Leaf {
+                key: self.key.join(&k),
+                mapping: self.mapping,
+                reading: &mut *self.reading,
+                error: &mut *self.error,
+            })?;
+        }
+        Ok(())
+    }
+    fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        let mut i = 0usize;
+        loop {
+            let leaf = Leaf {
+                key: self.key.join(itoa::Buffer::new().format(i)),
+                mapping: self.mapping,
+                reading: &mut *self.reading,
+                error: &mut *self.error,
+            };
+            if seq.next_element_seed(leaf)?.is_none() {
+                return Ok(());
+            }
+            i += 1;
+        }
     }
 }
 
@@ -170,59 +558,6 @@ pub fn topic_and_static_tags(
         }
     }
     Ok(tags)
-}
-
-fn one(
-    mapping: &JsonMapping,
-    base_tags: &BTreeMap<String, String>,
-    obj: serde_json::Map<String, Value>,
-    received_ns: i64,
-) -> Result<Reading, JsonError> {
-    let mut reading = Reading::new(mapping.measurement.clone(), received_ns);
-    reading.tags = base_tags.clone();
-    let mut timestamp: Option<Value> = None;
-    let mut flat = Vec::with_capacity(obj.len());
-    for (key, value) in obj {
-        if mapping.timestamp_field.as_deref() == Some(key.as_str()) {
-            timestamp = Some(value);
-        } else {
-            flatten(key, value, &mut flat);
-        }
-    }
-    if let Some(field) = &mapping.timestamp_field {
-        let value = timestamp.ok_or_else(|| JsonError::MissingTimestamp(field.clone()))?;
-        reading.timestamp_ns =
-            to_nanos(&value, mapping.timestamp_unit).ok_or_else(|| JsonError::BadTimestamp {
-                field: field.clone(),
-                value: truncate(&value.to_string(), 64),
-            })?;
-    }
-    for (key, value) in flat {
-        if mapping.tag_keys.contains(&key) {
-            let text = match value {
-                Value::String(s) => s,
-                Value::Null => continue,
-                other => other.to_string(),
-            };
-            reading.tags.insert(key, text);
-            continue;
-        }
-        let field = match value {
-            Value::Number(n) => match n.as_f64() {
-                Some(f) if f.is_finite() => FieldValue::Float(f),
-                _ => return Err(JsonError::NonFinite { field: key }),
-            },
-            Value::Bool(b) => FieldValue::Bool(b),
-            Value::String(s) => FieldValue::Str(s),
-            _ => continue,
-        };
-        reading.fields.insert(key, field);
-    }
-    if reading.fields.is_empty() {
-        return Err(JsonError::NoFields);
-    }
-    reading.validate()?;
-    Ok(reading)
 }
 
 /// Flattens nested objects with `_` and arrays by index; leaves scalars as they are.
@@ -366,6 +701,8 @@ mod tests {
         }
         let e = decode(&m, "city/d", b"{\"ts\":1,\"v\":1}", 0).unwrap_err();
         assert_eq!(e.label(), "topic_mismatch");
+        let e = decode(&m, "city/d", b"{\"ts\":1,", 0).unwrap_err();
+        assert_eq!(e.label(), "not_json");
     }
 
     #[test]
@@ -382,7 +719,131 @@ mod tests {
         );
     }
 
+    /// The decoder this one replaced: the payload parsed into a `serde_json::Value` tree first.
+    /// Kept as the reference the streaming decoder must agree with.
+    fn tree_decode(
+        mapping: &JsonMapping,
+        topic: &str,
+        payload: &[u8],
+        received_ns: i64,
+    ) -> Result<Vec<Reading>, JsonError> {
+        let value: Value =
+            serde_json::from_slice(payload).map_err(|e| JsonError::NotJson(e.to_string()))?;
+        let base_tags = topic_and_static_tags(mapping, topic)?;
+        let one = |obj: serde_json::Map<String, Value>| {
+            let mut reading = Reading::new(mapping.measurement.clone(), received_ns);
+            reading.tags = base_tags.clone();
+            let mut timestamp: Option<Value> = None;
+            let mut flat = Vec::new();
+            for (key, value) in obj {
+                if mapping.timestamp_field.as_deref() == Some(key.as_str()) {
+                    timestamp = Some(value);
+                } else {
+                    flatten(key, value, &mut flat);
+                }
+            }
+            let mut error = None;
+            for (key, value) in flat {
+                if mapping.tag_keys.contains(&key) {
+                    let text = match value {
+                        Value::String(s) => s,
+                        other => other.to_string(),
+                    };
+                    reading.tags.insert(key, text);
+                    continue;
+                }
+                let field = match value {
+                    Value::Number(n) => match n.as_f64() {
+                        Some(f) if f.is_finite() => FieldValue::Float(f),
+                        _ => {
+                            error.get_or_insert(JsonError::NonFinite { field: key });
+                            continue;
+                        }
+                    },
+                    Value::Bool(b) => FieldValue::Bool(b),
+                    Value::String(s) => FieldValue::Str(s),
+                    _ => continue,
+                };
+                reading.fields.insert(key, field);
+            }
+            finish(mapping, reading, timestamp, error)
+        };
+        match value {
+            Value::Object(obj) => Ok(vec![one(obj)?]),
+            Value::Array(items) if !items.is_empty() => items
+                .into_iter()
+                .map(|item| match item {
+                    Value::Object(obj) => one(obj),
+                    _ => Err(JsonError::NotAnObject),
+                })
+                .collect(),
+            _ => Err(JsonError::NotAnObject),
+        }
+    }
+
+    /// JSON values whose keys (no `_`) cannot flatten onto one another.
+    fn any_json() -> impl proptest::strategy::Strategy<Value = Value> {
+        use proptest::prelude::*;
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(Value::from),
+            any::<u64>().prop_map(Value::from),
+            (-1e6f64..1e6).prop_map(Value::from),
+            any::<f64>().prop_filter_map("finite", |f| serde_json::Number::from_f64(f)
+                .map(Value::Number)),
+            "[a-z \\\\\n\"é,=]{0,6}".prop_map(Value::String),
+        ];
+        leaf.prop_recursive(4, 32, 6, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+                proptest::collection::btree_map("(ts|time|site|[a-z0-9]{1,3})", inner, 0..6)
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    fn same(a: &Result<Vec<Reading>, JsonError>, b: &Result<Vec<Reading>, JsonError>) -> bool {
+        match (a, b) {
+            (Ok(a), Ok(b)) => a == b,
+            (Err(a), Err(b)) => a == b,
+            _ => false,
+        }
+    }
+
     proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(2000))]
+        #[test]
+        fn streaming_agrees_with_the_tree_decoder(value in any_json(), with_ts in proptest::bool::ANY) {
+            let mut m = env_mapping();
+            m.tag_keys = vec!["site".into(), "a".into(), "b_0".into()];
+            if !with_ts {
+                m.timestamp_field = None;
+            }
+            let payload = serde_json::to_vec(&value).unwrap();
+            let streamed = decode(&m, "city/d/env/s", &payload, 5);
+            let tree = tree_decode(&m, "city/d/env/s", &payload, 5);
+            proptest::prop_assert!(same(&streamed, &tree), "{}\n{streamed:?}\n{tree:?}", String::from_utf8_lossy(&payload));
+        }
+
+        #[test]
+        fn owning_the_tags_changes_nothing(value in any_json()) {
+            let m = env_mapping();
+            let payload = serde_json::to_vec(&value).unwrap();
+            let tags = topic_and_static_tags(&m, "city/d/env/s").unwrap();
+            let shared = decode_with_tags(&m, &tags, &payload, 5);
+            let owned = decode_owning_tags(&m, tags, &payload, 5);
+            proptest::prop_assert!(same(&shared, &owned));
+        }
+
+        #[test]
+        fn streaming_agrees_on_arbitrary_bytes(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..256)) {
+            let m = env_mapping();
+            let streamed = decode(&m, "city/d/env/s", &bytes, 0);
+            let tree = tree_decode(&m, "city/d/env/s", &bytes, 0);
+            proptest::prop_assert!(same(&streamed, &tree));
+        }
+
         #[test]
         fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..512)) {
             let _ = decode(&env_mapping(), "city/d/env/s", &bytes, 0);

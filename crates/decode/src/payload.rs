@@ -301,7 +301,7 @@ impl PayloadDecoder {
                 None => Decoded::refused("no_csv_config", "format csv without its config"),
             },
             PayloadFormat::Json => {
-                match json::decode_with_tags(&self.json, &tags, payload, received_ns) {
+                match json::decode_owning_tags(&self.json, tags, payload, received_ns) {
                     Ok(readings) => Decoded {
                         readings,
                         rejected: Vec::new(),

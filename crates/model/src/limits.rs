@@ -459,13 +459,19 @@ impl LimitChecker {
         // Last, so readings refused for other reasons take no slot.
         let hash = series_hash(reading);
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        let window = state
-            .series
-            .entry(input.to_owned())
-            .or_insert_with(|| SeriesWindow {
-                started_ns: now_ns,
-                seen: HashSet::new(),
-            });
+        if !state.series.contains_key(input) {
+            // Once per input: the name is not copied on every reading.
+            state.series.insert(
+                input.to_owned(),
+                SeriesWindow {
+                    started_ns: now_ns,
+                    seen: HashSet::new(),
+                },
+            );
+        }
+        let Some(window) = state.series.get_mut(input) else {
+            return Ok(passed);
+        };
         if now_ns.saturating_sub(window.started_ns) >= SERIES_WINDOW_NS
             || now_ns < window.started_ns
         {

@@ -98,8 +98,18 @@ impl InvalidReading {
     }
 }
 
+/// Whether `text` holds a control character (`char::is_control`: U+0000–U+001F, U+007F–U+009F).
+/// On bytes, for speed (every name of every reading passes here): U+0080–U+009F are the UTF-8
+/// pairs `C2 80`–`C2 9F`, and no other sequence contains a byte below 0x20 or 0x7F.
+fn has_control(text: &str) -> bool {
+    let bytes = text.as_bytes();
+    bytes.iter().enumerate().any(|(i, &b)| {
+        b < 0x20 || b == 0x7f || (b == 0xc2 && matches!(bytes.get(i + 1), Some(0x80..=0x9f)))
+    })
+}
+
 fn check_text(what: &'static str, text: &str) -> Result<(), InvalidReading> {
-    if text.chars().any(char::is_control) {
+    if has_control(text) {
         return Err(InvalidReading::ControlCharacter {
             what,
             text: text.to_owned(),
@@ -112,8 +122,15 @@ fn check_text(what: &'static str, text: &str) -> Result<(), InvalidReading> {
 /// protocol. A literal backslash right before a character that gets escaped, or at the very end,
 /// is read back differently by InfluxDB 1.x and 2.x/3.x parsers, so it is refused.
 fn check_name(what: &'static str, text: &str) -> Result<(), InvalidReading> {
-    check_text(what, text)?;
     let bytes = text.as_bytes();
+    // The common case, a plain ASCII name, in one pass.
+    if bytes
+        .iter()
+        .all(|&b| (0x20..0x7f).contains(&b) && b != b'\\')
+    {
+        return Ok(());
+    }
+    check_text(what, text)?;
     for (i, b) in bytes.iter().enumerate() {
         if *b == b'\\' && matches!(bytes.get(i + 1), None | Some(b',' | b'=' | b' ' | b'\\')) {
             return Err(InvalidReading::AmbiguousBackslash {
@@ -270,6 +287,14 @@ mod tests {
         for (reading, label) in cases {
             let err = reading.validate().expect_err(label);
             assert_eq!(err.label(), label, "{reading:?}");
+        }
+    }
+
+    #[test]
+    fn control_characters_are_found_as_char_is_control_finds_them() {
+        for c in (0u32..0x3000).filter_map(char::from_u32) {
+            let text = format!("a{c}b");
+            assert_eq!(has_control(&text), c.is_control(), "U+{:04X}", c as u32);
         }
     }
 

@@ -23,11 +23,33 @@ pub enum Kind {
 #[error("cannot start the async runtime")]
 pub struct RuntimeError(#[source] std::io::Error);
 
+/// glibc malloc arenas the gateway allows itself unless `MALLOC_ARENA_MAX` says otherwise.
+///
+/// glibc gives every thread that allocates under contention an arena of its own (up to 8 per
+/// core), and memory freed in one arena is not reused by the others: during a burst the
+/// workers, the buffer writer and the forwarder each grew theirs, for a peak several MiB above
+/// what one arena holds. The per-thread caches in front of the arena keep the small
+/// allocations of the ingest path off its lock, so one arena costs no measurable CPU
+/// (`tests/bench/spine_bench.py`, README "Performance").
+const MALLOC_ARENAS: i32 = 1;
+
+/// Applies [`MALLOC_ARENAS`] before the runtime's threads exist (glibc only).
+fn limit_malloc_arenas() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
+        // SAFETY: mallopt only sets an allocator parameter; called before the threads start.
+        unsafe {
+            libc::mallopt(libc::M_ARENA_MAX, MALLOC_ARENAS);
+        }
+    }
+}
+
 /// Builds a runtime of `kind` with I/O and timers enabled.
 pub fn build(kind: Kind) -> Result<Runtime, RuntimeError> {
     let mut builder = match kind {
         Kind::CurrentThread => Builder::new_current_thread(),
         Kind::Gateway => {
+            limit_malloc_arenas();
             let mut builder = Builder::new_multi_thread();
             builder.worker_threads(GATEWAY_WORKER_THREADS);
             builder
