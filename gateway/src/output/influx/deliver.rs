@@ -220,6 +220,15 @@ impl InfluxSink {
                 self.wait_for_budget(body_gz.len(), shutdown, superseded)
                     .await?;
             }
+            // A `Retry-After` another delivery of this sink was given holds this one too.
+            let not_before = *lock(&self.citizen.not_before);
+            if let Some(at) = not_before.filter(|at| *at > Instant::now()) {
+                tokio::select! {
+                    biased;
+                    _ = shutdown.wait() => return Err(SinkError::Shutdown),
+                    () = tokio::time::sleep_until(at.into()) => {}
+                }
+            }
             let result = tokio::select! {
                 biased;
                 _ = shutdown.wait() => return Err(SinkError::Shutdown),
@@ -256,6 +265,13 @@ impl InfluxSink {
                     metrics::counter!("output_batches_failed_total", "reason" => reason)
                         .increment(1);
                     let delay = backoff.next_wait_or(retry_after);
+                    if retry_after.is_some() {
+                        let until = Instant::now() + delay;
+                        let mut nb = lock(&self.citizen.not_before);
+                        if nb.is_none_or(|at| at < until) {
+                            *nb = Some(until);
+                        }
+                    }
                     if let Some(failed) = self.failure_due(reason) {
                         tracing::warn!(status, error = %message, retry_in = ?delay, failed_attempts = failed,
                             "store did not take the batch; will retry (said again every 60 s while it goes on)");

@@ -314,6 +314,10 @@ struct Citizen {
     /// Where the day's byte count is kept, and when it was last written.
     budget_file: PathBuf,
     budget_saved: std::sync::Mutex<Option<Instant>>,
+    /// Until when the store asked (`Retry-After`) that nothing be sent: honoured by every
+    /// delivery of this sink, not only the one that was answered (several are in flight while
+    /// draining).
+    not_before: std::sync::Mutex<Option<Instant>>,
 }
 
 /// A poisoned lock of plain state is still usable state.
@@ -676,6 +680,7 @@ impl Citizen {
             budget: std::sync::Mutex::new(budget),
             budget_file,
             budget_saved: std::sync::Mutex::new(None),
+            not_before: std::sync::Mutex::new(None),
         }
     }
 
