@@ -147,6 +147,7 @@ pub async fn run_with_reloads(
     let supervisor = tokio::spawn(crate::supervise::run(
         observers.clone(),
         supervise_stop.clone(),
+        config.inputs.mqtt.len() + config.inputs.serial.len() + config.inputs.http.len(),
     ));
     tracing::info!(
         gateway = %config.gateway.id,

@@ -15,8 +15,8 @@
 //! `WATCHDOG_USEC` (when `WATCHDOG_PID`, if set, is this process). Without `NOTIFY_SOCKET`
 //! (not started by systemd, or `Type=simple`) nothing is sent and nothing is checked.
 //!
-//! `READY=1` is sent once every input reports up (MQTT connected, serial port open, webhook
-//! listening), or after [`READY_WAIT`] when some are not (a broker that is down at boot must not
+//! `READY=1` is sent once every input started has registered and reports up (MQTT connected,
+//! serial port open, webhook listening), or after [`READY_WAIT`] when some are not (a broker that is down at boot must not
 //! make systemd give up on a gateway that buffers); `STATUS=` then names the inputs that are
 //! down. `STATUS=` is refreshed every [`STATUS_EVERY`].
 
@@ -208,6 +208,12 @@ pub struct StatusFacts {
     pub stalled: Option<String>,
 }
 
+/// Every input of the config has registered and is up. Inputs register from their own tasks, so
+/// an empty registry just after start is not "all up".
+fn all_inputs_up(f: &StatusFacts, expected_inputs: usize) -> bool {
+    f.inputs_total >= expected_inputs && f.inputs_up == f.inputs_total
+}
+
 /// One line for `systemctl status`, at most [`STATUS_MAX_CHARS`] characters.
 pub fn status_line(f: &StatusFacts) -> String {
     let mut line = format!("inputs up {}/{}", f.inputs_up, f.inputs_total);
@@ -293,7 +299,10 @@ pub fn one_line(text: &str) -> String {
 
 /// Tells systemd how the gateway is doing until `stop` is triggered, then sends `STOPPING=1`.
 /// Does nothing but wait for `stop` when not started with `NOTIFY_SOCKET`.
-pub async fn run(observers: Observers, stop: Shutdown) {
+///
+/// `expected_inputs` is how many inputs the config has: each registers itself from its own task,
+/// so until all have, an empty registry must not read as "every input is up".
+pub async fn run(observers: Observers, stop: Shutdown, expected_inputs: usize) {
     let notifier = match Notifier::from_env() {
         Ok(Some(n)) => n,
         Ok(None) => return,
@@ -340,7 +349,7 @@ pub async fn run(observers: Observers, stop: Shutdown) {
     let mut last_ping = wait_start;
     loop {
         let f = facts(&observers, None);
-        if f.inputs_up == f.inputs_total || wait_start.elapsed() >= READY_WAIT {
+        if all_inputs_up(&f, expected_inputs) || wait_start.elapsed() >= READY_WAIT {
             if !f.inputs_down.is_empty() {
                 tracing::warn!(
                     down = ?f.inputs_down,
@@ -452,6 +461,38 @@ mod tests {
         let line = status_line(&long);
         assert!(line.chars().count() <= STATUS_MAX_CHARS + 1);
         assert!(line.starts_with("inputs up 0/0; unsent 0 lines; store not reached yet"));
+    }
+
+    #[test]
+    fn not_ready_before_every_configured_input_has_registered() {
+        let none_yet = StatusFacts::default();
+        assert!(
+            !all_inputs_up(&none_yet, 1),
+            "0/0 of 1 configured is not ready"
+        );
+        assert!(
+            all_inputs_up(&none_yet, 0),
+            "a gateway without inputs is ready"
+        );
+        let one_of_two = StatusFacts {
+            inputs_up: 1,
+            inputs_total: 1,
+            ..StatusFacts::default()
+        };
+        assert!(!all_inputs_up(&one_of_two, 2));
+        let both = StatusFacts {
+            inputs_up: 2,
+            inputs_total: 2,
+            ..StatusFacts::default()
+        };
+        assert!(all_inputs_up(&both, 2));
+        let one_down = StatusFacts {
+            inputs_up: 1,
+            inputs_total: 2,
+            inputs_down: vec!["mqtt-1".into()],
+            ..StatusFacts::default()
+        };
+        assert!(!all_inputs_up(&one_down, 2));
     }
 
     #[test]
