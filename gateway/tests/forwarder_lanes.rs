@@ -57,6 +57,29 @@ fn setup(url: &str, dir: &std::path::Path, flush: Duration) -> Arc<OutputSetup> 
     )
 }
 
+/// A forwarder over `reader` to `url`, batches of 10 lines or `flush`: its settings' sender
+/// (keep it while the forwarder runs), its stop signal and its task.
+fn start_forwarder(
+    reader: buffer::BufferReader,
+    url: &str,
+    dir: &std::path::Path,
+    flush: Duration,
+) -> (
+    tokio::sync::watch::Sender<Arc<OutputSetup>>,
+    Shutdown,
+    tokio::task::JoinHandle<buffer::BufferReader>,
+) {
+    let (tx, rx) = tokio::sync::watch::channel(setup(url, dir, flush));
+    let stop = Shutdown::new();
+    let task = tokio::spawn(run_forwarder(
+        reader,
+        rx,
+        StoreState::default(),
+        stop.clone(),
+    ));
+    (tx, stop, task)
+}
+
 /// `lines` lines of measurement `m`, values from `from`.
 fn lp(m: &str, from: u32, lines: u32) -> Vec<u8> {
     (from..from + lines)
@@ -90,15 +113,8 @@ async fn normal_data_keeps_a_share_under_an_urgent_backlog() {
             .await
             .unwrap();
     }
-    let (_tx, rx) =
-        tokio::sync::watch::channel(setup(&proxy.url(), dir.path(), Duration::from_millis(10)));
-    let stop = Shutdown::new();
-    let task = tokio::spawn(run_forwarder(
-        reader,
-        rx,
-        StoreState::default(),
-        stop.clone(),
-    ));
+    let (_settings, stop, task) =
+        start_forwarder(reader, &proxy.url(), dir.path(), Duration::from_millis(10));
     let all = tokio::task::spawn_blocking(move || {
         wait_until(Duration::from_secs(60), || {
             let _ = vm.force_flush();
@@ -129,15 +145,8 @@ async fn an_urgent_commit_wakes_a_forwarder_waiting_for_a_batch_to_fill() {
     let dir = tempfile::tempdir().unwrap();
     let (writer, reader, _) =
         buffer::open(BufferConfig::new(dir.path().join("buffer"), 64 << 20)).unwrap();
-    let (_tx, rx) =
-        tokio::sync::watch::channel(setup(&proxy.url(), dir.path(), Duration::from_secs(60)));
-    let stop = Shutdown::new();
-    let task = tokio::spawn(run_forwarder(
-        reader,
-        rx,
-        StoreState::default(),
-        stop.clone(),
-    ));
+    let (_settings, stop, task) =
+        start_forwarder(reader, &proxy.url(), dir.path(), Duration::from_secs(60));
     // The first batch goes at once (nothing sent yet); after it the forwarder waits 60 s for a
     // small normal batch to fill.
     writer

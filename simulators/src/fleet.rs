@@ -359,6 +359,47 @@ pub fn drained_at(samples: &[BacklogSample]) -> Option<i64> {
     samples.get(last + 1).map(|s| s.at_ms)
 }
 
+/// What reading a set of readings back from the stores found (with `--read-store`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct ReadBack {
+    /// Stored exactly once with the values sent.
+    pub stored: u64,
+    /// Absent.
+    pub missing: u64,
+    /// Stored more than once.
+    pub duplicates: u64,
+    /// Stored with other values.
+    pub mismatched: u64,
+}
+
+impl ReadBack {
+    fn of(c: &Counts) -> ReadBack {
+        ReadBack {
+            stored: c.found - c.mismatched.min(c.found),
+            missing: c.missing,
+            duplicates: c.duplicates,
+            mismatched: c.mismatched,
+        }
+    }
+
+    /// Nothing absent, doubled or different.
+    pub fn lost_nothing(&self) -> bool {
+        self.missing == 0 && self.duplicates == 0 && self.mismatched == 0
+    }
+}
+
+impl std::ops::Add for ReadBack {
+    type Output = ReadBack;
+    fn add(self, o: ReadBack) -> ReadBack {
+        ReadBack {
+            stored: self.stored + o.stored,
+            missing: self.missing + o.missing,
+            duplicates: self.duplicates + o.duplicates,
+            mismatched: self.mismatched + o.mismatched,
+        }
+    }
+}
+
 /// One gateway's figures.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct GatewayFigures {
@@ -372,14 +413,9 @@ pub struct GatewayFigures {
     pub sent: u64,
     /// Readings its env input accepted (`ioc_gateway_readings_accepted_total{input="env"}`).
     pub accepted: u64,
-    /// Read back: readings stored exactly once (None without --read-store).
-    pub stored: Option<u64>,
-    /// Read back: readings absent.
-    pub missing: Option<u64>,
-    /// Read back: readings stored more than once.
-    pub duplicates: Option<u64>,
-    /// Read back: readings stored with other values.
-    pub mismatched: Option<u64>,
+    /// Its readings read back (absent without --read-store).
+    #[serde(flatten)]
+    pub read_back: Option<ReadBack>,
     /// CPU seconds over the whole run.
     pub cpu_s: f64,
     /// CPU share (percent of one core) over the steady window.
@@ -413,14 +449,9 @@ pub struct FleetReport {
     pub sent: u64,
     /// Readings accepted by the gateways.
     pub accepted: u64,
-    /// Read back: stored exactly once.
-    pub stored: Option<u64>,
-    /// Read back: missing.
-    pub missing: Option<u64>,
-    /// Read back: duplicated.
-    pub duplicates: Option<u64>,
-    /// Read back: other values.
-    pub mismatched: Option<u64>,
+    /// Every gateway's readings read back (absent without --read-store).
+    #[serde(flatten)]
+    pub read_back: Option<ReadBack>,
     /// Gateways whose `ioc_gateway` health series was found in the read-back stores.
     pub health_gateways_seen: Option<usize>,
     /// Whether every backlog drained (to 0) before --drain-timeout.
@@ -449,16 +480,12 @@ impl FleetReport {
     /// Whether the run lost nothing (read back, nothing missing, doubled or different) and
     /// every backlog drained.
     pub fn ok(&self) -> bool {
-        self.drained
-            && self.missing == Some(0)
-            && self.duplicates == Some(0)
-            && self.mismatched == Some(0)
+        self.drained && self.read_back.is_some_and(|r| r.lost_nothing())
     }
 
     /// A table for people.
     pub fn table(&self, max_rows: usize) -> String {
         let mut out = String::new();
-        let opt = |v: Option<u64>| v.map_or("-".to_string(), |v| v.to_string());
         let _ = writeln!(
             out,
             "{:<8} {:>8} {:>8} {:>8} {:>7} {:>5} {:>7} {:>7} {:>9} {:>9}",
@@ -475,43 +502,57 @@ impl FleetReport {
         );
         let rows = self.per_gateway.len();
         for g in self.per_gateway.iter().filter(|g| {
-            rows <= max_rows
-                || g.missing.unwrap_or(0) > 0
-                || g.duplicates.unwrap_or(0) > 0
-                || g.unsent_lines > 0
+            rows <= max_rows || g.read_back.is_some_and(|r| !r.lost_nothing()) || g.unsent_lines > 0
         }) {
-            let _ = writeln!(
-                out,
-                "{:<8} {:>8} {:>8} {:>8} {:>7} {:>5} {:>7.2} {:>7} {:>9} {:>9}",
-                g.id,
-                g.sent,
-                g.accepted,
-                opt(g.stored),
-                opt(g.missing),
-                opt(g.duplicates),
-                g.cpu_s,
-                g.steady_cpu_pct.map_or("-".into(), |p| format!("{p:.2}")),
-                g.peak_rss_kib,
-                g.peak_unsent_lines
+            table_row(
+                &mut out,
+                &g.id,
+                (g.sent, g.accepted),
+                g.read_back,
+                (g.cpu_s, g.steady_cpu_pct),
+                (g.peak_rss_kib, g.peak_unsent_lines),
             );
         }
-        let _ = writeln!(
-            out,
-            "{:<8} {:>8} {:>8} {:>8} {:>7} {:>5} {:>7.2} {:>7} {:>9} {:>9}",
+        table_row(
+            &mut out,
             "total",
-            self.sent,
-            self.accepted,
-            opt(self.stored),
-            opt(self.missing),
-            opt(self.duplicates),
-            self.cpu_s,
-            self.steady_cpu_pct_mean
-                .map_or("-".into(), |p| format!("{p:.2}")),
-            self.peak_rss_kib_mean,
-            self.peak_unsent_lines
+            (self.sent, self.accepted),
+            self.read_back,
+            (self.cpu_s, self.steady_cpu_pct_mean),
+            (self.peak_rss_kib_mean, self.peak_unsent_lines),
         );
         out
     }
+}
+
+/// One row of [`FleetReport::table`]: a gateway's or the fleet's total.
+fn table_row(
+    out: &mut String,
+    label: &str,
+    (sent, accepted): (u64, u64),
+    read_back: Option<ReadBack>,
+    (cpu_s, cpu_pct): (f64, Option<f64>),
+    (rss_kib, peak_unsent): (u64, u64),
+) {
+    let opt = |f: fn(&ReadBack) -> u64| {
+        read_back
+            .as_ref()
+            .map_or("-".to_string(), |r| f(r).to_string())
+    };
+    let _ = writeln!(
+        out,
+        "{:<8} {:>8} {:>8} {:>8} {:>7} {:>5} {:>7.2} {:>7} {:>9} {:>9}",
+        label,
+        sent,
+        accepted,
+        opt(|r| r.stored),
+        opt(|r| r.missing),
+        opt(|r| r.duplicates),
+        cpu_s,
+        cpu_pct.map_or("-".into(), |p| format!("{p:.2}")),
+        rss_kib,
+        peak_unsent
+    );
 }
 
 fn unix_ms() -> i64 {
@@ -1023,10 +1064,7 @@ pub fn run(o: &FleetOptions, stop: Arc<AtomicBool>) -> Result<FleetReport, Fleet
             for m in &mut fleet.members {
                 let entries = by_gateway.get(&m.spec.id).map(Vec::as_slice).unwrap_or(&[]);
                 let c = read_back(entries, &m.spec.id, &o.read_stores)?;
-                m.figures.stored = Some(c.found - c.mismatched.min(c.found));
-                m.figures.missing = Some(c.missing);
-                m.figures.duplicates = Some(c.duplicates);
-                m.figures.mismatched = Some(c.mismatched);
+                m.figures.read_back = Some(ReadBack::of(&c));
                 all_ok &= c.ok();
             }
             if all_ok || Instant::now() > deadline || stop.load(Ordering::Acquire) {
@@ -1038,13 +1076,11 @@ pub fn run(o: &FleetOptions, stop: Arc<AtomicBool>) -> Result<FleetReport, Fleet
     }
 
     fleet.stop(Duration::from_secs(15));
-    let sum = |f: &dyn Fn(&GatewayFigures) -> Option<u64>| -> Option<u64> {
-        fleet.members.iter().map(|m| f(&m.figures)).sum()
-    };
-    report.stored = sum(&|g| g.stored);
-    report.missing = sum(&|g| g.missing);
-    report.duplicates = sum(&|g| g.duplicates);
-    report.mismatched = sum(&|g| g.mismatched);
+    report.read_back = fleet
+        .members
+        .iter()
+        .map(|m| m.figures.read_back)
+        .try_fold(ReadBack::default(), |sum, r| Some(sum + r?));
     report.accepted = fleet.members.iter().map(|m| m.figures.accepted).sum();
     report.cpu_s = fleet.members.iter().map(|m| m.figures.cpu_s).sum();
     let steady: Vec<f64> = fleet

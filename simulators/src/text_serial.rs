@@ -82,6 +82,119 @@ fn start_at(text: &str) -> anyhow::Result<impl Fn() -> i64> {
     Ok(move || fixed.unwrap_or_else(|| unix_ms() / 1000 * 1000))
 }
 
+/// The period of `--rate-hz` (default `default_hz`), in ms.
+fn period_ms(a: &SerialArgs, default_hz: f64) -> anyhow::Result<i64> {
+    let rate = a.rate_hz.unwrap_or(default_hz);
+    if !(rate.is_finite() && rate > 0.0 && rate <= 1000.0) {
+        bail!("--rate-hz must be in (0, 1000]");
+    }
+    Ok(((1000.0 / rate).round() as i64).max(1))
+}
+
+/// Where a streaming player's bytes go: `--output FILE` as fast as they come, or the pty with
+/// step `n` at `n` periods after the first, never blocking (bytes nobody reads are dropped, as
+/// on a real line). Counts what was written and dropped.
+struct TextOut {
+    to: Destination,
+    bytes: u64,
+    dropped_bytes: u64,
+}
+
+enum Destination {
+    File(std::io::BufWriter<std::fs::File>),
+    Pty {
+        pty: sensor_sim::serial::Pty,
+        started: Instant,
+        period: Duration,
+    },
+}
+
+impl TextOut {
+    /// Opens `--output`, or the pty (printing its line with `pty_info`, waiting for a reader
+    /// when asked or when a manifest is kept).
+    fn open(a: &SerialArgs, period_ms: i64, pty_info: serde_json::Value) -> anyhow::Result<Self> {
+        let to = match &a.output {
+            Some(path) => Destination::File(std::io::BufWriter::new(
+                std::fs::File::create(path)
+                    .with_context(|| format!("creating {}", path.display()))?,
+            )),
+            None => Destination::Pty {
+                pty: serial_pty(a, a.wait_reader || a.manifest.is_some(), pty_info)?,
+                started: Instant::now(),
+                period: Duration::from_millis(period_ms.unsigned_abs()),
+            },
+        };
+        Ok(TextOut {
+            to,
+            bytes: 0,
+            dropped_bytes: 0,
+        })
+    }
+
+    /// How many steps `--frames` allows (a file is capped at 10 million).
+    fn steps(&self, frames: Option<u64>) -> u64 {
+        let limit = frames.unwrap_or(u64::MAX);
+        match self.to {
+            Destination::File(_) => limit.min(10_000_000),
+            Destination::Pty { .. } => limit,
+        }
+    }
+
+    /// Writes step `n`'s pieces (on a pty at its time, with a pause between the pieces of a
+    /// split line); returns the bytes nobody read.
+    fn write_step(&mut self, n: u64, writes: &[Vec<u8>]) -> anyhow::Result<u64> {
+        if let Destination::Pty {
+            started, period, ..
+        } = &self.to
+        {
+            if let Some(wait) = period.mul_f64(n as f64).checked_sub(started.elapsed()) {
+                std::thread::sleep(wait);
+            }
+        }
+        let mut dropped = 0;
+        for (i, w) in writes.iter().enumerate() {
+            if i > 0 && matches!(self.to, Destination::Pty { .. }) {
+                std::thread::sleep(SPLIT_PAUSE);
+            }
+            dropped += self.write(w)?;
+        }
+        Ok(dropped)
+    }
+
+    /// Writes bytes at once; returns the bytes nobody read.
+    fn write(&mut self, bytes: &[u8]) -> anyhow::Result<u64> {
+        use std::io::Write;
+        let written = match &mut self.to {
+            Destination::File(f) => {
+                f.write_all(bytes)?;
+                bytes.len()
+            }
+            Destination::Pty { pty, .. } => write_nonblocking(&pty.master, bytes)?,
+        };
+        self.bytes += written as u64;
+        let dropped = (bytes.len() - written) as u64;
+        self.dropped_bytes += dropped;
+        Ok(dropped)
+    }
+
+    /// The end of the run: a file flushed; on a pty, quiet before it closes so the gateway
+    /// reads the last line (and counts a torn last one once the line is idle), and the link
+    /// removed. Returns (bytes written, bytes dropped).
+    fn finish(self, a: &SerialArgs) -> anyhow::Result<(u64, u64)> {
+        use std::io::Write;
+        match self.to {
+            Destination::File(mut f) => f.flush()?,
+            Destination::Pty { .. } => {
+                std::thread::sleep(Duration::from_millis(1500));
+                if let Some(l) = &a.link {
+                    let _ = std::fs::remove_file(l);
+                }
+            }
+        }
+        Ok((self.bytes, self.dropped_bytes))
+    }
+}
+
 /// Totals of a `lines` run.
 #[derive(Debug, Default, serde::Serialize)]
 struct LinesSummary {
@@ -100,11 +213,7 @@ pub(super) fn lines_main(a: &SerialArgs) -> anyhow::Result<ExitCode> {
         .line_format
         .parse()
         .map_err(|e| anyhow::anyhow!("--line-format: {e}"))?;
-    let rate = a.rate_hz.unwrap_or(1.0);
-    if !(rate.is_finite() && rate > 0.0 && rate <= 1000.0) {
-        bail!("--rate-hz must be in (0, 1000]");
-    }
-    let period_ms = ((1000.0 / rate).round() as i64).max(1);
+    let period_ms = period_ms(a, 1.0)?;
     let start_ms = start_at(&a.start)?;
     let mut opts = SensorOptions {
         format,
@@ -126,69 +235,22 @@ pub(super) fn lines_main(a: &SerialArgs) -> anyhow::Result<ExitCode> {
         .measurement
         .clone()
         .unwrap_or_else(|| format.measurement().into());
-    let limit = a.frames.unwrap_or(u64::MAX);
+    let mut out = TextOut::open(
+        a,
+        period_ms,
+        serde_json::json!({ "line_format": a.line_format }),
+    )?;
+    opts.start_ms = start_ms();
+    let mut sensor = LineSensor::new(a.seed, opts)?;
     let mut summary = LinesSummary::default();
-    let tally = |summary: &mut LinesSummary, b: &sensor_sim::line_sensor::LineBurst| {
+    for n in 0..out.steps(a.frames) {
+        let b = sensor.next_line();
+        let dropped = out.write_step(n, &b.writes)?;
         summary.frames += 1;
         summary.expect.add(&b.counts);
         for (k, n) in &b.faults {
             *summary.faults.entry((*k).to_owned()).or_default() += n;
         }
-    };
-    if let Some(path) = &a.output {
-        use std::io::Write;
-        let mut out = std::io::BufWriter::new(
-            std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?,
-        );
-        opts.start_ms = start_ms();
-        let mut sensor = LineSensor::new(a.seed, opts)?;
-        for _ in 0..limit.min(10_000_000) {
-            let b = sensor.next_line();
-            for w in &b.writes {
-                out.write_all(w)?;
-                summary.bytes += w.len() as u64;
-            }
-            tally(&mut summary, &b);
-        }
-        let (last, counts) = sensor.finish();
-        if let Some(w) = last {
-            out.write_all(&w)?;
-            summary.bytes += w.len() as u64;
-        }
-        summary.expect.add(&counts);
-        out.flush()?;
-        println!("{}", serde_json::to_string(&summary)?);
-        return Ok(ExitCode::SUCCESS);
-    }
-    let pty = serial_pty(
-        a,
-        a.wait_reader || a.manifest.is_some(),
-        serde_json::json!({ "line_format": a.line_format }),
-    )?;
-    opts.start_ms = start_ms();
-    let mut sensor = LineSensor::new(a.seed, opts)?;
-    let started = Instant::now();
-    let period = Duration::from_millis(period_ms as u64);
-    let write = |bytes: &[u8], summary: &mut LinesSummary| -> anyhow::Result<u64> {
-        let written = write_nonblocking(&pty.master, bytes)?;
-        summary.bytes += written as u64;
-        let dropped = (bytes.len() - written) as u64;
-        summary.dropped_bytes += dropped;
-        Ok(dropped)
-    };
-    for n in 0..limit {
-        let b = sensor.next_line();
-        if let Some(wait) = period.mul_f64(n as f64).checked_sub(started.elapsed()) {
-            std::thread::sleep(wait);
-        }
-        let mut dropped = 0u64;
-        for (i, w) in b.writes.iter().enumerate() {
-            if i > 0 {
-                std::thread::sleep(SPLIT_PAUSE);
-            }
-            dropped += write(w, &mut summary)?;
-        }
-        tally(&mut summary, &b);
         let (x, fault, fields) = b.entry;
         record.write(&Entry {
             m: measurement.clone(),
@@ -203,32 +265,23 @@ pub(super) fn lines_main(a: &SerialArgs) -> anyhow::Result<ExitCode> {
     }
     let (last, counts) = sensor.finish();
     if let Some(w) = last {
-        write(&w, &mut summary)?;
+        out.write(&w)?;
     }
     summary.expect.add(&counts);
-    // Quiet before the pty closes, so that the gateway reads the last line (and counts a torn
-    // last one once the line is idle).
-    std::thread::sleep(Duration::from_millis(1500));
-    if let Some(l) = &a.link {
-        let _ = std::fs::remove_file(l);
-    }
+    (summary.bytes, summary.dropped_bytes) = out.finish(a)?;
     println!("{}", serde_json::to_string(&summary)?);
     Ok(ExitCode::SUCCESS)
 }
 
 /// Plays a GNSS receiver.
 pub(super) fn nmea_main(a: &SerialArgs) -> anyhow::Result<ExitCode> {
-    let rate = a.rate_hz.unwrap_or(10.0);
-    if !(rate.is_finite() && rate > 0.0 && rate <= 1000.0) {
-        bail!("--rate-hz must be in (0, 1000]");
-    }
+    let period_ms = period_ms(a, 10.0)?;
     if !talker_ok(&a.talker) {
         bail!(
             "--talker {:?}: expected two capital letters (GN, GP, …)",
             a.talker
         );
     }
-    let period_ms = ((1000.0 / rate).round() as i64).max(1);
     // `now`: the whole second when streaming starts (after the gateway opened the pty).
     let start_ms = start_at(&a.start)?;
     let mut opts = ReceiverOptions {
@@ -252,60 +305,19 @@ pub(super) fn nmea_main(a: &SerialArgs) -> anyhow::Result<ExitCode> {
         record.tags.insert("sensor_id".into(), id.clone());
     }
     let measurement = a.measurement.clone().unwrap_or_else(|| "gnss".into());
-    let limit = a.frames.unwrap_or(u64::MAX);
+    let mut out = TextOut::open(a, period_ms, serde_json::json!({}))?;
+    opts.start_ms = start_ms();
+    let mut rx = GnssReceiver::new(a.seed, opts);
     let mut summary = TextSummary::default();
-    let tally = |summary: &mut TextSummary, b: &sensor_sim::nmea::Burst| {
+    for n in 0..out.steps(a.frames) {
+        let b = rx.next_burst();
+        // Fix n goes out at its own time (relative to the first).
+        let dropped = out.write_step(n, &b.writes)?;
         summary.frames += 1;
         summary.expect.add(&b.counts);
         for (k, n) in &b.faults {
             *summary.faults.entry((*k).to_owned()).or_default() += n;
         }
-    };
-    if let Some(path) = &a.output {
-        use std::io::Write;
-        let mut out = std::io::BufWriter::new(
-            std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?,
-        );
-        opts.start_ms = start_ms();
-        let mut rx = GnssReceiver::new(a.seed, opts);
-        for _ in 0..limit.min(10_000_000) {
-            let b = rx.next_burst();
-            for w in &b.writes {
-                out.write_all(w)?;
-                summary.bytes += w.len() as u64;
-            }
-            tally(&mut summary, &b);
-        }
-        out.flush()?;
-        println!("{}", serde_json::to_string(&summary)?);
-        return Ok(ExitCode::SUCCESS);
-    }
-    let pty = serial_pty(
-        a,
-        a.wait_reader || a.manifest.is_some(),
-        serde_json::json!({}),
-    )?;
-    opts.start_ms = start_ms();
-    let mut rx = GnssReceiver::new(a.seed, opts);
-    let started = Instant::now();
-    let period = Duration::from_millis(period_ms as u64);
-    for n in 0..limit {
-        let b = rx.next_burst();
-        // Fix n goes out at its own time (relative to the first).
-        if let Some(wait) = period.mul_f64(n as f64).checked_sub(started.elapsed()) {
-            std::thread::sleep(wait);
-        }
-        let mut dropped = 0u64;
-        for (i, w) in b.writes.iter().enumerate() {
-            if i > 0 {
-                std::thread::sleep(SPLIT_PAUSE);
-            }
-            let written = write_nonblocking(&pty.master, w)?;
-            summary.bytes += written as u64;
-            dropped += (w.len() - written) as u64;
-        }
-        summary.dropped_bytes += dropped;
-        tally(&mut summary, &b);
         // Bytes nobody read: what the gateway made of this burst is unknown.
         let sure = |x: Expect| if dropped > 0 { Expect::Unchecked } else { x };
         let tags = record.tags.clone();
@@ -337,12 +349,7 @@ pub(super) fn nmea_main(a: &SerialArgs) -> anyhow::Result<ExitCode> {
             ))?;
         }
     }
-    // The receiver goes quiet before the pty closes, so the gateway reads the last sentences
-    // (and counts a torn last one once the line is idle).
-    std::thread::sleep(Duration::from_millis(1500));
-    if let Some(l) = &a.link {
-        let _ = std::fs::remove_file(l);
-    }
+    (summary.bytes, summary.dropped_bytes) = out.finish(a)?;
     println!("{}", serde_json::to_string(&summary)?);
     Ok(ExitCode::SUCCESS)
 }
@@ -477,6 +484,7 @@ pub(super) fn vaisala_main(a: &SerialArgs) -> anyhow::Result<ExitCode> {
             }
         }
     }
+    // Quiet before the pty closes, so that the gateway reads the last message.
     std::thread::sleep(Duration::from_millis(1500));
     if let Some(l) = &a.link {
         let _ = std::fs::remove_file(l);

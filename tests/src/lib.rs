@@ -19,6 +19,7 @@
 //! | [`FaultProxy`] | HTTP proxy in front of a real store that injects [`Fault`]s: delays, 500/429, hangs |
 //! | [`StoreTier`] | `vmagent` in front of N VictoriaMetrics nodes, series sharded by a per-URL `hashmod` relabel config; stop/start the whole tier, read its request and error counters ([`TierCounters`]) |
 //! | [`SensorSim`] | runs the real `sensor-sim run` (→ [`RunSummary`]) and `sensor-sim verify` (→ [`VerifyOutcome`]); [`ManifestCounts`] reads a manifest |
+//! | [`gateway_toml`] | the config pieces most tests share: the `[gateway]` head, the MQTT inputs of env readings and urgent camera events, the v2 API keys |
 //! | [`bin_path`], [`free_port`], [`wait_until`], [`HeavyTestLock`], [`gzip`] | small helpers |
 //! | [`http_get`], [`gateway_metrics`], [`metric_in`] | a GET with a timeout; a gateway's `/metrics`, and one metric summed from it |
 //! | [`metrics_page_problems`] | what a `/metrics` page breaks of the gateway's naming rules: a family without `# HELP`, a name without the `ioc_gateway_` prefix |
@@ -52,6 +53,7 @@
 
 pub mod fake_broker;
 mod gateway;
+pub mod gateway_toml;
 mod influx;
 mod mosquitto;
 mod mqtt;

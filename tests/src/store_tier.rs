@@ -53,12 +53,17 @@ impl TierCounters {
 impl StoreTier {
     /// Starts `nodes` VictoriaMetrics nodes (no deduplication) and a vmagent sharding over them.
     pub fn start(nodes: usize) -> Result<Self> {
+        Self::start_with_agent_flags(nodes, &[])
+    }
+
+    /// [`StoreTier::start`] with more flags for vmagent (see [`VmAgent::start_sharded_with_flags`]).
+    pub fn start_with_agent_flags(nodes: usize, agent_flags: &[String]) -> Result<Self> {
         let mut started = Vec::with_capacity(nodes);
         for _ in 0..nodes.max(1) {
             started.push(VictoriaMetrics::start_with_flags(&[])?);
         }
         let urls: Vec<String> = started.iter().map(VictoriaMetrics::url).collect();
-        let agent = VmAgent::start_sharded(&urls)?;
+        let agent = VmAgent::start_sharded_with_flags(&urls, agent_flags)?;
         Ok(StoreTier {
             agent,
             nodes: started,

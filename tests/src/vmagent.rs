@@ -32,6 +32,12 @@ impl VmAgent {
     /// Debian's vmagent 1.79 has no `-remoteWrite.shardByURL`. Every series lands on exactly
     /// one node; a query must read all of them.
     pub fn start_sharded(nodes: &[String]) -> Result<Self> {
+        Self::start_sharded_with_flags(nodes, &[])
+    }
+
+    /// [`VmAgent::start_sharded`] with more command-line flags (e.g. `-maxConcurrentInserts=2
+    /// -insert.maxQueueDuration=200ms`: a tier that refuses with 503 what it cannot take soon).
+    pub fn start_sharded_with_flags(nodes: &[String], flags: &[String]) -> Result<Self> {
         if nodes.is_empty() {
             return Err(HarnessError::Timeout(
                 "vmagent start_sharded: no nodes given".into(),
@@ -46,6 +52,7 @@ impl VmAgent {
             remote.push(format!("-remoteWrite.url={node}/api/v1/write"));
             remote.push(format!("-remoteWrite.urlRelabelConfig={}", path.display()));
         }
+        remote.extend(flags.iter().cloned());
         Self::start_in(dir, remote)
     }
 

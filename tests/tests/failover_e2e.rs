@@ -14,6 +14,7 @@
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
+use ioc_e2e::gateway_toml::{env_input, gateway_head, V2_API};
 use ioc_e2e::{
     free_port, gateway_metrics, http_get, metric_in, wait_until, GatewayProcess, HeavyTestLock,
     Mosquitto, MqttPublisher, VictoriaMetrics, VmAgent,
@@ -52,34 +53,17 @@ fn a_stopped_vmagent_is_left_for_the_next_url_at_once_and_nothing_is_lost() {
     std::fs::write(
         &config,
         format!(
-            r#"[gateway]
-id = "{GATEWAY_ID}"
-data_dir = "{data}"
-health_interval_s = 0
-
-[[inputs.mqtt]]
-url = "{mqtt}"
-client_id = "{GATEWAY_ID}"
-topics = ["city/+/env/+"]
-qos = 1
-measurement = "fo"
-topic_tags = "_/district/_/sensor_id"
-timestamp_field = "ts"
-timestamp_unit = "ms"
-
+            r#"{head}{env}
 [output.influxdb]
 urls = ["{a}", "{b}"]
-api = "v2"
-org = "ioc"
-bucket = "telemetry"
-flush_interval_ms = 100
+{V2_API}flush_interval_ms = 100
 timeout_ms = 2000
 
 [http]
 listen = "127.0.0.1:{http}"
 "#,
-            data = dir.path().join("data").display(),
-            mqtt = broker.url(),
+            head = gateway_head(GATEWAY_ID, &dir.path().join("data")),
+            env = env_input(&broker.url(), GATEWAY_ID, "fo"),
             a = first.url(),
             b = second.url(),
         ),

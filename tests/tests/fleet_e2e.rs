@@ -47,6 +47,15 @@ fn output_set() -> Vec<String> {
     keys
 }
 
+/// `IOC_FLEET_AGENT_FLAGS="-maxConcurrentInserts=2 -insert.maxQueueDuration=200ms"`: more
+/// vmagent flags, space-separated; these two make a tier that answers 503 to what it cannot
+/// take within 200 ms, so a storm shows as refused requests.
+fn agent_flags() -> Vec<String> {
+    std::env::var("IOC_FLEET_AGENT_FLAGS")
+        .map(|v| v.split_whitespace().map(str::to_owned).collect())
+        .unwrap_or_default()
+}
+
 /// The shape of one fleet run.
 #[derive(Clone, Debug)]
 struct BenchParams {
@@ -271,7 +280,9 @@ fn now_ms() -> i64 {
 /// Runs the fleet with the tier stopped `p.before` into the run for `p.outage`.
 fn run_fleet_through_outage(p: &BenchParams) -> Outcome {
     let broker = Mosquitto::start().unwrap();
-    let tier = Arc::new(Mutex::new(StoreTier::start(2).unwrap()));
+    let tier = Arc::new(Mutex::new(
+        StoreTier::start_with_agent_flags(2, &agent_flags()).unwrap(),
+    ));
     let work = TempDir::new().unwrap();
     let mut run = {
         let t = tier.lock().unwrap();
@@ -425,7 +436,7 @@ fn judge(p: &BenchParams, o: &Outcome) {
     let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
     println!(
         "fleet: {} gateways x {} sensors at {} Hz, tier (vmagent + 2 VictoriaMetrics) stopped {:.0} s; \
-         extra [output.influxdb] keys {:?}\n\
+         extra [output.influxdb] keys {:?}, extra vmagent flags {:?}\n\
          readings sent {sent}, stored {}, lost {}, doubled {}; peak fleet backlog {peak} lines; \
          every backlog drained {} after the tier was back\n\
          store tier: peak {:.1} write requests/s at vmagent, {:.1}/s at the nodes; {} requests at vmagent \
@@ -437,6 +448,7 @@ fn judge(p: &BenchParams, o: &Outcome) {
         p.rate_hz,
         p.outage.as_secs_f64(),
         output_set(),
+        agent_flags(),
         u(r, "stored"),
         u(r, "missing"),
         u(r, "duplicates"),

@@ -16,6 +16,7 @@
 
 use std::time::{Duration, Instant};
 
+use ioc_e2e::gateway_toml::{camera_input, env_input, gateway_head};
 use ioc_e2e::{
     free_port, gateway_metrics, http_get, metric_in, wait_until, GatewayProcess, HeavyTestLock,
     Influx1, Mosquitto, MqttPublisher, VictoriaMetrics,
@@ -74,33 +75,7 @@ fn one_output_down_for_a_minute_never_holds_back_the_other_and_both_get_everythi
     std::fs::write(
         &config,
         format!(
-            r#"[gateway]
-id = "{GATEWAY_ID}"
-data_dir = "{data}"
-health_interval_s = 0
-
-[[inputs.mqtt]]
-url = "{mqtt}"
-client_id = "{GATEWAY_ID}"
-topics = ["city/+/env/+"]
-qos = 1
-measurement = "oe"
-topic_tags = "_/district/_/sensor_id"
-timestamp_field = "ts"
-timestamp_unit = "ms"
-
-[[inputs.mqtt]]
-name = "cameras"
-url = "{mqtt}"
-client_id = "{GATEWAY_ID}-cam"
-topics = ["city/+/cam/+"]
-qos = 1
-measurement = "oe_cam"
-topic_tags = "_/district/_/camera_id"
-timestamp_field = "ts"
-timestamp_unit = "ms"
-priority = "urgent"
-
+            r#"{head}{env}{cam}
 [[outputs.influxdb]]
 name = "ioc"
 url = "{vm}"
@@ -124,8 +99,9 @@ timeout_ms = 2000
 listen = "127.0.0.1:{http}"
 store_unreachable_after_s = 10
 "#,
-            data = dir.path().join("data").display(),
-            mqtt = broker.url(),
+            head = gateway_head(GATEWAY_ID, &dir.path().join("data")),
+            env = env_input(&broker.url(), GATEWAY_ID, "oe"),
+            cam = camera_input(&broker.url(), &format!("{GATEWAY_ID}-cam"), "oe_cam"),
             vm = vm.url(),
             influx = influx.url(),
         ),
@@ -315,28 +291,14 @@ fn a_reload_adds_and_removes_outputs_by_name() {
     let dir = TempDir::new().unwrap();
     let data = dir.path().join("data");
     let config = dir.path().join("gateway.toml");
+    let id = format!("{GATEWAY_ID}-reload");
     let write = |outputs: &str| {
         std::fs::write(
             &config,
             format!(
-                r#"[gateway]
-id = "{GATEWAY_ID}-reload"
-data_dir = "{data}"
-health_interval_s = 0
-
-[[inputs.mqtt]]
-url = "{mqtt}"
-client_id = "{GATEWAY_ID}-reload"
-topics = ["city/+/env/+"]
-qos = 1
-measurement = "oe"
-topic_tags = "_/district/_/sensor_id"
-timestamp_field = "ts"
-timestamp_unit = "ms"
-
-{outputs}"#,
-                data = data.display(),
-                mqtt = broker.url(),
+                "{head}{env}\n{outputs}",
+                head = gateway_head(&id, &data),
+                env = env_input(&broker.url(), &id, "oe"),
             ),
         )
         .unwrap();

@@ -15,6 +15,7 @@ use std::io::Read;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use ioc_e2e::gateway_toml::{camera_input, env_input, gateway_head, V2_API};
 use ioc_e2e::{
     wait_until, Fault, FaultProxy, GatewayProcess, HeavyTestLock, Mosquitto, MqttPublisher,
     VictoriaMetrics,
@@ -71,44 +72,16 @@ fn camera_events_are_stored_while_a_refused_normal_batch_is_still_being_split() 
     std::fs::write(
         &config,
         format!(
-            r#"[gateway]
-id = "{GATEWAY_ID}"
-data_dir = "{data}"
-health_interval_s = 0
-
-[[inputs.mqtt]]
-url = "{mqtt}"
-client_id = "{GATEWAY_ID}"
-topics = ["city/+/env/+"]
-qos = 1
-measurement = "ub"
-topic_tags = "_/district/_/sensor_id"
-timestamp_field = "ts"
-timestamp_unit = "ms"
-
-[[inputs.mqtt]]
-name = "cameras"
-url = "{mqtt}"
-client_id = "{GATEWAY_ID}-cam"
-topics = ["city/+/cam/+"]
-qos = 1
-measurement = "ub_cam"
-topic_tags = "_/district/_/camera_id"
-timestamp_field = "ts"
-timestamp_unit = "ms"
-priority = "urgent"
-
+            r#"{head}{env}{cam}
 [output.influxdb]
 url = "{url}"
-api = "v2"
-org = "ioc"
-bucket = "telemetry"
-batch_max_lines = 1000
+{V2_API}batch_max_lines = 1000
 flush_interval_ms = 1000
 timeout_ms = 5000
 "#,
-            data = data.display(),
-            mqtt = broker.url(),
+            head = gateway_head(GATEWAY_ID, &data),
+            env = env_input(&broker.url(), GATEWAY_ID, "ub"),
+            cam = camera_input(&broker.url(), &format!("{GATEWAY_ID}-cam"), "ub_cam"),
             url = proxy.url(),
         ),
     )
