@@ -229,10 +229,10 @@ impl InfluxSink {
                     () = tokio::time::sleep_until(at.into()) => {}
                 }
             }
-            let result = tokio::select! {
+            let (result, can_switch) = tokio::select! {
                 biased;
                 _ = shutdown.wait() => return Err(SinkError::Shutdown),
-                result = self.write(body_gz, lines) => result,
+                attempt = self.attempt(body_gz, lines) => attempt,
             };
             delivered.requests += 1;
             let delay = match result {
@@ -327,7 +327,7 @@ impl InfluxSink {
             // Another URL of this output is not resting: try it now. Otherwise the wait gets
             // this gateway's random jitter, so a fleet that failed together does not retry
             // together (a Retry-After tells every box the same delay).
-            let delay = if self.can_switch_now() {
+            let delay = if can_switch {
                 Duration::ZERO
             } else {
                 lock(&self.citizen.jitter).jittered(delay)

@@ -498,6 +498,13 @@ impl InfluxSink {
     /// several gzip members concatenated). `Err` only for a failure with no HTTP response
     /// ([`SinkError::Transport`]); every response is an `Ok` outcome.
     pub async fn write(&self, body_gz: &[u8], lines: u32) -> Result<WriteOutcome, SinkError> {
+        self.attempt(body_gz, lines).await.0
+    }
+
+    /// [`write`](Self::write), and whether the retry may go to another URL at once: the URL
+    /// failed (no response, or a 5xx) and another is not resting, as [`failover::Failover`]
+    /// decides.
+    async fn attempt(&self, body_gz: &[u8], lines: u32) -> (Result<WriteOutcome, SinkError>, bool) {
         let index = self.failover_state().pick(Instant::now());
         let result = self.write_to(index, body_gz, lines).await;
         let failed = matches!(
@@ -508,22 +515,24 @@ impl InfluxSink {
                     ..
                 })
         );
-        if failed {
-            self.note_endpoint_failure(index);
+        let can_switch = if failed {
+            self.note_endpoint_failure(index)
         } else {
             self.failover_state().succeeded(index);
-        }
-        result
+            false
+        };
+        (result, can_switch)
     }
 
     fn failover_state(&self) -> std::sync::MutexGuard<'_, failover::Failover> {
         self.failover.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Rests a URL that failed and says which one the next request goes to.
-    fn note_endpoint_failure(&self, index: usize) {
+    /// Rests a URL that failed and says which one the next request goes to; whether another
+    /// URL can take a request at once.
+    fn note_endpoint_failure(&self, index: usize) -> bool {
         if self.endpoints.len() < 2 {
-            return;
+            return false;
         }
         let now = Instant::now();
         let (can_switch, next) = {
@@ -548,18 +557,7 @@ impl InfluxSink {
                 "store URL failed; sending to the next one"
             );
         }
-    }
-
-    /// Whether another URL can take a request right now (after a failure).
-    pub(crate) fn can_switch_now(&self) -> bool {
-        if self.endpoints.len() < 2 {
-            return false;
-        }
-        let mut f = self.failover_state().clone();
-        let before = f.current();
-        let now = Instant::now();
-        let next = f.pick(now);
-        next != before
+        can_switch
     }
 
     /// The `host:port` of the URL in use.
@@ -794,13 +792,22 @@ impl Citizen {
     }
 }
 
-/// Gzips line protocol text as one gzip member (fast level: this runs on small ARM boxes).
+/// Gzips line protocol lines (without their `\n`) as one gzip member.
 pub fn gzip_lines(lines: &[&[u8]]) -> Vec<u8> {
+    gzip_parts(lines.iter().flat_map(|line| [*line, b"\n".as_slice()]))
+}
+
+/// Gzips line protocol text (every line ending in `\n`, as it is) as one gzip member.
+pub fn gzip_text(text: &[u8]) -> Vec<u8> {
+    gzip_parts([text])
+}
+
+/// One gzip member of the parts in order (fast level: this runs on small ARM boxes).
+fn gzip_parts<'a>(parts: impl IntoIterator<Item = &'a [u8]>) -> Vec<u8> {
     let mut encoder = GzEncoder::new(Vec::new(), Compression::fast());
-    for line in lines {
+    for part in parts {
         // Writing into a Vec cannot fail.
-        let _ = encoder.write_all(line);
-        let _ = encoder.write_all(b"\n");
+        let _ = encoder.write_all(part);
     }
     encoder.finish().unwrap_or_default()
 }
@@ -1065,6 +1072,20 @@ mod tests {
                 ..
             }
         ));
+    }
+
+    #[test]
+    fn gzip_of_text_and_of_lines_hold_the_same_text() {
+        let lines: [&[u8]; 2] = [b"a x=1 1", b"b x=2 2"];
+        assert_eq!(
+            decompress(&gzip_lines(&lines)).unwrap(),
+            b"a x=1 1\nb x=2 2\n"
+        );
+        assert_eq!(
+            decompress(&gzip_text(b"a x=1 1\nb x=2 2\n")).unwrap(),
+            b"a x=1 1\nb x=2 2\n"
+        );
+        assert_eq!(decompress(&gzip_lines(&[])).unwrap(), b"");
     }
 
     #[test]
