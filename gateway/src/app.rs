@@ -65,6 +65,7 @@ pub fn sink_config(config: &Config, output: &OutputEntry<'_>) -> anyhow::Result<
     let mut endpoints = o.endpoints().into_iter();
     let first = endpoints.next().unwrap_or_default();
     let mut s = InfluxSinkConfig::new(first, api, output_dir(config, output.name));
+    s.output = output.name.to_owned();
     // Retry-After bound, jitter and drain spread from the gateway id, concurrency, budget.
     o.apply_citizen_settings(&mut s, &config.gateway.id);
     s.fallback_urls = endpoints.collect();

@@ -341,25 +341,26 @@ pub const CATALOG: &[MetricDoc] = &[
         unit: Some(Unit::Bytes),
         help: "Bytes of damaged buffer data recovery dropped at start (torn or corrupt records)",
     },
-    // The store output.
+    // The store outputs: every metric of an output carries `output`, its name (`default` for
+    // `[output.influxdb]`), so several outputs' figures stay apart.
     counter(
         "output_lines_sent_total",
-        &[],
+        &["output"],
         "Lines the store accepted",
     ),
     counter(
         "output_batches_sent_total",
-        &[],
+        &["output"],
         "Batches delivered to the store (after any splitting of refused batches)",
     ),
     counter(
         "output_batches_failed_total",
-        &["reason"],
+        &["output", "reason"],
         "Store write attempts that failed, by reason (bad_batch, throttled, server_error, unauthorized, misconfigured, timeout, connection)",
     ),
     counter(
         "output_retries_total",
-        &[],
+        &["output"],
         "Store writes retried after a backoff",
     ),
     gauge(
@@ -376,12 +377,12 @@ pub const CATALOG: &[MetricDoc] = &[
     ),
     counter(
         "output_failovers_total",
-        &[],
+        &["output"],
         "Times the output moved to another of its urls because the one in use failed",
     ),
     gauge(
         "output_endpoint_active",
-        &["url"],
+        &["output", "url"],
         None,
         "1 for the url (host:port) of the output in use, 0 for its other urls",
     ),
@@ -398,48 +399,48 @@ pub const CATALOG: &[MetricDoc] = &[
     ),
     counter(
         "output_dead_lettered_lines_total",
-        &[],
+        &["output"],
         "Lines the store refused as bad, written to the dead-letter file instead",
     ),
     MetricDoc {
         name: "output_bytes_sent_total",
         kind: Kind::Counter,
-        labels: &[],
+        labels: &["output"],
         unit: Some(Unit::Bytes),
         help: "Compressed request bytes sent to the store (retries and split halves included)",
     },
     gauge(
         "output_bytes_sent_today",
-        &[],
+        &["output"],
         Some(Unit::Bytes),
         "Compressed request bytes sent to the store since 00:00 UTC: what daily_budget_mb counts (kept across restarts when it is set, else since start)",
     ),
     gauge(
         "output_budget_held",
-        &["reason"],
+        &["output", "reason"],
         None,
         "1 while normal data waits for the uplink budget, by reason: rate (max_bytes_per_s) or daily (daily_budget_mb); urgent data never waits",
     ),
     counter(
         "output_budget_holds_total",
-        &["reason"],
+        &["output", "reason"],
         "Times a normal request had to wait for the uplink budget, by reason (rate, daily)",
     ),
     gauge(
         "output_concurrency_limit",
-        &[],
+        &["output"],
         None,
         "Requests the output may have in flight now (adaptive: 1 after overload, up to max_in_flight)",
     ),
     counter(
         "output_retry_after_clamped_total",
-        &[],
+        &["output"],
         "Retry-After values of the store above max_retry_after_s, cut to it",
     ),
     MetricDoc {
         name: "output_write_seconds",
         kind: Kind::Histogram,
-        labels: &[],
+        labels: &["output"],
         unit: Some(Unit::Seconds),
         help: "Duration of one store write request, until the answer (or the error)",
     },

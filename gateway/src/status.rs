@@ -487,8 +487,14 @@ impl OutputStates {
     /// The output that has gone longest without a confirmed batch (never confirmed first),
     /// with its name: what one-line summaries (STATUS=, the health reading) report.
     pub fn worst(&self) -> Option<(String, StoreSnapshot)> {
-        self.snapshots()
-            .into_iter()
+        Self::worst_of(&self.snapshots()).cloned()
+    }
+
+    /// [`worst`](Self::worst) among snapshots already taken (e.g. redacted for the API), so
+    /// that one page's summary and its per-output list agree.
+    pub fn worst_of(snapshots: &[(String, StoreSnapshot)]) -> Option<&(String, StoreSnapshot)> {
+        snapshots
+            .iter()
             .min_by_key(|(_, s)| s.last_success_ms.unwrap_or(0))
     }
 }

@@ -2,7 +2,8 @@
 //! 127.0.0.1 ports in temp dirs (Debian packages `victoria-metrics` and `influxdb`; the CI script
 //! installs them). Checks that a gzip'd multi-member batch with tricky escapes arrives with exact
 //! values, that InfluxDB 1.x's 400 for one bad line ends with the good lines stored and the bad
-//! one dead-lettered, and that HTTPS works with a CA file (and only with it).
+//! one dead-lettered, that HTTPS works with a CA file (and only with it), and that several
+//! outputs' sinks keep their metrics apart (the `output` label).
 //!
 //! A missing server binary fails the test with a message naming the package: a skipped test
 //! would hide exactly what this file exists to show.
@@ -514,4 +515,143 @@ async fn victoria_metrics_oversized_line_is_dead_lettered_and_the_rest_stored() 
     );
     assert!(dead_lines[1].starts_with("big,sensor_id=huge text=\"xxx"));
     assert_eq!(dead_lines[1].len(), lines[4].len() - 1);
+}
+
+/// A sink named `name` (its `output` label) writing to `url` with fast retries and no jitter.
+fn named_sink(name: &str, url: &str, dead_letter_dir: &Path) -> InfluxSink {
+    let mut config = InfluxSinkConfig::new(url, Api::V2, dead_letter_dir.join(name));
+    config.output = name.into();
+    config.bucket = "telemetry".into();
+    config.backoff_initial = Duration::from_millis(20);
+    config.backoff_max = Duration::from_millis(100);
+    config.flush_jitter = Duration::ZERO;
+    InfluxSink::new(config).unwrap()
+}
+
+/// `count` lines of `measurement`, one gzip member, millisecond timestamps.
+fn batch_of(measurement: &str, count: usize) -> Vec<u8> {
+    let text: String = (0..count)
+        .map(|i| {
+            format!(
+                "{measurement},sensor_id=s{i} v={i} {}\n",
+                1_700_000_000_000_000_000i64 + i as i64 * 1_000_000
+            )
+        })
+        .collect();
+    gzip(text.as_bytes())
+}
+
+/// With several outputs, every metric of a sink carries its output's name: an IOC store and an
+/// archive (both a real VictoriaMetrics here) and a third output whose store is down keep
+/// their lines, batches, bytes, request durations, failures and retries apart.
+#[test]
+fn two_outputs_keep_their_sink_metrics_apart() {
+    let store = ioc_e2e::VictoriaMetrics::start_with_flags(&[]).unwrap();
+    let dead = tempfile::tempdir().unwrap();
+    let down_url = format!("http://127.0.0.1:{}", ioc_e2e::free_port());
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    // A store that has just started may answer a first write with a retryable error: take one
+    // write before counting, so the counts below are exact.
+    runtime.block_on(async {
+        let warm = named_sink("warm-up", &store.url(), dead.path());
+        let body = batch_of("two_outputs_warm", 1);
+        warm.deliver(&body, 1, &Shutdown::new()).await.unwrap();
+    });
+    // The gateway's own recorder, so the names are those /metrics shows.
+    let (recorder, handle) = ioc_gateway::metrics_catalog::recorder();
+    let (ioc_requests, ioc_bytes, archive_requests, archive_bytes) =
+        metrics::with_local_recorder(&recorder, || {
+            runtime.block_on(async {
+                let ioc = named_sink("ioc", &store.url(), dead.path());
+                let archive = named_sink("archive", &store.url(), dead.path());
+                let down = named_sink("down", &down_url, dead.path());
+                let shutdown = Shutdown::new();
+                let body = batch_of("two_outputs_ioc", 3);
+                let d = ioc.deliver(&body, 3, &shutdown).await.unwrap();
+                assert_eq!(d.lines_sent, 3);
+                let (ioc_requests, ioc_bytes) = (d.requests, d.requests as usize * body.len());
+                let (mut archive_requests, mut archive_bytes) = (0, 0);
+                for _ in 0..2 {
+                    let body = batch_of("two_outputs_archive", 5);
+                    let d = archive.deliver(&body, 5, &shutdown).await.unwrap();
+                    assert_eq!(d.lines_sent, 5);
+                    archive_requests += d.requests;
+                    archive_bytes += d.requests as usize * body.len();
+                }
+                // The third output's store refuses connections: it retries until given up.
+                let body = batch_of("two_outputs_down", 2);
+                let gave_up = tokio::time::timeout(
+                    Duration::from_millis(400),
+                    down.deliver(&body, 2, &shutdown),
+                )
+                .await;
+                assert!(
+                    gave_up.is_err(),
+                    "a refused store took a batch: {gave_up:?}"
+                );
+                (ioc_requests, ioc_bytes, archive_requests, archive_bytes)
+            })
+        });
+    let text = handle.render();
+    let value = |name: &str, output: &str| {
+        ioc_e2e::metric_in(&text, &format!("ioc_gateway_{name}"), &[("output", output)])
+    };
+    assert_eq!(value("output_lines_sent_total", "ioc"), 3.0, "{text}");
+    assert_eq!(value("output_lines_sent_total", "archive"), 10.0);
+    assert_eq!(value("output_lines_sent_total", "down"), 0.0);
+    assert_eq!(value("output_batches_sent_total", "ioc"), 1.0);
+    assert_eq!(value("output_batches_sent_total", "archive"), 2.0);
+    assert_eq!(value("output_batches_sent_total", "down"), 0.0);
+    assert_eq!(value("output_bytes_sent_total", "ioc"), ioc_bytes as f64);
+    assert_eq!(
+        value("output_bytes_sent_total", "archive"),
+        archive_bytes as f64
+    );
+    assert_eq!(
+        value("output_bytes_sent_total", "down"),
+        0.0,
+        "refused: nothing crossed"
+    );
+    assert_eq!(
+        value("output_write_seconds_count", "ioc"),
+        f64::from(ioc_requests)
+    );
+    assert_eq!(
+        value("output_write_seconds_count", "archive"),
+        f64::from(archive_requests)
+    );
+    let down_attempts = value("output_write_seconds_count", "down");
+    assert!(down_attempts >= 2.0, "{down_attempts} attempts in 400 ms");
+    // Only the dead output failed and retried, each attempt under its reason.
+    let failed = |output: &str| value("output_batches_failed_total", output);
+    assert_eq!(failed("ioc") + failed("archive"), 0.0, "{text}");
+    assert_eq!(
+        ioc_e2e::metric_in(
+            &text,
+            "ioc_gateway_output_batches_failed_total",
+            &[("output", "down"), ("reason", "connection")]
+        ),
+        down_attempts
+    );
+    assert_eq!(
+        value("output_retries_total", "ioc") + value("output_retries_total", "archive"),
+        0.0
+    );
+    assert_eq!(value("output_retries_total", "down"), down_attempts);
+    // The citizen's gauges exist per output.
+    for output in ["ioc", "archive", "down"] {
+        assert!(
+            text.contains(&format!(
+                "ioc_gateway_output_concurrency_limit{{output=\"{output}\"}} "
+            )),
+            "no concurrency limit of {output}:\n{text}"
+        );
+    }
+    assert_eq!(
+        value("output_bytes_sent_today", "archive"),
+        archive_bytes as f64
+    );
 }

@@ -8,8 +8,9 @@
 //! 1. both outputs receive env readings; camera events (urgent) go to VictoriaMetrics only;
 //! 2. InfluxDB is stopped for 60 s while 200 readings/s keep coming: VictoriaMetrics stays
 //!    fresh throughout (checked every few seconds), `/readyz` names the archive output, its own
-//!    backlog gauge grows while the IOC output's stays small; half-way the gateway is killed
-//!    with `kill -9` and started again;
+//!    backlog gauge grows while the IOC output's stays small, and the sinks' counters
+//!    (`output` label) show the failures and retries as the archive's alone; half-way the
+//!    gateway is killed with `kill -9` and started again;
 //! 3. InfluxDB comes back: both stores have every reading exactly once (VictoriaMetrics counts
 //!    each sample; InfluxDB count, sum, min and max of the sequence numbers), and InfluxDB has
 //!    no camera event.
@@ -200,6 +201,24 @@ store_unreachable_after_s = 10
         ioc_backlog < (RATE * 5) as f64,
         "the IOC output's stays small: {ioc_backlog}"
     );
+    // Each output's sink counts under its own name (since the restart: the archive has been
+    // down throughout, the IOC store never).
+    let sink_figure = |name: &str, output: &str| {
+        metric_in(
+            &metrics,
+            &format!("ioc_gateway_output_{name}"),
+            &[("output", output)],
+        )
+    };
+    assert!(
+        sink_figure("batches_failed_total", "archive") >= 1.0
+            && sink_figure("retries_total", "archive") >= 1.0,
+        "the archive's failures are its own"
+    );
+    assert_eq!(sink_figure("batches_failed_total", "ioc"), 0.0);
+    assert_eq!(sink_figure("retries_total", "ioc"), 0.0);
+    assert!(sink_figure("lines_sent_total", "ioc") >= RATE as f64);
+    assert_eq!(sink_figure("lines_sent_total", "archive"), 0.0);
     assert!(killed);
     assert!(
         saw_not_ready,

@@ -279,9 +279,7 @@ impl AppState {
         let ready = self.readiness(now, &inputs, &outputs, &buffer);
         let max = self.effective_buffer_max(&buffer);
         // `store` is the output furthest behind (the only one, mostly); `outputs` has each.
-        let store = outputs
-            .iter()
-            .min_by_key(|(_, s)| s.last_success_ms.unwrap_or(0))
+        let store = crate::status::OutputStates::worst_of(&outputs)
             .map(|(_, s)| s.clone())
             .unwrap_or_default();
         let outputs_json: Vec<Value> = outputs

@@ -221,15 +221,19 @@ async fn send_beside_urgent(
     shutdown: &Shutdown,
 ) -> bool {
     let max = setup.cfg.batch_max_lines;
+    // Every batch of either lane goes out the same way; only its setup and batch differ.
+    let sending = |setup: Arc<OutputSetup>, batch: Batch| {
+        send(
+            output.clone(),
+            store.clone(),
+            setup,
+            batch,
+            shutdown.clone(),
+        )
+    };
     let mut normal = tokio::task::JoinSet::new();
     let mut normal_lines = u64::from(batch.lines);
-    normal.spawn(send(
-        output.clone(),
-        store.clone(),
-        setup,
-        batch,
-        shutdown.clone(),
-    ));
+    normal.spawn(sending(setup, batch));
     let mut urgent: Option<Sending> = None;
     loop {
         if normal.is_empty() && urgent.is_none() {
@@ -275,11 +279,11 @@ async fn send_beside_urgent(
                 match next {
                     Ok(b) if b.priority == Priority::Urgent => {
                         tracing::debug!(output = %current.name, lines = b.lines, "urgent batch sent beside normal ones in delivery");
-                        urgent = Some(Box::pin(send(output.clone(), store.clone(), current, b, shutdown.clone())));
+                        urgent = Some(Box::pin(sending(current, b)));
                     }
                     Ok(b) => {
                         normal_lines += u64::from(b.lines);
-                        normal.spawn(send(output.clone(), store.clone(), current, b, shutdown.clone()));
+                        normal.spawn(sending(current, b));
                     }
                     // The main loop reports read errors; the batches in flight go on meanwhile.
                     Err(e) => tracing::debug!("cannot read the buffer beside a delivery: {e}"),
@@ -376,14 +380,8 @@ fn payload<'b>(setup: &OutputSetup, batch: &'b Batch) -> Option<(Cow<'b, [u8]>, 
     if lines == 0 {
         return None;
     }
-    let line_slices: Vec<&[u8]> = kept
-        .split(|&b| b == b'\n')
-        .filter(|l| !l.is_empty())
-        .collect();
-    Some((
-        Cow::Owned(crate::output::influx::gzip_lines(&line_slices)),
-        lines,
-    ))
+    // The filter ends every kept line with `\n`: the text is gzip'd as it is.
+    Some((Cow::Owned(crate::output::influx::gzip_text(&kept)), lines))
 }
 
 /// Records the store's confirmation of `batch`, retrying a failing disk every second; false on

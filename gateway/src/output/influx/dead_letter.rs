@@ -48,7 +48,7 @@ impl InfluxSink {
             .map_err(io_error)?;
         file.write_all(&entry).await.map_err(io_error)?;
         file.sync_data().await.map_err(io_error)?;
-        metrics::counter!("output_dead_lettered_lines_total")
+        metrics::counter!("output_dead_lettered_lines_total", "output" => self.output())
             .increment(u64::try_from(lines.len()).unwrap_or(u64::MAX));
         tracing::warn!(
             status,

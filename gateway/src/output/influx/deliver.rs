@@ -198,7 +198,7 @@ impl InfluxSink {
             }
         };
         if result.is_ok() {
-            metrics::counter!("output_batches_sent_total").increment(1);
+            metrics::counter!("output_batches_sent_total", "output" => self.output()).increment(1);
         }
         result
     }
@@ -229,10 +229,10 @@ impl InfluxSink {
                     () = tokio::time::sleep_until(at.into()) => {}
                 }
             }
-            let result = tokio::select! {
+            let (result, can_switch) = tokio::select! {
                 biased;
                 _ = shutdown.wait() => return Err(SinkError::Shutdown),
-                result = self.write(body_gz, lines) => result,
+                attempt = self.attempt(body_gz, lines) => attempt,
             };
             delivered.requests += 1;
             let delay = match result {
@@ -248,8 +248,7 @@ impl InfluxSink {
                     return Ok(Settled::Accepted);
                 }
                 Ok(WriteOutcome::BadBatch { status, message }) => {
-                    metrics::counter!("output_batches_failed_total", "reason" => "bad_batch")
-                        .increment(1);
+                    self.count_failure("bad_batch");
                     return Ok(Settled::Rejected { status, message });
                 }
                 Ok(WriteOutcome::Retry {
@@ -262,8 +261,7 @@ impl InfluxSink {
                     } else {
                         "server_error"
                     };
-                    metrics::counter!("output_batches_failed_total", "reason" => reason)
-                        .increment(1);
+                    self.count_failure(reason);
                     let delay = backoff.next_wait_or(retry_after);
                     if retry_after.is_some() {
                         let until = Instant::now() + delay;
@@ -280,8 +278,7 @@ impl InfluxSink {
                     delay
                 }
                 Ok(WriteOutcome::Unauthorized { status, message }) => {
-                    metrics::counter!("output_batches_failed_total", "reason" => "unauthorized")
-                        .increment(1);
+                    self.count_failure("unauthorized");
                     let delay = backoff.next_wait();
                     if let Some(failed) = self.failure_due("unauthorized") {
                         tracing::error!(status, error = %message, url = %self.write_url, retry_in = ?delay,
@@ -293,8 +290,7 @@ impl InfluxSink {
                     delay
                 }
                 Ok(WriteOutcome::Misconfigured { status, message }) => {
-                    metrics::counter!("output_batches_failed_total", "reason" => "misconfigured")
-                        .increment(1);
+                    self.count_failure("misconfigured");
                     let delay = backoff.next_wait();
                     if let Some(failed) = self.failure_due("misconfigured") {
                         tracing::error!(status, error = %message, url = %self.write_url, retry_in = ?delay,
@@ -309,8 +305,7 @@ impl InfluxSink {
                 }
                 Err(SinkError::Transport { reason, timeout }) => {
                     let label = if timeout { "timeout" } else { "connection" };
-                    metrics::counter!("output_batches_failed_total", "reason" => label)
-                        .increment(1);
+                    self.count_failure(label);
                     let delay = backoff.next_wait();
                     let (kind, what) = describe_transport(&self.store_authority, &reason, timeout);
                     if let Some(failed) = self.failure_due(kind) {
@@ -328,11 +323,11 @@ impl InfluxSink {
                 Err(other) => return Err(other),
             };
             lock(&self.citizen.pacer).on_failure();
-            metrics::counter!("output_retries_total").increment(1);
+            metrics::counter!("output_retries_total", "output" => self.output()).increment(1);
             // Another URL of this output is not resting: try it now. Otherwise the wait gets
             // this gateway's random jitter, so a fleet that failed together does not retry
             // together (a Retry-After tells every box the same delay).
-            let delay = if self.can_switch_now() {
+            let delay = if can_switch {
                 Duration::ZERO
             } else {
                 lock(&self.citizen.jitter).jittered(delay)
@@ -369,10 +364,10 @@ impl InfluxSink {
             };
             if held != Some(reason) {
                 if let Some(before) = held {
-                    metrics::gauge!("output_budget_held", "reason" => before).set(0.0);
+                    metrics::gauge!("output_budget_held", "output" => self.output(), "reason" => before).set(0.0);
                 }
-                metrics::gauge!("output_budget_held", "reason" => reason).set(1.0);
-                metrics::counter!("output_budget_holds_total", "reason" => reason).increment(1);
+                metrics::gauge!("output_budget_held", "output" => self.output(), "reason" => reason).set(1.0);
+                metrics::counter!("output_budget_holds_total", "output" => self.output(), "reason" => reason).increment(1);
                 if reason == "daily" {
                     let sent = lock(&self.citizen.budget).sent_today(SystemTime::now());
                     tracing::warn!(
@@ -396,12 +391,19 @@ impl InfluxSink {
             }
         };
         if let Some(reason) = held {
-            metrics::gauge!("output_budget_held", "reason" => reason).set(0.0);
+            metrics::gauge!("output_budget_held", "output" => self.output(), "reason" => reason)
+                .set(0.0);
             if reason == "daily" {
                 tracing::info!("the daily uplink budget allows normal data again");
             }
         }
         result
+    }
+
+    /// Counts a failed attempt under its reason (`output_batches_failed_total`).
+    fn count_failure(&self, reason: &'static str) {
+        metrics::counter!("output_batches_failed_total", "output" => self.output(), "reason" => reason)
+            .increment(1);
     }
 
     /// The wait between attempts at one body: full jitter, because many gateways share a store.

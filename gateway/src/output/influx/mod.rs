@@ -41,7 +41,9 @@
 //! `output_retries_total`, `output_dead_lettered_lines_total`, `output_bytes_sent_total` and
 //! `output_bytes_sent_today` (compressed request bodies), `output_concurrency_limit`,
 //! `output_budget_held{reason}` and `output_budget_holds_total{reason}`,
-//! `output_retry_after_clamped_total`.
+//! `output_retry_after_clamped_total`, `output_failovers_total` and
+//! `output_endpoint_active{url}`. Every one carries `output`, the name of the output the sink
+//! serves ([`InfluxSinkConfig::output`]), so the figures of several outputs stay apart.
 //!
 //! Logs: a failure that goes on (store down, a host name that does not resolve, 5xx, a refused
 //! token) is logged when it starts or changes kind, then at most once per
@@ -76,6 +78,7 @@ use reqwest::{StatusCode, Url};
 use std::fmt;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// Name of the dead-letter file inside [`InfluxSinkConfig::dead_letter_dir`].
@@ -114,6 +117,9 @@ impl Api {
 /// Everything [`InfluxSink`] needs; the config module builds it from `[output.influxdb]`.
 #[derive(Debug, Clone)]
 pub struct InfluxSinkConfig {
+    /// The output's name (`[[outputs.influxdb]] name`; `default` for `[output.influxdb]`): the
+    /// `output` label of every metric the sink records.
+    pub output: String,
     /// Base URL of the store, e.g. `http://127.0.0.1:8086` or `https://ioc.example/influx`.
     pub url: String,
     /// Further base URLs of the same store (`urls = [...]` after the first), in order of
@@ -171,6 +177,7 @@ impl InfluxSinkConfig {
     /// (connect) and 30 s (request), backoff from 500 ms up to 30 s.
     pub fn new(url: impl Into<String>, api: Api, dead_letter_dir: impl Into<PathBuf>) -> Self {
         InfluxSinkConfig {
+            output: crate::config::DEFAULT_OUTPUT.to_owned(),
             url: url.into(),
             fallback_urls: Vec::new(),
             api,
@@ -304,6 +311,8 @@ pub struct InfluxSink {
 
 /// The good-citizen state of one sink (see the module docs).
 struct Citizen {
+    /// The output's name, for the `output` label.
+    output: Arc<str>,
     max_retry_after: Duration,
     /// Whether a cut `Retry-After` was logged already.
     clamp_logged: std::sync::atomic::AtomicBool,
@@ -434,13 +443,11 @@ impl InfluxSink {
             ));
         }
         let citizen = Citizen::new(&config);
+        let output = citizen.label();
         let store_authority = authority(&write_url);
         for (i, (_, name)) in endpoints.iter().enumerate() {
-            metrics::gauge!("output_endpoint_active", "url" => name.clone()).set(if i == 0 {
-                1.0
-            } else {
-                0.0
-            });
+            metrics::gauge!("output_endpoint_active", "output" => Arc::clone(&output), "url" => name.clone())
+                .set(if i == 0 { 1.0 } else { 0.0 });
         }
         Ok(InfluxSink {
             client,
@@ -459,6 +466,11 @@ impl InfluxSink {
             failures: std::sync::Mutex::new(FailureLog::default()),
             citizen,
         })
+    }
+
+    /// The output's name, as the `output` label of the sink's metrics.
+    pub(crate) fn output(&self) -> Arc<str> {
+        self.citizen.label()
     }
 
     /// Reports every failed attempt (with its reason) to `store`, for `/readyz` and the live page.
@@ -486,6 +498,13 @@ impl InfluxSink {
     /// several gzip members concatenated). `Err` only for a failure with no HTTP response
     /// ([`SinkError::Transport`]); every response is an `Ok` outcome.
     pub async fn write(&self, body_gz: &[u8], lines: u32) -> Result<WriteOutcome, SinkError> {
+        self.attempt(body_gz, lines).await.0
+    }
+
+    /// [`write`](Self::write), and whether the retry may go to another URL at once: the URL
+    /// failed (no response, or a 5xx) and another is not resting, as [`failover::Failover`]
+    /// decides.
+    async fn attempt(&self, body_gz: &[u8], lines: u32) -> (Result<WriteOutcome, SinkError>, bool) {
         let index = self.failover_state().pick(Instant::now());
         let result = self.write_to(index, body_gz, lines).await;
         let failed = matches!(
@@ -496,22 +515,24 @@ impl InfluxSink {
                     ..
                 })
         );
-        if failed {
-            self.note_endpoint_failure(index);
+        let can_switch = if failed {
+            self.note_endpoint_failure(index)
         } else {
             self.failover_state().succeeded(index);
-        }
-        result
+            false
+        };
+        (result, can_switch)
     }
 
     fn failover_state(&self) -> std::sync::MutexGuard<'_, failover::Failover> {
         self.failover.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Rests a URL that failed and says which one the next request goes to.
-    fn note_endpoint_failure(&self, index: usize) {
+    /// Rests a URL that failed and says which one the next request goes to; whether another
+    /// URL can take a request at once.
+    fn note_endpoint_failure(&self, index: usize) -> bool {
         if self.endpoints.len() < 2 {
-            return;
+            return false;
         }
         let now = Instant::now();
         let (can_switch, next) = {
@@ -521,9 +542,11 @@ impl InfluxSink {
         };
         if next != index {
             let (from, to) = (&self.endpoints[index].1, &self.endpoints[next].1);
-            metrics::counter!("output_failovers_total").increment(1);
-            metrics::gauge!("output_endpoint_active", "url" => from.clone()).set(0.0);
-            metrics::gauge!("output_endpoint_active", "url" => to.clone()).set(1.0);
+            metrics::counter!("output_failovers_total", "output" => self.output()).increment(1);
+            metrics::gauge!("output_endpoint_active", "output" => self.output(), "url" => from.clone())
+                .set(0.0);
+            metrics::gauge!("output_endpoint_active", "output" => self.output(), "url" => to.clone())
+                .set(1.0);
             if let Some(o) = &self.observer {
                 o.set_endpoint(to.clone());
             }
@@ -534,18 +557,7 @@ impl InfluxSink {
                 "store URL failed; sending to the next one"
             );
         }
-    }
-
-    /// Whether another URL can take a request right now (after a failure).
-    pub(crate) fn can_switch_now(&self) -> bool {
-        if self.endpoints.len() < 2 {
-            return false;
-        }
-        let mut f = self.failover_state().clone();
-        let before = f.current();
-        let now = Instant::now();
-        let next = f.pick(now);
-        next != before
+        can_switch
     }
 
     /// The `host:port` of the URL in use.
@@ -586,7 +598,8 @@ impl InfluxSink {
             Ok(response) => response,
             Err(e) => {
                 let latency = started.elapsed();
-                metrics::histogram!("output_write_seconds").record(latency.as_secs_f64());
+                metrics::histogram!("output_write_seconds", "output" => self.output())
+                    .record(latency.as_secs_f64());
                 let timeout = e.is_timeout();
                 // A timed-out request may have crossed the link; a refused one did not.
                 if timeout {
@@ -627,7 +640,8 @@ impl InfluxSink {
             }
         }
         let latency = started.elapsed();
-        metrics::histogram!("output_write_seconds").record(latency.as_secs_f64());
+        metrics::histogram!("output_write_seconds", "output" => self.output())
+            .record(latency.as_secs_f64());
         self.citizen.responded(
             permit,
             latency,
@@ -635,13 +649,19 @@ impl InfluxSink {
         );
         let outcome = classify(status, retry_after, &body);
         if let WriteOutcome::Accepted { .. } = outcome {
-            metrics::counter!("output_lines_sent_total").increment(u64::from(lines));
+            metrics::counter!("output_lines_sent_total", "output" => self.output())
+                .increment(u64::from(lines));
         }
         Ok(outcome)
     }
 }
 
 impl Citizen {
+    /// The `output` label's value.
+    fn label(&self) -> Arc<str> {
+        Arc::clone(&self.output)
+    }
+
     fn new(config: &InfluxSinkConfig) -> Self {
         let mut budget =
             budget::UplinkBudget::new(config.max_bytes_per_s, config.daily_budget_bytes);
@@ -664,8 +684,10 @@ impl Citizen {
         }
         let pacer = jitter::DrainPacer::new(&config.gateway_id, config.drain_spread);
         tracing::debug!(offset = ?pacer.offset(), "drain start offset after an outage");
-        metrics::gauge!("output_concurrency_limit").set(1.0);
+        let output: Arc<str> = Arc::from(config.output.as_str());
+        metrics::gauge!("output_concurrency_limit", "output" => Arc::clone(&output)).set(1.0);
         Citizen {
+            output,
             max_retry_after: config.max_retry_after,
             clamp_logged: std::sync::atomic::AtomicBool::new(false),
             jitter: std::sync::Mutex::new(jitter::JitterSource::new(
@@ -688,7 +710,8 @@ impl Citizen {
     fn bound_retry_after(&self, told: Duration) -> Duration {
         let (delay, cut) = retry_after::bound(told, self.max_retry_after);
         if cut {
-            metrics::counter!("output_retry_after_clamped_total").increment(1);
+            metrics::counter!("output_retry_after_clamped_total", "output" => self.label())
+                .increment(1);
             if !self
                 .clamp_logged
                 .swap(true, std::sync::atomic::Ordering::Relaxed)
@@ -707,7 +730,7 @@ impl Citizen {
     /// A request body of `bytes` went out.
     fn spent(&self, bytes: usize) {
         let bytes = u64::try_from(bytes).unwrap_or(u64::MAX);
-        metrics::counter!("output_bytes_sent_total").increment(bytes);
+        metrics::counter!("output_bytes_sent_total", "output" => self.label()).increment(bytes);
         let wall = SystemTime::now();
         let now = Instant::now();
         let (daily, day, sent) = {
@@ -716,7 +739,7 @@ impl Citizen {
             let (day, sent) = budget.state(wall);
             (budget.has_daily(), day, sent)
         };
-        metrics::gauge!("output_bytes_sent_today").set(sent as f64);
+        metrics::gauge!("output_bytes_sent_today", "output" => self.label()).set(sent as f64);
         if daily {
             self.save_budget(now, day, sent);
         }
@@ -757,7 +780,7 @@ impl Citizen {
             (decision, c.limit())
         };
         if decision != concurrency::Decision::Unchanged {
-            metrics::gauge!("output_concurrency_limit").set(limit as f64);
+            metrics::gauge!("output_concurrency_limit", "output" => self.label()).set(limit as f64);
             tracing::debug!(
                 limit,
                 ?decision,
@@ -769,13 +792,22 @@ impl Citizen {
     }
 }
 
-/// Gzips line protocol text as one gzip member (fast level: this runs on small ARM boxes).
+/// Gzips line protocol lines (without their `\n`) as one gzip member.
 pub fn gzip_lines(lines: &[&[u8]]) -> Vec<u8> {
+    gzip_parts(lines.iter().flat_map(|line| [*line, b"\n".as_slice()]))
+}
+
+/// Gzips line protocol text (every line ending in `\n`, as it is) as one gzip member.
+pub fn gzip_text(text: &[u8]) -> Vec<u8> {
+    gzip_parts([text])
+}
+
+/// One gzip member of the parts in order (fast level: this runs on small ARM boxes).
+fn gzip_parts<'a>(parts: impl IntoIterator<Item = &'a [u8]>) -> Vec<u8> {
     let mut encoder = GzEncoder::new(Vec::new(), Compression::fast());
-    for line in lines {
+    for part in parts {
         // Writing into a Vec cannot fail.
-        let _ = encoder.write_all(line);
-        let _ = encoder.write_all(b"\n");
+        let _ = encoder.write_all(part);
     }
     encoder.finish().unwrap_or_default()
 }
@@ -1040,6 +1072,20 @@ mod tests {
                 ..
             }
         ));
+    }
+
+    #[test]
+    fn gzip_of_text_and_of_lines_hold_the_same_text() {
+        let lines: [&[u8]; 2] = [b"a x=1 1", b"b x=2 2"];
+        assert_eq!(
+            decompress(&gzip_lines(&lines)).unwrap(),
+            b"a x=1 1\nb x=2 2\n"
+        );
+        assert_eq!(
+            decompress(&gzip_text(b"a x=1 1\nb x=2 2\n")).unwrap(),
+            b"a x=1 1\nb x=2 2\n"
+        );
+        assert_eq!(decompress(&gzip_lines(&[])).unwrap(), b"");
     }
 
     #[test]
