@@ -866,3 +866,41 @@ async fn after_an_outage_normal_data_waits_the_drain_offset_and_urgent_does_not(
     shutdown.trigger();
     assert!(matches!(waiting.await.unwrap(), Err(SinkError::Shutdown)));
 }
+
+/// A `503` with `Retry-After` from one of several URLs moves the retry to the next URL at once:
+/// the Retry-After holds the sink only when no other URL can take the request.
+#[tokio::test]
+async fn a_503_with_retry_after_of_one_url_fails_over_at_once() {
+    let down = FakeStore::start(|_, _| {
+        Reply::Status(
+            503,
+            vec![("Retry-After", "60".into())],
+            "maintenance".into(),
+        )
+    })
+    .await;
+    let up = FakeStore::start(|_, _| no_content()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = citizen_config(down.url(), dir.path(), "gw-503");
+    cfg.fallback_urls = vec![up.url()];
+    let sink = InfluxSink::new(cfg).unwrap();
+    let (_, body) = batch(2, 2, &[]);
+    let delivered = tokio::time::timeout(
+        Duration::from_secs(20),
+        sink.deliver(&body, 2, &no_shutdown()),
+    )
+    .await
+    .expect("held for the 503's Retry-After although another URL was up")
+    .unwrap();
+    assert_eq!(delivered.lines_sent, 2);
+    assert_eq!((down.seen().len(), up.seen().len()), (1, 1));
+    // The next batch goes to the healthy URL straight away too (the failed one rests).
+    let delivered = tokio::time::timeout(
+        Duration::from_secs(20),
+        sink.deliver(&body, 2, &no_shutdown()),
+    )
+    .await
+    .expect("the next batch was held")
+    .unwrap();
+    assert_eq!(delivered.requests, 1);
+}

@@ -216,6 +216,8 @@ impl InfluxSink {
     ) -> Result<Settled, SinkError> {
         let mut backoff = self.retry_backoff();
         loop {
+            // Whether the store said when to come back (a Retry-After).
+            let mut told = false;
             if class.held() {
                 self.wait_for_budget(body_gz.len(), shutdown, superseded)
                     .await?;
@@ -263,13 +265,7 @@ impl InfluxSink {
                     };
                     self.count_failure(reason);
                     let delay = backoff.next_wait_or(retry_after);
-                    if retry_after.is_some() {
-                        let until = Instant::now() + delay;
-                        let mut nb = lock(&self.citizen.not_before);
-                        if nb.is_none_or(|at| at < until) {
-                            *nb = Some(until);
-                        }
-                    }
+                    told = retry_after.is_some();
                     if let Some(failed) = self.failure_due(reason) {
                         tracing::warn!(status, error = %message, retry_in = ?delay, failed_attempts = failed,
                             "store did not take the batch; will retry (said again every 60 s while it goes on)");
@@ -322,6 +318,12 @@ impl InfluxSink {
                 }
                 Err(other) => return Err(other),
             };
+            // A Retry-After holds every delivery of this sink (several are in flight while
+            // draining), unless the retry goes to another URL at once (a 503 of one of
+            // several URLs: the others are not asked to wait).
+            if told && !can_switch {
+                self.hold_all_until(Instant::now() + delay);
+            }
             lock(&self.citizen.pacer).on_failure();
             metrics::counter!("output_retries_total", "output" => self.output()).increment(1);
             // Another URL of this output is not resting: try it now. Otherwise the wait gets
@@ -398,6 +400,14 @@ impl InfluxSink {
             }
         }
         result
+    }
+
+    /// Holds every delivery of this sink until `until` (a later hold stays).
+    fn hold_all_until(&self, until: Instant) {
+        let mut not_before = lock(&self.citizen.not_before);
+        if not_before.is_none_or(|at| at < until) {
+            *not_before = Some(until);
+        }
     }
 
     /// Counts a failed attempt under its reason (`output_batches_failed_total`).
