@@ -633,10 +633,13 @@ fn store_500_then_429_then_hang_is_retried_with_backoff_and_nothing_is_lost() {
     let r429 = of(&|r| r.status == Some(429));
     let hung = of(&|r| r.fault == Fault::Hang);
     let ok = of(&|r| r.status.is_some_and(|s| (200..300).contains(&s)));
-    let after_429: Vec<Duration> = requests
+    // From each round of requests (see `rounds`: deliveries woken by the end of one hold
+    // that each went before the other's answer could hold it) answered 429 to the next round.
+    let all_rounds = rounds(&requests);
+    let after_429: Vec<Duration> = all_rounds
         .windows(2)
-        .filter(|w| w[0].status == Some(429))
-        .map(|w| w[1].arrived - w[0].arrived)
+        .filter(|w| w[0].iter().any(|r| r.status == Some(429)))
+        .map(|w| w[1][0].arrived - w[0][0].arrived)
         .collect();
     let hang_times: Vec<Duration> = hung
         .iter()
@@ -648,7 +651,7 @@ fn store_500_then_429_then_hang_is_retried_with_backoff_and_nothing_is_lost() {
         .map(|r| r.arrived - recovered_at);
     eprintln!(
         "store faults: {} requests in all: {} ok, {} answered 500 (gaps {}), {} answered 429 \
-         (Retry-After {RETRY_AFTER_S} s; next request after {}), {} hung (ended by the client \
+         (Retry-After {RETRY_AFTER_S} s; next round of requests after {}), {} hung (ended by the client \
          after {}); first accepted write {first_ok_after:.2?} after the store recovered; every \
          message stored {delivery:.1?} later; test wall time {:.1?}",
         requests.len(),

@@ -318,14 +318,6 @@ impl InfluxSink {
                 }
                 Err(other) => return Err(other),
             };
-            // A Retry-After holds every delivery of this sink (several are in flight while
-            // draining), unless the retry goes to another URL at once (a 503 of one of
-            // several URLs: the others are not asked to wait).
-            if told && !can_switch {
-                self.hold_all_until(Instant::now() + delay);
-            }
-            lock(&self.citizen.pacer).on_failure();
-            metrics::counter!("output_retries_total", "output" => self.output()).increment(1);
             // Another URL of this output is not resting: try it now. Otherwise the wait gets
             // this gateway's random jitter, so a fleet that failed together does not retry
             // together (a Retry-After tells every box the same delay).
@@ -334,6 +326,14 @@ impl InfluxSink {
             } else {
                 lock(&self.citizen.jitter).jittered(delay)
             };
+            // A Retry-After holds every delivery of this sink (several are in flight while
+            // draining) until the same jittered instant, unless the retry goes to another URL
+            // at once (a 503 of one of several URLs: the others are not asked to wait).
+            if told && !can_switch {
+                self.hold_all_until(Instant::now() + delay);
+            }
+            lock(&self.citizen.pacer).on_failure();
+            metrics::counter!("output_retries_total", "output" => self.output()).increment(1);
             tokio::select! {
                 biased;
                 _ = shutdown.wait() => return Err(SinkError::Shutdown),
