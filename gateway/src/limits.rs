@@ -13,7 +13,7 @@ pub use ioc_model::limits::{
     sensor_of, series_hash, LimitChecker, LimitOverride, LimitValues, LimitViolation, LimitsConfig,
     Passed, TimestampPolicy, SERIES_WINDOW_NS,
 };
-use ioc_model::Reading;
+use ioc_model::{ReadingMut, ReadingView};
 
 use crate::loglimit::LogLimiter;
 
@@ -50,10 +50,10 @@ impl Limits {
 
     /// Checks `reading` (already validated, `gateway` tag added) against `input`'s limits at
     /// wall-clock `now_ns`; may clamp its timestamp. Counts and logs what it refuses or clamps.
-    pub fn check(
+    pub fn check<R: ReadingMut + ?Sized>(
         &self,
         input: &str,
-        reading: &mut Reading,
+        reading: &mut R,
         now_ns: i64,
     ) -> Result<Passed, LimitViolation> {
         self.check_clock(input, reading, now_ns, true)
@@ -61,10 +61,10 @@ impl Limits {
 
     /// [`Limits::check`]; with `clock_trusted == false` (the box's clock is not synchronised)
     /// the past/future window is not applied.
-    pub fn check_clock(
+    pub fn check_clock<R: ReadingMut + ?Sized>(
         &self,
         input: &str,
-        reading: &mut Reading,
+        reading: &mut R,
         now_ns: i64,
         clock_trusted: bool,
     ) -> Result<Passed, LimitViolation> {
@@ -82,7 +82,9 @@ impl Limits {
                 let values = self.config().for_input(input);
                 let msg = format!(
                     "timestamp {from_ns} ns clamped to {} ns (outside -{} s .. +{} s)",
-                    reading.timestamp_ns, values.max_past_s, values.max_future_s
+                    reading.timestamp_ns(),
+                    values.max_past_s,
+                    values.max_future_s
                 );
                 self.warn(input, "clamped", reading, &msg);
             }
@@ -98,7 +100,13 @@ impl Limits {
 
     /// Logs a warning for `input` and `reason`, at most once per [`LOG_INTERVAL`]; the next
     /// warning says how many were suppressed in between. Returns whether it logged.
-    fn warn(&self, input: &str, reason: &'static str, reading: &Reading, msg: &str) -> bool {
+    fn warn<R: ReadingView + ?Sized>(
+        &self,
+        input: &str,
+        reason: &'static str,
+        reading: &R,
+        msg: &str,
+    ) -> bool {
         let suppressed = {
             let mut logs = self.logs.lock().unwrap_or_else(|p| p.into_inner());
             let gate = logs

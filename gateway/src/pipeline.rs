@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use crate::buffer::{BufferError, BufferWriter};
 use crate::model::{encode, Flavor};
-use crate::model::{Priority, Reading};
+use crate::model::{Priority, Reading, ReadingMut};
 use crate::status::{LiveFeed, StatusRegistry};
 
 /// Shared by all inputs; cheap to clone.
@@ -94,15 +94,38 @@ impl Ingest {
     /// Validates `readings`, adds `gateway=<id>`, and appends their line protocol to `out`.
     /// Invalid readings are counted under `readings_rejected_total{input,reason}` and skipped;
     /// returns how many lines were added.
-    pub fn encode(&self, input: &str, readings: Vec<Reading>, out: &mut Vec<u8>) -> u32 {
+    pub fn encode(&self, input: &str, mut readings: Vec<Reading>, out: &mut Vec<u8>) -> u32 {
+        self.encode_slice(input, &mut readings, out)
+    }
+
+    /// [`Ingest::encode`] for readings of any shape, such as one [`crate::model::ReadingBuf`]
+    /// refilled per message (`std::slice::from_mut`): the checks and the encoding are the same.
+    pub fn encode_slice<R: ReadingMut>(
+        &self,
+        input: &str,
+        readings: &mut [R],
+        out: &mut Vec<u8>,
+    ) -> u32 {
+        self.encode_slice_at(input, readings, ClockNow::read(), out)
+    }
+
+    /// [`Ingest::encode_slice`] judging the readings by a clock read before ([`ClockNow::read`]):
+    /// a caller encoding many messages at once (a commit group, a few milliseconds) reads it
+    /// once for all of them.
+    pub fn encode_slice_at<R: ReadingMut>(
+        &self,
+        input: &str,
+        readings: &mut [R],
+        clock: ClockNow,
+        out: &mut Vec<u8>,
+    ) -> u32 {
         let mut lines = 0;
         let start = out.len();
-        let clock = ClockNow::read();
-        for mut reading in readings {
-            if !self.check(input, &mut reading, clock) {
+        for reading in readings.iter_mut() {
+            if !self.check(input, reading, clock) {
                 continue;
             }
-            encode(&reading, self.inner.flavor, out);
+            encode(reading, self.inner.flavor, out);
             lines += 1;
         }
         if let Some(live) = &self.inner.live {
@@ -127,16 +150,10 @@ impl Ingest {
 
     /// Adds the gateway tag, validates and applies `[limits]` (which may clamp the timestamp);
     /// false (counted, logged) when the reading cannot be forwarded.
-    fn check(&self, input: &str, reading: &mut Reading, clock: ClockNow) -> bool {
-        reading
-            .tags
-            .insert("gateway".to_owned(), self.inner.gateway_id.clone());
-        if let Err(e) = reading.validate() {
-            let sensor = reading
-                .tags
-                .get("sensor_id")
-                .map(String::as_str)
-                .unwrap_or("-");
+    fn check<R: ReadingMut>(&self, input: &str, reading: &mut R, clock: ClockNow) -> bool {
+        reading.insert_tag("gateway", &self.inner.gateway_id);
+        if let Err(e) = crate::model::validate(reading) {
+            let sensor = reading.tag_value("sensor_id").unwrap_or("-");
             tracing::warn!(input, sensor, reason = e.label(), "reading rejected: {e}");
             count_rejected(input, e.label());
             return false;
@@ -194,16 +211,18 @@ fn accepted_counter(input: &str) -> metrics::Counter {
 pub use crate::limits::count_rejected;
 
 /// The clock as `[limits]` judges one call's readings by: read once per [`Ingest::encode`] or
-/// [`Ingest::admit`] (a message's or a group's readings), not once per reading, since the
-/// process clock takes a lock and notes steps on every read.
+/// [`Ingest::admit`] (a message's or a group's readings), or once per commit group
+/// ([`Ingest::encode_slice_at`]), not once per reading, since the process clock takes a lock
+/// and notes steps on every read.
 #[derive(Debug, Clone, Copy)]
-struct ClockNow {
+pub struct ClockNow {
     now_ns: i64,
     trusted: bool,
 }
 
 impl ClockNow {
-    fn read() -> Self {
+    /// The process clock now, and whether it is trusted.
+    pub fn read() -> Self {
         ClockNow {
             now_ns: crate::clock::now_ns(),
             trusted: crate::clock::trusted(),

@@ -22,9 +22,9 @@
 //! needless 1 ms shift); the table is bounded and cleared when full.
 
 use std::collections::HashMap;
-use std::hash::{Hash, Hasher};
 
-use crate::model::Reading;
+use crate::limits::series_hash;
+use crate::model::ReadingMut;
 
 /// Keeps the readings of one series at least [`SeriesSpacer::MIN_GAP_NS`] apart.
 #[derive(Debug, Default)]
@@ -44,7 +44,7 @@ impl SeriesSpacer {
     /// Moves readings that fall within the gap of their series' previous reading (readings of
     /// a clockless serial sensor: all stamped on receipt, so all tagged while the clock is not
     /// synchronised).
-    pub fn space(&mut self, readings: &mut [Reading]) {
+    pub fn space<R: ReadingMut>(&mut self, readings: &mut [R]) {
         let tag = crate::clock::unsynced_tag();
         for r in readings.iter_mut() {
             mark_unsynced(r, tag.as_deref());
@@ -57,7 +57,7 @@ impl SeriesSpacer {
     /// their own. Readings with a device timestamp are untouched.
     /// These are tagged while the clock is not synchronised, and never stamped before their
     /// series' previous reading (after a backward clock step).
-    pub fn space_receipt_stamped(&mut self, readings: &mut [Reading], received_ns: i64) {
+    pub fn space_receipt_stamped<R: ReadingMut>(&mut self, readings: &mut [R], received_ns: i64) {
         self.space_receipt_stamped_tagged(
             readings,
             received_ns,
@@ -66,14 +66,14 @@ impl SeriesSpacer {
     }
 
     /// [`SeriesSpacer::space_receipt_stamped`] with the unsynced tag given (`None`: no tag).
-    pub fn space_receipt_stamped_tagged(
+    pub fn space_receipt_stamped_tagged<R: ReadingMut>(
         &mut self,
-        readings: &mut [Reading],
+        readings: &mut [R],
         received_ns: i64,
         unsynced_tag: Option<&str>,
     ) {
         for r in readings.iter_mut() {
-            if r.timestamp_ns == received_ns {
+            if r.timestamp_ns() == received_ns {
                 mark_unsynced(r, unsynced_tag);
                 self.space_one(r, true);
             }
@@ -83,44 +83,35 @@ impl SeriesSpacer {
     /// With `hold`, a reading earlier than its series' previous one (the clock stepped back)
     /// is moved after it too; without, one older by more than [`SeriesSpacer::OLDER_NS`] is
     /// a re-send and keeps its time.
-    fn space_one(&mut self, r: &mut Reading, hold: bool) {
+    fn space_one<R: ReadingMut>(&mut self, r: &mut R, hold: bool) {
         if self.last.len() >= Self::MAX_SERIES {
             self.last.clear();
         }
         let last = self.last.entry(series_hash(r)).or_insert(i64::MIN);
+        let ts = r.timestamp_ns();
         if *last != i64::MIN
-            && (hold || r.timestamp_ns > last.saturating_sub(Self::OLDER_NS))
-            && r.timestamp_ns < last.saturating_add(Self::MIN_GAP_NS)
+            && (hold || ts > last.saturating_sub(Self::OLDER_NS))
+            && ts < last.saturating_add(Self::MIN_GAP_NS)
         {
-            r.timestamp_ns = last.saturating_add(Self::MIN_GAP_NS);
+            r.set_timestamp_ns(last.saturating_add(Self::MIN_GAP_NS));
         }
-        if r.timestamp_ns > *last {
-            *last = r.timestamp_ns;
+        if r.timestamp_ns() > *last {
+            *last = r.timestamp_ns();
         }
     }
 }
 
 /// Adds `tag=true` (the clock is not synchronised) to a receipt-stamped reading.
-fn mark_unsynced(r: &mut Reading, tag: Option<&str>) {
+fn mark_unsynced<R: ReadingMut>(r: &mut R, tag: Option<&str>) {
     if let Some(tag) = tag {
-        r.tags.insert(tag.to_owned(), "true".to_owned());
+        r.insert_tag(tag, "true");
     }
-}
-
-fn series_hash(r: &Reading) -> u64 {
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    r.measurement.hash(&mut h);
-    for (k, v) in &r.tags {
-        k.hash(&mut h);
-        v.hash(&mut h);
-    }
-    h.finish()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::FieldValue;
+    use crate::model::{FieldValue, Reading};
     use std::collections::BTreeMap;
 
     fn reading(sensor: &str, ts: i64) -> Reading {

@@ -14,6 +14,11 @@ Usage: python3 tests/bench/spine_bench.py [--messages 200000] [--gateway target/
                           /api/live?status=1 event stream held open, /api/sensors every second)
        [--perf FILE]     (also `perf record -g` the gateway into FILE)
        [--strace FILE]   (also `strace -c -f` the gateway: syscall counts into FILE)
+       [--store-down]    (a store outage at full input rate: VictoriaMetrics is stopped before the
+                          gateway's run, the burst is timed until the gateway has made every reading
+                          durable (its readings_accepted_total), with the peak RSS up to then; then
+                          the store is started again on the same data and the drain is timed and
+                          checked as usual)
 
 Servers are started on free loopback ports in a temp dir and stopped by PID at the end.
 """
@@ -117,6 +122,35 @@ def check_store(vm_url, n):
     return len(counts), problems
 
 
+def accepted(http_base):
+    """The gateway's readings_accepted_total over its inputs (its own health readings left out)."""
+    try:
+        text = urllib.request.urlopen(http_base + "/metrics", timeout=5).read().decode()
+    except OSError:
+        return 0
+    total = 0
+    for line in text.splitlines():
+        if line.startswith("ioc_gateway_readings_accepted_total{") and 'input="_health"' not in line:
+            total += int(float(line.rsplit(" ", 1)[1]))
+    return total
+
+
+def start_vm(tmp, port):
+    return subprocess.Popen(
+        ["victoria-metrics", f"-storageDataPath={tmp}/vm", f"-httpListenAddr=127.0.0.1:{port}", "-retentionPeriod=100y",
+         "-search.latencyOffset=0s", "-search.disableCache", "-dedup.minScrapeInterval=1ms"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def stop(proc):
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 def gateway_pid(time_pid, under_strace):
     """The gateway's PID: the child of `time`, or the child of strace under it."""
     pid = time_pid
@@ -215,6 +249,8 @@ def main():
     ap.add_argument("--perf", metavar="FILE", help="also `perf record -g` the gateway into FILE")
     ap.add_argument("--strace", metavar="FILE", help="also `strace -c -f` the gateway into FILE")
     ap.add_argument("--viewer", action="store_true", help="keep the live page open during the gateway's run")
+    ap.add_argument("--store-down", action="store_true",
+                    help="stop the store for the burst (peak RSS during an outage at full rate), then drain")
     args = ap.parse_args()
 
     tmp = tempfile.mkdtemp(prefix="spine-bench-")
@@ -227,10 +263,7 @@ def main():
         )
     servers = [
         subprocess.Popen(["mosquitto", "-c", f"{tmp}/mosquitto.conf"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL),
-        subprocess.Popen(
-            ["victoria-metrics", f"-storageDataPath={tmp}/vm", f"-httpListenAddr=127.0.0.1:{vm_port}", "-retentionPeriod=100y",
-             "-search.latencyOffset=0s", "-search.disableCache", "-dedup.minScrapeInterval=1ms"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL),
+        start_vm(tmp, vm_port),
     ]
     vm_url = f"http://127.0.0.1:{vm_port}"
     try:
@@ -277,7 +310,9 @@ bucket = "telemetry"
 batch_max_lines = 5000
 flush_interval_ms = 200
 [http]
-""" + (f'listen = "127.0.0.1:{http_port}"\n' if args.viewer else "enabled = false\n"))
+""" + (f'listen = "127.0.0.1:{http_port}"\n' if args.viewer or args.store_down else "enabled = false\n"))
+        if args.store_down:
+            stop(servers[1])
         gw_time = os.path.join(tmp, "gw.time")
         gw_log = open(os.path.join(tmp, "gw.log"), "w")
         gw_cmd = [args.gateway, "run", "--config", cfg]
@@ -303,6 +338,14 @@ flush_interval_ms = 200
         pubs = publish(mq_port, files)
         got = 0
         deadline = time.time() + 600
+        outage = None
+        if args.store_down:
+            wait_port(http_port)
+            while time.time() < deadline and accepted(f"http://127.0.0.1:{http_port}") < n:
+                time.sleep(0.1)
+            outage = (time.time() - t0, rss_now(gw_pid, "VmHWM"), sampler.anon, sampler.file)
+            servers[1] = start_vm(tmp, vm_port)
+            wait_port(vm_port)
         while time.time() < deadline:
             got = vm_points(vm_url)
             if got >= n:
@@ -334,6 +377,11 @@ flush_interval_ms = 200
         print(f"gateway / mosquitto_sub: rate {t_sub / t_gw:.2f}x, CPU {cpu_gw / cpu_sub:.2f}x")
         print(f"points in VictoriaMetrics: {got} of {n}; series {series} of {SENSORS * len(FIELDS)}, "
               f"counts and sums {'exact' if not problems else 'WRONG'}")
+        if outage:
+            print(f"store down: every reading durable {outage[0]:.2f} s after the first publish "
+                  f"({n / outage[0]:.0f} msg/s); gateway peak RSS up to then {outage[1]:.1f} MiB "
+                  f"(heap {outage[2]:.1f}, the binary's pages {outage[3]:.1f}); the drain after the store came back "
+                  f"is included in the gateway's seconds above")
         if viewer:
             print(f"viewer: {viewer.events} live events, {viewer.polls} /api/sensors polls"
                   + (f", errors: {viewer.errors[:3]}" if viewer.errors else ""))
@@ -347,7 +395,8 @@ flush_interval_ms = 200
         return 0
     finally:
         for s in servers:
-            s.send_signal(signal.SIGTERM)
+            if s.poll() is None:
+                s.send_signal(signal.SIGTERM)
         for s in servers:
             try:
                 s.wait(timeout=15)

@@ -19,7 +19,7 @@ use std::collections::BTreeMap;
 use serde::de;
 use serde_json::Value;
 
-use ioc_model::{FieldValue, InvalidReading, Reading};
+use ioc_model::{FieldRef, FieldValue, InvalidReading, Reading, ReadingBuf, ReadingMut};
 
 /// The unit of a numeric timestamp in a payload (`timestamp_unit` in an input's config).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
@@ -294,10 +294,29 @@ impl<'de> de::Visitor<'de> for Item<'_, '_> {
 }
 
 /// One object: one reading, checked as soon as its closing brace is read.
-fn object<'de, A: de::MapAccess<'de>>(sink: &mut Sink<'_>, mut map: A) -> Result<(), A::Error> {
+fn object<'de, A: de::MapAccess<'de>>(sink: &mut Sink<'_>, map: A) -> Result<(), A::Error> {
     let mapping = sink.mapping;
     let mut reading = Reading::new(mapping.measurement.as_str(), sink.received_ns);
     reading.tags = sink.base_tags();
+    let (timestamp, error) = read_object(mapping, &mut reading, map)?;
+    if sink.error.is_some() {
+        // Only the first refusal is reported; the rest of the payload is read for syntax only.
+        return Ok(());
+    }
+    match finish(mapping, &mut reading, timestamp, error) {
+        Ok(()) => sink.readings.push(reading),
+        Err(e) => sink.refuse(e),
+    }
+    Ok(())
+}
+
+/// Reads one object's keys into `reading`; returns the timestamp value (if the mapping names
+/// one and it is there) and the first value refused, for [`finish`].
+fn read_object<'de, A: de::MapAccess<'de>, R: Record>(
+    mapping: &JsonMapping,
+    reading: &mut R,
+    mut map: A,
+) -> Result<(Option<Value>, Option<JsonError>), A::Error> {
     let mut timestamp: Option<Value> = None;
     let mut error: Option<JsonError> = None;
     while let Some(key) = map.next_key_seed(KeySeed)? {
@@ -308,46 +327,137 @@ fn object<'de, A: de::MapAccess<'de>>(sink: &mut Sink<'_>, mut map: A) -> Result
             map.next_value_seed(Leaf {
                 key: Key::Top(key),
                 mapping,
-                reading: &mut reading,
+                reading: &mut *reading,
                 error: &mut error,
             })?;
         }
     }
-    if sink.error.is_some() {
-        // Only the first refusal is reported; the rest of the payload is read for syntax only.
-        return Ok(());
-    }
-    match finish(mapping, reading, timestamp, error) {
-        Ok(r) => sink.readings.push(r),
-        Err(e) => sink.refuse(e),
-    }
-    Ok(())
+    Ok((timestamp, error))
 }
 
 /// The checks of a whole record, in the order the tree-based decoder made them: timestamp,
 /// numbers, fields present, line protocol.
-fn finish(
+fn finish<R: Record>(
     mapping: &JsonMapping,
-    mut reading: Reading,
+    reading: &mut R,
     timestamp: Option<Value>,
     error: Option<JsonError>,
-) -> Result<Reading, JsonError> {
+) -> Result<(), JsonError> {
     if let Some(field) = &mapping.timestamp_field {
         let value = timestamp.ok_or_else(|| JsonError::MissingTimestamp(field.clone()))?;
-        reading.timestamp_ns =
+        let ns =
             to_nanos(&value, mapping.timestamp_unit).ok_or_else(|| JsonError::BadTimestamp {
                 field: field.clone(),
                 value: truncate(&value.to_string(), 64),
             })?;
+        reading.set_timestamp_ns(ns);
     }
     if let Some(e) = error {
         return Err(e);
     }
-    if reading.fields.is_empty() {
+    if reading.field_count() == 0 {
         return Err(JsonError::NoFields);
     }
-    reading.validate()?;
-    Ok(reading)
+    ioc_model::validate(reading)?;
+    Ok(())
+}
+
+/// Where the parse puts one object's tags and fields: a [`Reading`] (the general path) or a
+/// [`ReadingBuf`] refilled per message (the hot path). An insert of a key already there
+/// replaces its value in both.
+trait Record: ReadingMut {
+    fn put_field(&mut self, key: Key<'_>, value: FieldRef<'_>);
+    fn put_tag(&mut self, key: Key<'_>, value: &str);
+    /// The same, for a value the parse already owns (a string with escapes).
+    fn put_string_field(&mut self, key: Key<'_>, value: String) {
+        self.put_field(key, FieldRef::Str(&value));
+    }
+    fn put_string_tag(&mut self, key: Key<'_>, value: String) {
+        self.put_tag(key, &value);
+    }
+}
+
+impl Record for Reading {
+    fn put_field(&mut self, key: Key<'_>, value: FieldRef<'_>) {
+        self.fields
+            .insert(key.into_string(), value.to_field_value());
+    }
+    fn put_tag(&mut self, key: Key<'_>, value: &str) {
+        self.tags.insert(key.into_string(), value.to_owned());
+    }
+    fn put_string_field(&mut self, key: Key<'_>, value: String) {
+        self.fields
+            .insert(key.into_string(), FieldValue::Str(value));
+    }
+    fn put_string_tag(&mut self, key: Key<'_>, value: String) {
+        self.tags.insert(key.into_string(), value);
+    }
+}
+
+impl Record for ReadingBuf {
+    fn put_field(&mut self, key: Key<'_>, value: FieldRef<'_>) {
+        self.insert_field(key.as_str(), value);
+    }
+    fn put_tag(&mut self, key: Key<'_>, value: &str) {
+        self.insert_tag(key.as_str(), value);
+    }
+}
+
+/// The hot path of [`decode`]: a payload of one object decoded into `buf` (emptied first and
+/// reused from message to message, so nothing is allocated once it has grown), with exactly
+/// the readings and refusals `decode` gives. `None` when the payload is not one object (an
+/// array: one reading per element) or the topic does not fit `topic_tags`: call [`decode`].
+pub fn decode_one_into(
+    mapping: &JsonMapping,
+    topic: &str,
+    payload: &[u8],
+    received_ns: i64,
+    buf: &mut ReadingBuf,
+) -> Option<Result<(), JsonError>> {
+    if payload.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return None;
+    }
+    buf.reset(&mapping.measurement, received_ns);
+    for_each_base_tag(mapping, topic, |k, v| buf.insert_tag(k, v)).ok()?;
+    let mut read = None;
+    let mut de = serde_json::Deserializer::from_slice(payload);
+    let seed = OneObject {
+        mapping,
+        buf: &mut *buf,
+        read: &mut read,
+    };
+    let parsed = de::DeserializeSeed::deserialize(seed, &mut de).and_then(|()| de.end());
+    if let Err(e) = parsed {
+        return Some(Err(JsonError::NotJson(e.to_string())));
+    }
+    // A payload starting with `{` is an object or a syntax error, so `read` is set here.
+    let (timestamp, error) = read?;
+    Some(finish(mapping, buf, timestamp, error))
+}
+
+/// The top level of a payload known to start with `{`, read into a [`ReadingBuf`].
+struct OneObject<'s> {
+    mapping: &'s JsonMapping,
+    buf: &'s mut ReadingBuf,
+    read: &'s mut Option<(Option<Value>, Option<JsonError>)>,
+}
+
+impl<'de> de::DeserializeSeed<'de> for OneObject<'_> {
+    type Value = ();
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> de::Visitor<'de> for OneObject<'_> {
+    type Value = ();
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a JSON object")
+    }
+    fn visit_map<A: de::MapAccess<'de>>(self, map: A) -> Result<(), A::Error> {
+        *self.read = Some(read_object(self.mapping, self.buf, map)?);
+        Ok(())
+    }
 }
 
 /// An object key, borrowed from the payload unless it had escapes.
@@ -410,33 +520,33 @@ impl Key<'_> {
 /// A value under a (flattened) key: a field or a tag if a scalar; nested objects and arrays
 /// are flattened into it (`wind_speed`, `vals_0`); `null` is skipped. Where two values flatten
 /// to the same name, the later one in the payload wins.
-struct Leaf<'r, 'de> {
+struct Leaf<'r, 'de, R> {
     key: Key<'de>,
     mapping: &'r JsonMapping,
-    reading: &'r mut Reading,
+    reading: &'r mut R,
     error: &'r mut Option<JsonError>,
 }
 
-impl Leaf<'_, '_> {
+impl<R: Record> Leaf<'_, '_, R> {
     fn is_tag(&self) -> bool {
         let key = self.key.as_str();
         self.mapping.tag_keys.iter().any(|k| k == key)
     }
 
-    fn put(self, value: FieldValue) {
-        self.reading.fields.insert(self.key.into_string(), value);
+    fn put(self, value: FieldRef<'_>) {
+        self.reading.put_field(self.key, value);
     }
 
-    fn tag(self, value: String) {
-        self.reading.tags.insert(self.key.into_string(), value);
+    fn tag(self, value: &str) {
+        self.reading.put_tag(self.key, value);
     }
 
     fn number(self, n: serde_json::Number) {
         if self.is_tag() {
-            return self.tag(n.to_string());
+            return self.reading.put_string_tag(self.key, n.to_string());
         }
         match n.as_f64() {
-            Some(f) if f.is_finite() => self.put(FieldValue::Float(f)),
+            Some(f) if f.is_finite() => self.put(FieldRef::Float(f)),
             _ => {
                 if self.error.is_none() {
                     *self.error = Some(JsonError::NonFinite {
@@ -448,23 +558,23 @@ impl Leaf<'_, '_> {
     }
 }
 
-impl<'de> de::DeserializeSeed<'de> for Leaf<'_, 'de> {
+impl<'de, R: Record> de::DeserializeSeed<'de> for Leaf<'_, 'de, R> {
     type Value = ();
     fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
         d.deserialize_any(self)
     }
 }
 
-impl<'de> de::Visitor<'de> for Leaf<'_, 'de> {
+impl<'de, R: Record> de::Visitor<'de> for Leaf<'_, 'de, R> {
     type Value = ();
     fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
         f.write_str("any JSON value")
     }
     fn visit_bool<E: de::Error>(self, v: bool) -> Result<(), E> {
         if self.is_tag() {
-            self.tag(v.to_string());
+            self.tag(if v { "true" } else { "false" });
         } else {
-            self.put(FieldValue::Bool(v));
+            self.put(FieldRef::Bool(v));
         }
         Ok(())
     }
@@ -491,17 +601,17 @@ impl<'de> de::Visitor<'de> for Leaf<'_, 'de> {
     }
     fn visit_str<E: de::Error>(self, v: &str) -> Result<(), E> {
         if self.is_tag() {
-            self.tag(v.to_owned());
+            self.tag(v);
         } else {
-            self.put(FieldValue::Str(v.to_owned()));
+            self.put(FieldRef::Str(v));
         }
         Ok(())
     }
     fn visit_string<E: de::Error>(self, v: String) -> Result<(), E> {
         if self.is_tag() {
-            self.tag(v);
+            self.reading.put_string_tag(self.key, v);
         } else {
-            self.put(FieldValue::Str(v));
+            self.reading.put_string_field(self.key, v);
         }
         Ok(())
     }
@@ -541,23 +651,39 @@ pub fn topic_and_static_tags(
     mapping: &JsonMapping,
     topic: &str,
 ) -> Result<BTreeMap<String, String>, JsonError> {
-    let mut tags = mapping.static_tags.clone();
     if mapping.topic_tags.is_empty() {
-        return Ok(tags);
+        return Ok(mapping.static_tags.clone());
     }
-    let levels: Vec<&str> = topic.split('/').collect();
-    if levels.len() < mapping.topic_tags.len() {
+    let mut tags = BTreeMap::new();
+    for_each_base_tag(mapping, topic, |k, v| {
+        tags.insert(k.to_owned(), v.to_owned());
+    })?;
+    Ok(tags)
+}
+
+/// Calls `tag` with the static tags, then with the tags of the topic levels (which replace a
+/// static tag of the same name): the order a map insert must see them in.
+fn for_each_base_tag(
+    mapping: &JsonMapping,
+    topic: &str,
+    mut tag: impl FnMut(&str, &str),
+) -> Result<(), JsonError> {
+    let needed = mapping.topic_tags.len();
+    if needed > 0 && topic.split('/').count() < needed {
         return Err(JsonError::TopicMismatch {
             topic: topic.to_owned(),
-            needed: mapping.topic_tags.len(),
+            needed,
         });
     }
-    for (name, level) in mapping.topic_tags.iter().zip(levels) {
+    for (k, v) in &mapping.static_tags {
+        tag(k, v);
+    }
+    for (name, level) in mapping.topic_tags.iter().zip(topic.split('/')) {
         if let Some(name) = name {
-            tags.insert(name.clone(), level.to_owned());
+            tag(name, level);
         }
     }
-    Ok(tags)
+    Ok(())
 }
 
 /// Flattens nested objects with `_` and arrays by index; leaves scalars as they are.
@@ -581,9 +707,15 @@ pub(crate) fn flatten(key: String, value: Value, out: &mut Vec<(String, Value)>)
 /// A JSON timestamp (integer, decimal with a fraction, or a string holding either) in `unit`, as
 /// nanoseconds, exact to the digits written; `None` if it is not a number or overflows.
 fn to_nanos(value: &Value, unit: TimestampUnit) -> Option<i64> {
-    let text = match value {
-        Value::Number(n) => n.to_string(),
-        Value::String(s) => s.clone(),
+    let mut digits = itoa::Buffer::new();
+    let text: Cow<'_, str> = match value {
+        // Integers (the usual case) as `Display` writes them, without allocating.
+        Value::Number(n) => match (n.as_u64(), n.as_i64()) {
+            (Some(u), _) => Cow::Borrowed(digits.format(u)),
+            (_, Some(i)) => Cow::Borrowed(digits.format(i)),
+            _ => Cow::Owned(n.to_string()),
+        },
+        Value::String(s) => Cow::Borrowed(s),
         _ => return None,
     };
     crate::timefmt::decimal_to_ns(&text, unit.nanos())
@@ -626,6 +758,25 @@ mod tests {
         assert_eq!(r.fields["pm2_5"], FieldValue::Float(12.5));
         assert_eq!(r.fields["humidity"], FieldValue::Float(81.0));
         assert_eq!(r.fields["temperature"], FieldValue::Float(-3.5));
+    }
+
+    #[test]
+    fn the_buffer_path_gives_the_same_reading_and_leaves_arrays_and_short_topics() {
+        let payload = br#"{"ts":1764059400123,"pm2_5":12.5,"pm10":30.25,"temperature":-3.5,"humidity":81,"noise_db":65.1}"#;
+        let mut buf = ReadingBuf::default();
+        let m = env_mapping();
+        let fast = decode_one_into(&m, "city/dong-xoai/env/s-0001", payload, 7, &mut buf);
+        assert_eq!(fast, Some(Ok(())));
+        let general = decode(&m, "city/dong-xoai/env/s-0001", payload, 7).unwrap();
+        assert_eq!(vec![buf.to_reading()], general);
+        assert_eq!(decode_one_into(&m, "city/d", payload, 7, &mut buf), None);
+        let array = br#"[{"ts":1,"v":1}]"#;
+        assert_eq!(decode_one_into(&m, "a/b/c/d", array, 7, &mut buf), None);
+        let bad = decode_one_into(&m, "a/b/c/d", br#"{"ts":1}"#, 7, &mut buf);
+        assert_eq!(
+            bad.map(|r| r.map_err(|e| e.label())),
+            Some(Err("no_fields"))
+        );
     }
 
     #[test]
@@ -766,7 +917,7 @@ mod tests {
                 };
                 reading.fields.insert(key, field);
             }
-            finish(mapping, reading, timestamp, error)
+            finish(mapping, &mut reading, timestamp, error).map(|()| reading)
         };
         match value {
             Value::Object(obj) => Ok(vec![one(obj)?]),
@@ -824,6 +975,43 @@ mod tests {
             let streamed = decode(&m, "city/d/env/s", &payload, 5);
             let tree = tree_decode(&m, "city/d/env/s", &payload, 5);
             proptest::prop_assert!(same(&streamed, &tree), "{}\n{streamed:?}\n{tree:?}", String::from_utf8_lossy(&payload));
+        }
+
+        #[test]
+        fn the_buffer_path_agrees_with_decode(value in any_json(), with_ts in proptest::bool::ANY, static_tag in proptest::bool::ANY) {
+            let mut m = env_mapping();
+            m.tag_keys = vec!["site".into(), "a".into(), "b_0".into()];
+            if !with_ts {
+                m.timestamp_field = None;
+            }
+            if static_tag {
+                m.static_tags = BTreeMap::from([("district".to_owned(), "static".to_owned()), ("city".to_owned(), "dx".to_owned())]);
+            }
+            let payload = serde_json::to_vec(&value).unwrap();
+            // A buffer that held another message first: nothing of it may leak into this one.
+            let mut buf = ReadingBuf::default();
+            let other = br#"{"ts":9,"site":"old","zz":1,"note":"left over"}"#;
+            let _ = decode_one_into(&m, "city/o/env/o", other, 1, &mut buf);
+            let general = decode(&m, "city/d/env/s", &payload, 5);
+            match decode_one_into(&m, "city/d/env/s", &payload, 5, &mut buf) {
+                None => proptest::prop_assert!(payload.first() != Some(&b'{'), "an object left to the general path"),
+                Some(fast) => {
+                    let fast = fast.map(|()| vec![buf.to_reading()]);
+                    proptest::prop_assert!(same(&fast, &general), "{}\n{fast:?}\n{general:?}", String::from_utf8_lossy(&payload));
+                }
+            }
+        }
+
+        #[test]
+        fn the_buffer_path_agrees_on_arbitrary_bytes(mut bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..256)) {
+            bytes.insert(0, b'{');
+            let m = env_mapping();
+            let mut buf = ReadingBuf::default();
+            let general = decode(&m, "city/d/env/s", &bytes, 0);
+            if let Some(fast) = decode_one_into(&m, "city/d/env/s", &bytes, 0, &mut buf) {
+                let fast = fast.map(|()| vec![buf.to_reading()]);
+                proptest::prop_assert!(same(&fast, &general));
+            }
         }
 
         #[test]

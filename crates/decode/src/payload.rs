@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 
-use ioc_model::Reading;
+use ioc_model::{Reading, ReadingBuf};
 use serde::Deserialize;
 
 use crate::csv::{Csv, CsvConfig};
@@ -267,6 +267,27 @@ impl PayloadDecoder {
         &self.json.measurement
     }
 
+    /// [`PayloadDecoder::decode`] into `buf`, a reading reused from message to message, where
+    /// the payload allows it: the plain `json` format (no mapping) and a payload of one object
+    /// (see [`json::decode_one_into`]). The reading in `buf` (on `Some(Ok)`) or the refusal is
+    /// what `decode` would give; `None`: call `decode`.
+    pub fn decode_into(
+        &self,
+        source: &str,
+        payload: &[u8],
+        received_ns: i64,
+        buf: &mut ReadingBuf,
+    ) -> Option<Result<(), Rejection>> {
+        if self.format != PayloadFormat::Json || self.mapping.is_some() {
+            return None;
+        }
+        let decoded = json::decode_one_into(&self.json, source, payload, received_ns, buf)?;
+        Some(decoded.map_err(|e| Rejection {
+            label: e.label(),
+            reason: e.to_string(),
+        }))
+    }
+
     /// Decodes one payload. `source` is the MQTT topic (tags from its levels), or `""` where
     /// there is none; `received_ns` is the time of readings without their own.
     pub fn decode(&self, source: &str, payload: &[u8], received_ns: i64) -> Decoded {
@@ -376,6 +397,36 @@ mod tests {
         assert_eq!(out.readings.len(), 1);
         assert_eq!(out.readings[0].tags["district"], "d1");
         assert_eq!(out.readings[0].tags["sensor_id"], "s7");
+    }
+
+    #[test]
+    fn decode_into_takes_plain_json_objects_only() {
+        let d = PayloadDecoder::new(&spec(PayloadFormat::Json)).unwrap();
+        let mut buf = ReadingBuf::default();
+        let payload = br#"{"pm25": 12.5, "site": "x"}"#;
+        assert_eq!(
+            d.decode_into("city/d1/s7", payload, 1_000, &mut buf),
+            Some(Ok(()))
+        );
+        assert_eq!(
+            vec![buf.to_reading()],
+            d.decode("city/d1/s7", payload, 1_000).readings
+        );
+        let refused = d.decode_into("city/d1/s7", br#"{"pm25": "#, 1_000, &mut buf);
+        assert_eq!(
+            refused.map(|r| r.map_err(|e| e.label)),
+            Some(Err("not_json"))
+        );
+        assert_eq!(
+            d.decode_into("city/d1/s7", br#"[{"pm25": 1}]"#, 1_000, &mut buf),
+            None
+        );
+        let csv = PayloadDecoder::new(&PayloadSpec {
+            topic_tags: None,
+            ..spec(PayloadFormat::Csv)
+        })
+        .unwrap();
+        assert_eq!(csv.decode_into("", b"pm25\n1\n", 4, &mut buf), None);
     }
 
     #[test]

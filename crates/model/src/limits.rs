@@ -1,7 +1,7 @@
 //! Limits against hostile or broken input: a buggy or compromised device must not be able to
 //! flood the IOC store, blow up the gateway's memory, or smear readings across decades.
 //!
-//! [`LimitChecker::check`] runs on every reading that passed [`Reading::validate`], and
+//! [`LimitChecker::check`] runs on every reading that passed [`crate::Reading::validate`], and
 //! enforces, per input:
 //! - the number of fields and tags of one reading,
 //! - the length of names (measurement, tag keys, field keys), of tag values and of string fields,
@@ -21,7 +21,7 @@ use std::sync::Mutex;
 
 use serde::Deserialize;
 
-use crate::{FieldValue, Reading};
+use crate::{FieldRef, ReadingMut, ReadingView};
 
 /// The length of a cardinality window.
 pub const SERIES_WINDOW_NS: i64 = 3_600 * 1_000_000_000;
@@ -324,11 +324,11 @@ pub struct LimitChecker {
 }
 
 /// A hash of measurement + sorted tag set: the identity of a series in the store.
-pub fn series_hash(reading: &Reading) -> u64 {
+pub fn series_hash<R: ReadingView + ?Sized>(reading: &R) -> u64 {
     // SipHash with fixed keys: stable within the process, no allocation.
     let mut h = std::collections::hash_map::DefaultHasher::new();
-    reading.measurement.hash(&mut h);
-    for (k, v) in &reading.tags {
+    reading.measurement().hash(&mut h);
+    for (k, v) in reading.tags() {
         k.hash(&mut h);
         v.hash(&mut h);
     }
@@ -349,10 +349,10 @@ impl LimitChecker {
 
     /// Checks `reading` (already validated, `gateway` tag added) against `input`'s limits at
     /// wall-clock `now_ns`; may clamp its timestamp (then [`Passed::Clamped`]).
-    pub fn check(
+    pub fn check<R: ReadingMut + ?Sized>(
         &self,
         input: &str,
-        reading: &mut Reading,
+        reading: &mut R,
         now_ns: i64,
     ) -> Result<Passed, LimitViolation> {
         self.check_clock(input, reading, now_ns, true)
@@ -362,10 +362,10 @@ impl LimitChecker {
     /// `clock_trusted == false` (the box's clock is not synchronised) the past/future window is
     /// not applied, so a correctly stamped device reading is never refused or clamped because
     /// the box's own clock is wrong. Every other limit applies.
-    pub fn check_clock(
+    pub fn check_clock<R: ReadingMut + ?Sized>(
         &self,
         input: &str,
-        reading: &mut Reading,
+        reading: &mut R,
         now_ns: i64,
         clock_trusted: bool,
     ) -> Result<Passed, LimitViolation> {
@@ -373,23 +373,23 @@ impl LimitChecker {
         self.check_values(&values, input, reading, now_ns, clock_trusted)
     }
 
-    fn check_values(
+    fn check_values<R: ReadingMut + ?Sized>(
         &self,
         v: &LimitValues,
         input: &str,
-        reading: &mut Reading,
+        reading: &mut R,
         now_ns: i64,
         clock_trusted: bool,
     ) -> Result<Passed, LimitViolation> {
-        if reading.fields.len() > v.max_fields {
+        if reading.field_count() > v.max_fields {
             return Err(LimitViolation::TooManyFields {
-                count: reading.fields.len(),
+                count: reading.field_count(),
                 limit: v.max_fields,
             });
         }
-        if reading.tags.len() > v.max_tags {
+        if reading.tag_count() > v.max_tags {
             return Err(LimitViolation::TooManyTags {
-                count: reading.tags.len(),
+                count: reading.tag_count(),
                 limit: v.max_tags,
             });
         }
@@ -401,29 +401,29 @@ impl LimitChecker {
                 start: s.chars().take(32).collect(),
             })
         };
-        if let Some(e) = long_name("measurement", &reading.measurement) {
+        if let Some(e) = long_name("measurement", reading.measurement()) {
             return Err(e);
         }
-        for (key, value) in &reading.tags {
+        for (key, value) in reading.tags() {
             if let Some(e) = long_name("tag key", key) {
                 return Err(e);
             }
             if value.len() > v.max_tag_value_len {
                 return Err(LimitViolation::TagValueTooLong {
-                    key: key.clone(),
+                    key: key.to_owned(),
                     len: value.len(),
                     limit: v.max_tag_value_len,
                 });
             }
         }
-        for (key, value) in &reading.fields {
+        for (key, value) in reading.fields() {
             if let Some(e) = long_name("field key", key) {
                 return Err(e);
             }
-            if let FieldValue::Str(s) = value {
+            if let FieldRef::Str(s) = value {
                 if s.len() > v.max_string_field_len {
                     return Err(LimitViolation::StringFieldTooLong {
-                        key: key.clone(),
+                        key: key.to_owned(),
                         len: s.len(),
                         limit: v.max_string_field_len,
                     });
@@ -434,7 +434,7 @@ impl LimitChecker {
         let mut passed = Passed::Unchanged;
         let earliest = now_ns.saturating_sub(secs_to_ns(v.max_past_s));
         let latest = now_ns.saturating_add(secs_to_ns(v.max_future_s));
-        let ts = reading.timestamp_ns;
+        let ts = reading.timestamp_ns();
         if clock_trusted && (ts < earliest || ts > latest) {
             match v.timestamp_policy {
                 TimestampPolicy::Reject if ts < earliest => {
@@ -450,7 +450,7 @@ impl LimitChecker {
                     })
                 }
                 TimestampPolicy::Clamp => {
-                    reading.timestamp_ns = ts.clamp(earliest, latest);
+                    reading.set_timestamp_ns(ts.clamp(earliest, latest));
                     passed = Passed::Clamped { from_ns: ts };
                 }
             }
@@ -498,12 +498,12 @@ impl LimitChecker {
 }
 
 /// The `sensor_id` tag, or the series (measurement and tags, shortened) when there is none.
-pub fn sensor_of(reading: &Reading) -> String {
-    if let Some(id) = reading.tags.get("sensor_id") {
+pub fn sensor_of<R: ReadingView + ?Sized>(reading: &R) -> String {
+    if let Some(id) = reading.tag_value("sensor_id") {
         return id.chars().take(128).collect();
     }
-    let mut s = reading.measurement.chars().take(64).collect::<String>();
-    for (k, v) in reading.tags.iter().filter(|(k, _)| *k != "gateway").take(8) {
+    let mut s = reading.measurement().chars().take(64).collect::<String>();
+    for (k, v) in reading.tags().filter(|(k, _)| *k != "gateway").take(8) {
         s.push(',');
         s.extend(k.chars().take(32));
         s.push('=');

@@ -26,7 +26,7 @@
 //! round-tripping ones, laid out here exactly as `Display`/`LowerExp` would (a test compares the
 //! two over millions of values).
 
-use crate::{FieldValue, Reading};
+use crate::{FieldRef, Reading, ReadingView};
 
 /// Which dialect of line protocol to write.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -40,24 +40,26 @@ pub enum Flavor {
     V1,
 }
 
-/// Appends `reading` as one line of line protocol, terminated by `\n`, to `out`.
+/// Appends `reading` (a [`Reading`] or any other [`ReadingView`]) as one line of line protocol,
+/// terminated by `\n`, to `out`.
 ///
 /// The reading must have passed [`Reading::validate`]; for a reading that did not, the output is
 /// unspecified (but this never panics in release builds).
-pub fn encode(reading: &Reading, flavor: Flavor, out: &mut Vec<u8>) {
+pub fn encode<R: ReadingView + ?Sized>(reading: &R, flavor: Flavor, out: &mut Vec<u8>) {
     debug_assert!(
-        reading.validate().is_ok(),
-        "encoding an invalid reading: {reading:?}"
+        crate::validate(reading).is_ok(),
+        "encoding an invalid reading of {:?}",
+        reading.measurement()
     );
-    escape_into(out, &reading.measurement, is_measurement_special);
-    for (key, value) in &reading.tags {
+    escape_into(out, reading.measurement(), is_measurement_special);
+    for (key, value) in reading.tags() {
         out.push(b',');
         escape_into(out, key, is_name_special);
         out.push(b'=');
         escape_into(out, value, is_name_special);
     }
     let mut separator = b' ';
-    for (key, value) in &reading.fields {
+    for (key, value) in reading.fields() {
         out.push(separator);
         separator = b',';
         escape_into(out, key, is_name_special);
@@ -65,7 +67,11 @@ pub fn encode(reading: &Reading, flavor: Flavor, out: &mut Vec<u8>) {
         encode_value(value, flavor, out);
     }
     out.push(b' ');
-    out.extend_from_slice(itoa::Buffer::new().format(reading.timestamp_ns).as_bytes());
+    out.extend_from_slice(
+        itoa::Buffer::new()
+            .format(reading.timestamp_ns())
+            .as_bytes(),
+    );
     out.push(b'\n');
 }
 
@@ -106,29 +112,29 @@ fn escape_into(out: &mut Vec<u8>, text: &str, special: impl Fn(u8) -> bool) {
     out.extend_from_slice(&bytes[start..]);
 }
 
-fn encode_value(value: &FieldValue, flavor: Flavor, out: &mut Vec<u8>) {
+fn encode_value(value: FieldRef<'_>, flavor: Flavor, out: &mut Vec<u8>) {
     match value {
-        FieldValue::Float(v) => encode_float(*v, out),
-        FieldValue::Int(v) => {
-            out.extend_from_slice(itoa::Buffer::new().format(*v).as_bytes());
+        FieldRef::Float(v) => encode_float(v, out),
+        FieldRef::Int(v) => {
+            out.extend_from_slice(itoa::Buffer::new().format(v).as_bytes());
             out.push(b'i');
         }
-        FieldValue::UInt(v) => match flavor {
+        FieldRef::UInt(v) => match flavor {
             Flavor::V2 => {
-                out.extend_from_slice(itoa::Buffer::new().format(*v).as_bytes());
+                out.extend_from_slice(itoa::Buffer::new().format(v).as_bytes());
                 out.push(b'u');
             }
-            Flavor::V1 => match i64::try_from(*v) {
+            Flavor::V1 => match i64::try_from(v) {
                 Ok(signed) => {
                     out.extend_from_slice(itoa::Buffer::new().format(signed).as_bytes());
                     out.push(b'i');
                 }
                 // Documented precision loss: InfluxDB 1.x has no integer type that holds it.
-                Err(_) => encode_float(*v as f64, out),
+                Err(_) => encode_float(v as f64, out),
             },
         },
-        FieldValue::Bool(v) => out.extend_from_slice(if *v { b"true" } else { b"false" }),
-        FieldValue::Str(s) => {
+        FieldRef::Bool(v) => out.extend_from_slice(if v { b"true" } else { b"false" }),
+        FieldRef::Str(s) => {
             out.push(b'"');
             escape_into(out, s, is_string_value_special);
             out.push(b'"');
@@ -314,6 +320,7 @@ fn parse_exponent(text: &[u8]) -> i32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::FieldValue;
 
     fn line(reading: &Reading, flavor: Flavor) -> String {
         let mut out = Vec::new();

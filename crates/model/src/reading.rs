@@ -9,6 +9,8 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
+use crate::view::{FieldRef, ReadingView};
+
 /// The value of one field. Line protocol distinguishes these five kinds.
 #[derive(Debug, Clone, PartialEq)]
 pub enum FieldValue {
@@ -165,61 +167,70 @@ impl Reading {
         self
     }
 
-    /// Checks that line protocol can carry this reading exactly.
+    /// Checks that line protocol can carry this reading exactly (see [`validate`]).
     pub fn validate(&self) -> Result<(), InvalidReading> {
-        if self.measurement.is_empty() {
-            return Err(InvalidReading::EmptyMeasurement);
+        validate(self)
+    }
+}
+
+/// Checks that line protocol can carry `reading` exactly: the rules of [`Reading::validate`],
+/// for any shape of reading.
+pub fn validate<R: ReadingView + ?Sized>(reading: &R) -> Result<(), InvalidReading> {
+    let measurement = reading.measurement();
+    if measurement.is_empty() {
+        return Err(InvalidReading::EmptyMeasurement);
+    }
+    check_name("measurement", measurement)?;
+    if measurement.starts_with('#') {
+        // A line starting with '#' is a comment: the store would drop it silently.
+        return Err(InvalidReading::CommentMeasurement {
+            name: measurement.to_owned(),
+        });
+    }
+    for (key, value) in reading.tags() {
+        if key.is_empty() {
+            return Err(InvalidReading::EmptyTagKey);
         }
-        check_name("measurement", &self.measurement)?;
-        if self.measurement.starts_with('#') {
-            // A line starting with '#' is a comment: the store would drop it silently.
-            return Err(InvalidReading::CommentMeasurement {
-                name: self.measurement.clone(),
+        if RESERVED_KEYS.contains(&key) {
+            return Err(InvalidReading::ReservedKey {
+                what: "tag key",
+                key: key.to_owned(),
             });
         }
-        for (key, value) in &self.tags {
-            if key.is_empty() {
-                return Err(InvalidReading::EmptyTagKey);
-            }
-            if RESERVED_KEYS.contains(&key.as_str()) {
-                return Err(InvalidReading::ReservedKey {
-                    what: "tag key",
-                    key: key.clone(),
-                });
-            }
-            check_name("tag key", key)?;
-            if value.is_empty() {
-                return Err(InvalidReading::EmptyTagValue { key: key.clone() });
-            }
-            check_name("tag value", value)?;
+        check_name("tag key", key)?;
+        if value.is_empty() {
+            return Err(InvalidReading::EmptyTagValue {
+                key: key.to_owned(),
+            });
         }
-        if self.fields.is_empty() {
-            return Err(InvalidReading::NoFields);
-        }
-        for (key, value) in &self.fields {
-            if key.is_empty() {
-                return Err(InvalidReading::EmptyFieldKey);
-            }
-            if RESERVED_KEYS.contains(&key.as_str()) {
-                return Err(InvalidReading::ReservedKey {
-                    what: "field key",
-                    key: key.clone(),
-                });
-            }
-            check_name("field key", key)?;
-            match value {
-                FieldValue::Float(v) if !v.is_finite() => {
-                    return Err(InvalidReading::NonFinite {
-                        field: key.clone(),
-                        value: *v,
-                    })
-                }
-                FieldValue::Str(s) => check_text("string field", s)?,
-                _ => {}
-            }
-        }
-        Ok(())
+        check_name("tag value", value)?;
     }
+    if reading.field_count() == 0 {
+        return Err(InvalidReading::NoFields);
+    }
+    for (key, value) in reading.fields() {
+        if key.is_empty() {
+            return Err(InvalidReading::EmptyFieldKey);
+        }
+        if RESERVED_KEYS.contains(&key) {
+            return Err(InvalidReading::ReservedKey {
+                what: "field key",
+                key: key.to_owned(),
+            });
+        }
+        check_name("field key", key)?;
+        match value {
+            FieldRef::Float(v) if !v.is_finite() => {
+                return Err(InvalidReading::NonFinite {
+                    field: key.to_owned(),
+                    value: v,
+                })
+            }
+            FieldRef::Str(s) => check_text("string field", s)?,
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

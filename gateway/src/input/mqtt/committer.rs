@@ -9,7 +9,9 @@
 //! Per group (everything waiting, up to [`GROUP_MAX`] messages or [`GROUP_MAX_BYTES`] of payload):
 //! 1. each message is decoded with **its own receipt time** (stamped by the connection when the
 //!    packet was read), and readings stamped with it are kept ≥ 1 ms apart per series by the
-//!    shared [`crate::spacer::SeriesSpacer`]; device timestamps are never changed;
+//!    shared [`crate::spacer::SeriesSpacer`]; device timestamps are never changed. A plain JSON
+//!    object (the usual message) is decoded into one reused [`ReadingBuf`] and encoded from it,
+//!    with the same checks as a [`crate::model::Reading`] gets but nothing allocated per message;
 //! 2. readings are encoded (validated, `[limits]`) into line protocol, cut into appends of at most
 //!    [`APPEND_MAX_BYTES`] at message boundaries; an append the buffer refuses as too large is
 //!    split in halves down to single messages, and only a message that can never be stored is
@@ -33,8 +35,8 @@ use crate::aggregate::Aggregator;
 use crate::backoff::Backoff;
 use crate::buffer::BufferError;
 use crate::decode::payload::PayloadDecoder;
-use crate::model::Priority;
-use crate::pipeline::{count_rejected, Ingest};
+use crate::model::{Priority, ReadingBuf};
+use crate::pipeline::{count_rejected, ClockNow, Ingest};
 use crate::spacer::SeriesSpacer;
 
 /// Messages committed together at most (one buffer append, one fsync).
@@ -69,6 +71,8 @@ pub struct Committer {
     pub ingest: Ingest,
     pub aggregation: Option<Aggregation>,
     pub spacer: SeriesSpacer,
+    /// The reading every plain JSON message is decoded into, reused (see [`encode_in_place`]).
+    pub reading: ReadingBuf,
 }
 
 impl Committer {
@@ -90,6 +94,7 @@ impl Committer {
             ingest,
             aggregation,
             spacer: SeriesSpacer::default(),
+            reading: ReadingBuf::default(),
         })
     }
 }
@@ -251,6 +256,8 @@ async fn process_group(
 ) -> Result<(), Stop> {
     let mut pending = Pending::default();
     let mut raw = Vec::new();
+    // One clock read judges the whole group's readings against `[limits]` (it takes a lock).
+    let clock = ClockNow::read();
     for msg in group.drain(..) {
         let pkid = (msg.qos != QoS::AtMostOnce).then_some(msg.pkid);
         let payload = msg.payload.len();
@@ -260,6 +267,9 @@ async fn process_group(
                 tracing::warn!(topic = %msg.topic, bytes = payload, limit = c.max_payload,
                     "message rejected: payload larger than max_payload_bytes");
             }
+        } else if c.aggregation.is_none() && encode_in_place(c, &msg, clock, &mut pending, limiter)
+        {
+            // The usual message (a JSON object) went straight into the line protocol.
         } else {
             let decoded = c.decoder.decode(&msg.topic, &msg.payload, msg.received_ns);
             let mut readings = decoded.readings;
@@ -284,15 +294,8 @@ async fn process_group(
                     }
                 }
             }
-            for crate::decode::payload::Rejection {
-                label,
-                reason: message,
-            } in decoded.rejected
-            {
-                count_rejected(&c.name, label);
-                if limiter.allow() {
-                    tracing::warn!(topic = %msg.topic, reason = label, "message rejected: {message}");
-                }
+            for rejection in decoded.rejected {
+                note_rejection(&c.name, &msg.topic, rejection, limiter);
             }
         }
         pending.spans.push(Span {
@@ -333,6 +336,52 @@ async fn process_group(
     }
     report(done, &pending.spans).await;
     Ok(())
+}
+
+/// The hot path of a message without aggregation: decoded into the committer's reused
+/// [`ReadingBuf`] and encoded from it, with the same checks, spacing and refusals as the
+/// general path but no reading allocated. False (nothing done) where the payload needs the
+/// general path (another format, a mapping, an array of objects).
+fn encode_in_place(
+    c: &mut Committer,
+    msg: &Inbound,
+    clock: ClockNow,
+    pending: &mut Pending,
+    limiter: &mut crate::loglimit::LogLimiter,
+) -> bool {
+    let buf = &mut c.reading;
+    match c
+        .decoder
+        .decode_into(&msg.topic, &msg.payload, msg.received_ns, buf)
+    {
+        None => return false,
+        Some(Ok(())) => {
+            let one = std::slice::from_mut(buf);
+            c.spacer.space_receipt_stamped(one, msg.received_ns);
+            pending.lines += c
+                .ingest
+                .encode_slice_at(&c.name, one, clock, &mut pending.lp);
+        }
+        Some(Err(rejection)) => note_rejection(&c.name, &msg.topic, rejection, limiter),
+    }
+    true
+}
+
+/// Counts and (rate-limited) logs a message or part of one the decoder refused.
+fn note_rejection(
+    input: &str,
+    topic: &str,
+    rejection: crate::decode::payload::Rejection,
+    limiter: &mut crate::loglimit::LogLimiter,
+) {
+    let crate::decode::payload::Rejection {
+        label,
+        reason: message,
+    } = rejection;
+    count_rejected(input, label);
+    if limiter.allow() {
+        tracing::warn!(topic = %topic, reason = label, "message rejected: {message}");
+    }
 }
 
 /// Makes `pending` durable: one append if it fits, else halves down to single messages.

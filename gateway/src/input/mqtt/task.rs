@@ -8,7 +8,7 @@
 //!
 //! - **Reads** take whatever the socket has (up to [`READ_CHUNK`] per call), and every complete
 //!   packet in it is decoded at once: many packets per syscall. Each PUBLISH is stamped with its
-//!   receipt time here.
+//!   receipt time here: the time the read that completed it returned.
 //! - **Writes**: every packet the session emits in one step is encoded into one buffer and
 //!   written with as few syscalls as the socket allows: the PUBACKs of a whole commit group leave
 //!   in one write. Writing is a `select!` branch too, so a broker that stops reading cannot wedge
@@ -224,6 +224,10 @@ async fn serve(
     session.set_filters(filters, Instant::now());
     let mut filters_open = true;
     let mut pending = session.connect(Instant::now());
+    // When the latest read returned: the receipt time of every packet it completed (one clock
+    // read per read syscall, not per message; a packet decoded later because reads were paused
+    // was still received then).
+    let mut read_ns = crate::clock::now_ns();
     loop {
         // Carry out what the session asked for; decode what is buffered while it wants more.
         loop {
@@ -242,7 +246,7 @@ async fn serve(
                             qos: d.publish.qos,
                             topic: d.publish.topic,
                             payload: d.publish.payload,
-                            received_ns: crate::clock::now_ns(),
+                            received_ns: read_ns,
                         };
                         let sent = match handoff {
                             Some(h) => h.try_send(inbound).is_ok(),
@@ -321,7 +325,7 @@ async fn serve(
             },
             r = rd.read_buf(&mut rbuf), if reading => match r {
                 Ok(0) => return Ended::Lost("broker closed the connection".into()),
-                Ok(_) => {}
+                Ok(_) => read_ns = crate::clock::now_ns(),
                 Err(e) => return Ended::Lost(format!("broker connection lost: {e}")),
             },
             _ = tick.tick() => pending = session.tick(Instant::now()),
