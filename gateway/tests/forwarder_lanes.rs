@@ -129,9 +129,13 @@ async fn normal_data_keeps_a_share_under_an_urgent_backlog() {
     assert!(all, "everything stored; requests {order}");
     let first_normal = order.find('n').unwrap();
     let last_urgent = order.rfind('u').unwrap();
+    // Normal's turn comes after URGENT_STREAK_MAX urgent batches; the forwarder waits only
+    // 50 ms for that normal batch to be read (urgent data is not held up for it), so on a
+    // loaded machine the turn can pass once more. Without the share the first normal batch
+    // would come after all 20 urgent ones.
     assert!(
-        first_normal <= URGENT_STREAK_MAX as usize + 1,
-        "a normal batch after at most {URGENT_STREAK_MAX} urgent ones: {order}"
+        first_normal <= 2 * URGENT_STREAK_MAX as usize + 1,
+        "a normal batch after at most {URGENT_STREAK_MAX} urgent ones (twice that on a loaded machine): {order}"
     );
     assert!(first_normal < last_urgent, "{order}");
     eprintln!("forwarder lanes: request order {order}");
