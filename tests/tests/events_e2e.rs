@@ -74,7 +74,7 @@ fn start_gateway(broker: &Mosquitto, inputs: &[Input], output: &str) -> Gateway 
     std::fs::create_dir_all(&data_dir).unwrap();
     let http_port = free_port();
     let mut text = format!(
-        "# written by tests/tests/events_e2e.rs\n[gateway]\nid = \"{GATEWAY_ID}\"\ndata_dir = \"{}\"\n\n",
+        "# written by tests/tests/events_e2e.rs\n[gateway]\nid = \"{GATEWAY_ID}\"\ndata_dir = \"{}\"\n# the buffer holds exactly what the test sent (no health readings)\nhealth_interval_s = 0\n\n",
         data_dir.display()
     );
     for input in inputs {

@@ -177,7 +177,8 @@ impl InfluxSinkConfig {
     /// (connect) and 30 s (request), backoff from 500 ms up to 30 s.
     pub fn new(url: impl Into<String>, api: Api, dead_letter_dir: impl Into<PathBuf>) -> Self {
         InfluxSinkConfig {
-            output: crate::config::DEFAULT_OUTPUT.to_owned(),
+            // The name of the single `[output.influxdb]` (config::DEFAULT_OUTPUT is this one).
+            output: crate::buffer::DEFAULT_CONSUMER.to_owned(),
             url: url.into(),
             fallback_urls: Vec::new(),
             api,
