@@ -96,6 +96,18 @@ fn write_config(sections: &str) -> GatewayConfig {
 }
 
 /// Writes the config and starts the gateway.
+/// Waits (10 s at most) for the first write the store accepts through `proxy`.
+fn assert_a_write_reaches_the_store(proxy: &FaultProxy, gateway: &Gateway) {
+    assert!(
+        wait_until(Duration::from_secs(10), || proxy
+            .requests()
+            .iter()
+            .any(|r| r.status == Some(204))),
+        "no write reached the store: {}",
+        gateway.process.log_tail(20)
+    );
+}
+
 fn start_gateway(sections: &str) -> Gateway {
     let config = write_config(sections);
     let process = GatewayProcess::spawn(&config.path).unwrap();
@@ -109,19 +121,8 @@ fn start_gateway(sections: &str) -> Gateway {
 
 /// The `[[inputs.mqtt]]` section of the MQTT tests: `{"ts":<ms>,"v":<i>}` → `<measurement>_v`.
 fn mqtt_input(broker: &Mosquitto, measurement: &str) -> String {
-    format!(
-        r#"[[inputs.mqtt]]
-url = "{}"
-client_id = "{GATEWAY_ID}"
-topics = ["{FILTER}"]
-qos = 1
-measurement = "{measurement}"
-topic_tags = "_/district/_/sensor_id"
-timestamp_field = "ts"
-timestamp_unit = "ms"
-"#,
-        broker.url()
-    )
+    // The env input on FILTER (`city/+/env/+`).
+    ioc_e2e::gateway_toml::env_input(&broker.url(), GATEWAY_ID, measurement)
 }
 
 /// `GET http://127.0.0.1:<port><path>` → (status, body).
@@ -577,14 +578,7 @@ fn store_500_then_429_then_hang_is_retried_with_backoff_and_nothing_is_lost() {
         Arc::clone(&published),
     );
     // A first batch goes through normally.
-    assert!(
-        wait_until(Duration::from_secs(10), || proxy
-            .requests()
-            .iter()
-            .any(|r| r.status == Some(204))),
-        "no write reached the store: {}",
-        gateway.process.log_tail(20)
-    );
+    assert_a_write_reaches_the_store(&proxy, &gateway);
     let phases = [
         (
             "500",
@@ -1357,14 +1351,7 @@ fn store_answering_429_retry_after_2_for_30_s_is_obeyed_without_a_storm_and_noth
         Arc::clone(&stop),
         Arc::clone(&published),
     );
-    assert!(
-        wait_until(Duration::from_secs(10), || proxy
-            .requests()
-            .iter()
-            .any(|r| r.status == Some(204))),
-        "no write reached the store: {}",
-        gateway.process.log_tail(20)
-    );
+    assert_a_write_reaches_the_store(&proxy, &gateway);
     std::thread::sleep(Duration::from_secs(1));
 
     // The store sheds load for 30 s; readings keep coming.
