@@ -120,6 +120,20 @@ fn check_text(what: &'static str, text: &str) -> Result<(), InvalidReading> {
     Ok(())
 }
 
+/// A tag or field key (`what`): not empty (else `empty`), not reserved, a valid name.
+fn check_key(what: &'static str, key: &str, empty: InvalidReading) -> Result<(), InvalidReading> {
+    if key.is_empty() {
+        return Err(empty);
+    }
+    if RESERVED_KEYS.contains(&key) {
+        return Err(InvalidReading::ReservedKey {
+            what,
+            key: key.to_owned(),
+        });
+    }
+    check_name(what, key)
+}
+
 /// Names (measurement, tag keys and values, field keys) are escaped with backslashes in line
 /// protocol. A literal backslash right before a character that gets escaped, or at the very end,
 /// is read back differently by InfluxDB 1.x and 2.x/3.x parsers, so it is refused.
@@ -188,16 +202,7 @@ pub fn validate<R: ReadingView + ?Sized>(reading: &R) -> Result<(), InvalidReadi
         });
     }
     for (key, value) in reading.tags() {
-        if key.is_empty() {
-            return Err(InvalidReading::EmptyTagKey);
-        }
-        if RESERVED_KEYS.contains(&key) {
-            return Err(InvalidReading::ReservedKey {
-                what: "tag key",
-                key: key.to_owned(),
-            });
-        }
-        check_name("tag key", key)?;
+        check_key("tag key", key, InvalidReading::EmptyTagKey)?;
         if value.is_empty() {
             return Err(InvalidReading::EmptyTagValue {
                 key: key.to_owned(),
@@ -209,16 +214,7 @@ pub fn validate<R: ReadingView + ?Sized>(reading: &R) -> Result<(), InvalidReadi
         return Err(InvalidReading::NoFields);
     }
     for (key, value) in reading.fields() {
-        if key.is_empty() {
-            return Err(InvalidReading::EmptyFieldKey);
-        }
-        if RESERVED_KEYS.contains(&key) {
-            return Err(InvalidReading::ReservedKey {
-                what: "field key",
-                key: key.to_owned(),
-            });
-        }
-        check_name("field key", key)?;
+        check_key("field key", key, InvalidReading::EmptyFieldKey)?;
         match value {
             FieldRef::Float(v) if !v.is_finite() => {
                 return Err(InvalidReading::NonFinite {
