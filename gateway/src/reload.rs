@@ -7,6 +7,7 @@
 //! running on the old one and says why) when it is invalid or changes what only a restart can
 //! change:
 //! - `[gateway] data_dir` and `[buffer]`: the buffer is the one thing a reload keeps open;
+//! - `[gateway] worker_threads`: the runtime everything runs on;
 //! - `[http]`: the status server keeps its socket and its observers.
 //!
 //! Everything else is applied in place by [`crate::app`]: the output is rebuilt (its secrets
@@ -22,6 +23,9 @@ pub fn fixed_changes(old: &Config, new: &Config) -> Vec<&'static str> {
     let mut out = Vec::new();
     if old.gateway.data_dir != new.gateway.data_dir {
         out.push("gateway.data_dir");
+    }
+    if old.gateway.worker_threads != new.gateway.worker_threads {
+        out.push("gateway.worker_threads");
     }
     if debug(&old.buffer) != debug(&new.buffer) {
         out.push("buffer");
@@ -88,6 +92,9 @@ measurement = "m"
         let mut moved = config("");
         moved.gateway.data_dir = "/tmp/y".into();
         assert_eq!(fixed_changes(&old, &moved), ["gateway.data_dir"]);
+        let mut threads = config("");
+        threads.gateway.worker_threads = 2;
+        assert_eq!(fixed_changes(&old, &threads), ["gateway.worker_threads"]);
     }
 
     #[test]

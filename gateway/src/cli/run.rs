@@ -48,7 +48,9 @@ fn run(path: &Path) -> anyhow::Result<()> {
     }
     // Before anything records a metric (buffer recovery does).
     crate::http::install_metrics_recorder();
-    let runtime = runtime::build(Kind::Gateway)?;
+    let runtime = runtime::build(Kind::Gateway {
+        workers: config.gateway.worker_threads,
+    })?;
     let path = path.to_path_buf();
     runtime.block_on(async move {
         let shutdown = crate::shutdown::Shutdown::new();

@@ -1,21 +1,20 @@
 //! The one place the binary builds its async runtime.
 //!
 //! The one-shot commands (`status`, `probe`) wait on a single future and need no worker
-//! threads; `run` carries inputs, the forwarder and the HTTP API at once and gets two workers
-//! (the gateways this is built for have two cores).
+//! threads; `run` carries inputs, the forwarder and the HTTP API at once on a multi-thread
+//! runtime with `[gateway] worker_threads` workers (one by default: see
+//! [`crate::config::GatewayConfig::worker_threads`]), so blocking work handed to
+//! `spawn_blocking` never holds up the inputs.
 
 use tokio::runtime::{Builder, Runtime};
-
-/// Worker threads of the gateway's runtime.
-const GATEWAY_WORKER_THREADS: usize = 2;
 
 /// Which runtime a subcommand needs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
     /// One thread, the caller's: for a command that blocks on one future.
     CurrentThread,
-    /// The running gateway: a multi-thread runtime with two workers.
-    Gateway,
+    /// The running gateway: a multi-thread runtime with this many workers.
+    Gateway { workers: usize },
 }
 
 /// The runtime could not be started.
@@ -48,10 +47,10 @@ fn limit_malloc_arenas() {
 pub fn build(kind: Kind) -> Result<Runtime, RuntimeError> {
     let mut builder = match kind {
         Kind::CurrentThread => Builder::new_current_thread(),
-        Kind::Gateway => {
+        Kind::Gateway { workers } => {
             limit_malloc_arenas();
             let mut builder = Builder::new_multi_thread();
-            builder.worker_threads(GATEWAY_WORKER_THREADS);
+            builder.worker_threads(workers.max(1));
             builder
         }
     };
@@ -70,11 +69,13 @@ mod tests {
             current.handle().runtime_flavor(),
             RuntimeFlavor::CurrentThread
         );
-        let gateway = build(Kind::Gateway).unwrap();
-        assert_eq!(
-            gateway.handle().runtime_flavor(),
-            RuntimeFlavor::MultiThread
-        );
-        assert_eq!(gateway.metrics().num_workers(), GATEWAY_WORKER_THREADS);
+        for workers in [1, 2] {
+            let gateway = build(Kind::Gateway { workers }).unwrap();
+            assert_eq!(
+                gateway.handle().runtime_flavor(),
+                RuntimeFlavor::MultiThread
+            );
+            assert_eq!(gateway.metrics().num_workers(), workers);
+        }
     }
 }

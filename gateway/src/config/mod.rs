@@ -65,11 +65,26 @@ pub struct GatewayConfig {
     /// `ioc_gateway` through the buffer and outputs (see `crate::fleet_health`); 0 turns it off.
     #[serde(default = "default_health_interval_s")]
     pub health_interval_s: u64,
+    /// Threads of the async runtime that carries inputs, decoding, the forwarder and the HTTP
+    /// API (the buffer's disk writes have a thread of their own either way). One is the
+    /// default: on a two-core box a second worker mostly hands tasks back and forth between
+    /// the cores, which cost a third of the gateway's CPU at a full MQTT burst
+    /// (`tests/bench/spine_bench.py`, README "Performance"), and one worker decodes well over
+    /// 100,000 messages a second. Only a restart changes it.
+    #[serde(default = "default_worker_threads")]
+    pub worker_threads: usize,
 }
 
 fn default_health_interval_s() -> u64 {
     60
 }
+
+fn default_worker_threads() -> usize {
+    1
+}
+
+/// Most runtime workers a config may ask for.
+pub const WORKER_THREADS_MAX: usize = 64;
 
 impl GatewayConfig {
     /// Checks the id; the error's key is relative to `[gateway]`.
@@ -81,6 +96,15 @@ impl GatewayConfig {
             return Err((
                 "id".into(),
                 "must not contain control characters or backslashes".into(),
+            ));
+        }
+        if !(1..=WORKER_THREADS_MAX).contains(&self.worker_threads) {
+            return Err((
+                "worker_threads".into(),
+                format!(
+                    "must be 1 to {WORKER_THREADS_MAX} (got {})",
+                    self.worker_threads
+                ),
             ));
         }
         Ok(())

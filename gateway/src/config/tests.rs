@@ -88,6 +88,26 @@ fn semantic_errors_name_line_and_key() {
 }
 
 #[test]
+fn worker_threads_defaults_to_one_and_is_bounded() {
+    let config = Config::parse(Path::new("gw.toml"), GOOD).unwrap();
+    assert_eq!(config.gateway.worker_threads, 1);
+    let two = GOOD.replace("data_dir = ", "worker_threads = 2\ndata_dir = ");
+    let config = Config::parse(Path::new("gw.toml"), &two).unwrap();
+    assert_eq!(config.gateway.worker_threads, 2);
+    for bad in ["0", "65"] {
+        let text = GOOD.replace(
+            "data_dir = ",
+            &format!("worker_threads = {bad}\ndata_dir = "),
+        );
+        let e = err(&text);
+        assert!(
+            e.starts_with("gw.toml:4: key `gateway.worker_threads`: must be 1 to 64"),
+            "{e}"
+        );
+    }
+}
+
+#[test]
 fn syntax_error_is_located() {
     let e = err(&GOOD.replace("qos = 1", "qos = = 1"));
     assert!(e.starts_with("gw.toml:10:"), "{e}");
