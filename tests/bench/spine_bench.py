@@ -20,6 +20,9 @@ Usage: python3 tests/bench/spine_bench.py [--messages 200000] [--gateway target/
                           the store is started again on the same data and the drain is timed and
                           checked as usual)
 
+The gateway runs with its HTTP API on, as deployed; its /metrics is read once after the run for
+the number of buffer fsyncs (group commits: messages per fsync shows how well they group).
+
 Servers are started on free loopback ports in a temp dir and stopped by PID at the end.
 """
 import argparse
@@ -122,17 +125,24 @@ def check_store(vm_url, n):
     return len(counts), problems
 
 
-def accepted(http_base):
-    """The gateway's readings_accepted_total over its inputs (its own health readings left out)."""
+def metric_total(http_base, name, skip_health=True):
+    """The sum of the gateway's metric `name` over its labels (its own health input left out)."""
     try:
         text = urllib.request.urlopen(http_base + "/metrics", timeout=5).read().decode()
     except OSError:
         return 0
     total = 0
     for line in text.splitlines():
-        if line.startswith("ioc_gateway_readings_accepted_total{") and 'input="_health"' not in line:
+        if line.startswith(name) and line[len(name):len(name) + 1] in ("{", " "):
+            if skip_health and 'input="_health"' in line:
+                continue
             total += int(float(line.rsplit(" ", 1)[1]))
     return total
+
+
+def accepted(http_base):
+    """The gateway's readings_accepted_total over its inputs (its own health readings left out)."""
+    return metric_total(http_base, "ioc_gateway_readings_accepted_total")
 
 
 def start_vm(tmp, port):
@@ -310,7 +320,8 @@ bucket = "telemetry"
 batch_max_lines = 5000
 flush_interval_ms = 200
 [http]
-""" + (f'listen = "127.0.0.1:{http_port}"\n' if args.viewer or args.store_down else "enabled = false\n"))
+listen = "127.0.0.1:{http_port}"
+""")
         if args.store_down:
             stop(servers[1])
         gw_time = os.path.join(tmp, "gw.time")
@@ -350,7 +361,7 @@ flush_interval_ms = 200
             got = vm_points(vm_url)
             if got >= n:
                 break
-            time.sleep(0.25)
+            time.sleep(0.1)
         t_gw = time.time() - t0
         if viewer:
             viewer.close()
@@ -360,6 +371,8 @@ flush_interval_ms = 200
             perf.wait(timeout=60)
         for p in pubs:
             p.wait()
+        gw_base = f"http://127.0.0.1:{http_port}"
+        fsyncs = metric_total(gw_base, "ioc_gateway_buffer_fsyncs_total", skip_health=False)
         # SIGTERM the gateway itself, the child of `time` (or of strace under it), which then reports.
         if gw_pid:
             os.kill(gw_pid, signal.SIGTERM)
@@ -375,6 +388,7 @@ flush_interval_ms = 200
         print(f"gateway RSS before the burst: {idle_rss:.1f} MiB ({idle_anon:.1f} heap); peak during it (sampled): "
               f"heap {sampler.anon:.1f} MiB, the binary's pages {sampler.file:.1f} MiB")
         print(f"gateway / mosquitto_sub: rate {t_sub / t_gw:.2f}x, CPU {cpu_gw / cpu_sub:.2f}x")
+        print(f"gateway buffer fsyncs: {fsyncs} ({n / max(fsyncs, 1):.1f} messages per fsync)")
         print(f"points in VictoriaMetrics: {got} of {n}; series {series} of {SENSORS * len(FIELDS)}, "
               f"counts and sums {'exact' if not problems else 'WRONG'}")
         if outage:

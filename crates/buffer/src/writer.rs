@@ -181,6 +181,7 @@ pub(crate) fn start(
         limits,
         next_segment_id,
         active: [None, None],
+        gzipper: record::Gzipper::new(),
     };
     let handle = std::thread::Builder::new()
         .name("buffer-writer".into())
@@ -251,6 +252,8 @@ struct WriterThread {
     next_segment_id: u64,
     /// Indexed by `class_index`.
     active: [Option<ActiveSegment>; 2],
+    /// Compresses every record of every group.
+    gzipper: record::Gzipper,
 }
 
 /// Records built from one class's share of a group.
@@ -264,6 +267,7 @@ struct EncodedRecords {
 }
 
 fn encode_records(
+    gzipper: &mut record::Gzipper,
     priority: Priority,
     requests: &[AppendRequest],
     append_ms: u64,
@@ -276,21 +280,19 @@ fn encode_records(
     };
     let mut raw = Vec::new();
     let mut raw_lines = 0u32;
-    let flush = |raw: &mut Vec<u8>, raw_lines: &mut u32, out: &mut EncodedRecords| {
+    let mut flush = |raw: &mut Vec<u8>, raw_lines: &mut u32, out: &mut EncodedRecords| {
         if raw.is_empty() {
             return Ok::<(), io::Error>(());
         }
-        let gz = record::gzip(raw)?;
         let start = out.bytes.len();
-        let raw_len = u32::try_from(raw.len()).unwrap_or(u32::MAX);
-        record::encode(
+        record::encode_raw(
             &mut out.bytes,
+            gzipper,
             priority,
             *raw_lines,
             append_ms,
-            raw_len,
-            &gz,
-        );
+            raw,
+        )?;
         out.records
             .push((start as u64, (out.bytes.len() - start) as u64, *raw_lines));
         out.lines += u64::from(*raw_lines);
@@ -369,7 +371,7 @@ impl WriterThread {
             if requests.is_empty() {
                 continue;
             }
-            let result = match encode_records(priority, &requests, append_ms) {
+            let result = match encode_records(&mut self.gzipper, priority, &requests, append_ms) {
                 Ok(encoded) => self.write_class(priority, &encoded),
                 Err(e) => Err(BufferError::io(std::path::Path::new("gzip"), e)),
             };
