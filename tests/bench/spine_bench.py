@@ -242,13 +242,27 @@ class Viewer:
 
 
 def publish(port, files):
-    """8 mosquitto_pub -l -q 1 processes; stdin stays open until their messages are acked."""
+    """8 `mosquitto_pub -l -q 1` processes, each in a process group of its own.
+
+    Their stdin stays open (`cat file; sleep`) until `stop_publishers`: mosquitto_pub disconnects
+    at end of input, dropping what it has read but not yet sent, and at a million messages its
+    queue outlasts any fixed sleep. So the publishers run until the subscriber has everything.
+    """
     procs = []
     for s, path in enumerate(files):
-        # `cat file; sleep` keeps stdin open so mosquitto_pub finishes its in-flight messages.
-        cmd = f"(cat {path}; sleep 4) | mosquitto_pub -p {port} -q 1 -l -t city/bench/env/s{s} -i pub{s}"
-        procs.append(subprocess.Popen(["bash", "-c", cmd]))
+        cmd = f"(cat {path}; sleep 3600) | mosquitto_pub -p {port} -q 1 -l -t city/bench/env/s{s} -i pub{s}"
+        procs.append(subprocess.Popen(["bash", "-c", cmd], start_new_session=True))
     return procs
+
+
+def stop_publishers(procs):
+    for p in procs:
+        try:
+            os.killpg(p.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    for p in procs:
+        p.wait()
 
 
 def main():
@@ -292,8 +306,7 @@ def main():
         pubs = publish(mq_port, files)
         sub.wait()
         t_sub = time.time() - t0
-        for p in pubs:
-            p.wait()
+        stop_publishers(pubs)
         cpu_sub, rss_sub = parse_time_v(sub_time)
 
         # 2. the gateway.
@@ -369,8 +382,7 @@ listen = "127.0.0.1:{http_port}"
         if perf:
             perf.send_signal(signal.SIGINT)
             perf.wait(timeout=60)
-        for p in pubs:
-            p.wait()
+        stop_publishers(pubs)
         gw_base = f"http://127.0.0.1:{http_port}"
         fsyncs = metric_total(gw_base, "ioc_gateway_buffer_fsyncs_total", skip_health=False)
         # SIGTERM the gateway itself, the child of `time` (or of strace under it), which then reports.
